@@ -1,0 +1,41 @@
+"""taskapp: a Flask task API on MongoDB with a Redis caching layer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from taskapp import config as settings
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: settings from the environment, overridden by ``config``."""
+    app = Flask(__name__)
+    app.config.from_mapping(settings.load(config))
+    app.json.sort_keys = False
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from taskapp import db, errors, metrics
+    from taskapp.extensions import cache
+
+    errors.init_app(app)
+    db.init_app(app)
+    cache.init_app(app)
+    metrics.init_app(app)
+
+    from taskapp import cli, http_cache, ratelimit
+    from taskapp.auth.routes import bp as auth_bp
+    from taskapp.admin.routes import bp as admin_bp
+    from taskapp.service_routes import bp as service_bp
+    from taskapp.tasks.routes import bp as tasks_bp
+
+    ratelimit.init_app(app)
+    http_cache.init_app(app)
+    app.register_blueprint(service_bp)
+    app.register_blueprint(auth_bp, url_prefix="/api/v1/auth")
+    app.register_blueprint(tasks_bp, url_prefix="/api/v1")
+    app.register_blueprint(admin_bp, url_prefix="/api/v1/admin")
+    cli.init_app(app)
+    return app

@@ -1,0 +1,591 @@
+"""The cache extension: Redis behind a circuit breaker, an in-process layer, fill locks and tags."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Any, Callable, Iterable, NamedTuple
+
+from flask import Flask, current_app, g, has_app_context
+from flask_caching import Cache as FlaskCache
+
+from taskapp.cache import metrics, scripts
+from taskapp.cache.client import REDIS_ERRORS, Breaker, Unavailable, connect
+from taskapp.cache.entry import NO_VALUE, Entry, dumps
+from taskapp.cache.flask_caching import init_flask_caching
+from taskapp.cache.keys import Keys
+from taskapp.cache.l1 import LocalCache
+from taskapp.cache.notifier import Notifier
+
+log = logging.getLogger("taskapp.cache")
+
+EXTENSION_NAME = "taskapp.cache"
+Ttl = int | float | Callable[[Any], float] | None
+
+
+class _State:
+    """Everything the cache holds for one app in one process (rebuilt after a fork)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.pid = os.getpid()
+        self.config = config
+        self.keys = Keys(config["CACHE_KEY_PREFIX"])
+        self.default_ttl = float(config["CACHE_DEFAULT_TIMEOUT"])
+        self.stale_ttl = float(config["CACHE_STALE_TTL"])
+        self.lock_ttl = float(config["CACHE_LOCK_TTL"])
+        self.lock_wait = float(config["CACHE_LOCK_WAIT"])
+        self.version_ttl_ms = int(config["CACHE_VERSION_TTL"] * 1000)
+        self.client = connect(
+            config["REDIS_URL"],
+            cluster=bool(config.get("REDIS_CLUSTER")),
+            timeout=float(config["REDIS_SOCKET_TIMEOUT"]),
+        )
+        self.l1 = LocalCache(int(config["L1_CACHE_MAX_ITEMS"]), float(config["L1_CACHE_TTL"]))
+        self.pending_lock = threading.Lock()
+        self.pending_tags: set[str] = set()
+        self.pending_keys: set[str] = set()
+        self.breaker = Breaker(
+            threshold=int(config["CACHE_BREAKER_THRESHOLD"]),
+            cooldown=float(config["CACHE_BREAKER_COOLDOWN"]),
+            on_recover=self.replay_invalidations,
+            on_open=self.l1.clear,
+        )
+        self.scripts = {
+            name: self.client.register_script(getattr(scripts, name))
+            for name in ("FILL", "RELEASE", "INVALIDATE", "DELETE", "LIST_PUSH", "LIST_FILL")
+        }
+        self.notifier = Notifier(self.client, self.keys, self.l1)
+        log.info("cache connected to %s (prefix %r)", _redacted(config["REDIS_URL"]), self.keys.prefix)
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` through the breaker; raises Unavailable."""
+        return self.breaker.call(fn)
+
+    def replay_invalidations(self) -> None:
+        """Send the invalidations an outage held back, before the cache is trusted again."""
+        with self.pending_lock:
+            tags, keys = sorted(self.pending_tags), sorted(self.pending_keys)
+        if not tags and not keys:
+            self.client.ping()
+            return
+        if tags:
+            self.scripts["INVALIDATE"](
+                keys=[self.keys.tag_set(t) for t in tags] + [self.keys.tag_version(t) for t in tags],
+                args=[self.version_ttl_ms, self.keys.invalidation_channel],
+            )
+        if keys:
+            self.scripts["DELETE"](
+                keys=keys + [self.keys.version(k) for k in keys],
+                args=[self.version_ttl_ms, self.keys.invalidation_channel],
+            )
+        with self.pending_lock:
+            self.pending_tags.difference_update(tags)
+            self.pending_keys.difference_update(keys)
+        log.warning("replayed %d tag and %d key invalidations held back by the outage", len(tags), len(keys))
+
+    def close(self) -> None:
+        self.notifier.stop()
+        self.client.close()
+
+
+def current_state() -> _State:
+    """The cache state of the current app in this process (made anew after a fork)."""
+    state: _State = current_app.extensions[EXTENSION_NAME]
+    if state.pid != os.getpid():  # forked: connections and threads are not ours
+        state = current_app.extensions[EXTENSION_NAME] = _State(state.config)
+    if state.l1.enabled:
+        state.notifier.start()
+    return state
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+
+
+class Lease(NamedTuple):
+    """The versions an entry's key and tags had before its source was read."""
+
+    full_key: str
+    tags: list[str]
+    versions: list[bytes]
+
+
+class RedisCache:
+    """A Flask extension: a Redis cache that stays correct under concurrency and outages.
+
+    Made at module level without an app and bound by ``init_app``; per-app state lives in
+    ``app.extensions`` and is found through ``current_app``. Values are JSON. A miss is
+    ``NO_VALUE``; a cached ``None`` is a hit. Redis errors never escape: they are counted, logged
+    once per outage and answered as misses, so callers fall back to their source.
+    """
+
+    def __init__(self) -> None:
+        self._flask_cache = FlaskCache()
+        # Flask-Caching's decorators, on the same Redis (JSON, behind the same breaker).
+        self.cached = self._flask_cache.cached
+        self.memoize = self._flask_cache.memoize
+        self.delete_memoized = self._flask_cache.delete_memoized
+
+    def init_app(self, app: Flask) -> None:
+        """Read and validate the settings, connect, and register teardown."""
+        config = app.config
+        config.setdefault("REDIS_URL", "memory://")
+        config.setdefault("REDIS_CLUSTER", False)
+        config.setdefault("CACHE_KEY_PREFIX", "cache:")
+        config.setdefault("CACHE_DEFAULT_TIMEOUT", 300)
+        config.setdefault("CACHE_STALE_TTL", 10)
+        config.setdefault("CACHE_LOCK_TTL", 5)
+        config.setdefault("CACHE_LOCK_WAIT", 5)
+        config.setdefault("CACHE_VERSION_TTL", 3600)
+        config.setdefault("CACHE_BREAKER_THRESHOLD", 3)
+        config.setdefault("CACHE_BREAKER_COOLDOWN", 1.0)
+        config.setdefault("REDIS_SOCKET_TIMEOUT", 0.25)
+        config.setdefault("L1_CACHE_MAX_ITEMS", 10000)
+        config.setdefault("L1_CACHE_TTL", 5)
+        for name in ("CACHE_LOCK_TTL", "CACHE_LOCK_WAIT", "REDIS_SOCKET_TIMEOUT", "L1_CACHE_TTL"):
+            if float(config[name]) <= 0:
+                raise RuntimeError(f"{name} must be a positive number of seconds")
+        app.extensions[EXTENSION_NAME] = _State(config)
+        init_flask_caching(app, self._flask_cache)
+
+    # -- per-app state ------------------------------------------------------------------
+
+    @staticmethod
+    def _state() -> _State:
+        return current_state()
+
+    @property
+    def client(self) -> Any:
+        """The raw redis-py client (for tools; application code uses the methods below)."""
+        return self._state().client
+
+    @property
+    def keys(self) -> Keys:
+        """The key builder of the current app."""
+        return self._state().keys
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _read(self, state: _State, full_key: str) -> Entry | None:
+        """The entry under ``full_key`` from memory, else Redis; None on a miss or an outage."""
+        l1 = state.l1
+        if l1.active and not state.breaker.is_open:
+            entry = l1.get(full_key)
+            if entry is not None and entry.is_fresh():
+                metrics.L1_HIT.inc()
+                return entry
+            metrics.L1_MISS.inc()
+        generation = l1.generation
+        try:
+            raw = state.run(lambda: state.client.get(full_key))
+        except Unavailable:
+            return None
+        if raw is None:
+            metrics.REDIS_MISS.inc()
+            return None
+        try:
+            entry = Entry.decode(raw)
+        except ValueError:
+            log.warning("ignoring an undecodable cache entry %r", full_key)
+            metrics.REDIS_MISS.inc()
+            return None
+        metrics.REDIS_HIT.inc()
+        if entry.is_fresh():
+            l1.put(full_key, entry, generation)
+        return entry
+
+    def get(self, key: str) -> Any:
+        """The cached value of ``key``, or ``NO_VALUE``."""
+        state = self._state()
+        entry = self._read(state, state.keys.entry(key))
+        return entry.value if entry is not None and entry.is_fresh() else NO_VALUE
+
+    def get_entry(self, key: str) -> Entry | None:
+        """The fresh entry of ``key`` with its metadata, or None."""
+        state = self._state()
+        entry = self._read(state, state.keys.entry(key))
+        return entry if entry is not None and entry.is_fresh() else None
+
+    # -- writes -------------------------------------------------------------------------
+
+    def set(
+        self,
+        key: str,
+        value: Any,
+        ttl: Ttl = None,
+        tags: Iterable[str] = (),
+        meta: dict[str, Any] | None = None,
+    ) -> bool:
+        """Store ``value`` under ``key`` for ``ttl`` seconds, a member of ``tags``, atomically."""
+        state = self._state()
+        tags = list(tags)
+        seconds = self._ttl(state, ttl, value)
+        entry = Entry(dumps(value), time.time() + seconds, tags, meta=meta)
+        return self._store(state, state.keys.entry(key), entry, seconds, versions=None)
+
+    def _store(
+        self,
+        state: _State,
+        full_key: str,
+        entry: Entry,
+        seconds: float,
+        versions: list[bytes] | None,
+        token: str = "",
+        stale_ttl: float = 0.0,
+    ) -> bool:
+        """Run FILL: store unless a version read before the fetch has changed since."""
+        keys = state.keys
+        version_keys = self._version_keys(state, full_key, entry.tags) if versions is not None else []
+        generation = state.l1.generation
+        try:
+            stored = state.run(
+                lambda: state.scripts["FILL"](
+                    keys=[full_key, keys.lock(full_key), *version_keys]
+                    + [keys.tag_set(t) for t in entry.tags],
+                    args=[
+                        entry.encode(),
+                        max(1, int((seconds + stale_ttl) * 1000)),
+                        token,
+                        keys.fill_channel,
+                        len(version_keys),
+                        len(entry.tags),
+                        *(versions or []),
+                    ],
+                )
+            )
+        except Unavailable:
+            return False
+        if stored:
+            state.l1.put(full_key, entry, generation)
+        return bool(stored)
+
+    def lease(self, key: str, tags: Iterable[str] = ()) -> "Lease | None":
+        """Record the versions of ``key`` and ``tags`` before reading the source for them.
+
+        ``store_leased`` later stores the result only if none of them changed in between (the
+        lease idea of Facebook's memcache paper): a read that raced a write is never cached.
+        None when Redis is unavailable (then nothing should be stored).
+        """
+        state = self._state()
+        full_key = state.keys.entry(key)
+        tags = list(tags)
+        version_keys = self._version_keys(state, full_key, tags)
+        try:
+            versions = state.run(lambda: state.client.mget(version_keys))
+        except Unavailable:
+            return None
+        return Lease(full_key, tags, [v if v is not None else b"0" for v in versions])
+
+    def store_leased(
+        self,
+        lease: "Lease",
+        raw_json: bytes,
+        ttl: Ttl = None,
+        meta: dict[str, Any] | None = None,
+    ) -> bool:
+        """Store already-serialised JSON under a lease; False when an invalidation came first."""
+        state = self._state()
+        seconds = self._ttl(state, ttl, None)
+        entry = Entry(raw_json, time.time() + seconds, lease.tags, meta=meta)
+        return self._store(state, lease.full_key, entry, seconds, lease.versions)
+
+    def delete(self, *keys: str) -> int:
+        """Delete entries everywhere (Redis and every process's memory); fills in flight lose."""
+        if not keys:
+            return 0
+        state = self._state()
+        full_keys = [state.keys.entry(k) for k in keys]
+        state.l1.discard(full_keys)
+        try:
+            return state.run(
+                lambda: state.scripts["DELETE"](
+                    keys=full_keys + [state.keys.version(k) for k in full_keys],
+                    args=[state.version_ttl_ms, state.keys.invalidation_channel],
+                )
+            )
+        except Unavailable:
+            with state.pending_lock:
+                state.pending_keys.update(full_keys)
+            return 0
+
+    def invalidate_tags(self, *tags: str) -> int:
+        """Remove every entry stored with any of ``tags``, including fills already in flight.
+
+        Each tag's version is bumped in the same script that deletes its entries, so a fill that
+        read the source before this call cannot store its result after it. When Redis cannot be
+        reached the tags are kept and replayed before the cache is used again.
+        """
+        if not tags:
+            return 0
+        state = self._state()
+        keys = state.keys
+        try:
+            deleted = state.run(
+                lambda: state.scripts["INVALIDATE"](
+                    keys=[keys.tag_set(t) for t in tags] + [keys.tag_version(t) for t in tags],
+                    args=[state.version_ttl_ms, keys.invalidation_channel],
+                )
+            )
+        except Unavailable:
+            with state.pending_lock:
+                state.pending_tags.update(tags)
+            state.l1.clear()
+            return 0
+        # Our own memory layer is cleared now, not when our own message comes back.
+        state.l1.discard([k.decode() for k in deleted])
+        return len(deleted)
+
+    # -- get or set ---------------------------------------------------------------------
+
+    def get_or_set(
+        self,
+        key: str,
+        fetch: Callable[[], Any],
+        ttl: Ttl = None,
+        tags: Iterable[str] = (),
+    ) -> Any:
+        """The cached value of ``key``, or ``fetch()``'s, stored; one fetch per key at a time.
+
+        On a miss one caller (across threads, processes and hosts) takes the fill lock and
+        fetches; the others wait for the fill message and read the stored value, or, when an
+        expired entry is still at hand, are served it at once (stale-while-revalidate, bounded
+        by CACHE_STALE_TTL). A waiter gives up after CACHE_LOCK_WAIT and fetches for itself.
+        When Redis is unavailable every caller fetches: correctness over speed.
+        """
+        state = self._state()
+        full_key = state.keys.entry(key)
+        entry = self._read(state, full_key)
+        if entry is not None and entry.is_fresh():
+            return entry.value
+        return self._fill(state, full_key, fetch, ttl, list(tags), stale=entry)
+
+    def _fill(
+        self,
+        state: _State,
+        full_key: str,
+        fetch: Callable[[], Any],
+        ttl: Ttl,
+        tags: list[str],
+        stale: Entry | None,
+    ) -> Any:
+        deadline = time.monotonic() + state.lock_wait
+        waited = False
+        while True:
+            token = uuid.uuid4().hex
+            try:
+                acquired = state.run(
+                    lambda: state.client.set(
+                        state.keys.lock(full_key), token, nx=True, px=int(state.lock_ttl * 1000)
+                    )
+                )
+            except Unavailable:
+                log.debug("no lock for %s: Redis unavailable, fetching without the cache", full_key)
+                return self._fetch(fetch)[0]
+            if acquired:
+                log.debug("fill lock for %s taken", full_key)
+                return self._fill_locked(state, full_key, fetch, ttl, tags, token)
+            if stale is not None:
+                log.debug("serving stale %s while another caller refreshes it", full_key)
+                metrics.CACHE_STALE_SERVED.inc()
+                return stale.value
+            if not waited:
+                metrics.CACHE_LOCK_WAITS.inc()
+                waited = True
+            entry = self._wait_for_fill(state, full_key, deadline)
+            if entry is not None:
+                return entry.value
+            if time.monotonic() >= deadline:
+                log.debug("waited %.1fs for %s; fetching without the lock", state.lock_wait, full_key)
+                return self._fetch(fetch)[0]
+
+    def _wait_for_fill(self, state: _State, full_key: str, deadline: float) -> Entry | None:
+        """Wait for a fill message (or poll without a channel); the fresh entry, or None."""
+        subscribed = state.notifier.subscribed.is_set()
+        event = state.notifier.waiter(full_key) if subscribed else None
+        entry = self._read(state, full_key)  # after registering: a fill now cannot be missed
+        if entry is not None and entry.is_fresh():
+            return entry
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        if event is not None:
+            # Woken by the fill, or after a slice to retry the lock of a holder that died.
+            event.wait(min(remaining, max(state.lock_ttl / 5, 0.05)))
+        else:
+            time.sleep(min(remaining, 0.005))
+        return None
+
+    def _fill_locked(
+        self,
+        state: _State,
+        full_key: str,
+        fetch: Callable[[], Any],
+        ttl: Ttl,
+        tags: list[str],
+        token: str,
+    ) -> Any:
+        """Holder of the fill lock: read versions, fetch, store if nothing was invalidated."""
+        version_keys = self._version_keys(state, full_key, tags)
+        try:
+            current, *versions = state.run(
+                lambda: state.client.pipeline(transaction=False)
+                .get(full_key)
+                .mget(version_keys)
+                .execute()
+            )
+        except Unavailable:
+            self._release(state, full_key, token)
+            return self._fetch(fetch)[0]
+        if current is not None:  # filled between our read and our lock
+            entry = Entry.decode(current)
+            if entry.is_fresh():
+                self._release(state, full_key, token)
+                return entry.value
+        versions = [v if v is not None else b"0" for v in versions[0]]
+        try:
+            value, seconds = self._fetch(fetch)
+        except BaseException:
+            self._release(state, full_key, token)
+            raise
+        ttl_seconds = self._ttl(state, ttl, value)
+        entry = Entry(dumps(value), time.time() + ttl_seconds, tags, fetch_seconds=seconds)
+        stored = self._store(
+            state, full_key, entry, ttl_seconds, versions, token=token, stale_ttl=state.stale_ttl
+        )
+        metrics.CACHE_FILLS.labels("stored" if stored else "refused").inc()
+        if not stored:
+            log.debug("fill of %s not stored: invalidated during the fetch", full_key)
+        return value
+
+    def _release(self, state: _State, full_key: str, token: str) -> None:
+        try:
+            state.run(
+                lambda: state.scripts["RELEASE"](
+                    keys=[state.keys.lock(full_key)],
+                    args=[token, state.keys.fill_channel, full_key],
+                )
+            )
+        except Unavailable:
+            log.debug("lock of %s left to expire: Redis unavailable", full_key)
+
+    def _fetch(self, fetch: Callable[[], Any]) -> tuple[Any, float]:
+        self.mark_source_read()
+        started = time.monotonic()
+        value = fetch()
+        return value, time.monotonic() - started
+
+    @staticmethod
+    def _version_keys(state: _State, full_key: str, tags: list[str]) -> list[str]:
+        return [state.keys.version(full_key)] + [state.keys.tag_version(t) for t in tags]
+
+    @staticmethod
+    def _ttl(state: _State, ttl: Ttl, value: Any) -> float:
+        if callable(ttl):
+            ttl = ttl(value)
+        seconds = state.default_ttl if ttl is None else float(ttl)
+        if seconds <= 0:
+            raise ValueError("ttl must be positive")
+        return seconds
+
+    # -- capped lists (feeds) -----------------------------------------------------------
+
+    def list_push(self, key: str, item: Any, maxlen: int) -> None:
+        """Prepend ``item`` to a cached capped list; a list not cached is left to its next reader."""
+        state = self._state()
+        full_key = state.keys.entry(key)
+        try:
+            state.run(
+                lambda: state.scripts["LIST_PUSH"](
+                    keys=[full_key, state.keys.version(full_key)],
+                    args=[dumps(item), maxlen, state.version_ttl_ms],
+                )
+            )
+        except Unavailable:
+            with state.pending_lock:
+                state.pending_keys.add(full_key)
+
+    def list_get(
+        self, key: str, limit: int, fetch: Callable[[], list[Any]], maxlen: int, ttl: float
+    ) -> list[Any]:
+        """The first ``limit`` items of a capped list; rebuilt from ``fetch()`` (newest first) on a miss."""
+        state = self._state()
+        full_key = state.keys.entry(key)
+        version_key = state.keys.version(full_key)
+        try:
+            items, version = state.run(
+                lambda: state.client.pipeline(transaction=False)
+                .lrange(full_key, 0, limit - 1)
+                .get(version_key)
+                .execute()
+            )
+        except Unavailable:
+            return self._fetch(fetch)[0][:limit]
+        if items:
+            metrics.REDIS_HIT.inc()
+            return [Entry(raw, 0, []).value for raw in items]
+        metrics.REDIS_MISS.inc()
+        fetched = self._fetch(fetch)[0][:maxlen]
+        try:
+            state.run(
+                lambda: state.scripts["LIST_FILL"](
+                    keys=[full_key, version_key],
+                    args=[int(ttl * 1000), version or b"0", *(dumps(i) for i in reversed(fetched))],
+                )
+            )
+        except Unavailable:
+            log.debug("list %s not stored: Redis unavailable", full_key)
+        return fetched[:limit]
+
+    # -- scripts for other modules (rate limits) --------------------------------------
+
+    def run_script(self, script: str, keys: list[str], args: list[Any], default: Any) -> Any:
+        """Run a Lua script on prefixed ``keys`` through the breaker; ``default`` on failure."""
+        state = self._state()
+        registered = state.scripts.get(script)
+        if registered is None:
+            registered = state.scripts[script] = state.client.register_script(script)
+        try:
+            return state.run(lambda: registered(keys=[state.keys.entry(k) for k in keys], args=args))
+        except Unavailable:
+            return default
+
+    # -- request bookkeeping and health -------------------------------------------------
+
+    @staticmethod
+    def mark_source_read() -> None:
+        """Note that this request read the source of truth (its response is an ``X-Cache: MISS``)."""
+        if has_app_context():
+            g._cache_source_read = True
+
+    @staticmethod
+    def source_was_read() -> bool:
+        """True when this request read the source of truth."""
+        return bool(g.get("_cache_source_read"))
+
+    def ping(self) -> bool:
+        """True when Redis answers now (ignores the breaker; for readiness checks)."""
+        state = self._state()
+        try:
+            return bool(state.client.ping())
+        except REDIS_ERRORS:
+            return False
+
+    @property
+    def degraded(self) -> bool:
+        """True while the breaker keeps requests away from Redis."""
+        return self._state().breaker.is_open
+
+    @property
+    def local(self) -> LocalCache:
+        """The in-process layer of the current app."""
+        return self._state().l1
+
+    def close(self) -> None:
+        """Stop the listener and close connections of the current app."""
+        state: _State | None = current_app.extensions.get(EXTENSION_NAME)
+        if state is not None and state.pid == os.getpid():
+            state.close()

@@ -1,0 +1,116 @@
+"""The HTTP response cache: 200 JSON answers of authenticated GETs, per user, served as bytes."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Iterable
+
+from flask import Flask, Response, current_app, g, request
+
+from taskapp.cache import metrics
+from taskapp.cache.extension import RedisCache
+
+Identity = Callable[[], str | None]
+
+
+class ResponseCache:
+    """Caches the JSON responses of the views marked with ``mark`` for each authenticated user.
+
+    The lookup runs in ``before_request`` (after authentication and rate limiting, which are
+    registered before it), the store in ``after_request``. A response is stored under a lease
+    taken before the view ran, so a write that lands while the view reads cannot leave an old
+    response behind. Requests without a valid identity are never looked up nor stored: their
+    view answers 401 even when the same URL is cached for someone else.
+    """
+
+    def __init__(
+        self,
+        cache: RedisCache,
+        *,
+        identity: Identity,
+        key: Callable[[str, str, str, str], str],
+        tags: Callable[[str], Iterable[str]],
+        ttl_setting: str = "HTTP_CACHE_TTL",
+    ) -> None:
+        self.cache = cache
+        self.identity = identity
+        self.key = key
+        self.tags = tags
+        self.ttl_setting = ttl_setting
+
+    def init_app(self, app: Flask) -> None:
+        """Register the lookup and the store around every request."""
+        app.config.setdefault(self.ttl_setting, 30)
+        app.before_request(self._lookup)
+        app.after_request(self._finish)
+
+    @staticmethod
+    def mark(view: Callable[..., Any]) -> Callable[..., Any]:
+        """Mark a view whose 200 JSON responses may be cached per user."""
+        view._cache_response = True  # type: ignore[attr-defined]
+        return view
+
+    def _lookup(self) -> Response | None:
+        if request.method != "GET":
+            return None
+        view = current_app.view_functions.get(request.endpoint or "")
+        if not getattr(view, "_cache_response", False):
+            return None
+        user = self.identity()
+        if user is None:
+            return None
+        query = "&".join(sorted(f"{k}={v}" for k, v in request.args.items(multi=True)))
+        key = self.key(user, request.method, request.path, query)
+        g._response_cache = {"key": key, "user": user, "hit": False}
+        if "no-cache" not in request.cache_control and not request.cache_control.no_store:
+            entry = self.cache.get_entry(key)
+            if entry is not None:
+                metrics.HTTP_HIT.inc()
+                g._response_cache["hit"] = True
+                return self._respond(entry.raw_value, entry.meta["etag"], "HIT")
+        metrics.HTTP_MISS.inc()
+        g._response_cache["lease"] = self.cache.lease(key, self.tags(user))
+        return None
+
+    def _finish(self, response: Response) -> Response:
+        context = g.pop("_response_cache", None)
+        if context is None or context["hit"] or response.status_code != 200:
+            return response
+        body = response.get_data()
+        etag = _etag(context["user"], body)
+        outcome = "MISS" if self.cache.source_was_read() else "HIT"
+        if self._storable(response) and context.get("lease") is not None:
+            ttl = current_app.config[self.ttl_setting]
+            self.cache.store_leased(context["lease"], body, ttl=ttl, meta={"etag": etag})
+        if response.is_json:
+            return self._respond(body, etag, outcome, response)
+        return response
+
+    @staticmethod
+    def _storable(response: Response) -> bool:
+        return (
+            response.is_json
+            and not response.cache_control.no_store
+            and not request.cache_control.no_store
+        )
+
+    @staticmethod
+    def _respond(body: bytes, etag: str, outcome: str, response: Response | None = None) -> Response:
+        """A 200 (or 304 for a matching If-None-Match) with the cache headers."""
+        if response is None:
+            response = Response(body, status=200, mimetype="application/json")
+        response.headers["X-Cache"] = outcome
+        response.headers["ETag"] = etag
+        response.headers["Cache-Control"] = "private, no-cache"
+        response.vary.add("Authorization")
+        if request.if_none_match.contains_raw(etag):
+            response.status_code = 304
+            response.set_data(b"")
+            response.headers.pop("Content-Length", None)
+        return response
+
+
+def _etag(user: str, body: bytes) -> str:
+    """An ETag of the body for one user only (equal bodies of two users never share one)."""
+    digest = hashlib.blake2b(body, key=user.encode()[:64], digest_size=16).hexdigest()
+    return f'"{digest}"'

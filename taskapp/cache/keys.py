@@ -1,0 +1,51 @@
+"""The keys the cache derives from a caller's key or tag (entries, locks, versions, tag sets).
+
+Every derived key keeps the hash tag of what it derives from, so on Redis Cluster an entry, its
+lock, its version and the tag sets of its tags share one slot when the caller's key and tags share
+a hash tag (``{u:42}:task:1`` with tag ``{u:42}:tasks``). A key without a hash tag gets one made
+of the whole key, which hashes to the same slot as the plain key.
+"""
+
+from __future__ import annotations
+
+import re
+
+_HASH_TAG = re.compile(r"\{[^{}]+\}")
+
+
+class Keys:
+    """Builds the prefixed keys of one app."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.fill_channel = f"{prefix}ch:fill"
+        self.invalidation_channel = f"{prefix}ch:inv"
+
+    def entry(self, key: str) -> str:
+        """The Redis key of a cached value."""
+        if "\n" in key:
+            raise ValueError("cache keys cannot contain newlines")
+        return self.prefix + key
+
+    def _slotted(self, full_key: str) -> str:
+        return full_key if _HASH_TAG.search(full_key) else "{%s}" % full_key
+
+    def lock(self, full_key: str) -> str:
+        """The fill lock of an entry."""
+        return f"{self.prefix}lock:{self._slotted(full_key)}"
+
+    def version(self, full_key: str) -> str:
+        """The entry's own version, bumped when it is deleted."""
+        return f"{self.prefix}v:{self._slotted(full_key)}"
+
+    def tag_set(self, tag: str) -> str:
+        """The sorted set of the entries a tag holds, scored by their expiry."""
+        return f"{self.prefix}tag:{tag}"
+
+    def tag_version(self, tag: str) -> str:
+        """The version of a tag, bumped when it is invalidated."""
+        return f"{self.prefix}tagv:{tag}"
+
+    def strip(self, full_key: str) -> str:
+        """The caller's key of a prefixed key."""
+        return full_key[len(self.prefix) :] if full_key.startswith(self.prefix) else full_key

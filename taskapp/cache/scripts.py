@@ -1,0 +1,145 @@
+"""Lua scripts of the cache, each registered once per client and run atomically by Redis.
+
+Every script takes the server's clock (TIME) rather than a client's, so hosts with skewed clocks
+agree on expiry. Scripts touch only the keys they are given; on Redis Cluster the caller keeps
+those keys in one hash slot (see ``keys.py``).
+"""
+
+# FILL: store a value unless a version read before its fetch has changed since, release the fill
+# lock if this caller still owns it, and wake the callers waiting for the fill.
+# KEYS[1] entry, KEYS[2] lock, KEYS[3 .. 2+m] version keys to check, KEYS[3+m .. 2+m+n] tag sets
+# ARGV[1] payload, ARGV[2] time to live in ms, ARGV[3] lock token ('' when no lock is held),
+# ARGV[4] fill channel, ARGV[5] m, ARGV[6] n, ARGV[7 .. 6+m] the versions read before the fetch
+# returns 1 when stored, 0 when a version changed (nothing stored)
+FILL = """
+local m = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
+local stored = 1
+for i = 1, m do
+  if (redis.call('GET', KEYS[2 + i]) or '0') ~= ARGV[6 + i] then stored = 0 end
+end
+if stored == 1 then
+  local ttl = tonumber(ARGV[2])
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for i = 3 + m, 2 + m + n do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    redis.call('ZADD', KEYS[i], now + ttl, KEYS[1])
+    if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
+end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('PUBLISH', ARGV[4], KEYS[1])
+return stored
+"""
+
+# RELEASE: delete the fill lock only if this caller still owns it, and wake the waiters.
+# KEYS[1] lock
+# ARGV[1] lock token, ARGV[2] fill channel, ARGV[3] the entry key the waiters wait for
+# returns 1 when released, 0 when the lock had expired or passed to another caller
+RELEASE = """
+local released = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  released = 1
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return released
+"""
+
+# INVALIDATE: bump each tag's version (so fills already in flight are refused), delete every entry
+# the tag holds and the tag set itself, and tell every process to drop those entries from memory.
+# KEYS[1 .. n] tag sets, KEYS[n+1 .. 2n] tag versions
+# ARGV[1] time to live of a version in ms, ARGV[2] invalidation channel
+# returns the keys of the entries deleted
+INVALIDATE = """
+local n = #KEYS / 2
+local deleted = {}
+for i = 1, n do
+  redis.call('INCR', KEYS[n + i])
+  redis.call('PEXPIRE', KEYS[n + i], ARGV[1])
+  local members = redis.call('ZRANGE', KEYS[i], 0, -1)
+  for j = 1, #members, 500 do
+    redis.call('DEL', unpack(members, j, math.min(j + 499, #members)))
+  end
+  for j = 1, #members do deleted[#deleted + 1] = members[j] end
+  redis.call('DEL', KEYS[i])
+end
+if #deleted > 0 then redis.call('PUBLISH', ARGV[2], table.concat(deleted, '\\n')) end
+return deleted
+"""
+
+# DELETE: delete entries, bump their own versions (so fills already in flight are refused) and
+# tell every process to drop them from memory.
+# KEYS[1 .. n] entries, KEYS[n+1 .. 2n] their version keys
+# ARGV[1] time to live of a version in ms, ARGV[2] invalidation channel
+# returns the number of entries that existed
+DELETE = """
+local n = #KEYS / 2
+local existed = 0
+for i = 1, n do
+  existed = existed + redis.call('DEL', KEYS[i])
+  redis.call('INCR', KEYS[n + i])
+  redis.call('PEXPIRE', KEYS[n + i], ARGV[1])
+end
+redis.call('PUBLISH', ARGV[2], table.concat(KEYS, '\\n', 1, n))
+return existed
+"""
+
+# LIST_PUSH: prepend an item to a capped list only if the list is cached (a missing list is
+# rebuilt from the source of truth by its next reader), and bump the list's version so that a
+# rebuild already in flight is refused.
+# KEYS[1] list, KEYS[2] its version key
+# ARGV[1] item, ARGV[2] maximum length, ARGV[3] time to live of a version in ms
+# returns the new length (0 when the list was not cached)
+LIST_PUSH = """
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local length = redis.call('LPUSHX', KEYS[1], ARGV[1])
+if length > 0 then redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1) end
+return length
+"""
+
+# LIST_FILL: store a list rebuilt from the source of truth unless it changed since the rebuild
+# began or another caller stored it first.
+# KEYS[1] list, KEYS[2] its version key
+# ARGV[1] time to live in ms, ARGV[2] the version read before the rebuild, ARGV[3 ..] items,
+# oldest first
+# returns 1 when stored, 0 otherwise
+LIST_FILL = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2] then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if #ARGV > 2 then
+  redis.call('LPUSH', KEYS[1], unpack(ARGV, 3))
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+# SLIDING_WINDOW: count a request in a sliding window (a sorted set scored by time) and say
+# whether it is allowed. Members are unique (time plus a caller-made nonce), so two requests in
+# the same millisecond both count.
+# KEYS[1] window
+# ARGV[1] window length in ms, ARGV[2] limit, ARGV[3] nonce
+# returns {allowed (1/0), requests in the window, ms until the oldest request leaves the window}
+SLIDING_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local allowed = 0
+if count < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now, now .. '-' .. ARGV[3])
+  count = count + 1
+  allowed = 1
+end
+redis.call('PEXPIRE', KEYS[1], window)
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local reset = window
+if #oldest == 2 then reset = tonumber(oldest[2]) + window - now end
+return {allowed, count, reset}
+"""

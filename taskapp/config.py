@@ -1,0 +1,140 @@
+"""Settings: read from the environment in one place, converted and validated at start-up."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any, Callable
+
+EMBEDDED_MONGODB = "mongomock://"
+EMBEDDED_REDIS = "memory://"
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def convert(raw: str) -> int:
+        value = int(raw)
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return convert
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def convert(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return raw
+
+    return convert
+
+
+def _email_list(raw: str) -> list[str]:
+    return [email.strip().lower() for email in raw.split(",") if email.strip()]
+
+
+# name -> (default, conversion from the environment's string)
+SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
+    "MONGODB_URI": ("mongomock://localhost/taskapp", str),
+    "REDIS_URL": (EMBEDDED_REDIS, str),
+    "REDIS_CLUSTER": (False, _bool),
+    "SECRET_KEY": (None, str),
+    "ADMIN_EMAILS": ([], _email_list),
+    "CACHE_KEY_PREFIX": ("taskapp:", str),
+    "TASK_CACHE_TTL": (60, _int_at_least(1)),
+    "TASK_LIST_CACHE_TTL": (30, _int_at_least(1)),
+    "HTTP_CACHE_TTL": (30, _int_at_least(1)),
+    "TASK_READ_STRATEGY": (
+        "cache-aside",
+        _one_of("cache-aside", "read-through", "refresh-ahead"),
+    ),
+    "TASK_WRITE_STRATEGY": ("invalidate", _one_of("invalidate", "write-through", "write-behind")),
+    "WRITE_BEHIND_FLUSH_MS": (1000, _int_at_least(10)),
+    "L1_CACHE_MAX_ITEMS": (10000, _int_at_least(0)),
+    "L1_CACHE_TTL": (5, _int_at_least(1)),
+    "RATE_LIMIT_PER_MINUTE": (600, _int_at_least(0)),
+    "LOGIN_RATE_LIMIT_PER_MINUTE": (10, _int_at_least(0)),
+    "SIMULATED_DB_LATENCY_MS": (0, _int_at_least(0)),
+    "ACCESS_TOKEN_TTL": (3600, _int_at_least(60)),
+    "MAX_CONTENT_LENGTH": (64 * 1024, _int_at_least(1024)),
+    "REDIS_SOCKET_TIMEOUT": (0.25, float),
+    "NEGATIVE_CACHE_TTL": (5, _int_at_least(1)),
+}
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or has a value the app cannot use."""
+
+
+def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return every setting: defaults, then the environment, then ``overrides``, validated."""
+    overrides = dict(overrides or {})
+    values: dict[str, Any] = {}
+    for name, (default, convert) in SETTINGS.items():
+        if name in overrides:
+            raw = overrides.pop(name)
+        elif name in os.environ:
+            raw = os.environ[name]
+        else:
+            values[name] = default
+            continue
+        values[name] = _convert(name, raw, convert)
+    values.update(overrides)  # other Flask / Flask-Caching keys pass through untouched
+    _validate(values)
+    return values
+
+
+def _convert(name: str, raw: Any, convert: Callable[[str], Any]) -> Any:
+    if not isinstance(raw, str):
+        return raw  # create_app(config) may pass typed values
+    try:
+        return convert(raw)
+    except ValueError as exc:
+        raise ConfigError(f"setting {name}={raw!r} is invalid: {exc}") from None
+
+
+def is_embedded(values: dict[str, Any]) -> bool:
+    """True when either backend lives inside this process (its data is not shared)."""
+    return values["MONGODB_URI"].startswith(EMBEDDED_MONGODB) or values["REDIS_URL"].startswith(
+        EMBEDDED_REDIS
+    )
+
+
+def _validate(values: dict[str, Any]) -> None:
+    redis_url = values["REDIS_URL"]
+    if not redis_url.startswith((EMBEDDED_REDIS, "redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"setting REDIS_URL={redis_url!r} is invalid: use redis://, rediss://, unix:// or memory://"
+        )
+    mongo_uri = values["MONGODB_URI"]
+    if not mongo_uri.startswith((EMBEDDED_MONGODB, "mongodb://", "mongodb+srv://")):
+        raise ConfigError(
+            f"setting MONGODB_URI={mongo_uri!r} is invalid: use mongodb://, mongodb+srv:// "
+            "or mongomock://"
+        )
+    if values["REDIS_CLUSTER"] and redis_url.startswith(EMBEDDED_REDIS):
+        raise ConfigError("setting REDIS_CLUSTER=1 needs a real REDIS_URL, not memory://")
+    real_backend = not redis_url.startswith(EMBEDDED_REDIS) or not mongo_uri.startswith(
+        EMBEDDED_MONGODB
+    )
+    if not values["SECRET_KEY"]:
+        if real_backend:
+            raise ConfigError(
+                "setting SECRET_KEY is required when a real Redis or MongoDB is configured"
+            )
+        values["SECRET_KEY"] = secrets.token_urlsafe(32)
+    prefix = values["CACHE_KEY_PREFIX"]
+    if not prefix or any(c in prefix for c in "{}* ?"):
+        raise ConfigError(
+            f"setting CACHE_KEY_PREFIX={prefix!r} is invalid: non-empty, without braces, "
+            "spaces or glob characters"
+        )

@@ -1,0 +1,25 @@
+"""The app's HTTP response cache: the cache extension's ResponseCache with taskapp's keys and auth."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from taskapp import keys
+from taskapp.auth.tokens import current_user_id
+from taskapp.cache.http import ResponseCache
+from taskapp.extensions import cache
+
+responses = ResponseCache(
+    cache,
+    identity=current_user_id,
+    key=keys.response,
+    tags=lambda user_id: [keys.responses_tag(user_id)],
+)
+
+#: Decorator for views whose 200 JSON responses are cached per user.
+cached_response = responses.mark
+
+
+def init_app(app: Flask) -> None:
+    """Register the response cache's hooks (after authentication and rate limiting)."""
+    responses.init_app(app)

@@ -1,0 +1,123 @@
+"""Shared fixtures: a real redis-server on a dedicated DB and key prefix, mongomock or a real MongoDB."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+
+from taskapp import create_app
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--redis-url",
+        default=os.environ.get("TEST_REDIS_URL", DEFAULT_REDIS_URL),
+        help="a real redis-server for the tests (a dedicated DB number; only the tests' keys are removed)",
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_url(request) -> str:
+    """The test Redis URL, probed once: a missing server fails the run instead of skipping tests."""
+    url = request.config.getoption("--redis-url")
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.exit(f"no redis-server answers at {url} ({exc}); .ci/run starts one", returncode=3)
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def key_prefix(redis_url) -> str:
+    """A key prefix of this test alone; its keys are deleted afterwards (SCAN, never KEYS)."""
+    prefix = f"taskapp-test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        batch = list(client.scan_iter(match=prefix + "*", count=1000))
+        for i in range(0, len(batch), 500):
+            client.delete(*batch[i : i + 500])
+    finally:
+        client.close()
+
+
+def _mongodb_uri() -> str:
+    """A database of this test alone, on the server of ``MONGODB_URI`` or in mongomock."""
+    base = os.environ.get("MONGODB_URI", "mongomock://localhost/taskapp")
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=f"/taskapp_test_{uuid.uuid4().hex[:12]}"))
+
+
+@pytest.fixture
+def make_app(redis_url, key_prefix):
+    """Build apps with the test settings; ``redis="memory"`` selects the embedded fakeredis."""
+    made = []
+
+    def factory(redis: str = "real", **overrides):
+        config = {
+            "TESTING": True,
+            "SECRET_KEY": "test-secret-key-with-32-bytes-of-entropy!",
+            "REDIS_URL": redis_url if redis == "real" else "memory://",
+            "CACHE_KEY_PREFIX": key_prefix,
+            "MONGODB_URI": _mongodb_uri(),
+            "RATE_LIMIT_PER_MINUTE": 100000,
+            "LOGIN_RATE_LIMIT_PER_MINUTE": 1000,
+        }
+        config.update(overrides)
+        app = create_app(config)
+        made.append(app)
+        return app
+
+    yield factory
+    for app in made:
+        from taskapp import db
+        from taskapp.extensions import cache
+
+        with app.app_context():
+            db.drop_database()
+            cache.close()
+
+
+@pytest.fixture(params=["real", "memory"])
+def backend(request) -> str:
+    """Run a test on the real redis-server and on the embedded memory:// backend."""
+    return request.param
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def register(client):
+    """Register and log in a user; return the Authorization headers."""
+
+    def do(email: str | None = None, password: str = "correct horse battery") -> dict[str, str]:
+        email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
+        response = client.post("/api/v1/auth/register", json={"email": email, "password": password})
+        assert response.status_code == 201, response.get_json()
+        response = client.post("/api/v1/auth/login", json={"email": email, "password": password})
+        assert response.status_code == 200, response.get_json()
+        return {"Authorization": f"Bearer {response.get_json()['access_token']}"}
+
+    return do

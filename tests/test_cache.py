@@ -1,0 +1,222 @@
+"""The cache extension on a bare Flask app: real Redis, and the embedded memory:// backend."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from taskapp.cache import NO_VALUE
+from tests.cache_helpers import bare_app, running, wait_until
+
+
+@pytest.fixture
+def cache(backend, redis_url, key_prefix):
+    url = redis_url if backend == "real" else "memory://"
+    app, ext = bare_app(url, key_prefix)
+    with running(app, ext):
+        yield ext
+
+
+@pytest.fixture
+def in_thread(cache):
+    """Run a function in a new thread with its own context of the test's app."""
+    from flask import current_app
+
+    app = current_app._get_current_object()
+
+    def start(fn, *args):
+        def target():
+            with app.app_context():
+                fn(*args)
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    return start
+
+
+@pytest.fixture
+def raw(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def test_get_of_a_missing_key_is_no_value(cache):
+    assert cache.get("nothing") is NO_VALUE
+
+
+def test_set_then_get_returns_an_equal_value(cache):
+    value = {"a": [1, 2, {"b": "é"}], "n": None}
+    assert cache.set("k", value, ttl=10)
+    assert cache.get("k") == value
+
+
+def test_a_cached_none_is_a_hit(cache):
+    calls = []
+    cache.set("none", None, ttl=10)
+    assert cache.get("none") is None
+    assert cache.get_or_set("none", lambda: calls.append(1), ttl=10) is None
+    assert calls == []
+
+
+def test_delete_removes_the_entry(cache):
+    cache.set("k", 1, ttl=10)
+    assert cache.delete("k") == 1
+    assert cache.get("k") is NO_VALUE
+
+
+def test_values_expire_after_their_ttl(cache):
+    cache.set("short", "v", ttl=0.3)
+    assert cache.get("short") == "v"
+    time.sleep(0.45)
+    assert cache.get("short") is NO_VALUE
+
+
+def test_get_or_set_fetches_once_then_hits(cache):
+    calls = []
+
+    def fetch():
+        calls.append(1)
+        return {"n": len(calls)}
+
+    assert cache.get_or_set("g", fetch, ttl=10) == {"n": 1}
+    assert cache.get_or_set("g", fetch, ttl=10) == {"n": 1}
+    assert calls == [1]
+
+
+def test_ttl_may_depend_on_the_value(cache):
+    cache.get_or_set("missing", lambda: None, ttl=lambda v: 0.2 if v is None else 60)
+    assert cache.get("missing") is None
+    time.sleep(0.35)
+    assert cache.get("missing") is NO_VALUE
+
+
+def test_invalidate_tags_removes_every_tagged_entry_and_only_those(cache):
+    cache.set("a", 1, ttl=10, tags=["t1"])
+    cache.set("b", 2, ttl=10, tags=["t1", "t2"])
+    cache.set("c", 3, ttl=10, tags=["t2"])
+    cache.set("d", 4, ttl=10)
+    assert cache.invalidate_tags("t1") == 2
+    assert [cache.get(k) for k in "abcd"] == [NO_VALUE, NO_VALUE, 3, 4]
+
+
+def test_an_invalidation_during_a_fill_keeps_the_fill_out_of_the_cache(cache, in_thread):
+    started = threading.Event()
+    results = []
+
+    def slow_fetch():
+        started.set()
+        time.sleep(0.3)
+        return "old"
+
+    filler = in_thread(lambda: results.append(cache.get_or_set("k", slow_fetch, 10, ["t"])))
+    assert started.wait(2)
+    cache.invalidate_tags("t")
+    filler.join()
+    assert results == ["old"]  # the caller that raced the write still gets an answer
+    assert cache.get("k") is NO_VALUE  # but nobody after the invalidation reads it
+
+
+def test_a_delete_during_a_fill_keeps_the_fill_out_of_the_cache(cache, in_thread):
+    started = threading.Event()
+
+    def slow_fetch():
+        started.set()
+        time.sleep(0.3)
+        return "old"
+
+    filler = in_thread(cache.get_or_set, "k", slow_fetch, 10)
+    assert started.wait(2)
+    cache.delete("k")
+    filler.join()
+    assert cache.get("k") is NO_VALUE
+
+
+def test_many_threads_missing_one_key_run_one_fetch(cache, in_thread):
+    calls = []
+    filled_at = []
+    returned_at = []
+    barrier = threading.Barrier(16)
+
+    def fetch():
+        calls.append(1)
+        time.sleep(0.2)
+        filled_at.append(time.monotonic())
+        return "value"
+
+    def worker():
+        barrier.wait()
+        if cache.get_or_set("hot", fetch, 10) == "value":
+            returned_at.append(time.monotonic())
+
+    threads = [in_thread(worker) for _ in range(16)]
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert len(returned_at) == 16
+    # Waiters are woken by the fill, not by a fixed poll: all are back well within 50 ms of it.
+    assert max(returned_at) - filled_at[0] < 0.05
+
+
+def test_tag_membership_is_written_with_the_value(cache):
+    cache.set("k", "v", ttl=10, tags=["t"])
+    members = cache.client.zrange(cache.keys.tag_set("t"), 0, -1)
+    assert members == [cache.keys.entry("k").encode()]
+    assert 9000 < cache.client.pttl(cache.keys.tag_set("t")) <= 10000
+
+
+def test_tag_sets_drop_members_that_expired(cache):
+    for i in range(20):
+        cache.set(f"old{i}", i, ttl=0.2, tags=["t"])
+    time.sleep(0.3)
+    cache.set("new", 1, ttl=10, tags=["t"])
+    members = cache.client.zrange(cache.keys.tag_set("t"), 0, -1)
+    assert members == [cache.keys.entry("new").encode()]
+
+
+def test_a_tag_set_expires_with_its_last_member(cache):
+    cache.set("k", "v", ttl=0.2, tags=["t"])
+    time.sleep(0.3)
+    assert cache.client.exists(cache.keys.tag_set("t")) == 0
+
+
+def test_capped_lists_are_rebuilt_from_the_source_and_pushed_to(cache):
+    source = [{"n": 2}, {"n": 1}]
+    assert cache.list_get("feed", 10, lambda: list(source), maxlen=3, ttl=10) == source
+    cache.list_push("feed", {"n": 3}, maxlen=3)
+    cache.list_push("feed", {"n": 4}, maxlen=3)
+    assert cache.list_get("feed", 10, lambda: pytest.fail("hit expected"), maxlen=3, ttl=10) == [
+        {"n": 4},
+        {"n": 3},
+        {"n": 2},
+    ]
+
+
+def test_a_push_during_a_list_rebuild_keeps_the_rebuild_out(cache):
+    def slow_source():
+        cache.list_push("feed", {"n": 2}, maxlen=10)  # a change lands while we read the source
+        return [{"n": 1}]
+
+    assert cache.list_get("feed", 10, slow_source, maxlen=10, ttl=10) == [{"n": 1}]
+    assert cache.client.exists(cache.keys.entry("feed")) == 0
+
+
+def test_keys_carry_the_prefix(cache, key_prefix):
+    cache.set("k", 1, ttl=10, tags=["t"])
+    assert cache.client.exists(key_prefix + "k") == 1
+    assert cache.client.exists(key_prefix + "tag:t") == 1
+
+
+def test_values_are_stored_as_json_never_pickle(cache, key_prefix):
+    cache.set("k", {"x": 1}, ttl=10)
+    raw = cache.client.get(key_prefix + "k")
+    header, _, body = raw.partition(b"\n")
+    assert body == b'{"x":1}'
+    assert header.startswith(b"{")
+
+
