@@ -121,3 +121,13 @@ def register(client):
         return {"Authorization": f"Bearer {response.get_json()['access_token']}"}
 
     return do
+
+
+@pytest.fixture
+def private_redis():
+    """A redis-server of this test alone, to pause, kill and restart."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.stop()

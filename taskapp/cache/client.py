@@ -38,7 +38,13 @@ def connect(url: str, *, cluster: bool, timeout: float) -> Any:
     options: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.005), 1),
+        # One quick retry for a dropped connection; never for a timeout (a hung server would
+        # double every wait before the breaker opens).
+        "retry": Retry(
+            ExponentialBackoff(cap=0.05, base=0.005),
+            1,
+            supported_errors=(redis.exceptions.ConnectionError,),
+        ),
         "health_check_interval": 10,
         "client_name": "taskapp",
     }

@@ -1,0 +1,83 @@
+"""A separate process using the cache, driven by the process tests (python -m tests.cache_child).
+
+Each mode prints one JSON line per event on stdout, with wall-clock times, so the parent can
+compare what happened here with what it did.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import redis
+
+from tests.cache_helpers import bare_app
+
+
+def emit(**event) -> None:
+    print(json.dumps({"t": time.time(), **event}), flush=True)
+
+
+def main() -> None:
+    mode, url, prefix = sys.argv[1:4]
+    app, cache = bare_app(url, prefix, CACHE_LOCK_TTL=float(sys.argv[4]) if len(sys.argv) > 4 else 5)
+    raw = redis.Redis.from_url(url)
+    with app.app_context():
+        if mode == "hold-lock":
+            # Take the fill lock and hang in the fetch until killed.
+            def fetch():
+                emit(event="fetching")
+                time.sleep(60)
+
+            cache.get_or_set("k", fetch, ttl=30)
+        elif mode == "slow-fill":
+            # Read the "database" (a Redis key outside the cache), slowly, and fill.
+            def fetch():
+                value = raw.get(prefix + "source").decode()
+                emit(event="read", value=value)
+                time.sleep(0.6)
+                return value
+
+            emit(event="filled", value=cache.get_or_set("k", fetch, ttl=30, tags=["t"]))
+        elif mode == "stampede":
+            # Threads of this process all miss one cold key; fetches are counted in Redis.
+            threads = int(sys.argv[5])
+            barrier = threading.Barrier(threads)
+
+            def fetch():
+                raw.incr(prefix + "fetches")
+                time.sleep(0.3)
+                return "v"
+
+            def worker():
+                with app.app_context():
+                    barrier.wait()
+                    value = cache.get_or_set("cold", fetch, ttl=30)
+                    emit(event="got", value=value)
+
+            pool = [threading.Thread(target=worker) for _ in range(threads)]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+        elif mode == "watch-l1":
+            # Serve "k" from memory in a loop and report when the old value stops being served.
+            cache.local  # start the listener
+            deadline = time.monotonic() + 10
+            while not cache._state().notifier.subscribed.is_set():
+                time.sleep(0.005)
+            first = cache.get("k")
+            assert cache.get("k") == first and len(cache.local) == 1, "k should be in memory"
+            emit(event="ready", value=first)
+            while time.monotonic() < deadline:
+                if cache.get("k") != first:
+                    emit(event="changed")
+                    break
+                time.sleep(0.001)
+        cache.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Redis hanging (SIGSTOP), dying and coming back: answers keep coming, nothing stale survives."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+
+from taskapp.cache import NO_VALUE
+from taskapp.cache import metrics
+from tests.cache_helpers import bare_app, running
+
+
+@pytest.fixture
+def cache_on(private_redis, key_prefix):
+    app, ext = bare_app(private_redis.url, key_prefix, CACHE_BREAKER_COOLDOWN=0.5)
+    with running(app, ext):
+        yield ext
+
+
+def timed(fn):
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+def test_a_hung_redis_costs_a_few_timeouts_then_nothing(cache_on, private_redis):
+    cache_on.set("k", "cached", ttl=30)
+    errors_before = metrics.CACHE_ERRORS._value.get()
+    private_redis.pause()
+    try:
+        durations = []
+        for _ in range(40):
+            value, seconds = timed(lambda: cache_on.get_or_set("k", lambda: "from source", ttl=30))
+            assert value == "from source"
+            durations.append(seconds)
+    finally:
+        private_redis.resume()
+    # The first calls wait for the socket timeout; once the breaker opens, calls skip Redis.
+    assert sum(durations[:5]) < 3.0
+    assert statistics.median(durations) < 0.005
+    assert metrics.CACHE_ERRORS._value.get() - errors_before >= 3
+    assert cache_on.degraded
+
+
+def test_the_cache_is_used_again_after_redis_resumes(cache_on, private_redis):
+    private_redis.pause()
+    try:
+        for _ in range(5):
+            cache_on.get("k")
+    finally:
+        private_redis.resume()
+    time.sleep(0.6)  # the breaker's cool-down
+    cache_on.get("k")  # the probe
+    assert not cache_on.degraded
+    calls = []
+    cache_on.get_or_set("k", lambda: calls.append(1) or "v", ttl=30)
+    assert cache_on.get_or_set("k", lambda: calls.append(1) or "v", ttl=30) == "v"
+    assert calls == [1]
+
+
+def test_an_invalidation_made_during_a_hang_is_replayed_before_reads(cache_on, private_redis):
+    cache_on.set("k", "before the write", ttl=30, tags=["t"])
+    private_redis.pause()
+    try:
+        for _ in range(5):
+            cache_on.get("other")  # the breaker opens
+        assert cache_on.degraded
+        cache_on.invalidate_tags("t")  # refused at once: Redis never receives it now
+    finally:
+        private_redis.resume()
+    time.sleep(0.6)
+    assert cache_on.get("k") is NO_VALUE
+
+
+def test_a_killed_redis_is_served_around_and_used_again_after_restart(cache_on, private_redis):
+    cache_on.set("k", "v", ttl=30)
+    private_redis.kill()
+    durations = []
+    for _ in range(30):
+        value, seconds = timed(lambda: cache_on.get_or_set("k", lambda: "source", ttl=30))
+        assert value == "source"
+        durations.append(seconds)
+    assert statistics.median(durations) < 0.005
+    private_redis.start()
+    time.sleep(0.6)
+    calls = []
+    assert cache_on.get_or_set("k", lambda: calls.append(1) or "fresh", ttl=30) == "fresh"
+    assert cache_on.get("k") == "fresh"
+    assert not cache_on.degraded
+
+
+def test_set_and_delete_never_raise_while_redis_is_down(cache_on, private_redis):
+    private_redis.kill()
+    assert cache_on.set("k", 1, ttl=10) is False
+    assert cache_on.delete("k") == 0
+    assert cache_on.invalidate_tags("t") == 0
+    assert cache_on.get("k") is NO_VALUE
+    assert cache_on.ping() is False

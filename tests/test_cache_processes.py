@@ -1,0 +1,94 @@
+"""Guarantees across real processes: one fill, a killed lock holder, stale fills, memory layers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import redis
+
+from taskapp.cache import NO_VALUE
+from tests.cache_helpers import bare_app, running
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child(*args: str) -> subprocess.Popen:
+    """Start ``python -m tests.cache_child ARGS`` with JSON events on its stdout."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.cache_child", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def next_event(process: subprocess.Popen) -> dict:
+    line = process.stdout.readline()
+    assert line, f"child exited with {process.wait(5)}"
+    return json.loads(line)
+
+
+def test_one_fill_for_many_threads_in_many_processes(redis_url, key_prefix):
+    processes = [child("stampede", redis_url, key_prefix, "5", "6") for _ in range(4)]
+    events = []
+    for process in processes:
+        out, _ = process.communicate(timeout=30)
+        assert process.returncode == 0
+        events += [json.loads(line) for line in out.splitlines()]
+    assert [e["value"] for e in events] == ["v"] * 24
+    assert redis.Redis.from_url(redis_url).get(key_prefix + "fetches") == b"1"
+
+
+def test_a_lock_holder_killed_mid_fill_is_replaced_within_the_lock_ttl(redis_url, key_prefix):
+    holder = child("hold-lock", redis_url, key_prefix, "1.0")
+    try:
+        assert next_event(holder)["event"] == "fetching"
+        holder.kill()
+        holder.wait(5)
+        killed_at = time.monotonic()
+        app, cache = bare_app(redis_url, key_prefix, CACHE_LOCK_TTL=1.0)
+        with running(app, cache):
+            calls = []
+            assert cache.get_or_set("k", lambda: calls.append(1) or "v", ttl=30) == "v"
+            waited = time.monotonic() - killed_at
+    finally:
+        holder.kill()
+    assert calls == [1]
+    assert waited < 1.0 + 0.5  # the lock's TTL, plus a retry slice
+
+
+def test_a_slow_fill_in_another_process_never_outlives_a_write(redis_url, key_prefix):
+    source = redis.Redis.from_url(redis_url)
+    source.set(key_prefix + "source", "old")
+    filler = child("slow-fill", redis_url, key_prefix)
+    read = next_event(filler)
+    assert read == {"t": read["t"], "event": "read", "value": "old"}
+    app, cache = bare_app(redis_url, key_prefix)
+    with running(app, cache):
+        source.set(key_prefix + "source", "new")  # the write ...
+        cache.invalidate_tags("t")  # ... and its invalidation, while the child still fetches
+        assert next_event(filler)["value"] == "old"
+        filler.wait(5)
+        assert cache.get("k") is NO_VALUE
+        fresh = cache.get_or_set("k", lambda: source.get(key_prefix + "source").decode(), 30, ["t"])
+        assert fresh == "new"
+
+
+def test_an_invalidation_reaches_another_process_memory_within_50ms(redis_url, key_prefix):
+    app, cache = bare_app(redis_url, key_prefix)
+    with running(app, cache):
+        cache.set("k", "old", ttl=30, tags=["t"])
+        watcher = child("watch-l1", redis_url, key_prefix)
+        try:
+            assert next_event(watcher) ["value"] == "old"
+            invalidated_at = time.time()
+            cache.invalidate_tags("t")
+            changed = next_event(watcher)
+        finally:
+            watcher.kill()
+    assert changed["event"] == "changed"
+    assert changed["t"] - invalidated_at < 0.05
