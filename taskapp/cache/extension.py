@@ -6,7 +6,11 @@ import logging
 import os
 import threading
 import time
+import math
+import random
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Callable, Iterable, NamedTuple
 
 from flask import Flask, current_app, g, has_app_context
@@ -55,9 +59,14 @@ class _State:
         )
         self.scripts = {
             name: self.client.register_script(getattr(scripts, name))
-            for name in ("FILL", "RELEASE", "INVALIDATE", "DELETE", "LIST_PUSH", "LIST_FILL")
+            for name in (
+                "FILL", "RELEASE", "INVALIDATE", "DELETE", "LIST_PUSH", "LIST_FILL", "WRITE_THROUGH"
+            )
         }
         self.notifier = Notifier(self.client, self.keys, self.l1)
+        # Refresh-ahead work: a small bounded pool, shut down with the cache (never a thread per key).
+        self.refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="taskapp-cache-refresh")
+        self.refreshing: set[str] = set()
         log.info("cache connected to %s (prefix %r)", _redacted(config["REDIS_URL"]), self.keys.prefix)
 
     def run(self, fn: Callable[[], Any]) -> Any:
@@ -87,6 +96,7 @@ class _State:
         log.warning("replayed %d tag and %d key invalidations held back by the outage", len(tags), len(keys))
 
     def close(self) -> None:
+        self.refresher.shutdown(wait=True, cancel_futures=True)
         self.notifier.stop()
         self.client.close()
 
@@ -99,6 +109,13 @@ def current_state() -> _State:
     if state.l1.enabled:
         state.notifier.start()
     return state
+
+
+def _xfetch_due(entry: Entry, beta: float = 1.0) -> bool:
+    """XFetch (Vattani et al., VLDB 2015): refresh early with a probability that grows as the
+    expiry nears, scaled by how long the fetch took (a floor of 1 ms for very fast fetches)."""
+    delta = max(entry.fetch_seconds, 0.001)
+    return time.time() - delta * beta * math.log(1.0 - random.random()) >= entry.expires_at
 
 
 def _redacted(url: str) -> str:
@@ -129,6 +146,7 @@ class RedisCache:
         self.cached = self._flask_cache.cached
         self.memoize = self._flask_cache.memoize
         self.delete_memoized = self._flask_cache.delete_memoized
+        self._loaders: dict[str, Callable[..., Any]] = {}
 
     def init_app(self, app: Flask) -> None:
         """Read and validate the settings, connect, and register teardown."""
@@ -347,6 +365,7 @@ class RedisCache:
         fetch: Callable[[], Any],
         ttl: Ttl = None,
         tags: Iterable[str] = (),
+        refresh_ahead: bool = False,
     ) -> Any:
         """The cached value of ``key``, or ``fetch()``'s, stored; one fetch per key at a time.
 
@@ -355,13 +374,58 @@ class RedisCache:
         expired entry is still at hand, are served it at once (stale-while-revalidate, bounded
         by CACHE_STALE_TTL). A waiter gives up after CACHE_LOCK_WAIT and fetches for itself.
         When Redis is unavailable every caller fetches: correctness over speed.
+
+        With ``refresh_ahead`` a hit may start a background refresh shortly before the entry
+        expires (XFetch: the closer the expiry and the slower the fetch, the likelier), and an
+        expired entry still at hand is served while it is refreshed in the background, so
+        readers of a hot key never wait for the source.
         """
         state = self._state()
         full_key = state.keys.entry(key)
         entry = self._read(state, full_key)
+        tags = list(tags)
         if entry is not None and entry.is_fresh():
+            if refresh_ahead and _xfetch_due(entry):
+                self._refresh_in_background(state, full_key, fetch, ttl, tags)
             return entry.value
-        return self._fill(state, full_key, fetch, ttl, list(tags), stale=entry)
+        if entry is not None and refresh_ahead:
+            metrics.CACHE_STALE_SERVED.inc()
+            self._refresh_in_background(state, full_key, fetch, ttl, tags)
+            return entry.value
+        return self._fill(state, full_key, fetch, ttl, tags, stale=entry)
+
+    def _refresh_in_background(
+        self, state: _State, full_key: str, fetch: Callable[[], Any], ttl: Ttl, tags: list[str]
+    ) -> None:
+        """Refresh an entry in the refresher pool; one refresher per key across all processes."""
+        with state.pending_lock:
+            if full_key in state.refreshing:
+                return
+            state.refreshing.add(full_key)
+        app = current_app._get_current_object()
+
+        def refresh() -> None:
+            try:
+                with app.app_context():
+                    token = uuid.uuid4().hex
+                    lock = state.keys.lock(full_key)
+                    px = int(state.lock_ttl * 1000)
+                    if state.run(lambda: state.client.set(lock, token, nx=True, px=px)):
+                        log.debug("refreshing %s ahead of its expiry", full_key)
+                        self._fill_locked(state, full_key, fetch, ttl, tags, token, force=True)
+            except Unavailable:
+                log.debug("refresh of %s skipped: Redis unavailable", full_key)
+            except Exception:  # a failed refresh must not kill the pool; readers still hit
+                log.exception("background refresh of %s failed", full_key)
+            finally:
+                with state.pending_lock:
+                    state.refreshing.discard(full_key)
+
+        try:
+            state.refresher.submit(refresh)
+        except RuntimeError:  # the pool is shut down: the worker is stopping
+            with state.pending_lock:
+                state.refreshing.discard(full_key)
 
     def _fill(
         self,
@@ -427,6 +491,7 @@ class RedisCache:
         ttl: Ttl,
         tags: list[str],
         token: str,
+        force: bool = False,
     ) -> Any:
         """Holder of the fill lock: read versions, fetch, store if nothing was invalidated."""
         version_keys = self._version_keys(state, full_key, tags)
@@ -440,7 +505,7 @@ class RedisCache:
         except Unavailable:
             self._release(state, full_key, token)
             return self._fetch(fetch)[0]
-        if current is not None:  # filled between our read and our lock
+        if current is not None and not force:  # filled between our read and our lock
             entry = Entry.decode(current)
             if entry.is_fresh():
                 self._release(state, full_key, token)
@@ -490,6 +555,79 @@ class RedisCache:
         if seconds <= 0:
             raise ValueError("ttl must be positive")
         return seconds
+
+    # -- read-through and write-through -------------------------------------------------
+
+    def register_loader(self, family: str, loader: Callable[..., Any]) -> None:
+        """Make the cache responsible for loading a family of keys (read-through)."""
+        self._loaders[family] = loader
+
+    def load(
+        self,
+        family: str,
+        key: str,
+        *args: Any,
+        ttl: Ttl = None,
+        tags: Iterable[str] = (),
+        refresh_ahead: bool = False,
+    ) -> Any:
+        """Read-through: the cached value of ``key``, loaded by the family's loader on a miss.
+
+        The loader runs under the same fill lock and version checks as ``get_or_set``.
+        """
+        try:
+            loader = self._loaders[family]
+        except KeyError:
+            raise LookupError(f"no loader registered for the key family {family!r}") from None
+        return self.get_or_set(key, partial(loader, *args), ttl, tags, refresh_ahead)
+
+    def write_through(
+        self,
+        key: str,
+        value: Any,
+        version: int,
+        ttl: Ttl = None,
+        tags: Iterable[str] = (),
+        invalidate: Iterable[str] = (),
+    ) -> bool:
+        """After a write to the source: invalidate ``invalidate`` and store ``value``, atomically.
+
+        ``version`` grows with each write of the entry (a counter kept by the source), so a slow
+        writer never replaces a newer value stored by a faster one. Fills that read the source
+        before the write are refused, as after any invalidation.
+        """
+        state = self._state()
+        keys = state.keys
+        full_key = keys.entry(key)
+        tags, dropped = list(tags), list(invalidate)
+        seconds = self._ttl(state, ttl, value)
+        entry = Entry(dumps(value), time.time() + seconds, tags)
+        try:
+            stored, *deleted = state.run(
+                lambda: state.scripts["WRITE_THROUGH"](
+                    keys=[full_key, keys.version(full_key), keys.write_version(full_key)]
+                    + [keys.tag_set(t) for t in tags]
+                    + [keys.tag_set(t) for t in dropped]
+                    + [keys.tag_version(t) for t in dropped],
+                    args=[
+                        entry.encode(),
+                        int(seconds * 1000),
+                        version,
+                        state.version_ttl_ms,
+                        keys.invalidation_channel,
+                        len(tags),
+                        len(dropped),
+                    ],
+                )
+            )
+        except Unavailable:
+            with state.pending_lock:
+                state.pending_tags.update(dropped)
+                state.pending_keys.add(full_key)
+            state.l1.clear()
+            return False
+        state.l1.discard([k.decode() for k in deleted])
+        return bool(stored)
 
     # -- capped lists (feeds) -----------------------------------------------------------
 

@@ -38,6 +38,10 @@ class Keys:
         """The entry's own version, bumped when it is deleted."""
         return f"{self.prefix}v:{self._slotted(full_key)}"
 
+    def write_version(self, full_key: str) -> str:
+        """The version of the last write stored by write-through."""
+        return f"{self.prefix}wv:{self._slotted(full_key)}"
+
     def tag_set(self, tag: str) -> str:
         """The sorted set of the entries a tag holds, scored by their expiry."""
         return f"{self.prefix}tag:{tag}"

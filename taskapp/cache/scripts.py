@@ -143,3 +143,49 @@ local reset = window
 if #oldest == 2 then reset = tonumber(oldest[2]) + window - now end
 return {allowed, count, reset}
 """
+
+# WRITE_THROUGH: after a write to the source, drop what it affects and store its new value in
+# one step, unless a newer write of the same entry is stored already (writers may finish out of
+# order). Bumping the versions refuses every fill that read the source before the write.
+# KEYS[1] entry, KEYS[2] its version key, KEYS[3] its write-version key,
+# KEYS[4 .. 3+n] the entry's tag sets, KEYS[4+n .. 3+n+k] tag sets to invalidate,
+# KEYS[4+n+k .. 3+n+2k] their versions
+# ARGV[1] payload, ARGV[2] time to live in ms, ARGV[3] the write's version (a number that grows
+# with each write of the entry), ARGV[4] time to live of a version in ms, ARGV[5] invalidation
+# channel, ARGV[6] n, ARGV[7] k
+# returns {1 when stored or 0 when a newer write was stored already, the keys deleted...}
+WRITE_THROUGH = """
+local n = tonumber(ARGV[6])
+local k = tonumber(ARGV[7])
+local deleted = {KEYS[1]}
+for i = 1, k do
+  local version = KEYS[3 + n + k + i]
+  redis.call('INCR', version)
+  redis.call('PEXPIRE', version, ARGV[4])
+  local members = redis.call('ZRANGE', KEYS[3 + n + i], 0, -1)
+  for j = 1, #members, 500 do
+    redis.call('DEL', unpack(members, j, math.min(j + 499, #members)))
+  end
+  for j = 1, #members do deleted[#deleted + 1] = members[j] end
+  redis.call('DEL', KEYS[3 + n + i])
+end
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local stored = 0
+if tonumber(redis.call('GET', KEYS[3]) or '-1') < tonumber(ARGV[3]) then
+  local ttl = tonumber(ARGV[2])
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for i = 4, 3 + n do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    redis.call('ZADD', KEYS[i], now + ttl, KEYS[1])
+    if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
+  stored = 1
+end
+redis.call('PUBLISH', ARGV[5], table.concat(deleted, '\\n'))
+table.insert(deleted, 1, stored)
+return deleted
+"""

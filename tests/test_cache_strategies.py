@@ -1,0 +1,125 @@
+"""Read-through, refresh-ahead and write-through in the cache extension, with their race checks."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from taskapp.cache import NO_VALUE
+from tests.cache_helpers import bare_app, running, wait_until
+
+
+@pytest.fixture
+def app_cache(backend, redis_url, key_prefix):
+    url = redis_url if backend == "real" else "memory://"
+    app, ext = bare_app(url, key_prefix, CACHE_STALE_TTL=5)
+    with running(app, ext):
+        yield app, ext
+
+
+@pytest.fixture
+def cache(app_cache):
+    return app_cache[1]
+
+
+def test_read_through_calls_the_registered_loader_once(cache):
+    calls = []
+    cache.register_loader("square", lambda n: calls.append(n) or n * n)
+    assert cache.load("square", "sq:3", 3, ttl=10) == 9
+    assert cache.load("square", "sq:3", 3, ttl=10) == 9
+    assert calls == [3]
+
+
+def test_read_through_without_a_loader_names_the_family(cache):
+    with pytest.raises(LookupError, match="nothing"):
+        cache.load("nothing", "k")
+
+
+def test_read_through_loads_are_refused_after_a_racing_invalidation(app_cache):
+    app, cache = app_cache
+    started = threading.Event()
+
+    def slow(n):
+        started.set()
+        time.sleep(0.3)
+        return n
+
+    cache.register_loader("slow", slow)
+
+    def reader():
+        with app.app_context():
+            cache.load("slow", "k", 1, ttl=10, tags=["t"])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert started.wait(2)
+    cache.invalidate_tags("t")
+    thread.join()
+    assert cache.get("k") is NO_VALUE
+
+
+def test_refresh_ahead_refreshes_a_hot_key_before_it_expires(cache):
+    version = [0]
+
+    def fetch():
+        version[0] += 1
+        time.sleep(0.05)
+        return version[0]
+
+    assert cache.get_or_set("hot", fetch, ttl=0.5, refresh_ahead=True) == 1
+    slowest = 0.0
+    seen = set()
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        seen.add(cache.get_or_set("hot", fetch, ttl=0.5, refresh_ahead=True))
+        slowest = max(slowest, time.perf_counter() - started)
+        time.sleep(0.002)
+    assert len(seen) >= 3  # refreshed in the background more than once
+    assert slowest < 0.045  # and no reader ever waited for the 50 ms fetch
+
+
+def test_refresh_ahead_serves_an_expired_entry_while_refreshing(cache):
+    cache.get_or_set("k", lambda: "old", ttl=0.2, refresh_ahead=True)
+    time.sleep(0.3)
+    started = time.perf_counter()
+    assert cache.get_or_set("k", lambda: time.sleep(0.2) or "new", ttl=10, refresh_ahead=True) == "old"
+    assert time.perf_counter() - started < 0.1
+    wait_until(lambda: cache.get("k") == "new")
+
+
+def test_write_through_stores_the_new_value_and_invalidates_the_rest(cache):
+    cache.set("item", {"v": 1}, ttl=10, tags=["item"])
+    cache.set("list", [1], ttl=10, tags=["all"])
+    assert cache.write_through("item", {"v": 2}, version=2, ttl=10, tags=["item"], invalidate=["item", "all"])
+    assert cache.get("item") == {"v": 2}
+    assert cache.get("list") is NO_VALUE
+
+
+def test_write_through_never_replaces_a_newer_write(cache):
+    assert cache.write_through("item", "second", version=2, ttl=10)
+    assert not cache.write_through("item", "first", version=1, ttl=10)
+    assert cache.get("item") == "second"
+
+
+def test_write_through_refuses_a_fill_that_read_before_the_write(app_cache):
+    app, cache = app_cache
+    started = threading.Event()
+
+    def slow_fetch():
+        started.set()
+        time.sleep(0.3)
+        return "before the write"
+
+    def reader():
+        with app.app_context():
+            cache.get_or_set("item", slow_fetch, ttl=10, tags=["item"])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert started.wait(2)
+    cache.write_through("item", "written", version=1, ttl=10, tags=["item"], invalidate=["item"])
+    thread.join()
+    assert cache.get("item") == "written"
