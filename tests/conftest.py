@@ -131,3 +131,13 @@ def private_redis():
     server = RedisServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A 3-master Redis Cluster on loopback ports, shared by the cluster tests of the session."""
+    from tests.redis_server import RedisClusterServers
+
+    cluster = RedisClusterServers()
+    yield cluster
+    cluster.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -14,10 +15,20 @@ import redis
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
+    """A free TCP port below 50000 (a cluster node also needs its port + 10000 for its bus)."""
+    while True:
+        port = random.randint(20000, 49999)
+        if _free(port) and _free(port + 10000):
+            return port
+
+
+def _free(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class RedisServer:
@@ -72,3 +83,35 @@ class RedisServer:
             self.process.kill()
             self.process.wait(5)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisClusterServers:
+    """A Redis Cluster of three masters on loopback ports, made with ``redis-cli --cluster create``."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                  "--cluster-node-timeout", "2000") for _ in range(masters)]
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 20
+        for node in self.nodes:
+            client = redis.Redis(port=node.port)
+            while client.cluster("INFO").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+                time.sleep(0.05)
+            client.close()
+
+    @property
+    def url(self) -> str:
+        """A seed node's URL (REDIS_CLUSTER=1 discovers the rest)."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

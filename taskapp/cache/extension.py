@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 from flask import Flask, current_app, g, has_app_context
 from flask_caching import Cache as FlaskCache
+from redis.crc import key_slot
 
 from taskapp.cache import metrics, scripts
 from taskapp.cache.client import REDIS_ERRORS, Breaker, Unavailable, connect
@@ -37,6 +38,7 @@ class _State:
         self.pid = os.getpid()
         self.config = config
         self.keys = Keys(config["CACHE_KEY_PREFIX"])
+        self.cluster = bool(config.get("REDIS_CLUSTER"))
         self.default_ttl = float(config["CACHE_DEFAULT_TIMEOUT"])
         self.stale_ttl = float(config["CACHE_STALE_TTL"])
         self.lock_ttl = float(config["CACHE_LOCK_TTL"])
@@ -80,20 +82,53 @@ class _State:
         if not tags and not keys:
             self.client.ping()
             return
-        if tags:
-            self.scripts["INVALIDATE"](
-                keys=[self.keys.tag_set(t) for t in tags] + [self.keys.tag_version(t) for t in tags],
-                args=[self.version_ttl_ms, self.keys.invalidation_channel],
-            )
-        if keys:
-            self.scripts["DELETE"](
-                keys=keys + [self.keys.version(k) for k in keys],
-                args=[self.version_ttl_ms, self.keys.invalidation_channel],
-            )
+        self.send_invalidate(tags)
+        self.send_delete(keys)
         with self.pending_lock:
             self.pending_tags.difference_update(tags)
             self.pending_keys.difference_update(keys)
         log.warning("replayed %d tag and %d key invalidations held back by the outage", len(tags), len(keys))
+
+    def send_invalidate(self, tags: list[str]) -> list[str]:
+        """Run INVALIDATE for ``tags`` (one call per hash slot); the keys of deleted entries."""
+        deleted: list[str] = []
+        for group in self.by_slot(tags, self.keys.tag_set):
+            deleted += self.scripts["INVALIDATE"](
+                keys=[self.keys.tag_set(t) for t in group] + [self.keys.tag_version(t) for t in group],
+                args=[self.version_ttl_ms, self.keys.invalidation_channel],
+            )
+        return [k.decode() for k in deleted]
+
+    def send_delete(self, full_keys: list[str]) -> int:
+        """Run DELETE for ``full_keys`` (one call per hash slot); how many existed."""
+        existed = 0
+        for group in self.by_slot(full_keys, lambda k: k):
+            existed += self.scripts["DELETE"](
+                keys=group + [self.keys.version(k) for k in group],
+                args=[self.version_ttl_ms, self.keys.invalidation_channel],
+            )
+        return existed
+
+    def by_slot(self, items: list[str], redis_key: Callable[[str], str]) -> list[list[str]]:
+        """``items`` grouped so each group's Redis keys share a hash slot (one group off Cluster)."""
+        if not self.cluster:
+            return [items] if items else []
+        groups: dict[int, list[str]] = {}
+        for item in items:
+            groups.setdefault(key_slot(redis_key(item).encode()), []).append(item)
+        return list(groups.values())
+
+    def check_slots(self, full_key: str, tags: list[str]) -> None:
+        """On Cluster, refuse tags whose keys would not share the entry's hash slot."""
+        if not self.cluster:
+            return
+        slot = key_slot(full_key.encode())
+        for tag in tags:
+            if key_slot(self.keys.tag_set(tag).encode()) != slot:
+                raise ValueError(
+                    f"tag {tag!r} is not in the hash slot of key {self.keys.strip(full_key)!r}: "
+                    "on Redis Cluster give a key and its tags the same hash tag, like {u:42}"
+                )
 
     def close(self) -> None:
         self.refresher.shutdown(wait=True, cancel_futures=True)
@@ -257,6 +292,7 @@ class RedisCache:
     ) -> bool:
         """Run FILL: store unless a version read before the fetch has changed since."""
         keys = state.keys
+        state.check_slots(full_key, entry.tags)
         version_keys = self._version_keys(state, full_key, entry.tags) if versions is not None else []
         generation = state.l1.generation
         try:
@@ -291,6 +327,7 @@ class RedisCache:
         state = self._state()
         full_key = state.keys.entry(key)
         tags = list(tags)
+        state.check_slots(full_key, tags)
         version_keys = self._version_keys(state, full_key, tags)
         try:
             versions = state.run(lambda: state.client.mget(version_keys))
@@ -319,12 +356,7 @@ class RedisCache:
         full_keys = [state.keys.entry(k) for k in keys]
         state.l1.discard(full_keys)
         try:
-            return state.run(
-                lambda: state.scripts["DELETE"](
-                    keys=full_keys + [state.keys.version(k) for k in full_keys],
-                    args=[state.version_ttl_ms, state.keys.invalidation_channel],
-                )
-            )
+            return state.run(lambda: state.send_delete(full_keys))
         except Unavailable:
             with state.pending_lock:
                 state.pending_keys.update(full_keys)
@@ -340,21 +372,15 @@ class RedisCache:
         if not tags:
             return 0
         state = self._state()
-        keys = state.keys
         try:
-            deleted = state.run(
-                lambda: state.scripts["INVALIDATE"](
-                    keys=[keys.tag_set(t) for t in tags] + [keys.tag_version(t) for t in tags],
-                    args=[state.version_ttl_ms, keys.invalidation_channel],
-                )
-            )
+            deleted = state.run(lambda: state.send_invalidate(list(tags)))
         except Unavailable:
             with state.pending_lock:
                 state.pending_tags.update(tags)
             state.l1.clear()
             return 0
         # Our own memory layer is cleared now, not when our own message comes back.
-        state.l1.discard([k.decode() for k in deleted])
+        state.l1.discard(deleted)
         return len(deleted)
 
     # -- get or set ---------------------------------------------------------------------
@@ -382,8 +408,9 @@ class RedisCache:
         """
         state = self._state()
         full_key = state.keys.entry(key)
-        entry = self._read(state, full_key)
         tags = list(tags)
+        state.check_slots(full_key, tags)
+        entry = self._read(state, full_key)
         if entry is not None and entry.is_fresh():
             if refresh_ahead and _xfetch_due(entry):
                 self._refresh_in_background(state, full_key, fetch, ttl, tags)
@@ -496,12 +523,7 @@ class RedisCache:
         """Holder of the fill lock: read versions, fetch, store if nothing was invalidated."""
         version_keys = self._version_keys(state, full_key, tags)
         try:
-            current, *versions = state.run(
-                lambda: state.client.pipeline(transaction=False)
-                .get(full_key)
-                .mget(version_keys)
-                .execute()
-            )
+            current, *versions = state.run(lambda: state.client.mget([full_key, *version_keys]))
         except Unavailable:
             self._release(state, full_key, token)
             return self._fetch(fetch)[0]
@@ -510,7 +532,7 @@ class RedisCache:
             if entry.is_fresh():
                 self._release(state, full_key, token)
                 return entry.value
-        versions = [v if v is not None else b"0" for v in versions[0]]
+        versions = [v if v is not None else b"0" for v in versions]
         try:
             value, seconds = self._fetch(fetch)
         except BaseException:
@@ -600,6 +622,7 @@ class RedisCache:
         keys = state.keys
         full_key = keys.entry(key)
         tags, dropped = list(tags), list(invalidate)
+        state.check_slots(full_key, tags + dropped)
         seconds = self._ttl(state, ttl, value)
         entry = Entry(dumps(value), time.time() + seconds, tags)
         try:

@@ -12,11 +12,13 @@ Hash fields: ``c|<event>|<family>`` for counts (family empty when the event has 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
 import threading
 import time
+import weakref
 from collections import Counter
 from typing import Any, Iterator
 
@@ -69,9 +71,11 @@ class StatsRecorder:
         self._last_flush = time.monotonic()
         self._proc = f"{socket.gethostname()}:{os.getpid()}"
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork)
+            # Fork hooks are never unregistered: a weak reference does not keep us alive.
+            reset = functools.partial(_reset_in_child, weakref.ref(self))
+            os.register_at_fork(after_in_child=reset)
 
-    def _after_fork(self) -> None:
+    def _reset(self) -> None:
         self._lock = threading.Lock()  # the parent's may have been held by another thread
         self._pending = Counter()
         self._last_flush = time.monotonic()
@@ -118,6 +122,12 @@ class StatsRecorder:
         return time.monotonic() - self._last_flush >= interval
 
 
+def _reset_in_child(ref: "weakref.ref[StatsRecorder]") -> None:
+    recorder = ref()
+    if recorder is not None:
+        recorder._reset()
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -130,14 +140,19 @@ def read(client: Any, hash_key: str) -> Counts:
         if kind != "c":
             continue
         event, _, fam = rest.partition("|")
-        counts.setdefault(event, {})[fam] = counts.get(event, {}).get(fam, 0) + int(value)
+        counts.setdefault(event, {})[fam] = int(value)
     return counts
+
+
+def _reported_at(value: Any) -> float:
+    at = _text(value).partition(" ")[2]
+    return float(at) if at else 0.0
 
 
 def read_gauges(
     client: Any, hash_key: str, max_age: float = GAUGE_MAX_AGE
 ) -> dict[str, dict[str, float]]:
-    """Gauges of live processes: ``{name: {"host:pid": value}}``, skipping older than ``max_age``."""
+    """Gauges of live processes: ``{name: {"host:pid": value}}``, none older than ``max_age``."""
     gauges: dict[str, dict[str, float]] = {}
     now = time.time()
     for field, value in client.hgetall(hash_key).items():
@@ -145,10 +160,21 @@ def read_gauges(
         if kind != "g":
             continue
         name, _, proc = rest.partition("|")
-        number, _, at = _text(value).partition(" ")
-        if at and now - float(at) <= max_age:
+        if now - _reported_at(value) <= max_age:
+            number = _text(value).partition(" ")[0]
             gauges.setdefault(name, {})[proc] = float(number)
     return gauges
+
+
+def prune_gauges(client: Any, hash_key: str, max_age: float = GAUGE_MAX_AGE) -> int:
+    """Delete the gauges of processes silent for ``max_age`` seconds; how many were deleted."""
+    now = time.time()
+    stale = [
+        field
+        for field, value in client.hgetall(hash_key).items()
+        if _text(field).startswith("g|") and now - _reported_at(value) > max_age
+    ]
+    return int(client.hdel(hash_key, *stale)) if stale else 0
 
 
 def total(counts: Counts, event: str) -> int:
@@ -168,7 +194,7 @@ def hit_ratio(hits: int, misses: int) -> float | None:
 
 
 def scan_prefix(client: Any, prefix: str, pattern: str = "*", count: int = 1000) -> Iterator[bytes]:
-    """Every key of ``prefix`` matching ``pattern`` (SCAN, never KEYS; every primary on a cluster)."""
+    """Keys of ``prefix`` matching ``pattern``: SCAN, never KEYS (all primaries of a cluster)."""
     yield from client.scan_iter(match=escape_glob(prefix) + pattern, count=count)
 
 
