@@ -76,6 +76,29 @@ def main() -> None:
                     emit(event="changed")
                     break
                 time.sleep(0.001)
+        elif mode == "flusher":
+            # Apply write-behind changes to a SQLite file (a real database shared by processes).
+            import sqlite3
+
+            from taskapp.cache.writebehind import WriteBehind
+
+            path = sys.argv[5]
+            write_behind = WriteBehind(raw, prefix, flush_ms=100, claim_idle_ms=300)
+
+            def apply(object_id, state):
+                time.sleep(0.02)  # a slow database: a kill lands mid-batch
+                with sqlite3.connect(path) as db:
+                    db.execute(
+                        "INSERT INTO objs(id, version, state) VALUES (?, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET version = excluded.version, "
+                        "state = excluded.state WHERE excluded.version > objs.version",
+                        (object_id, state["version"], json.dumps(state, sort_keys=True)),
+                    )
+                emit(event="applied", id=object_id, version=state["version"])
+
+            stop = threading.Event()
+            threading.Timer(20, stop.set).start()
+            write_behind.run(apply, stop, consumer=f"flusher-{sys.argv[6]}")
         cache.close()
 
 

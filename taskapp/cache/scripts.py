@@ -189,3 +189,40 @@ redis.call('PUBLISH', ARGV[5], table.concat(deleted, '\\n'))
 table.insert(deleted, 1, stored)
 return deleted
 """
+
+# STAGE: merge a change into an object's pending state, give it the next version and queue it on
+# the write-behind stream, in one step (concurrent changes of one object never lose each other).
+# KEYS[1] the object's pending state (JSON, no expiry: it lives until the flusher applied it),
+# KEYS[2] the stream
+# ARGV[1] the object as the source has it (JSON; used when nothing is pending), ARGV[2] the
+# change (a JSON object of fields), ARGV[3] the object's id
+# returns the new pending state (JSON)
+STAGE = """
+local current = redis.call('GET', KEYS[1])
+local state
+if current then state = cjson.decode(current) else state = cjson.decode(ARGV[1]) end
+for field, value in pairs(cjson.decode(ARGV[2])) do state[field] = value end
+state['version'] = (tonumber(state['version']) or 0) + 1
+local encoded = cjson.encode(state)
+redis.call('SET', KEYS[1], encoded)
+redis.call('XADD', KEYS[2], '*',
+  'id', ARGV[3], 'key', KEYS[1], 'version', state['version'], 'state', encoded)
+return encoded
+"""
+
+# SETTLE: after the flusher applied a change to the source, acknowledge and delete its entry (the
+# stream holds only changes not yet applied), and drop the pending state if no newer change
+# arrived meanwhile.
+# KEYS[1] the stream, KEYS[2] the object's pending state
+# ARGV[1] the consumer group, ARGV[2] the stream entry id, ARGV[3] the version applied
+# returns 1 when the pending state was dropped, 0 when a newer change is still pending
+SETTLE = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+local current = redis.call('GET', KEYS[2])
+if current and tonumber(cjson.decode(current)['version']) <= tonumber(ARGV[3]) then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""

@@ -1,0 +1,182 @@
+"""Write-behind: changes answered from Redis at once, applied to the source by flushers.
+
+A change is merged into the object's pending state and queued on a Redis Stream in one script
+(STAGE). Flushers read the stream in a consumer group, apply the newest state of each object to
+the source (idempotent: the source keeps the version and ignores older ones), and only then
+acknowledge it (SETTLE). A flusher that dies keeps its entries pending in the group; another
+flusher claims them after ``claim_idle_ms`` (XAUTOCLAIM) and applies them again, which the
+version makes harmless. Durability is Redis's: without AOF (``appendonly yes``,
+``appendfsync everysec`` or ``always``) a Redis crash loses the changes not yet flushed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+import redis
+
+from taskapp.cache import scripts
+from taskapp.cache.client import REDIS_ERRORS
+
+log = logging.getLogger("taskapp.cache.writebehind")
+
+#: apply(object_id, state) writes ``state`` to the source unless it holds a newer version.
+Apply = Callable[[str, dict[str, Any]], None]
+
+
+class WriteBehind:
+    """The stream, its consumer group and the pending states of one app."""
+
+    group = "flushers"
+
+    def __init__(self, client: Any, prefix: str, *, flush_ms: int, claim_idle_ms: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.stream = f"{prefix}wb:stream"
+        self.flush_ms = flush_ms
+        self.claim_idle_ms = claim_idle_ms
+        self._stage = client.register_script(scripts.STAGE)
+        self._settle = client.register_script(scripts.SETTLE)
+
+    def pending_key(self, key: str) -> str:
+        """The Redis key of an object's pending state."""
+        return f"{self.prefix}wb:{key}"
+
+    def stage(self, key: str, object_id: str, base: dict[str, Any], change: dict[str, Any]) -> dict:
+        """Queue ``change`` of an object whose source state is ``base``; the new pending state.
+
+        Raises a Redis error when Redis is unavailable: a write-behind change that cannot be
+        queued must fail loudly, since nothing else would keep it.
+        """
+        encoded = self._stage(
+            keys=[self.pending_key(key), self.stream],
+            args=[json.dumps(base), json.dumps(change), object_id],
+        )
+        return json.loads(encoded)
+
+    def pending(self, key: str) -> dict[str, Any] | None:
+        """The object's state with its changes not yet flushed, or None."""
+        raw = self.client.get(self.pending_key(key))
+        return json.loads(raw) if raw is not None else None
+
+    def pending_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        """``pending`` for several objects in one round trip (keys of one hash slot)."""
+        if not keys:
+            return []
+        raws = self.client.mget([self.pending_key(k) for k in keys])
+        return [json.loads(r) if r is not None else None for r in raws]
+
+    def ensure_group(self) -> None:
+        """Create the stream and its consumer group if they are missing."""
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def flush_once(self, apply: Apply, consumer: str, block_ms: int | None = None) -> int:
+        """Apply one batch: first entries abandoned by dead flushers, then new ones; how many."""
+        _, claimed, _ = self.client.xautoclaim(
+            self.stream, self.group, consumer, min_idle_time=self.claim_idle_ms, count=100
+        )
+        entries = [e for e in claimed if e[1]]
+        if not entries:
+            batch = self.client.xreadgroup(
+                self.group, consumer, {self.stream: ">"}, count=100,
+                block=block_ms if block_ms is not None else max(10, self.flush_ms // 4),
+            )
+            entries = batch[0][1] if batch else []
+        if not entries:
+            return 0
+        self._apply_batch(apply, entries)
+        return len(entries)
+
+    def _apply_batch(self, apply: Apply, entries: list[tuple[bytes, dict]]) -> None:
+        """Apply the newest state of each object once, then settle every entry of the batch."""
+        newest: dict[str, dict[str, Any]] = {}
+        for _, fields in entries:
+            state = json.loads(fields[b"state"])
+            object_id = fields[b"id"].decode()
+            if object_id not in newest or state["version"] > newest[object_id]["version"]:
+                newest[object_id] = state
+        for object_id, state in newest.items():
+            apply(object_id, state)
+        for entry_id, fields in entries:
+            self._settle(
+                keys=[self.stream, fields[b"key"].decode()],
+                args=[self.group, entry_id, fields[b"version"]],
+            )
+
+    def run(self, apply: Apply, stop: threading.Event, consumer: str | None = None) -> None:
+        """Flush until ``stop`` is set; survives Redis outages (retries with a backoff)."""
+        consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                self.ensure_group()
+                while not stop.is_set():
+                    self.flush_once(apply, consumer)
+                    delay = 0.1
+            except REDIS_ERRORS as exc:
+                log.warning("write-behind flusher: Redis unavailable (%s); retrying", exc)
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def status(self) -> dict[str, Any]:
+        """Pending changes, consumers and lag of the flushers' group."""
+        self.ensure_group()
+        groups = {g["name"].decode(): g for g in self.client.xinfo_groups(self.stream)}
+        group = groups[self.group]
+        consumers = self.client.xinfo_consumers(self.stream, self.group)
+        oldest = self.client.xpending_range(self.stream, self.group, "-", "+", 1)
+        return {
+            "stream_length": self.client.xlen(self.stream),
+            "pending": group["pending"],
+            "lag": group.get("lag"),
+            "consumers": [
+                {"name": c["name"].decode(), "pending": c["pending"], "idle_ms": c["idle"]}
+                for c in consumers
+            ],
+            "oldest_pending_ms": oldest[0]["time_since_delivered"] if oldest else 0,
+        }
+
+
+class Flusher:
+    """A daemon thread running ``WriteBehind.run`` inside an app process; stops with it."""
+
+    def __init__(self, write_behind: WriteBehind, apply: Apply) -> None:
+        self._write_behind = write_behind
+        self._apply = apply
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._write_behind.run, args=(self._apply, self._stop),
+                name="taskapp-write-behind", daemon=True,
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+
+def wait_until_flushed(write_behind: WriteBehind, timeout: float) -> bool:
+    """True once every queued change was applied (the stream is empty), within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if write_behind.client.xlen(write_behind.stream) == 0:
+            return True
+        time.sleep(0.005)
+    return False
