@@ -16,8 +16,13 @@ import redis
 from tests.cache_helpers import bare_app
 
 
+_emit_lock = threading.Lock()
+
+
 def emit(**event) -> None:
-    print(json.dumps({"t": time.time(), **event}), flush=True)
+    line = json.dumps({"t": time.time(), **event})
+    with _emit_lock:  # threads of one child must not interleave their lines
+        print(line, flush=True)
 
 
 def main() -> None:

@@ -72,11 +72,13 @@ class Breaker:
         cooldown: float = 1.0,
         on_recover: Callable[[], None] | None = None,
         on_open: Callable[[], None] | None = None,
+        on_error: Callable[[], None] | None = None,
     ) -> None:
         self.threshold = threshold
         self.cooldown = cooldown
         self.on_recover = on_recover
         self.on_open = on_open
+        self.on_error = on_error
         self._lock = threading.Lock()
         self._failures = 0
         self._opened_at: float | None = None  # monotonic time the outage began
@@ -121,6 +123,8 @@ class Breaker:
 
     def _failed(self, exc: BaseException) -> None:
         metrics.CACHE_ERRORS.inc()
+        if self.on_error is not None:
+            self.on_error()
         with self._lock:
             self._failures += 1
             self._probing = False

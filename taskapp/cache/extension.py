@@ -17,7 +17,7 @@ from flask import Flask, current_app, g, has_app_context
 from flask_caching import Cache as FlaskCache
 from redis.crc import key_slot
 
-from taskapp.cache import metrics, scripts
+from taskapp.cache import metrics, scripts, stats
 from taskapp.cache.client import REDIS_ERRORS, Breaker, Unavailable, connect
 from taskapp.cache.entry import NO_VALUE, Entry, dumps
 from taskapp.cache.flask_caching import init_flask_caching
@@ -50,6 +50,7 @@ class _State:
             timeout=float(config["REDIS_SOCKET_TIMEOUT"]),
         )
         self.l1 = LocalCache(int(config["L1_CACHE_MAX_ITEMS"]), float(config["L1_CACHE_TTL"]))
+        self.stats = stats.StatsRecorder()
         self.pending_lock = threading.Lock()
         self.pending_tags: set[str] = set()
         self.pending_keys: set[str] = set()
@@ -58,6 +59,7 @@ class _State:
             cooldown=float(config["CACHE_BREAKER_COOLDOWN"]),
             on_recover=self.replay_invalidations,
             on_open=self.l1.clear,
+            on_error=lambda: self.stats.record(stats.ERROR),
         )
         self.scripts = {
             name: self.client.register_script(getattr(scripts, name))
@@ -65,7 +67,7 @@ class _State:
                 "FILL", "RELEASE", "INVALIDATE", "DELETE", "LIST_PUSH", "LIST_FILL", "WRITE_THROUGH"
             )
         }
-        self.notifier = Notifier(self.client, self.keys, self.l1)
+        self.notifier = Notifier(self.client, self.keys, self.l1, on_tick=self.flush_stats)
         # Refresh-ahead work: a small bounded pool, shut down with the cache (never a thread per key).
         self.refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="taskapp-cache-refresh")
         self.refreshing: set[str] = set()
@@ -88,6 +90,22 @@ class _State:
             self.pending_tags.difference_update(tags)
             self.pending_keys.difference_update(keys)
         log.warning("replayed %d tag and %d key invalidations held back by the outage", len(tags), len(keys))
+
+    def record(self, event: str, full_key: str) -> None:
+        """Count a cache event for ``cache stats``, by the key's family."""
+        self.stats.record(event, stats.family(self.keys.strip(full_key)))
+
+    def flush_stats(self) -> None:
+        """Add this process's counts to the shared stats hash (from the listener thread)."""
+        if self.stats.flush_due(1.0):
+            try:
+                self.run(
+                    lambda: self.stats.flush(
+                        self.client, self.keys.stats, {stats.L1_SIZE: len(self.l1)}
+                    )
+                )
+            except Unavailable:
+                log.debug("stats kept in memory: Redis unavailable")
 
     def send_invalidate(self, tags: list[str]) -> list[str]:
         """Run INVALIDATE for ``tags`` (one call per hash slot); the keys of deleted entries."""
@@ -141,8 +159,7 @@ def current_state() -> _State:
     state: _State = current_app.extensions[EXTENSION_NAME]
     if state.pid != os.getpid():  # forked: connections and threads are not ours
         state = current_app.extensions[EXTENSION_NAME] = _State(state.config)
-    if state.l1.enabled:
-        state.notifier.start()
+    state.notifier.start()
     return state
 
 
@@ -230,8 +247,10 @@ class RedisCache:
             entry = l1.get(full_key)
             if entry is not None and entry.is_fresh():
                 metrics.L1_HIT.inc()
+                state.record(stats.L1_HIT, full_key)
                 return entry
             metrics.L1_MISS.inc()
+            state.record(stats.L1_MISS, full_key)
         generation = l1.generation
         try:
             raw = state.run(lambda: state.client.get(full_key))
@@ -239,14 +258,17 @@ class RedisCache:
             return None
         if raw is None:
             metrics.REDIS_MISS.inc()
+            state.record(stats.REDIS_MISS, full_key)
             return None
         try:
             entry = Entry.decode(raw)
         except ValueError:
             log.warning("ignoring an undecodable cache entry %r", full_key)
             metrics.REDIS_MISS.inc()
+            state.record(stats.REDIS_MISS, full_key)
             return None
         metrics.REDIS_HIT.inc()
+        state.record(stats.REDIS_HIT, full_key)
         if entry.is_fresh():
             l1.put(full_key, entry, generation)
         return entry
@@ -417,6 +439,7 @@ class RedisCache:
             return entry.value
         if entry is not None and refresh_ahead:
             metrics.CACHE_STALE_SERVED.inc()
+            state.record(stats.STALE_SERVED, full_key)
             self._refresh_in_background(state, full_key, fetch, ttl, tags)
             return entry.value
         return self._fill(state, full_key, fetch, ttl, tags, stale=entry)
@@ -482,9 +505,11 @@ class RedisCache:
             if stale is not None:
                 log.debug("serving stale %s while another caller refreshes it", full_key)
                 metrics.CACHE_STALE_SERVED.inc()
+                state.record(stats.STALE_SERVED, full_key)
                 return stale.value
             if not waited:
                 metrics.CACHE_LOCK_WAITS.inc()
+                state.record(stats.LOCK_WAIT, full_key)
                 waited = True
             entry = self._wait_for_fill(state, full_key, deadline)
             if entry is not None:
@@ -687,8 +712,10 @@ class RedisCache:
             return self._fetch(fetch)[0][:limit]
         if items:
             metrics.REDIS_HIT.inc()
+            state.record(stats.REDIS_HIT, full_key)
             return [Entry(raw, 0, []).value for raw in items]
         metrics.REDIS_MISS.inc()
+        state.record(stats.REDIS_MISS, full_key)
         fetched = self._fetch(fetch)[0][:maxlen]
         try:
             state.run(
@@ -715,6 +742,10 @@ class RedisCache:
             return default
 
     # -- request bookkeeping and health -------------------------------------------------
+
+    def record(self, event: str, family: str) -> None:
+        """Count a cache event of another layer (the HTTP cache) for ``cache stats``."""
+        self._state().stats.record(event, family)
 
     @staticmethod
     def mark_source_read() -> None:

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable
 
 from flask import Flask, Response, current_app, g, request
 
-from taskapp.cache import metrics
+from taskapp.cache import metrics, stats
 from taskapp.cache.extension import RedisCache
 
 Identity = Callable[[], str | None]
@@ -66,9 +66,11 @@ class ResponseCache:
             entry = self.cache.get_entry(key)
             if entry is not None:
                 metrics.HTTP_HIT.inc()
+                self.cache.record(stats.HTTP_HIT, "http")
                 g._response_cache["hit"] = True
                 return self._respond(entry.raw_value, entry.meta["etag"], "HIT")
         metrics.HTTP_MISS.inc()
+        self.cache.record(stats.HTTP_MISS, "http")
         g._response_cache["lease"] = self.cache.lease(key, self.tags(user))
         return None
 

@@ -20,6 +20,7 @@ class Keys:
         self.prefix = prefix
         self.fill_channel = f"{prefix}ch:fill"
         self.invalidation_channel = f"{prefix}ch:inv"
+        self.stats = f"{prefix}stats"
 
     def entry(self, key: str) -> str:
         """The Redis key of a cached value."""

@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from taskapp.cache.client import REDIS_ERRORS
 from taskapp.cache.keys import Keys
@@ -28,8 +28,11 @@ class Notifier:
     and switched off until the subscription is back, and every waiter is woken to poll instead.
     """
 
-    def __init__(self, client: Any, keys: Keys, l1: LocalCache) -> None:
+    def __init__(
+        self, client: Any, keys: Keys, l1: LocalCache, on_tick: Callable[[], None] | None = None
+    ) -> None:
         self._client = client
+        self._on_tick = on_tick
         self._keys = keys
         self._l1 = l1
         self._events: dict[str, threading.Event] = {}
@@ -119,6 +122,8 @@ class Notifier:
             if now - last_ping >= PING_EVERY:
                 pubsub.ping()
                 last_ping = now
+                if self._on_tick is not None:
+                    self._on_tick()  # housekeeping off the request path
             if now - last_heard > SILENCE_LIMIT:
                 raise ChannelSilent(f"no message for {now - last_heard:.1f}s")
 

@@ -1,0 +1,103 @@
+"""Production defaults for ``gunicorn -c gunicorn.conf.py wsgi:app``; GUNICORN_* variables override.
+
+This file runs in the master before any worker exists, and the app is imported only in the workers
+(``preload_app = False``), so whatever it puts into ``os.environ`` is seen by the app's imports.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from taskapp.config import EMBEDDED_MONGODB, EMBEDDED_REDIS, SETTINGS
+
+MAX_AUTO_WORKERS = 8  # past this, more processes mostly add Redis and MongoDB connections
+
+
+def _positive_int(name: str, default: int) -> int:
+    """The whole number in environment variable ``name``; stops start-up naming it if invalid."""
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise SystemExit(f"setting {name}={raw!r} is invalid: a whole number of at least 1")
+    return int(raw)
+
+
+def _auto_workers() -> int:
+    """(2 x CPUs) + 1, capped, unless GUNICORN_WORKERS says otherwise."""
+    return _positive_int("GUNICORN_WORKERS", min(2 * (os.cpu_count() or 1) + 1, MAX_AUTO_WORKERS))
+
+
+def _embedded_backends() -> list[str]:
+    """The settings that select an in-process backend (unset means the embedded default)."""
+    found = []
+    for name, scheme in (("MONGODB_URI", EMBEDDED_MONGODB), ("REDIS_URL", EMBEDDED_REDIS)):
+        value = os.environ.get(name, SETTINGS[name][0])
+        if value.startswith(scheme):
+            found.append(f"{name}={value}")
+    return found
+
+
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+worker_class = "gthread"
+threads = _positive_int("GUNICORN_THREADS", 4)
+timeout = 30
+graceful_timeout = 20
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+# Not preloaded: each worker imports the app after the fork, so its Redis and MongoDB
+# connections (and the cache's pub/sub listener thread) are opened in the worker, never shared
+# across processes through a forked socket.
+preload_app = False
+# Recent gunicorn opens a control socket at one fixed per-user path by default, so two
+# instances on a host would take it from each other: open one only where
+# GUNICORN_CONTROL_SOCKET names it.
+if os.environ.get("GUNICORN_CONTROL_SOCKET"):
+    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
+else:
+    control_socket_disable = True
+
+workers = _auto_workers()
+_EMBEDDED = _embedded_backends()
+if _EMBEDDED:
+    # An embedded store lives inside one process: two workers would hold two different databases.
+    workers = 1
+
+# Prometheus multiprocess mode: every worker writes its metrics to files in this directory and
+# /metrics sums them. It must be in os.environ before a worker imports prometheus_client.
+_OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="taskapp-prometheus-")
+METRICS_DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def on_starting(server):
+    """Start with an empty metrics directory, and say why there is one worker if so."""
+    os.makedirs(METRICS_DIR, exist_ok=True)
+    for name in os.listdir(METRICS_DIR):
+        path = os.path.join(METRICS_DIR, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    server.log.info("prometheus multiprocess directory: %s", METRICS_DIR)
+    if _EMBEDDED:
+        server.log.info(
+            "workers = 1: embedded data lives in one process (%s)", ", ".join(_EMBEDDED)
+        )
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (its counters stay counted)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics directory this file made."""
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)

@@ -1,0 +1,317 @@
+"""The ``users`` and ``cache`` commands, through Flask's CLI runner, on a real redis-server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import redis
+
+from taskapp.cache import stats as cache_stats
+from taskapp.extensions import cache
+from taskapp.models import User
+
+TASK_KEY = "{u:abc}:task:1"
+TAG = "{u:abc}:collection"
+
+
+def lines(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.strip()]
+
+
+def assert_one_line_error(result, text: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert lines(result) == [f"Error: {text}"], result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def stored(app):
+    """One tagged entry under TASK_KEY, stored for 60 s."""
+    with app.app_context():
+        cache.set(TASK_KEY, {"title": "write tests", "done": False}, ttl=60, tags=[TAG])
+    return TASK_KEY
+
+
+@pytest.fixture
+def raw(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+# users
+
+
+def test_users_create_with_password_option_stores_the_role(app, runner):
+    args = ["users", "create", "Ada@Example.com", "--password", "long enough pw", "--role", "admin"]
+    result = runner.invoke(args=args)
+    assert result.exit_code == 0, result.output
+    assert "created ada@example.com" in result.output
+    with app.app_context():
+        user = User.objects(email="ada@example.com").first()
+        assert user.role == "admin"
+        assert user.check_password("long enough pw")
+
+
+def test_users_create_prompts_for_the_password_twice(app, runner):
+    result = runner.invoke(
+        args=["users", "create", "bob@example.com"], input="a secret phrase\na secret phrase\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert "a secret phrase" not in result.output  # hidden input
+    with app.app_context():
+        user = User.objects(email="bob@example.com").first()
+        assert user.role == "user"
+        assert user.check_password("a secret phrase")
+
+
+def test_users_create_twice_fails_in_one_line(runner):
+    args = ["users", "create", "carol@example.com", "--password", "long enough pw"]
+    assert runner.invoke(args=args).exit_code == 0
+    assert_one_line_error(
+        runner.invoke(args=args), "an account with email carol@example.com already exists"
+    )
+
+
+@pytest.mark.parametrize(
+    "email, password", [("not-an-email", "long enough pw"), ("dan@example.com", "short")]
+)
+def test_users_create_rejects_bad_input(runner, email, password):
+    result = runner.invoke(args=["users", "create", email, "--password", password])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_users_set_role_changes_the_role_in_mongodb(app, runner):
+    runner.invoke(args=["users", "create", "eve@example.com", "--password", "long enough pw"])
+    result = runner.invoke(args=["users", "set-role", "eve@example.com", "admin"])
+    assert result.exit_code == 0, result.output
+    assert "eve@example.com is now admin" in result.output
+    with app.app_context():
+        assert User.objects(email="eve@example.com").first().role == "admin"
+    runner.invoke(args=["users", "set-role", "eve@example.com", "user"])
+    with app.app_context():
+        assert User.objects(email="eve@example.com").first().role == "user"
+
+
+def test_users_set_role_of_unknown_email_fails(runner):
+    result = runner.invoke(args=["users", "set-role", "nobody@example.com", "admin"])
+    assert_one_line_error(result, "no user with email nobody@example.com")
+
+
+def test_users_set_role_rejects_unknown_roles(runner):
+    result = runner.invoke(args=["users", "set-role", "x@example.com", "root"])
+    assert result.exit_code == 2
+
+
+# cache inspection
+
+
+def test_cache_keys_lists_keys_without_the_prefix(runner, stored):
+    result = runner.invoke(args=["cache", "keys"])
+    assert result.exit_code == 0, result.output
+    assert TASK_KEY in lines(result)
+    assert f"tag:{TAG}" in lines(result)
+
+
+def test_cache_keys_matches_a_pattern_after_the_prefix(runner, stored):
+    result = runner.invoke(args=["cache", "keys", "tag:*"])
+    assert result.exit_code == 0, result.output
+    assert lines(result) == [f"tag:{TAG}"]
+
+
+def test_cache_get_shows_value_ttl_and_tags(runner, stored):
+    result = runner.invoke(args=["cache", "get", TASK_KEY])
+    assert result.exit_code == 0, result.output
+    assert '"title": "write tests"' in result.output
+    assert f"tags: {TAG}" in result.output
+    assert "ttl: " in result.output and "fresh until" in result.output
+
+
+def test_cache_get_shows_other_types_by_content(runner, stored, raw, key_prefix):
+    raw.rpush(key_prefix + "feed", b'{"n":1}', b'{"n":2}')
+    result = runner.invoke(args=["cache", "get", "feed"])
+    assert result.exit_code == 0, result.output
+    assert "type: list (2 items)" in result.output
+    assert '"n": 2' in result.output
+    result = runner.invoke(args=["cache", "get", f"tag:{TAG}"])
+    assert "type: zset (1 items)" in result.output
+    assert key_prefix + TASK_KEY in result.output
+
+
+def test_cache_get_of_a_missing_key_fails_in_one_line(runner):
+    result = runner.invoke(args=["cache", "get", "nope"])
+    assert_one_line_error(result, "no such key: nope")
+
+
+def test_cache_ttl_shows_the_remaining_seconds(runner, stored):
+    result = runner.invoke(args=["cache", "ttl", TASK_KEY])
+    assert result.exit_code == 0, result.output
+    redis_ttl, freshness = lines(result)
+    assert 55 <= float(redis_ttl.rstrip("s")) <= 60
+    assert freshness.startswith("fresh for ")
+    assert_one_line_error(runner.invoke(args=["cache", "ttl", "nope"]), "no such key: nope")
+
+
+def test_cache_tags_lists_members_with_expiry_and_version(runner, stored):
+    result = runner.invoke(args=["cache", "tags", TAG])
+    assert result.exit_code == 0, result.output
+    assert f"tag {TAG}: version 0, 1 entries" in result.output
+    assert TASK_KEY in result.output and "expires" in result.output
+
+
+def test_cache_invalidate_removes_the_tagged_entries(runner, stored):
+    result = runner.invoke(args=["cache", "invalidate", TAG, "{u:abc}:other"])
+    assert result.exit_code == 0, result.output
+    assert "invalidated 1 entry" in result.output
+    assert runner.invoke(args=["cache", "get", TASK_KEY]).exit_code == 1
+    assert f"tag {TAG}: version 1, 0 entries" in runner.invoke(args=["cache", "tags", TAG]).output
+
+
+def test_cache_flush_deletes_only_the_apps_prefix(runner, stored, raw, key_prefix):
+    foreign = f"taskapp-other-test:{uuid.uuid4().hex}:keep"
+    raw.set(foreign, b"mine")
+    try:
+        result = runner.invoke(args=["cache", "flush", "--yes"])
+        assert result.exit_code == 0, result.output
+        assert "deleted 2 keys" in result.output  # the entry and its tag set
+        assert list(raw.scan_iter(match=key_prefix + "*", count=1000)) == []
+        assert raw.get(foreign) == b"mine"
+    finally:
+        raw.delete(foreign)
+
+
+def test_cache_flush_asks_first(runner, stored, raw, key_prefix):
+    result = runner.invoke(args=["cache", "flush"], input="n\n")
+    assert result.exit_code == 1
+    assert "Aborted" in result.output
+    assert raw.exists(key_prefix + TASK_KEY)
+
+
+def test_cache_stats_shows_layers_families_and_keys(app, runner, stored):
+    recorder = cache_stats.StatsRecorder()
+    for event, family in [("redis.hit", "task")] * 3 + [("redis.miss", "task"), ("error", None)]:
+        recorder.record(event, family)
+    with app.app_context():
+        recorder.flush(cache.client, cache.keys.prefix + "stats", {cache_stats.L1_SIZE: 7})
+    result = runner.invoke(args=["cache", "stats"])
+    assert result.exit_code == 0, result.output
+    rows: dict[str, list[str]] = {}
+    for line in lines(result):  # the first row of each name: the tables come first
+        rows.setdefault(line.split()[0], line.split()[1:])
+    assert rows["l1"] == ["0", "0", "-"]
+    assert rows["redis"] == ["3", "1", "75.0%"]
+    assert rows["http"] == ["0", "0", "-"]
+    assert "task" in rows and rows["task"] == ["redis", "3", "1", "75.0%"]
+    assert "errors:         1" in result.output
+    assert "keys: 3" in result.output  # the entry, its tag set, the stats hash
+    assert "redis memory used: " in result.output
+    assert "in-process layer: 7 entries in 1 processes" in result.output
+
+
+def test_cache_warm_fills_a_users_pages_and_stats(client, runner, register):
+    headers = register("warm@example.com")
+    client.post("/api/v1/tasks", json={"title": "one"}, headers=headers)
+    result = runner.invoke(args=["cache", "warm", "warm@example.com"])
+    assert result.exit_code == 0, result.output
+    keys = lines(runner.invoke(args=["cache", "keys", "{u:*}:*"]))
+    for page in (1, 2, 3):
+        assert any(key.endswith(f":tasks:{page}:10:any") for key in keys), keys
+    assert any(key.endswith(":stats") for key in keys), keys
+    assert_one_line_error(
+        runner.invoke(args=["cache", "warm", "nobody@example.com"]),
+        "no user with email nobody@example.com",
+    )
+
+
+# Redis down
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cache", "stats"],
+        ["cache", "keys"],
+        ["cache", "get", "k"],
+        ["cache", "ttl", "k"],
+        ["cache", "tags", "t"],
+        ["cache", "invalidate", "t"],
+        ["cache", "flush", "--yes"],
+        ["cache", "warm", "a@example.com"],
+    ],
+)
+def test_unreachable_redis_fails_in_one_line_without_the_password(make_app, args):
+    app = make_app(REDIS_URL="redis://:hunter2@127.0.0.1:1/0")
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 1, result.output
+    assert len(lines(result)) == 1, result.output
+    assert lines(result)[0].startswith("Error: Redis unreachable at redis://127.0.0.1:1/0: ")
+    assert "hunter2" not in result.output
+    assert "Traceback" not in result.output
+
+
+# Redis Cluster
+
+
+def test_keys_stats_and_flush_cover_every_primary_of_a_cluster(make_app, redis_cluster, key_prefix):
+    app = make_app(REDIS_URL=redis_cluster.url, REDIS_CLUSTER=True)
+    runner = app.test_cli_runner()
+    users = [f"u{i}" for i in range(12)]  # hash tags spread over the three primaries
+    with app.app_context():
+        for user in users:
+            cache.set(f"{{u:{user}}}:task:1", {"user": user}, ttl=60)
+        nodes = {cache.client.get_node_from_key(f"{key_prefix}{{u:{u}}}").name for u in users}
+    assert len(nodes) > 1  # the entries really live on more than one primary
+
+    listed = lines(runner.invoke(args=["cache", "keys", "{u:*}:task:*"]))
+    assert sorted(listed) == sorted(f"{{u:{user}}}:task:1" for user in users)
+    result = runner.invoke(args=["cache", "stats"])
+    assert result.exit_code == 0, result.output
+    assert "keys: 12" in result.output
+    assert "over 3 primaries" in result.output
+    result = runner.invoke(args=["cache", "flush", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "deleted 12 keys" in result.output
+    assert lines(runner.invoke(args=["cache", "keys"])) == []
+
+
+def test_unreachable_mongodb_fails_in_one_line(redis_url, key_prefix):
+    from taskapp import create_app
+
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test-secret-key-with-32-bytes-of-entropy!",
+            "REDIS_URL": redis_url,
+            "CACHE_KEY_PREFIX": key_prefix,
+            "MONGODB_URI": "mongodb://user:hunter2@127.0.0.1:1/taskapp_cli_test",
+        }
+    )
+    try:
+        result = app.test_cli_runner().invoke(
+            args=["users", "create", "f@example.com", "--password", "long enough pw"]
+        )
+    finally:
+        with app.app_context():
+            cache.close()
+    assert result.exit_code == 1, result.output
+    assert len(lines(result)) == 1, result.output
+    assert lines(result)[0].startswith("Error: MongoDB failed at mongodb://127.0.0.1:1/")
+    assert "hunter2" not in result.output
+
+
+def test_cache_stats_counts_the_apps_own_traffic(client, runner, register):
+    headers = register()
+    task = client.post("/api/v1/tasks", json={"title": "counted"}, headers=headers).get_json()
+    for _ in range(3):
+        assert client.get(f"/api/v1/tasks/{task['id']}", headers=headers).status_code == 200
+    deadline = time.monotonic() + 5  # the listener thread flushes counts every second
+    while True:
+        result = runner.invoke(args=["cache", "stats"])
+        rows = {line.split()[0]: line.split()[1:] for line in reversed(lines(result))}
+        if rows["http"][0] == "2" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rows["http"][:2] == ["2", "1"]  # a miss, then two hits from the response cache
