@@ -27,7 +27,9 @@ def emit(**event) -> None:
 
 def main() -> None:
     mode, url, prefix = sys.argv[1:4]
-    app, cache = bare_app(url, prefix, CACHE_LOCK_TTL=float(sys.argv[4]) if len(sys.argv) > 4 else 5)
+    app, cache = bare_app(
+        url, prefix, CACHE_LOCK_TTL=float(sys.argv[4]) if len(sys.argv) > 4 else 5
+    )
     raw = redis.Redis.from_url(url)
     with app.app_context():
         if mode == "hold-lock":

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from taskapp.cache import NO_VALUE
-from tests.cache_helpers import bare_app, running, wait_until
+from tests.cache_helpers import bare_app, running
 
 
 @pytest.fixture
@@ -218,5 +218,3 @@ def test_values_are_stored_as_json_never_pickle(cache, key_prefix):
     header, _, body = raw.partition(b"\n")
     assert body == b'{"x":1}'
     assert header.startswith(b"{")
-
-

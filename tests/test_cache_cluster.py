@@ -29,10 +29,17 @@ def cache(app_cache):
 def test_an_entry_its_lock_version_and_tags_share_one_slot(cache):
     keys = cache.keys
     full = keys.entry("{u:1}:task:9")
-    slots = {key_slot(k.encode()) for k in (
-        full, keys.lock(full), keys.version(full), keys.write_version(full),
-        keys.tag_set("{u:1}:tasks"), keys.tag_version("{u:1}:tasks"),
-    )}
+    slots = {
+        key_slot(k.encode())
+        for k in (
+            full,
+            keys.lock(full),
+            keys.version(full),
+            keys.write_version(full),
+            keys.tag_set("{u:1}:tasks"),
+            keys.tag_version("{u:1}:tasks"),
+        )
+    }
     assert len(slots) == 1
 
 
@@ -97,9 +104,10 @@ def test_memory_layer_is_invalidated_through_cluster_pubsub(cache):
 
 
 def test_write_through_and_lists_on_a_cluster(cache):
-    assert cache.write_through("{u:1}:t", {"v": 1}, version=1, ttl=10, tags=["{u:1}:t"],
-                               invalidate=["{u:1}:all"])
+    assert cache.write_through(
+        "{u:1}:t", {"v": 1}, version=1, ttl=10, tags=["{u:1}:t"], invalidate=["{u:1}:all"]
+    )
     assert cache.get("{u:1}:t") == {"v": 1}
     assert cache.list_get("{u:1}:feed", 5, lambda: [1, 2], maxlen=5, ttl=10) == [1, 2]
     cache.list_push("{u:1}:feed", 0, maxlen=5)
-    assert cache.list_get("{u:1}:feed", 5, lambda: [], maxlen=5, ttl=10) == [0, 1, 2]
+    assert cache.list_get("{u:1}:feed", 5, list, maxlen=5, ttl=10) == [0, 1, 2]

@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from taskapp.cache import NO_VALUE
-from taskapp.cache import metrics
+from taskapp.cache import NO_VALUE, metrics
 from tests.cache_helpers import bare_app, running
 
 

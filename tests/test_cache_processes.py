@@ -84,7 +84,7 @@ def test_an_invalidation_reaches_another_process_memory_within_50ms(redis_url, k
         cache.set("k", "old", ttl=30, tags=["t"])
         watcher = child("watch-l1", redis_url, key_prefix)
         try:
-            assert next_event(watcher) ["value"] == "old"
+            assert next_event(watcher)["value"] == "old"
             invalidated_at = time.time()
             cache.invalidate_tags("t")
             changed = next_event(watcher)

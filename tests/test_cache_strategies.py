@@ -85,7 +85,9 @@ def test_refresh_ahead_serves_an_expired_entry_while_refreshing(cache):
     cache.get_or_set("k", lambda: "old", ttl=0.2, refresh_ahead=True)
     time.sleep(0.3)
     started = time.perf_counter()
-    assert cache.get_or_set("k", lambda: time.sleep(0.2) or "new", ttl=10, refresh_ahead=True) == "old"
+    assert (
+        cache.get_or_set("k", lambda: time.sleep(0.2) or "new", ttl=10, refresh_ahead=True) == "old"
+    )
     assert time.perf_counter() - started < 0.1
     wait_until(lambda: cache.get("k") == "new")
 
@@ -93,7 +95,9 @@ def test_refresh_ahead_serves_an_expired_entry_while_refreshing(cache):
 def test_write_through_stores_the_new_value_and_invalidates_the_rest(cache):
     cache.set("item", {"v": 1}, ttl=10, tags=["item"])
     cache.set("list", [1], ttl=10, tags=["all"])
-    assert cache.write_through("item", {"v": 2}, version=2, ttl=10, tags=["item"], invalidate=["item", "all"])
+    assert cache.write_through(
+        "item", {"v": 2}, version=2, ttl=10, tags=["item"], invalidate=["item", "all"]
+    )
     assert cache.get("item") == {"v": 2}
     assert cache.get("list") is NO_VALUE
 

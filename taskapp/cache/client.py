@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -150,4 +151,6 @@ class Breaker:
             self._opened_at = None
             self._probing = False
         if outage is not None:
-            log.warning("Redis reachable again after %.1fs; cache back in use", time.monotonic() - outage)
+            log.warning(
+                "Redis reachable again after %.1fs; cache back in use", time.monotonic() - outage
+            )

@@ -10,9 +10,9 @@ from typing import Any
 class _NoValue:
     """The type of ``NO_VALUE``: a miss, distinct from a cached ``None``."""
 
-    _instance: "_NoValue | None" = None
+    _instance: _NoValue | None = None
 
-    def __new__(cls) -> "_NoValue":
+    def __new__(cls) -> _NoValue:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -35,7 +35,7 @@ def dumps(value: Any) -> bytes:
 class Entry:
     """A decoded cache entry: the value's JSON bytes and what the cache knows about it."""
 
-    __slots__ = ("raw_value", "expires_at", "tags", "fetch_seconds", "meta")
+    __slots__ = ("expires_at", "fetch_seconds", "meta", "raw_value", "tags")
 
     def __init__(
         self,
@@ -68,7 +68,7 @@ class Entry:
         return json.dumps(header, separators=(",", ":")).encode() + b"\n" + self.raw_value
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Entry":
+    def decode(cls, raw: bytes) -> Entry:
         """Parse stored bytes; raises ValueError when they are not an entry of this cache."""
         header_bytes, sep, raw_value = raw.partition(b"\n")
         if not sep:

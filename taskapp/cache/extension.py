@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import random
 import threading
 import time
-import math
-import random
 import uuid
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 from flask import Flask, current_app, g, has_app_context
 from flask_caching import Cache as FlaskCache
@@ -64,18 +65,32 @@ class _State:
         self.scripts = {
             name: self.client.register_script(getattr(scripts, name))
             for name in (
-                "FILL", "RELEASE", "INVALIDATE", "DELETE", "LIST_PUSH", "LIST_FILL", "WRITE_THROUGH"
+                "FILL",
+                "RELEASE",
+                "INVALIDATE",
+                "DELETE",
+                "LIST_PUSH",
+                "LIST_FILL",
+                "WRITE_THROUGH",
             )
         }
         self.notifier = Notifier(self.client, self.keys, self.l1, on_tick=self.flush_stats)
         # Refresh-ahead work: a small bounded pool, shut down with the cache (never a thread per key).
-        self.refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="taskapp-cache-refresh")
+        self.refresher = ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="taskapp-cache-refresh"
+        )
         self.refreshing: set[str] = set()
-        log.info("cache connected to %s (prefix %r)", _redacted(config["REDIS_URL"]), self.keys.prefix)
+        log.info(
+            "cache connected to %s (prefix %r)", _redacted(config["REDIS_URL"]), self.keys.prefix
+        )
 
-    def run(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` through the breaker; raises Unavailable."""
-        return self.breaker.call(fn)
+    def run(self, fn: Callable[[], Any], op: str = "other") -> Any:
+        """Run ``fn`` through the breaker, timed as cache operation ``op``; raises Unavailable."""
+        started = time.perf_counter()
+        try:
+            return self.breaker.call(fn)
+        finally:
+            metrics.CACHE_OP_SECONDS.labels(op).observe(time.perf_counter() - started)
 
     def replay_invalidations(self) -> None:
         """Send the invalidations an outage held back, before the cache is trusted again."""
@@ -89,7 +104,9 @@ class _State:
         with self.pending_lock:
             self.pending_tags.difference_update(tags)
             self.pending_keys.difference_update(keys)
-        log.warning("replayed %d tag and %d key invalidations held back by the outage", len(tags), len(keys))
+        log.warning(
+            "replayed %d tag and %d key invalidations held back by the outage", len(tags), len(keys)
+        )
 
     def record(self, event: str, full_key: str) -> None:
         """Count a cache event for ``cache stats``, by the key's family."""
@@ -112,7 +129,8 @@ class _State:
         deleted: list[str] = []
         for group in self.by_slot(tags, self.keys.tag_set):
             deleted += self.scripts["INVALIDATE"](
-                keys=[self.keys.tag_set(t) for t in group] + [self.keys.tag_version(t) for t in group],
+                keys=[self.keys.tag_set(t) for t in group]
+                + [self.keys.tag_version(t) for t in group],
                 args=[self.version_ttl_ms, self.keys.invalidation_channel],
             )
         return [k.decode() for k in deleted]
@@ -253,7 +271,7 @@ class RedisCache:
             state.record(stats.L1_MISS, full_key)
         generation = l1.generation
         try:
-            raw = state.run(lambda: state.client.get(full_key))
+            raw = state.run(lambda: state.client.get(full_key), op="get")
         except Unavailable:
             return None
         if raw is None:
@@ -315,7 +333,9 @@ class RedisCache:
         """Run FILL: store unless a version read before the fetch has changed since."""
         keys = state.keys
         state.check_slots(full_key, entry.tags)
-        version_keys = self._version_keys(state, full_key, entry.tags) if versions is not None else []
+        version_keys = (
+            self._version_keys(state, full_key, entry.tags) if versions is not None else []
+        )
         generation = state.l1.generation
         try:
             stored = state.run(
@@ -331,7 +351,8 @@ class RedisCache:
                         len(entry.tags),
                         *(versions or []),
                     ],
-                )
+                ),
+                op="fill",
             )
         except Unavailable:
             return False
@@ -339,7 +360,7 @@ class RedisCache:
             state.l1.put(full_key, entry, generation)
         return bool(stored)
 
-    def lease(self, key: str, tags: Iterable[str] = ()) -> "Lease | None":
+    def lease(self, key: str, tags: Iterable[str] = ()) -> Lease | None:
         """Record the versions of ``key`` and ``tags`` before reading the source for them.
 
         ``store_leased`` later stores the result only if none of them changed in between (the
@@ -352,14 +373,14 @@ class RedisCache:
         state.check_slots(full_key, tags)
         version_keys = self._version_keys(state, full_key, tags)
         try:
-            versions = state.run(lambda: state.client.mget(version_keys))
+            versions = state.run(lambda: state.client.mget(version_keys), op="lease")
         except Unavailable:
             return None
         return Lease(full_key, tags, [v if v is not None else b"0" for v in versions])
 
     def store_leased(
         self,
-        lease: "Lease",
+        lease: Lease,
         raw_json: bytes,
         ttl: Ttl = None,
         meta: dict[str, Any] | None = None,
@@ -378,7 +399,7 @@ class RedisCache:
         full_keys = [state.keys.entry(k) for k in keys]
         state.l1.discard(full_keys)
         try:
-            return state.run(lambda: state.send_delete(full_keys))
+            return state.run(lambda: state.send_delete(full_keys), op="delete")
         except Unavailable:
             with state.pending_lock:
                 state.pending_keys.update(full_keys)
@@ -395,7 +416,7 @@ class RedisCache:
             return 0
         state = self._state()
         try:
-            deleted = state.run(lambda: state.send_invalidate(list(tags)))
+            deleted = state.run(lambda: state.send_invalidate(list(tags)), op="invalidate")
         except Unavailable:
             with state.pending_lock:
                 state.pending_tags.update(tags)
@@ -460,7 +481,7 @@ class RedisCache:
                     token = uuid.uuid4().hex
                     lock = state.keys.lock(full_key)
                     px = int(state.lock_ttl * 1000)
-                    if state.run(lambda: state.client.set(lock, token, nx=True, px=px)):
+                    if state.run(lambda: state.client.set(lock, token, nx=True, px=px), op="lock"):
                         log.debug("refreshing %s ahead of its expiry", full_key)
                         self._fill_locked(state, full_key, fetch, ttl, tags, token, force=True)
             except Unavailable:
@@ -494,7 +515,8 @@ class RedisCache:
                 acquired = state.run(
                     lambda: state.client.set(
                         state.keys.lock(full_key), token, nx=True, px=int(state.lock_ttl * 1000)
-                    )
+                    ),
+                    op="lock",
                 )
             except Unavailable:
                 log.debug("no lock for %s: Redis unavailable, fetching without the cache", full_key)
@@ -515,7 +537,9 @@ class RedisCache:
             if entry is not None:
                 return entry.value
             if time.monotonic() >= deadline:
-                log.debug("waited %.1fs for %s; fetching without the lock", state.lock_wait, full_key)
+                log.debug(
+                    "waited %.1fs for %s; fetching without the lock", state.lock_wait, full_key
+                )
                 return self._fetch(fetch)[0]
 
     def _wait_for_fill(self, state: _State, full_key: str, deadline: float) -> Entry | None:
@@ -548,7 +572,9 @@ class RedisCache:
         """Holder of the fill lock: read versions, fetch, store if nothing was invalidated."""
         version_keys = self._version_keys(state, full_key, tags)
         try:
-            current, *versions = state.run(lambda: state.client.mget([full_key, *version_keys]))
+            current, *versions = state.run(
+                lambda: state.client.mget([full_key, *version_keys]), op="lease"
+            )
         except Unavailable:
             self._release(state, full_key, token)
             return self._fetch(fetch)[0]
@@ -666,7 +692,8 @@ class RedisCache:
                         len(tags),
                         len(dropped),
                     ],
-                )
+                ),
+                op="write_through",
             )
         except Unavailable:
             with state.pending_lock:
@@ -703,10 +730,13 @@ class RedisCache:
         version_key = state.keys.version(full_key)
         try:
             items, version = state.run(
-                lambda: state.client.pipeline(transaction=False)
-                .lrange(full_key, 0, limit - 1)
-                .get(version_key)
-                .execute()
+                lambda: (
+                    state.client.pipeline(transaction=False)
+                    .lrange(full_key, 0, limit - 1)
+                    .get(version_key)
+                    .execute()
+                ),
+                op="list",
             )
         except Unavailable:
             return self._fetch(fetch)[0][:limit]
@@ -737,7 +767,9 @@ class RedisCache:
         if registered is None:
             registered = state.scripts[script] = state.client.register_script(script)
         try:
-            return state.run(lambda: registered(keys=[state.keys.entry(k) for k in keys], args=args))
+            return state.run(
+                lambda: registered(keys=[state.keys.entry(k) for k in keys], args=args), op="script"
+            )
         except Unavailable:
             return default
 

@@ -23,7 +23,7 @@ BACKEND = "taskapp.cache.flask_caching.JSONRedisCache"
 class JSONSerializer(BaseSerializer):
     """JSON for values; plain ASCII for ints, so Redis INCRBY keeps working on counters."""
 
-    def dumps(self, value: Any, protocol: int | None = None) -> bytes:  # noqa: ARG002
+    def dumps(self, value: Any, protocol: int | None = None) -> bytes:
         if type(value) is int:
             return str(value).encode("ascii")
         return json.dumps(value, separators=(",", ":")).encode()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
@@ -97,7 +98,9 @@ class ResponseCache:
         )
 
     @staticmethod
-    def _respond(body: bytes, etag: str, outcome: str, response: Response | None = None) -> Response:
+    def _respond(
+        body: bytes, etag: str, outcome: str, response: Response | None = None
+    ) -> Response:
         """A 200 (or 304 for a matching If-None-Match) with the cache headers."""
         if response is None:
             response = Response(body, status=200, mimetype="application/json")

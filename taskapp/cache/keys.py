@@ -53,4 +53,4 @@ class Keys:
 
     def strip(self, full_key: str) -> str:
         """The caller's key of a prefixed key."""
-        return full_key[len(self.prefix) :] if full_key.startswith(self.prefix) else full_key
+        return full_key.removeprefix(self.prefix)

@@ -6,7 +6,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from taskapp.cache.client import REDIS_ERRORS
 from taskapp.cache.keys import Keys
@@ -53,7 +54,9 @@ class Notifier:
             self._stop.clear()
             self.subscribed.clear()
             self._events.clear()
-            self._thread = threading.Thread(target=self._run, name="taskapp-cache-notifier", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="taskapp-cache-notifier", daemon=True
+            )
             self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:

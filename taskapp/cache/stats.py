@@ -20,7 +20,8 @@ import threading
 import time
 import weakref
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 #: The events the cache records (``record`` accepts any name; these are the ones the CLI shows).
 L1_HIT, L1_MISS = "l1.hit", "l1.miss"
@@ -122,7 +123,7 @@ class StatsRecorder:
         return time.monotonic() - self._last_flush >= interval
 
 
-def _reset_in_child(ref: "weakref.ref[StatsRecorder]") -> None:
+def _reset_in_child(ref: weakref.ref[StatsRecorder]) -> None:
     recorder = ref()
     if recorder is not None:
         recorder._reset()

@@ -17,7 +17,8 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -88,7 +89,10 @@ class WriteBehind:
         entries = [e for e in claimed if e[1]]
         if not entries:
             batch = self.client.xreadgroup(
-                self.group, consumer, {self.stream: ">"}, count=100,
+                self.group,
+                consumer,
+                {self.stream: ">"},
+                count=100,
                 block=block_ms if block_ms is not None else max(10, self.flush_ms // 4),
             )
             entries = batch[0][1] if batch else []
@@ -160,8 +164,10 @@ class Flusher:
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(
-                target=self._write_behind.run, args=(self._apply, self._stop),
-                name="taskapp-write-behind", daemon=True,
+                target=self._write_behind.run,
+                args=(self._apply, self._stop),
+                name="taskapp-write-behind",
+                daemon=True,
             )
             self._thread.start()
 
