@@ -1,0 +1,1 @@
+"""Administration of users and their tasks."""

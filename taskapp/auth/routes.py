@@ -1,0 +1,45 @@
+"""Auth routes: registration and login. Responses here are never cached."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response
+from werkzeug.exceptions import Unauthorized
+
+from taskapp.auth import service, tokens
+from taskapp.auth.schemas import Credentials, Registration, TokenOut, UserOut
+from taskapp.openapi import response
+from taskapp.ratelimit import limit_login
+from taskapp.validation import body
+
+bp = Blueprint("auth", __name__)
+
+
+@bp.after_request
+def _no_store(resp: Response) -> Response:
+    # Tokens and account data must not be kept by browsers or proxies (RFC 6749 section 5.1).
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.post("/register")
+@response(UserOut, status=201, errors=(409,))
+@body(Registration, invalid_status=400)
+def register(body: Registration) -> tuple[dict[str, Any], int]:
+    """Create an account."""
+    user = service.register(body.email, body.password)
+    return {"id": str(user.id), "email": user.email}, 201
+
+
+@bp.post("/login")
+@response(TokenOut, errors=(401,))
+@body(Credentials, invalid_status=400)
+def login(body: Credentials) -> dict[str, Any]:
+    """Exchange email and password for an access token."""
+    limit_login(service.normalise_email(body.email))
+    user = service.authenticate(body.email, body.password)
+    if user is None:
+        raise Unauthorized("wrong email or password")
+    token, expires_in = tokens.issue(user)
+    return {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}

@@ -1,0 +1,54 @@
+"""Request and response bodies of the auth routes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _email(value: str) -> str:
+    # test_environment: also accept the reserved ".test" domain, used by test suites and fuzzers.
+    try:
+        return validate_email(value, check_deliverability=False, test_environment=True).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address: {exc}") from None
+
+
+Email = Annotated[
+    str, Field(max_length=254, json_schema_extra={"format": "email"}), AfterValidator(_email)
+]
+
+
+class Registration(BaseModel):
+    """A new account."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: Email
+    password: Annotated[str, Field(min_length=8, max_length=1024)]
+
+
+class Credentials(BaseModel):
+    """Login credentials; the email is not format-checked, a wrong one simply fails to log in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: Annotated[str, Field(min_length=1, max_length=254)]
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class UserOut(BaseModel):
+    """A registered account."""
+
+    id: str
+    email: str
+
+
+class TokenOut(BaseModel):
+    """An access token to send as ``Authorization: Bearer <access_token>``."""
+
+    access_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int

@@ -1,0 +1,77 @@
+"""Access tokens: HS256 JWTs verified by signature and expiry alone, without a database read."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+from bson import ObjectId
+from bson.errors import InvalidId
+from flask import current_app, g, request
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import Unauthorized
+
+from taskapp.models import User
+from taskapp.openapi import annotate
+
+ALGORITHM = "HS256"
+_UNSET = object()  # g memo sentinel: None is a valid memoised answer ("no valid token")
+
+
+def issue(user: User) -> tuple[str, int]:
+    """A signed access token for ``user`` and its lifetime in seconds."""
+    ttl: int = current_app.config["ACCESS_TOKEN_TTL"]
+    now = int(time.time())
+    claims = {"sub": str(user.id), "iat": now, "exp": now + ttl}
+    return jwt.encode(claims, current_app.config["SECRET_KEY"], algorithm=ALGORITHM), ttl
+
+
+def current_user_id() -> str | None:
+    """The user id of the request's valid bearer token, else None; memoised per request."""
+    memo = g.get("_taskapp_user_id", _UNSET)
+    if memo is _UNSET:
+        memo = g._taskapp_user_id = _verify(_bearer_token())
+    return memo  # type: ignore[return-value]
+
+
+def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """401 unless the request carries a valid token; the view finds the id in ``g.user_id``."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        user_id = current_user_id()
+        if user_id is None:
+            raise Unauthorized(
+                "a valid bearer token is required", www_authenticate=WWWAuthenticate("bearer")
+            )
+        g.user_id = user_id
+        return view(*args, **kwargs)
+
+    annotate(wrapper, auth=True)
+    return wrapper
+
+
+def _bearer_token() -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _verify(token: str | None) -> str | None:
+    if token is None:
+        return None
+    try:
+        claims = jwt.decode(
+            token,
+            current_app.config["SECRET_KEY"],
+            algorithms=[ALGORITHM],  # pinned: "none" and algorithm-confusion tokens fail here
+            options={"require": ["exp", "iat", "sub"]},
+        )
+        # Canonical form: the id becomes part of cache keys, so one user has one spelling.
+        return str(ObjectId(claims["sub"]))
+    except (jwt.InvalidTokenError, InvalidId, TypeError):
+        return None

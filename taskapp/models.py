@@ -1,0 +1,149 @@
+"""MongoDB documents: users, their tasks, and the activity feed (MongoDB is its source of truth)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from mongoengine import (
+    BooleanField,
+    DateTimeField,
+    Document,
+    ObjectIdField,
+    StringField,
+)
+
+ROLES = ("user", "admin")
+PRIORITIES = ("low", "medium", "high")
+ACTIONS = ("created", "updated", "deleted")
+
+_hasher = PasswordHasher()
+
+
+def utcnow() -> datetime:
+    """Now in UTC, naive, truncated to milliseconds as BSON stores it.
+
+    Truncating up front makes a freshly written document serialise exactly as it will after a
+    round trip through MongoDB, so a cached copy and a fetched copy never differ.
+    """
+    return to_bson_datetime(datetime.now(timezone.utc))
+
+
+def to_bson_datetime(value: datetime) -> datetime:
+    """An aware or naive (taken as UTC) datetime as naive UTC with millisecond precision."""
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def isoformat(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z`` suffix, e.g. ``2025-01-31T12:00:00.000Z``."""
+    if value is None:
+        return None
+    return to_bson_datetime(value).isoformat(timespec="milliseconds") + "Z"
+
+
+class User(Document):
+    """An account; the email is stored lowercased and unique."""
+
+    email = StringField(required=True, unique=True, max_length=254)
+    password_hash = StringField(required=True)
+    role = StringField(required=True, choices=ROLES, default="user")
+    created_at = DateTimeField(required=True, default=utcnow)
+
+    meta = {"collection": "users"}
+
+    def clean(self) -> None:
+        """Normalise the email so lookups and the unique index ignore case."""
+        self.email = self.email.strip().lower()
+
+    def set_password(self, password: str) -> None:
+        """Store an argon2id hash of ``password``."""
+        self.password_hash = _hasher.hash(password)
+
+    def check_password(self, password: str) -> bool:
+        """True when ``password`` matches the stored hash."""
+        return _verify(self.password_hash, password)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public view of a user (never the password hash)."""
+        return {"id": str(self.id), "email": self.email, "role": self.role}
+
+
+def check_dummy_password(password: str) -> None:
+    """Spend the time of a real password check, so unknown emails answer as slowly as known ones."""
+    _verify(_dummy_hash(), password)
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return _hasher.hash("not the password of any account")
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+class Task(Document):
+    """A task, owned by one user."""
+
+    owner = ObjectIdField(required=True)  # a User id; never dereferenced, so never an extra read
+    title = StringField(required=True, min_length=1, max_length=200)
+    description = StringField(default="", max_length=5000)
+    completed = BooleanField(required=True, default=False)
+    priority = StringField(required=True, choices=PRIORITIES, default="medium")
+    due_date = DateTimeField(null=True)
+    created_at = DateTimeField(required=True, default=utcnow)
+    updated_at = DateTimeField(required=True, default=utcnow)
+
+    meta = {
+        "collection": "tasks",
+        "indexes": [
+            {"fields": ["owner", "-created_at"]},
+            {"fields": ["owner", "completed", "-created_at"]},
+        ],
+    }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The task as the API returns it."""
+        return {
+            "id": str(self.id),
+            "title": self.title,
+            "description": self.description,
+            "completed": self.completed,
+            "priority": self.priority,
+            "due_date": isoformat(self.due_date),
+            "created_at": isoformat(self.created_at),
+            "updated_at": isoformat(self.updated_at),
+        }
+
+
+class Activity(Document):
+    """One action of a user on a task, newest read first."""
+
+    user = ObjectIdField(required=True)
+    action = StringField(required=True, choices=ACTIONS)
+    task_id = ObjectIdField(required=True)
+    title = StringField(required=True)
+    at = DateTimeField(required=True, default=utcnow)
+
+    meta = {"collection": "activity", "indexes": [{"fields": ["user", "-at"]}]}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The feed item as the API returns it."""
+        return {
+            "id": str(self.id),
+            "action": self.action,
+            "task_id": str(self.task_id),
+            "title": self.title,
+            "at": isoformat(self.at),
+        }
+
+
+MODELS: tuple[type[Document], ...] = (User, Task, Activity)

@@ -1,0 +1,1 @@
+"""The task domain: schemas, the caching task service, and its routes."""

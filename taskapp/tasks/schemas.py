@@ -1,0 +1,166 @@
+"""Request and response bodies of the task routes (also the source of the OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
+
+Priority = Literal["low", "medium", "high"]
+
+
+def _as_utc(value: datetime) -> datetime:
+    # A naive datetime is taken as UTC; converting an extreme offset can leave datetime's range.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("date is out of range") from None
+
+
+def _date_time_text(value: Any) -> Any:
+    # JSON carries dates as strings; refuse pydantic's lax reading of numbers as Unix timestamps.
+    if isinstance(value, (int, float)):
+        raise ValueError("must be an ISO 8601 date-time string")
+    return value
+
+
+# ECMAScript's \s: the whitespace of the JSON Schema pattern below, so the published schema and
+# this check agree on which titles are blank (Python's str.strip() would also strip e.g. U+0085).
+_BLANK = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+
+
+def _stripped_non_blank(value: str) -> str:
+    value = value.strip(_BLANK)
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+# Lengths apply to the title as sent (as the schema says); the stored title is stripped.
+Title = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200),
+    Field(json_schema_extra={"pattern": r"\S"}),
+    AfterValidator(_stripped_non_blank),
+]
+Description = Annotated[str, StringConstraints(max_length=5000)]
+DueDate = Annotated[datetime, BeforeValidator(_date_time_text), AfterValidator(_as_utc)]
+
+
+class TaskCreate(BaseModel):
+    """A new task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title
+    description: Description = ""
+    completed: StrictBool = False
+    priority: Priority = "medium"
+    due_date: DueDate | None = None
+
+
+NOT_SENT: Any = None  # typed Any: the default of fields whose type excludes None
+
+
+class TaskUpdate(BaseModel):
+    """Changes to a task: any subset of its fields, at least one."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    # Unsent fields default to NOT_SENT and changes() leaves them out; a sent null fails their type
+    # (only due_date may be null: it clears the date).
+    title: Title = NOT_SENT
+    description: Description = NOT_SENT
+    completed: StrictBool = NOT_SENT
+    priority: Priority = NOT_SENT
+    due_date: DueDate | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one_field(self) -> TaskUpdate:
+        if not self.model_fields_set:
+            raise ValueError("at least one field is required")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        """Only the fields the client sent."""
+        return self.model_dump(exclude_unset=True)
+
+
+class ListQuery(BaseModel):
+    """Paging and filtering of a task list."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt parameter is an error, not ignored
+
+    page: int = Field(default=1, ge=1, le=1_000_000)
+    per_page: int = Field(default=10, ge=1, le=100)
+    completed: bool | None = Field(default=None, description="only done (true) or open (false)")
+
+
+class ActivityQuery(BaseModel):
+    """How many feed items to return."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=20, ge=1, le=100)
+
+
+class TaskOut(BaseModel):
+    """A task; datetimes are UTC ISO 8601 with a Z suffix."""
+
+    id: str
+    title: str
+    description: str
+    completed: bool
+    priority: Priority
+    due_date: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskPage(BaseModel):
+    """One page of tasks, newest first."""
+
+    items: list[TaskOut]
+    page: int
+    per_page: int
+    total: int
+
+
+class TaskStats(BaseModel):
+    """Counts over all of a user's tasks; overdue = open with a due date in the past."""
+
+    total: int
+    completed: int
+    open: int
+    overdue: int
+
+
+class ActivityItem(BaseModel):
+    """One action on a task."""
+
+    id: str
+    action: Literal["created", "updated", "deleted"]
+    task_id: str
+    title: str
+    at: datetime
+
+
+class ActivityFeed(BaseModel):
+    """A user's recent actions, newest first."""
+
+    items: list[ActivityItem]

@@ -1,0 +1,79 @@
+"""Request parsing: JSON bodies and query strings validated by pydantic schemas, passed to views."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+from flask import request
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
+
+from taskapp.errors import validation_message
+from taskapp.openapi import annotate
+
+M = TypeVar("M", bound=BaseModel)
+View = Callable[..., Any]
+
+
+def body(
+    schema: type[BaseModel], *, invalid_status: Literal[400, 422] = 422
+) -> Callable[[View], View]:
+    """Validate the JSON body against ``schema``; the view receives the model as ``body``.
+
+    Another content type answers 415, malformed JSON or a non-object 400, and a body that breaks
+    the schema ``invalid_status`` (422, or 400 where the contract says so).
+    """
+
+    def decorator(view: View) -> View:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs["body"] = parse_body(schema, invalid_status)
+            return view(*args, **kwargs)
+
+        annotate(wrapper, body=schema, body_status=invalid_status)
+        return wrapper
+
+    return decorator
+
+
+def arguments(schema: type[BaseModel]) -> Callable[[View], View]:
+    """Validate the query string against ``schema``; the view receives the model as ``query``."""
+
+    def decorator(view: View) -> View:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs["query"] = parse_query(schema)
+            return view(*args, **kwargs)
+
+        annotate(wrapper, query=schema)
+        return wrapper
+
+    return decorator
+
+
+def parse_body(schema: type[M], invalid_status: int = 422) -> M:
+    """The request's JSON object as ``schema``, or an HTTP error."""
+    try:
+        data = request.get_json()  # raises 415 for another content type, 413 when too large
+    except BadRequest:
+        raise BadRequest("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(invalid_status, validation_message(exc)) from None
+
+
+def parse_query(schema: type[M]) -> M:
+    """The query string as ``schema`` (the first value of a repeated parameter), or 422."""
+    try:
+        return schema.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise UnprocessableEntity(validation_message(exc, what="parameter")) from None
+
+
+def _invalid(status: int, message: str) -> HTTPException:
+    return BadRequest(message) if status == 400 else UnprocessableEntity(message)

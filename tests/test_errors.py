@@ -1,0 +1,120 @@
+"""Every error is JSON {"error": {"code", "message"}} with the right status, never HTML."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pymongo.errors import ServerSelectionTimeoutError
+
+
+def assert_json_error(response, status: int) -> str:
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == status
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]["message"]
+
+
+def test_an_unknown_route_is_a_json_404_even_for_a_browser(client):
+    response = client.get("/no/such/page", headers={"Accept": "text/html"})
+    assert_json_error(response, 404)
+    assert b"<html" not in response.data.lower()
+
+
+def test_a_wrong_method_is_a_json_405_listing_the_allowed_methods(client):
+    response = client.put("/api/v1/tasks")
+    assert_json_error(response, 405)
+    assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}
+
+
+def test_a_body_over_max_content_length_is_a_json_413(app, client, register):
+    headers = register()
+    huge = '{"title": "' + "x" * app.config["MAX_CONTENT_LENGTH"] + '"}'
+    response = client.post(
+        "/api/v1/tasks", data=huge, headers=headers, content_type="application/json"
+    )
+    assert_json_error(response, 413)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_json_route_given_another_content_type_is_a_json_415(client, content_type):
+    response = client.post("/api/v1/auth/login", data="email=a", content_type=content_type)
+    assert_json_error(response, 415)
+
+
+@pytest.mark.parametrize("data", ["{", '{"email": }', "\xff", ""])
+def test_malformed_json_is_a_json_400(client, data):
+    response = client.post("/api/v1/auth/login", data=data, content_type="application/json")
+    assert_json_error(response, 400)
+
+
+@pytest.mark.parametrize("data", ["[]", '"text"', "42", "null"])
+def test_a_json_body_that_is_not_an_object_is_a_json_400(client, register, data):
+    response = client.post(
+        "/api/v1/tasks", data=data, headers=register(), content_type="application/json"
+    )
+    assert "JSON object" in assert_json_error(response, 400)
+
+
+def test_a_validation_error_is_a_json_422_naming_every_bad_field(client, register):
+    response = client.post(
+        "/api/v1/tasks", json={"title": "", "priority": "urgent"}, headers=register()
+    )
+    message = assert_json_error(response, 422)
+    assert "field 'title'" in message and "field 'priority'" in message
+
+
+def test_a_missing_token_is_a_json_401(client):
+    assert_json_error(client.get("/api/v1/tasks"), 401)
+
+
+def test_a_rate_limited_request_is_a_json_429_keeping_its_headers(make_app):
+    client = make_app(LOGIN_RATE_LIMIT_PER_MINUTE=1).test_client()
+    credentials = {"email": "a@example.com", "password": "whatever1"}
+    client.post("/api/v1/auth/login", json=credentials)
+    response = client.post("/api/v1/auth/login", json=credentials)
+    assert_json_error(response, 429)
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.headers["X-RateLimit-Limit"] == "1"
+
+
+def test_an_unexpected_error_is_a_json_500_that_leaks_nothing_and_is_logged(make_app, caplog):
+    app = make_app()
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret detail")
+
+    with caplog.at_level(logging.ERROR):
+        response = app.test_client().get("/boom")
+    message = assert_json_error(response, 500)
+    assert "secret" not in response.get_data(as_text=True)
+    assert "RuntimeError" not in message
+    assert any(
+        record.exc_info and "secret detail" in str(record.exc_info[1]) for record in caplog.records
+    )
+
+
+def test_an_unreachable_mongodb_is_a_json_503_asking_to_retry(make_app):
+    app = make_app()
+
+    @app.get("/mongo-down")
+    def mongo_down():
+        raise ServerSelectionTimeoutError("no servers")
+
+    response = app.test_client().get("/mongo-down")
+    assert_json_error(response, 503)
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_a_missing_trailing_slash_redirect_stays_a_redirect(make_app):
+    app = make_app()
+
+    @app.get("/folder/")
+    def folder():
+        return {"ok": True}
+
+    assert app.test_client().get("/folder").status_code == 308
