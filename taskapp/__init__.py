@@ -26,12 +26,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     metrics.init_app(app)
 
     from taskapp import cli, http_cache, ratelimit
+    from taskapp.tasks import service as task_service
     from taskapp.auth.routes import bp as auth_bp
     from taskapp.admin.routes import bp as admin_bp
     from taskapp.service_routes import bp as service_bp
     from taskapp.tasks.routes import bp as tasks_bp
 
     ratelimit.init_app(app)
+    task_service.init_app(app)
     http_cache.init_app(app)
     app.register_blueprint(service_bp)
     app.register_blueprint(auth_bp, url_prefix="/api/v1/auth")

@@ -38,12 +38,14 @@ LIST_PREVIEW = 50  # items of a list, set or stream shown by `cache get`
 
 users_cli = AppGroup("users", help="Manage accounts.")
 cache_cli = AppGroup("cache", help="Inspect and manage the Redis cache.")
+write_behind_cli = AppGroup("write-behind", help="Run and watch the write-behind flusher.")
 
 
 def init_app(app: Flask) -> None:
-    """Register the ``users`` and ``cache`` command groups."""
+    """Register the ``users``, ``cache`` and ``write-behind`` command groups."""
     app.cli.add_command(users_cli)
     app.cli.add_command(cache_cli)
+    app.cli.add_command(write_behind_cli)
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -390,13 +392,19 @@ def _unlink_batch(client: Any, batch: list[bytes]) -> int:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @backend_command
 def cache_flush(yes: bool) -> None:
-    """Delete every key of this app's prefix (and nothing else), with SCAN and UNLINK."""
+    """Delete every key of this app's prefix (and nothing else), with SCAN and UNLINK.
+
+    Write-behind changes not yet in MongoDB are kept: they are data, not cache.
+    """
     client, prefix = _client(), _prefix()
+    kept = cache.write_behind().prefix_of_queue
     where = redacted_url(current_app.config["REDIS_URL"])
     if not yes:
         click.confirm(f"Delete every key with prefix {prefix!r} at {where}?", abort=True)
     removed, batch = 0, []
     for key in cache_stats.scan_prefix(client, prefix):
+        if key.decode().startswith(kept):
+            continue
         batch.append(key)
         if len(batch) >= DELETE_BATCH:
             removed, batch = removed + _unlink_batch(client, batch), []
@@ -417,3 +425,40 @@ def cache_warm(email: str) -> None:
         task_service.list_tasks(user_id, page, WARM_PER_PAGE, None)
     task_service.stats(user_id)
     click.echo(f"warmed {WARM_PAGES} pages of tasks and the stats of {email}")
+
+
+@write_behind_cli.command("run")
+@click.option("--seconds", type=float, default=None, help="Stop after this long (default: never).")
+@backend_command
+def write_behind_run(seconds: float | None) -> None:
+    """Apply queued write-behind changes to MongoDB until stopped (Ctrl-C or SIGTERM)."""
+    import signal
+    import threading
+
+    _client()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if seconds is not None:
+        threading.Timer(seconds, stop.set).start()
+    click.echo("write-behind flusher running; Ctrl-C to stop")
+    try:
+        cache.write_behind().run(task_service.apply_pending, stop)
+    except KeyboardInterrupt:
+        stop.set()
+    click.echo("write-behind flusher stopped")
+
+
+@write_behind_cli.command("status")
+@backend_command
+def write_behind_status() -> None:
+    """Pending changes, consumers and lag of the write-behind flushers."""
+    _client()
+    status = cache.write_behind().status()
+    click.echo(f"queued changes:  {status['stream_length']}")
+    click.echo(f"pending (read, not yet applied): {status['pending']}")
+    click.echo(f"lag (never read): {status['lag'] if status['lag'] is not None else '-'}")
+    click.echo(f"oldest pending:  {status['oldest_pending_ms']} ms")
+    for consumer in status["consumers"]:
+        click.echo(
+            f"consumer {consumer['name']}: {consumer['pending']} pending, idle {consumer['idle_ms']} ms"
+        )

@@ -59,6 +59,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     ),
     "TASK_WRITE_STRATEGY": ("invalidate", _one_of("invalidate", "write-through", "write-behind")),
     "WRITE_BEHIND_FLUSH_MS": (1000, _int_at_least(10)),
+    "WRITE_BEHIND_CLAIM_IDLE_MS": (5000, _int_at_least(100)),
     "L1_CACHE_MAX_ITEMS": (10000, _int_at_least(0)),
     "L1_CACHE_TTL": (5, _int_at_least(1)),
     "RATE_LIMIT_PER_MINUTE": (600, _int_at_least(0)),
@@ -123,6 +124,11 @@ def _validate(values: dict[str, Any]) -> None:
         )
     if values["REDIS_CLUSTER"] and redis_url.startswith(EMBEDDED_REDIS):
         raise ConfigError("setting REDIS_CLUSTER=1 needs a real REDIS_URL, not memory://")
+    if values["REDIS_CLUSTER"] and values["TASK_WRITE_STRATEGY"] == "write-behind":
+        raise ConfigError(
+            "setting TASK_WRITE_STRATEGY=write-behind is not supported with REDIS_CLUSTER=1 "
+            "(its stream and pending states are updated together in one script)"
+        )
     real_backend = not redis_url.startswith(EMBEDDED_REDIS) or not mongo_uri.startswith(
         EMBEDDED_MONGODB
     )

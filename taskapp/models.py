@@ -12,6 +12,7 @@ from mongoengine import (
     BooleanField,
     DateTimeField,
     Document,
+    IntField,
     ObjectIdField,
     StringField,
 )
@@ -101,6 +102,9 @@ class Task(Document):
     due_date = DateTimeField(null=True)
     created_at = DateTimeField(required=True, default=utcnow)
     updated_at = DateTimeField(required=True, default=utcnow)
+    # Grows by one with each write: write-through and write-behind keep a slower writer from
+    # replacing a newer value, in the cache and in MongoDB.
+    version = IntField(required=True, default=1)
 
     meta = {
         "collection": "tasks",

@@ -25,6 +25,7 @@ from taskapp.cache.flask_caching import init_flask_caching
 from taskapp.cache.keys import Keys
 from taskapp.cache.l1 import LocalCache
 from taskapp.cache.notifier import Notifier
+from taskapp.cache.writebehind import Flusher, WriteBehind
 
 log = logging.getLogger("taskapp.cache")
 
@@ -80,6 +81,26 @@ class _State:
             max_workers=2, thread_name_prefix="taskapp-cache-refresh"
         )
         self.refreshing: set[str] = set()
+        self.flushers: list[Flusher] = []
+        self._write_behind: WriteBehind | None = None
+
+    def write_behind(self) -> WriteBehind:
+        """The write-behind queue, on a connection of its own (flushers block on the stream
+        longer than the cache's short socket timeout allows)."""
+        if self._write_behind is None:
+            config = self.config
+            client = (
+                self.client
+                if config["REDIS_URL"].startswith("memory://")
+                else connect(config["REDIS_URL"], cluster=self.cluster, timeout=5.0)
+            )
+            self._write_behind = WriteBehind(
+                client,
+                self.keys.prefix,
+                flush_ms=int(config["WRITE_BEHIND_FLUSH_MS"]),
+                claim_idle_ms=int(config["WRITE_BEHIND_CLAIM_IDLE_MS"]),
+            )
+        return self._write_behind
         log.info(
             "cache connected to %s (prefix %r)", _redacted(config["REDIS_URL"]), self.keys.prefix
         )
@@ -167,6 +188,8 @@ class _State:
                 )
 
     def close(self) -> None:
+        for flusher in self.flushers:
+            flusher.stop()
         self.refresher.shutdown(wait=True, cancel_futures=True)
         self.notifier.stop()
         self.client.close()
@@ -234,6 +257,8 @@ class RedisCache:
         config.setdefault("REDIS_SOCKET_TIMEOUT", 0.25)
         config.setdefault("L1_CACHE_MAX_ITEMS", 10000)
         config.setdefault("L1_CACHE_TTL", 5)
+        config.setdefault("WRITE_BEHIND_FLUSH_MS", 1000)
+        config.setdefault("WRITE_BEHIND_CLAIM_IDLE_MS", 5000)
         for name in ("CACHE_LOCK_TTL", "CACHE_LOCK_WAIT", "REDIS_SOCKET_TIMEOUT", "L1_CACHE_TTL"):
             if float(config[name]) <= 0:
                 raise RuntimeError(f"{name} must be a positive number of seconds")
@@ -703,6 +728,18 @@ class RedisCache:
             return False
         state.l1.discard([k.decode() for k in deleted])
         return bool(stored)
+
+    def write_behind(self) -> WriteBehind:
+        """The write-behind queue of the current app (changes answered from Redis at once)."""
+        return self._state().write_behind()
+
+    def flusher(self, apply: Callable[[str, dict[str, Any]], None]) -> Flusher:
+        """A flusher thread for this process applying queued changes with ``apply``; stopped
+        when the cache closes."""
+        state = self._state()
+        flusher = Flusher(current_app._get_current_object(), state.write_behind(), apply)
+        state.flushers.append(flusher)
+        return flusher
 
     # -- capped lists (feeds) -----------------------------------------------------------
 

@@ -39,6 +39,7 @@ class WriteBehind:
     def __init__(self, client: Any, prefix: str, *, flush_ms: int, claim_idle_ms: int) -> None:
         self.client = client
         self.prefix = prefix
+        self.prefix_of_queue = f"{prefix}wb:"  # the stream and the pending states: data, not cache
         self.stream = f"{prefix}wb:stream"
         self.flush_ms = flush_ms
         self.claim_idle_ms = claim_idle_ms
@@ -65,6 +66,11 @@ class WriteBehind:
         """The object's state with its changes not yet flushed, or None."""
         raw = self.client.get(self.pending_key(key))
         return json.loads(raw) if raw is not None else None
+
+    def discard(self, key: str) -> None:
+        """Forget an object's pending state (the object was deleted; its queued changes then
+        match nothing in the source)."""
+        self.client.delete(self.pending_key(key))
 
     def pending_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
         """``pending`` for several objects in one round trip (keys of one hash slot)."""
@@ -152,26 +158,30 @@ class WriteBehind:
 
 
 class Flusher:
-    """A daemon thread running ``WriteBehind.run`` inside an app process; stops with it."""
+    """A daemon thread running ``WriteBehind.run`` in an app context; stops with its process."""
 
-    def __init__(self, write_behind: WriteBehind, apply: Apply) -> None:
+    def __init__(self, app: Any, write_behind: WriteBehind, apply: Apply) -> None:
+        self._app = app
         self._write_behind = write_behind
         self._apply = apply
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start flushing (idempotent)."""
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(
-                target=self._write_behind.run,
-                args=(self._apply, self._stop),
-                name="taskapp-write-behind",
-                daemon=True,
+                target=self._run, name="taskapp-write-behind", daemon=True
             )
             self._thread.start()
 
+    def _run(self) -> None:
+        with self._app.app_context():
+            self._write_behind.run(self._apply, self._stop)
+
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop after the batch in hand and wait for the thread."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)

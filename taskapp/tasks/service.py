@@ -1,26 +1,32 @@
 """The task service: every MongoDB access and every caching decision for tasks.
 
-Views never touch the cache. Reads go through ``_read`` (cache-aside today) and every change goes
-through ``_changed`` (invalidate today), the two places where TASK_READ_STRATEGY and
-TASK_WRITE_STRATEGY will plug in.
+Views never touch the cache. Every read goes through ``_read``, where TASK_READ_STRATEGY picks
+cache-aside, read-through or refresh-ahead, and every change goes through ``_changed``, where
+TASK_WRITE_STRATEGY picks invalidate or write-through; write-behind changes take ``_stage``
+and reach MongoDB through ``apply_pending``, run by the flushers.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 from bson import ObjectId
-from flask import current_app
+from flask import Flask, current_app
 
 from taskapp import db, keys
 from taskapp.extensions import cache
-from taskapp.models import Activity, Task, to_bson_datetime, utcnow
+from taskapp.models import Activity, Task, isoformat, to_bson_datetime, utcnow
 from taskapp.tasks.schemas import TaskCreate, TaskUpdate
 
 ACTIVITY_MAXLEN = 100  # feed items kept in Redis and read back from MongoDB on a miss
 ACTIVITY_TTL = 3600
-Fetch = Callable[[], Any]
+TASK_FIELDS = ("title", "description", "completed", "priority", "due_date", "updated_at")
+log = logging.getLogger("taskapp.tasks")
 
 
 def canonical_id(raw: str) -> str | None:
@@ -40,32 +46,49 @@ def get_task(user_id: str, task_id: str) -> dict[str, Any] | None:
     tid = canonical_id(task_id)
     if tid is None:
         return None  # before any cache or database use
+    task = _current_task(user_id, tid)
+    return _public(task) if task is not None else None
+
+
+def _current_task(user_id: str, task_id: str) -> dict[str, Any] | None:
+    """The task with its version: pending write-behind state first, else the cache, else MongoDB."""
+    key = keys.task(user_id, task_id)
+    if _write_strategy() == "write-behind":
+        pending = cache.write_behind().pending(key)
+        if pending is not None:
+            return pending
     config = current_app.config
     return _read(
-        keys.task(user_id, tid),
-        lambda: _fetch_task(user_id, tid),
+        "task",
+        key,
+        (user_id, task_id),
         ttl=lambda task: (
             config["TASK_CACHE_TTL"] if task is not None else config["NEGATIVE_CACHE_TTL"]
         ),
-        tags=[keys.task_tag(user_id, tid)],
+        tags=[keys.task_tag(user_id, task_id)],
     )
 
 
 def list_tasks(user_id: str, page: int, per_page: int, completed: bool | None) -> dict[str, Any]:
     """One page of the user's tasks, newest first, optionally only done or open ones."""
-    return _read(
+    result = _read(
+        "task_list",
         keys.task_list(user_id, page, per_page, completed),
-        lambda: _fetch_page(user_id, page, per_page, completed),
+        (user_id, page, per_page, completed),
         ttl=current_app.config["TASK_LIST_CACHE_TTL"],
         tags=[keys.collection_tag(user_id)],
     )
+    if _write_strategy() == "write-behind":
+        result["items"] = _with_pending(user_id, result["items"])
+    return result
 
 
 def stats(user_id: str) -> dict[str, int]:
     """Counts over the user's tasks: total, completed, open and overdue."""
     return _read(
+        "stats",
         keys.stats(user_id),
-        lambda: _fetch_stats(user_id),
+        (user_id,),
         ttl=current_app.config["TASK_LIST_CACHE_TTL"],
         tags=[keys.collection_tag(user_id)],
     )
@@ -83,9 +106,34 @@ def activity(user_id: str, limit: int) -> dict[str, Any]:
     return {"items": items}
 
 
-def _read(key: str, fetch: Fetch, ttl: int | Callable[[Any], int], tags: list[str]) -> Any:
-    """Cache-aside: the cached value, else ``fetch()`` stored under ``tags``."""
-    return cache.get_or_set(key, fetch, ttl=ttl, tags=tags)
+def _read(
+    family: str, key: str, args: tuple, ttl: int | Callable[[Any], int], tags: list[str]
+) -> Any:
+    """Read ``key`` by TASK_READ_STRATEGY; every strategy has the same lock and version checks.
+
+    cache-aside: the service fetches on a miss. read-through: the cache calls the loader
+    registered for the family. refresh-ahead: cache-aside, and hot entries are refreshed in the
+    background before they expire, so their readers never wait for MongoDB.
+    """
+    strategy = current_app.config["TASK_READ_STRATEGY"]
+    if strategy == "read-through":
+        return cache.load(family, key, *args, ttl=ttl, tags=tags)
+    fetch = partial(FETCHERS[family], *args)
+    return cache.get_or_set(
+        key, fetch, ttl=ttl, tags=tags, refresh_ahead=strategy == "refresh-ahead"
+    )
+
+
+def _with_pending(user_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """List items with their write-behind changes not yet in MongoDB (one round trip)."""
+    task_keys = [keys.task(user_id, item["id"]) for item in items]
+    pending = cache.write_behind().pending_many(task_keys)
+    return [_public(p) if p is not None else item for item, p in zip(items, pending)]
+
+
+def _public(task: dict[str, Any]) -> dict[str, Any]:
+    """The task as the API shows it (without the bookkeeping fields)."""
+    return {k: v for k, v in task.items() if k not in ("version", "owner")}
 
 
 # Writes
@@ -98,9 +146,8 @@ def create_task(user_id: str, data: TaskCreate) -> dict[str, Any]:
     fields["due_date"] = _stored_date(fields["due_date"])
     task = Task(owner=ObjectId(user_id), created_at=now, updated_at=now, **fields)
     task.save()
-    item = task.to_dict()
-    _changed(user_id, "created", item)
-    return item
+    _changed(user_id, "created", _versioned(task))
+    return task.to_dict()
 
 
 def update_task(user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] | None:
@@ -108,7 +155,9 @@ def update_task(user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] 
     tid = canonical_id(task_id)
     if tid is None:
         return None
-    update: dict[str, Any] = {"set__updated_at": utcnow()}
+    if _write_strategy() == "write-behind":
+        return _stage(user_id, tid, data)
+    update: dict[str, Any] = {"set__updated_at": utcnow(), "inc__version": 1}
     for name, value in data.changes().items():
         if name == "due_date" and value is None:
             update["unset__due_date"] = True  # a cleared date is absent, as in a new task
@@ -118,9 +167,8 @@ def update_task(user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] 
     task = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id)).modify(new=True, **update)
     if task is None:
         return None
-    item = task.to_dict()
-    _changed(user_id, "updated", item)
-    return item
+    _changed(user_id, "updated", _versioned(task))
+    return task.to_dict()
 
 
 def delete_task(user_id: str, task_id: str) -> bool:
@@ -131,25 +179,114 @@ def delete_task(user_id: str, task_id: str) -> bool:
     task = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id)).modify(remove=True)
     if task is None:
         return False
-    _changed(user_id, "deleted", task.to_dict())
+    if _write_strategy() == "write-behind":
+        cache.write_behind().discard(keys.task(user_id, tid))
+    _changed(user_id, "deleted", _versioned(task))
     return True
 
 
 def _changed(user_id: str, action: str, task: dict[str, Any]) -> None:
-    """Invalidate strategy: record the action, drop every cached entry it affects, extend the feed.
+    """Record the action, bring the cache up to date by TASK_WRITE_STRATEGY, extend the feed.
 
     Runs after the MongoDB write succeeded, so a reader that refills the cache sees the change.
-    ``task`` is the task as written (as it was, for a deletion).
+    ``task`` is the task as written with its version (as it was, for a deletion). invalidate:
+    drop every entry the change affects. write-through: the same, and store the task as written
+    in the same atomic step, so the next read of it is a hit.
     """
     task_id = task["id"]
     entry = Activity(
         user=ObjectId(user_id), action=action, task_id=ObjectId(task_id), title=task["title"]
     )
     entry.save()
-    cache.invalidate_tags(
-        keys.task_tag(user_id, task_id), keys.collection_tag(user_id), keys.responses_tag(user_id)
-    )
+    affected = _affected_tags(user_id, task_id)
+    if _write_strategy() == "write-through" and action != "deleted":
+        cache.write_through(
+            keys.task(user_id, task_id),
+            task,
+            version=task["version"],
+            ttl=current_app.config["TASK_CACHE_TTL"],
+            tags=[keys.task_tag(user_id, task_id)],
+            invalidate=affected,
+        )
+    else:
+        cache.invalidate_tags(*affected)
     cache.list_push(keys.activity(user_id), entry.to_dict(), maxlen=ACTIVITY_MAXLEN)
+
+
+def _affected_tags(user_id: str, task_id: str) -> list[str]:
+    """Everything a change of one task can make wrong: the task, the lists and stats, responses."""
+    return [keys.task_tag(user_id, task_id), keys.collection_tag(user_id), keys.responses_tag(user_id)]
+
+
+def _write_strategy() -> str:
+    return current_app.config["TASK_WRITE_STRATEGY"]
+
+
+# Write-behind
+
+
+def _stage(user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] | None:
+    """Write-behind PATCH: queue the change in Redis and answer with the task as changed.
+
+    MongoDB receives it within WRITE_BEHIND_FLUSH_MS from a flusher. Reads of the task see it at
+    once (its pending state comes first); list pages show it over their MongoDB items.
+    """
+    current = _current_task(user_id, task_id)
+    if current is None:
+        return None
+    change = {
+        name: isoformat(_stored_date(value)) if name == "due_date" else value
+        for name, value in data.changes().items()
+    }
+    change["updated_at"] = isoformat(utcnow())
+    base = {**current, "owner": user_id}
+    state = cache.write_behind().stage(keys.task(user_id, task_id), task_id, base, change)
+    entry = Activity(
+        user=ObjectId(user_id), action="updated", task_id=ObjectId(task_id), title=state["title"]
+    )
+    entry.save()
+    cache.invalidate_tags(keys.collection_tag(user_id), keys.responses_tag(user_id))
+    cache.list_push(keys.activity(user_id), entry.to_dict(), maxlen=ACTIVITY_MAXLEN)
+    return _public(state)
+
+
+def apply_pending(task_id: str, state: dict[str, Any]) -> None:
+    """Write a pending state to MongoDB unless MongoDB has it or a newer one (idempotent)."""
+    update: dict[str, Any] = {"set__version": state["version"]}
+    for name in TASK_FIELDS:
+        value = state[name]
+        if name in ("due_date", "updated_at"):
+            value = _parse_date(value)
+        if value is None:
+            update[f"unset__{name}"] = True
+        else:
+            update[f"set__{name}"] = value
+    Task.objects(id=ObjectId(task_id), version__lt=state["version"]).update(**update)
+    user_id = state["owner"]
+    cache.invalidate_tags(*_affected_tags(user_id, task_id))
+
+
+def _parse_date(value: str | None) -> datetime | None:
+    return to_bson_datetime(datetime.fromisoformat(value)) if value else None
+
+
+def init_app(app: Flask) -> None:
+    """Register the loaders of read-through; run a write-behind flusher in each serving process."""
+    for family, fetch in FETCHERS.items():
+        cache.register_loader(family, fetch)
+    if app.config["TASK_WRITE_STRATEGY"] != "write-behind":
+        return
+    started = threading.Lock()
+    flusher: list[Any] = []
+
+    @app.before_request
+    def start_flusher() -> None:
+        # Started by the first request of the process (after gunicorn's fork), not by CLI runs.
+        if not flusher:
+            with started:
+                if not flusher:
+                    flusher.append(cache.flusher(apply_pending))
+                    flusher[0].start()
 
 
 # MongoDB reads (each through db.read, materialised inside it)
@@ -158,7 +295,11 @@ def _changed(user_id: str, action: str, task: dict[str, Any]) -> None:
 def _fetch_task(user_id: str, task_id: str) -> dict[str, Any] | None:
     query = Task.objects(id=ObjectId(task_id), owner=ObjectId(user_id))
     task = db.read(lambda: query.first())
-    return task.to_dict() if task is not None else None
+    return _versioned(task) if task is not None else None
+
+
+def _versioned(task: Task) -> dict[str, Any]:
+    return {**task.to_dict(), "version": task.version}
 
 
 def _fetch_page(user_id: str, page: int, per_page: int, completed: bool | None) -> dict[str, Any]:
@@ -202,3 +343,10 @@ def _fetch_activity(user_id: str) -> list[dict[str, Any]]:
 
 def _stored_date(value: Any) -> Any:
     return to_bson_datetime(value) if value is not None else None
+
+
+FETCHERS: dict[str, Callable[..., Any]] = {
+    "task": _fetch_task,
+    "task_list": _fetch_page,
+    "stats": _fetch_stats,
+}

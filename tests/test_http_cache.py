@@ -1,0 +1,127 @@
+"""The HTTP response cache: per-user JSON answers, ETags, request directives, and what is never stored."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+
+from taskapp.extensions import cache
+
+TASKS = "/api/v1/tasks"
+
+
+def db_reads() -> float:
+    return REGISTRY.get_sample_value("taskapp_db_reads_total") or 0.0
+
+
+def http_keys(app) -> list[bytes]:
+    with app.app_context():
+        return [k for k in cache.client.scan_iter(match=cache.keys.prefix + "*:http:*")]
+
+
+@pytest.fixture
+def alice(register):
+    return register("alice@example.com")
+
+
+@pytest.fixture
+def task(client, alice):
+    return client.post(TASKS, json={"title": "cached"}, headers=alice).get_json()
+
+
+def test_a_miss_then_a_hit_with_identical_bodies_and_headers(client, alice, task):
+    first = client.get(f"{TASKS}/{task['id']}", headers=alice)
+    second = client.get(f"{TASKS}/{task['id']}", headers=alice)
+    assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT")
+    assert first.data == second.data
+    assert first.headers["ETag"] == second.headers["ETag"]
+    for response in (first, second):
+        assert response.headers["Cache-Control"] == "private, no-cache"
+        assert "Authorization" in response.headers["Vary"]
+        assert response.mimetype == "application/json"
+
+
+def test_a_hit_reads_no_database(client, alice, task):
+    client.get(TASKS, headers=alice)
+    before = db_reads()
+    assert client.get(TASKS, headers=alice).headers["X-Cache"] == "HIT"
+    assert db_reads() == before
+
+
+def test_query_strings_in_any_order_share_one_entry(client, alice, task):
+    client.get(f"{TASKS}?page=1&per_page=5", headers=alice)
+    assert client.get(f"{TASKS}?per_page=5&page=1", headers=alice).headers["X-Cache"] == "HIT"
+
+
+def test_if_none_match_with_the_current_etag_is_304_without_a_body(client, alice, task):
+    etag = client.get(f"{TASKS}/{task['id']}", headers=alice).headers["ETag"]
+    response = client.get(f"{TASKS}/{task['id']}", headers={**alice, "If-None-Match": etag})
+    assert response.status_code == 304
+    assert response.data == b""
+    assert response.headers["ETag"] == etag
+
+
+def test_if_none_match_with_an_old_etag_is_a_full_answer(client, alice, task):
+    etag = client.get(f"{TASKS}/{task['id']}", headers=alice).headers["ETag"]
+    client.patch(f"{TASKS}/{task['id']}", json={"title": "changed"}, headers=alice)
+    response = client.get(f"{TASKS}/{task['id']}", headers={**alice, "If-None-Match": etag})
+    assert response.status_code == 200
+    assert response.get_json()["title"] == "changed"
+
+
+def test_a_request_with_no_cache_skips_the_lookup_but_refreshes_the_entry(client, alice, task):
+    client.get(TASKS, headers=alice)
+    response = client.get(TASKS, headers={**alice, "Cache-Control": "no-cache"})
+    assert response.status_code == 200
+    # Not answered by the response cache (the service cache below may still answer it).
+    assert len(http_keys(client.application)) == 1
+
+
+def test_writes_drop_the_users_cached_responses(client, alice, task):
+    client.get(TASKS, headers=alice)
+    client.post(TASKS, json={"title": "second"}, headers=alice)
+    response = client.get(TASKS, headers=alice)
+    assert response.headers["X-Cache"] == "MISS"
+    assert response.get_json()["total"] == 2
+
+
+def test_errors_and_anonymous_requests_are_never_stored(client, alice):
+    missing = f"{TASKS}/0123456789abcdef01234567"
+    assert client.get(missing, headers=alice).status_code == 404
+    assert client.get(TASKS).status_code == 401
+    assert http_keys(client.application) == []
+
+
+def test_a_view_answer_marked_no_store_is_never_stored(client, alice, task):
+    client.get(TASKS, headers={**alice, "Cache-Control": "no-store"})
+    assert http_keys(client.application) == []
+
+
+def test_a_slow_response_that_raced_a_write_is_not_stored(make_app, register):
+    app = make_app(SIMULATED_DB_LATENCY_MS=300)
+    client = app.test_client()
+    headers = register_on(client)
+    task = client.post(TASKS, json={"title": "old"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    slow = []
+
+    def read():
+        slow.append(app.test_client().get(path, headers=headers).get_json()["title"])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.1)  # the reader is inside its 300 ms database read
+    client.patch(path, json={"title": "new"}, headers=headers)
+    reader.join()
+    assert slow == ["old"]  # it started before the write ...
+    assert client.get(path, headers=headers).get_json()["title"] == "new"  # ... and is not kept
+
+
+def register_on(client) -> dict[str, str]:
+    credentials = {"email": "slow@example.com", "password": "correct horse battery"}
+    assert client.post("/api/v1/auth/register", json=credentials).status_code == 201
+    token = client.post("/api/v1/auth/login", json=credentials).get_json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}

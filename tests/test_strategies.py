@@ -1,0 +1,184 @@
+"""Each TASK_READ_STRATEGY and TASK_WRITE_STRATEGY end to end over HTTP, with its race protection."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+
+import pytest
+from bson import ObjectId
+from prometheus_client import REGISTRY
+
+from taskapp.models import Task
+
+TASKS = "/api/v1/tasks"
+NO_HTTP_CACHE = {"Cache-Control": "no-cache"}  # skip the response cache: reach the service cache
+READ = ["cache-aside", "read-through", "refresh-ahead"]
+WRITE = ["invalidate", "write-through", "write-behind"]
+
+
+def db_reads() -> float:
+    return REGISTRY.get_sample_value("taskapp_db_reads_total") or 0.0
+
+
+def login(client) -> dict[str, str]:
+    credentials = {"email": "strategy@example.com", "password": "correct horse battery"}
+    assert client.post("/api/v1/auth/register", json=credentials).status_code == 201
+    token = client.post("/api/v1/auth/login", json=credentials).get_json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def mongo_title(task_id: str) -> str:
+    return Task.objects(id=ObjectId(task_id)).first().title
+
+
+@pytest.mark.parametrize("write", WRITE)
+@pytest.mark.parametrize("read", READ)
+def test_every_mode_reads_its_own_writes_on_tasks_lists_and_stats(make_app, read, write):
+    app = make_app(TASK_READ_STRATEGY=read, TASK_WRITE_STRATEGY=write, WRITE_BEHIND_FLUSH_MS=200)
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "first"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    first = "HIT" if write == "write-through" else "MISS"  # write-through stored the new task
+    assert client.get(path, headers=headers).headers["X-Cache"] == first
+    hit = client.get(path, headers={**headers, **NO_HTTP_CACHE})
+    assert (hit.headers["X-Cache"], hit.get_json()) == ("HIT", task)
+    client.get(TASKS, headers=headers)
+    client.get(f"{TASKS}/stats", headers=headers)
+
+    patched = client.patch(path, json={"title": "second", "completed": True}, headers=headers)
+    assert patched.status_code == 200
+    assert patched.get_json()["title"] == "second"
+    assert client.get(path, headers=headers).get_json()["title"] == "second"
+    assert client.get(TASKS, headers=headers).get_json()["items"][0]["title"] == "second"
+    if write != "write-behind":  # write-behind stats count what MongoDB has (once flushed)
+        assert client.get(f"{TASKS}/stats", headers=headers).get_json()["completed"] == 1
+
+    with app.app_context():
+        deadline = time.monotonic() + 2
+        while mongo_title(task["id"]) != "second" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert mongo_title(task["id"]) == "second"
+    assert client.get(f"{TASKS}/stats", headers=headers).get_json()["completed"] == 1
+    assert client.delete(path, headers=headers).status_code == 204
+    assert client.get(path, headers=headers).status_code == 404
+    assert client.get(TASKS, headers=headers).get_json()["total"] == 0
+
+
+def test_write_through_makes_the_next_read_a_hit_with_the_new_value(make_app):
+    app = make_app(TASK_WRITE_STRATEGY="write-through")
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "first"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    client.patch(path, json={"title": "second"}, headers=headers)
+    before = db_reads()
+    response = client.get(path, headers={**headers, **NO_HTTP_CACHE})
+    assert (response.headers["X-Cache"], response.get_json()["title"]) == ("HIT", "second")
+    assert db_reads() == before
+
+
+def test_read_through_loads_through_the_cache_once(make_app):
+    app = make_app(TASK_READ_STRATEGY="read-through")
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "loaded"}, headers=headers).get_json()
+    before = db_reads()
+    for _ in range(3):
+        client.get(f"{TASKS}/{task['id']}", headers={**headers, **NO_HTTP_CACHE})
+    assert db_reads() - before == 1
+
+
+def test_refresh_ahead_readers_of_a_hot_task_never_wait_for_mongodb(make_app):
+    app = make_app(
+        TASK_READ_STRATEGY="refresh-ahead", TASK_CACHE_TTL=1, SIMULATED_DB_LATENCY_MS=100
+    )
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "hot"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    client.get(path, headers={**headers, **NO_HTTP_CACHE})  # the one cold read
+    reads_before = db_reads()
+    durations = []
+    deadline = time.monotonic() + 3.5  # over three expiries of the 1 s entry
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        response = client.get(path, headers={**headers, **NO_HTTP_CACHE})
+        durations.append(time.perf_counter() - started)
+        assert response.headers["X-Cache"] == "HIT"
+        time.sleep(0.005)
+    assert db_reads() - reads_before >= 2  # refreshed in the background, again and again
+    assert max(durations) < 0.1  # no reader waited for the 100 ms query
+    assert statistics.median(durations) < 0.02
+
+
+def test_write_behind_answers_at_once_and_reaches_mongodb_within_the_flush_time(make_app):
+    app = make_app(TASK_WRITE_STRATEGY="write-behind", WRITE_BEHIND_FLUSH_MS=300)
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "first"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    started = time.monotonic()
+    assert client.patch(path, json={"title": "second"}, headers=headers).status_code == 200
+    assert client.get(path, headers=headers).get_json()["title"] == "second"
+    with app.app_context():
+        while mongo_title(task["id"]) != "second":
+            assert time.monotonic() - started < 0.3
+            time.sleep(0.002)
+
+
+def test_write_behind_keeps_concurrent_patches_of_one_task(make_app):
+    app = make_app(TASK_WRITE_STRATEGY="write-behind", WRITE_BEHIND_FLUSH_MS=200)
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "t"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+
+    def patch(body):
+        assert app.test_client().patch(path, json=body, headers=headers).status_code == 200
+
+    threads = [
+        threading.Thread(target=patch, args=(body,))
+        for body in ({"title": "both"}, {"completed": True}, {"priority": "high"})
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = {"title": "both", "completed": True, "priority": "high"}
+    shown = client.get(path, headers=headers).get_json()
+    assert {k: shown[k] for k in expected} == expected
+    with app.app_context():
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            stored = Task.objects(id=ObjectId(task["id"])).first()
+            if stored.version == 4:
+                break
+            time.sleep(0.01)
+        assert (stored.title, stored.completed, stored.priority, stored.version) == (
+            "both", True, "high", 4,
+        )
+
+
+@pytest.mark.parametrize("read", READ)
+@pytest.mark.parametrize("write", ["invalidate", "write-through"])
+def test_a_slow_read_racing_a_write_never_leaves_the_old_task_cached(make_app, read, write):
+    app = make_app(TASK_READ_STRATEGY=read, TASK_WRITE_STRATEGY=write, SIMULATED_DB_LATENCY_MS=300)
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "old"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    seen = []
+    reader = threading.Thread(
+        target=lambda: seen.append(
+            app.test_client().get(path, headers={**headers, **NO_HTTP_CACHE}).get_json()["title"]
+        )
+    )
+    reader.start()
+    time.sleep(0.1)  # the reader is inside its 300 ms query
+    client.patch(path, json={"title": "new"}, headers=headers)
+    reader.join()
+    assert seen == ["old"]
+    assert client.get(path, headers={**headers, **NO_HTTP_CACHE}).get_json()["title"] == "new"
