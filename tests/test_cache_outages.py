@@ -97,3 +97,19 @@ def test_set_and_delete_never_raise_while_redis_is_down(cache_on, private_redis)
     assert cache_on.invalidate_tags("t") == 0
     assert cache_on.get("k") is NO_VALUE
     assert cache_on.ping() is False
+
+
+def test_an_outage_logs_one_line_when_it_starts_and_one_when_it_ends(
+    cache_on, private_redis, caplog
+):
+    caplog.set_level("WARNING", logger="taskapp.cache")
+    private_redis.kill()
+    for _ in range(50):
+        cache_on.get_or_set("k", lambda: "source", ttl=30)
+    private_redis.start()
+    time.sleep(0.6)
+    for _ in range(5):
+        cache_on.get("k")
+    messages = [r.getMessage() for r in caplog.records if r.name == "taskapp.cache"]
+    assert sum("Redis unavailable" in m for m in messages) == 1
+    assert sum("Redis reachable again" in m for m in messages) == 1

@@ -315,3 +315,29 @@ def test_cache_stats_counts_the_apps_own_traffic(client, runner, register):
             break
         time.sleep(0.2)
     assert rows["http"][:2] == ["2", "1"]  # a miss, then two hits from the response cache
+
+
+def test_write_behind_status_and_run_apply_the_queued_changes_a_flush_keeps(make_app):
+    from bson import ObjectId
+
+    from taskapp.models import Task
+    from taskapp.tasks import service as task_service
+    from taskapp.tasks.schemas import TaskCreate, TaskUpdate
+
+    app = make_app(TASK_WRITE_STRATEGY="write-behind")
+    runner = app.test_cli_runner()
+    with app.app_context():  # no request: no flusher thread in this process
+        user_id = str(ObjectId())
+        task = task_service.create_task(user_id, TaskCreate(title="before"))
+        task_service.update_task(user_id, task["id"], TaskUpdate(title="after"))
+        assert Task.objects(id=ObjectId(task["id"])).first().title == "before"
+    status = runner.invoke(args=["write-behind", "status"])
+    assert status.exit_code == 0, status.output
+    assert "queued changes:  1" in status.output
+    assert runner.invoke(args=["cache", "flush", "--yes"]).exit_code == 0  # keeps the queue
+    assert "queued changes:  1" in runner.invoke(args=["write-behind", "status"]).output
+    run = runner.invoke(args=["write-behind", "run", "--seconds", "1"])
+    assert run.exit_code == 0, run.output
+    with app.app_context():
+        assert Task.objects(id=ObjectId(task["id"])).first().title == "after"
+    assert "queued changes:  0" in runner.invoke(args=["write-behind", "status"]).output
