@@ -12,7 +12,7 @@ from taskapp import config as settings
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app: settings from the environment, overridden by ``config``."""
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # a JSON API: no static route
     app.config.from_mapping(settings.load(config))
     app.json.sort_keys = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -29,6 +29,13 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return convert
 
 
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
 def _one_of(*choices: str) -> Callable[[str], str]:
     def convert(raw: str) -> str:
         if raw not in choices:
@@ -67,8 +74,13 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "SIMULATED_DB_LATENCY_MS": (0, _int_at_least(0)),
     "ACCESS_TOKEN_TTL": (3600, _int_at_least(60)),
     "MAX_CONTENT_LENGTH": (64 * 1024, _int_at_least(1024)),
-    "REDIS_SOCKET_TIMEOUT": (0.25, float),
+    "REDIS_SOCKET_TIMEOUT": (0.25, _seconds),
     "NEGATIVE_CACHE_TTL": (5, _int_at_least(1)),
+    "CACHE_STALE_TTL": (10, _seconds),
+    "CACHE_LOCK_TTL": (5, _seconds),
+    "CACHE_LOCK_WAIT": (5, _seconds),
+    "CACHE_BREAKER_THRESHOLD": (3, _int_at_least(1)),
+    "CACHE_BREAKER_COOLDOWN": (1.0, _seconds),
 }
 
 

@@ -182,3 +182,18 @@ def test_a_slow_read_racing_a_write_never_leaves_the_old_task_cached(make_app, r
     reader.join()
     assert seen == ["old"]
     assert client.get(path, headers={**headers, **NO_HTTP_CACHE}).get_json()["title"] == "new"
+
+
+def test_write_behind_refuses_changes_it_cannot_queue_with_503(make_app, private_redis):
+    app = make_app(TASK_WRITE_STRATEGY="write-behind", REDIS_URL=private_redis.url)
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "kept"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    private_redis.kill()
+    response = client.patch(path, json={"title": "lost?"}, headers=headers)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.get_json()["error"]["code"] == 503
+    assert client.delete(path, headers=headers).status_code == 503
+    assert client.get(path, headers=headers).get_json()["title"] == "kept"

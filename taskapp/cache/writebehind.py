@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from taskapp.cache import scripts
-from taskapp.cache.client import REDIS_ERRORS
+from taskapp.cache.client import REDIS_ERRORS, Unavailable
 
 log = logging.getLogger("taskapp.cache.writebehind")
 
@@ -53,30 +53,43 @@ class WriteBehind:
     def stage(self, key: str, object_id: str, base: dict[str, Any], change: dict[str, Any]) -> dict:
         """Queue ``change`` of an object whose source state is ``base``; the new pending state.
 
-        Raises a Redis error when Redis is unavailable: a write-behind change that cannot be
-        queued must fail loudly, since nothing else would keep it.
+        Raises ``Unavailable`` when Redis cannot take it: a change that cannot be queued must
+        be refused, since nothing else would keep it.
         """
-        encoded = self._stage(
-            keys=[self.pending_key(key), self.stream],
-            args=[json.dumps(base), json.dumps(change), object_id],
-        )
+        try:
+            encoded = self._stage(
+                keys=[self.pending_key(key), self.stream],
+                args=[json.dumps(base), json.dumps(change), object_id],
+            )
+        except REDIS_ERRORS as exc:
+            raise Unavailable(str(exc)) from exc
         return json.loads(encoded)
 
     def pending(self, key: str) -> dict[str, Any] | None:
-        """The object's state with its changes not yet flushed, or None."""
-        raw = self.client.get(self.pending_key(key))
+        """The object's state with its changes not yet flushed, or None (also when Redis is
+        unavailable: then readers see the source's state)."""
+        try:
+            raw = self.client.get(self.pending_key(key))
+        except REDIS_ERRORS:
+            return None
         return json.loads(raw) if raw is not None else None
 
     def discard(self, key: str) -> None:
-        """Forget an object's pending state (the object was deleted; its queued changes then
-        match nothing in the source)."""
-        self.client.delete(self.pending_key(key))
+        """Forget an object's pending state before the object is deleted (its queued changes
+        then match nothing in the source); raises ``Unavailable`` when Redis cannot be reached."""
+        try:
+            self.client.delete(self.pending_key(key))
+        except REDIS_ERRORS as exc:
+            raise Unavailable(str(exc)) from exc
 
     def pending_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
         """``pending`` for several objects in one round trip (keys of one hash slot)."""
         if not keys:
             return []
-        raws = self.client.mget([self.pending_key(k) for k in keys])
+        try:
+            raws = self.client.mget([self.pending_key(k) for k in keys])
+        except REDIS_ERRORS:
+            return [None] * len(keys)
         return [json.loads(r) if r is not None else None for r in raws]
 
     def ensure_group(self) -> None:

@@ -17,8 +17,10 @@ from typing import Any
 
 from bson import ObjectId
 from flask import Flask, current_app
+from werkzeug.exceptions import ServiceUnavailable
 
 from taskapp import db, keys
+from taskapp.cache import Unavailable
 from taskapp.extensions import cache
 from taskapp.models import Activity, Task, isoformat, to_bson_datetime, utcnow
 from taskapp.tasks.schemas import TaskCreate, TaskUpdate
@@ -176,11 +178,14 @@ def delete_task(user_id: str, task_id: str) -> bool:
     tid = canonical_id(task_id)
     if tid is None:
         return False
+    if _write_strategy() == "write-behind":
+        try:  # before the delete: a pending state left behind would bring the task back
+            cache.write_behind().discard(keys.task(user_id, tid))
+        except Unavailable:
+            raise _queue_unavailable() from None
     task = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id)).modify(remove=True)
     if task is None:
         return False
-    if _write_strategy() == "write-behind":
-        cache.write_behind().discard(keys.task(user_id, tid))
     _changed(user_id, "deleted", _versioned(task))
     return True
 
@@ -240,7 +245,10 @@ def _stage(user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] | Non
     }
     change["updated_at"] = isoformat(utcnow())
     base = {**current, "owner": user_id}
-    state = cache.write_behind().stage(keys.task(user_id, task_id), task_id, base, change)
+    try:
+        state = cache.write_behind().stage(keys.task(user_id, task_id), task_id, base, change)
+    except Unavailable:
+        raise _queue_unavailable() from None
     entry = Activity(
         user=ObjectId(user_id), action="updated", task_id=ObjectId(task_id), title=state["title"]
     )
@@ -248,6 +256,13 @@ def _stage(user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] | Non
     cache.invalidate_tags(keys.collection_tag(user_id), keys.responses_tag(user_id))
     cache.list_push(keys.activity(user_id), entry.to_dict(), maxlen=ACTIVITY_MAXLEN)
     return _public(state)
+
+
+def _queue_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the write-behind queue is unavailable; the change was not made, retry shortly",
+        retry_after=1,
+    )
 
 
 def apply_pending(task_id: str, state: dict[str, Any]) -> None:
