@@ -14,8 +14,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app: settings from the environment, overridden by ``config``."""
     app = Flask(__name__, static_folder=None)  # a JSON API: no static route
     app.config.from_mapping(settings.load(config))
-    app.json.sort_keys = False
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     from taskapp import db, errors, metrics
     from taskapp.extensions import cache
@@ -26,10 +28,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     metrics.init_app(app)
 
     from taskapp import cli, http_cache, ratelimit
-    from taskapp.tasks import service as task_service
-    from taskapp.auth.routes import bp as auth_bp
     from taskapp.admin.routes import bp as admin_bp
+    from taskapp.auth.routes import bp as auth_bp
     from taskapp.service_routes import bp as service_bp
+    from taskapp.tasks import service as task_service
     from taskapp.tasks.routes import bp as tasks_bp
 
     ratelimit.init_app(app)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import click
 from flask import Flask, current_app
@@ -108,7 +109,7 @@ def _pretty(value: Any) -> str:
 
 def _when(epoch: float) -> str:
     """An epoch time as ISO 8601 UTC plus how far from now it is."""
-    at = datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
+    at = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
     delta = epoch - time.time()
     relative = f"in {delta:.1f}s" if delta >= 0 else f"{-delta:.1f}s ago"
     return f"{at.replace('+00:00', 'Z')} ({relative})"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -30,13 +30,13 @@ def utcnow() -> datetime:
     Truncating up front makes a freshly written document serialise exactly as it will after a
     round trip through MongoDB, so a cached copy and a fetched copy never differ.
     """
-    return to_bson_datetime(datetime.now(timezone.utc))
+    return to_bson_datetime(datetime.now(UTC))
 
 
 def to_bson_datetime(value: datetime) -> datetime:
     """An aware or naive (taken as UTC) datetime as naive UTC with millisecond precision."""
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(UTC).replace(tzinfo=None)
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 

@@ -147,7 +147,7 @@ class _State:
 
     def send_invalidate(self, tags: list[str]) -> list[str]:
         """Run INVALIDATE for ``tags`` (one call per hash slot); the keys of deleted entries."""
-        deleted: list[str] = []
+        deleted: list[bytes] = []
         for group in self.by_slot(tags, self.keys.tag_set):
             deleted += self.scripts["INVALIDATE"](
                 keys=[self.keys.tag_set(t) for t in group]
@@ -498,7 +498,7 @@ class RedisCache:
             if full_key in state.refreshing:
                 return
             state.refreshing.add(full_key)
-        app = current_app._get_current_object()
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
 
         def refresh() -> None:
             try:
@@ -737,7 +737,8 @@ class RedisCache:
         """A flusher thread for this process applying queued changes with ``apply``; stopped
         when the cache closes."""
         state = self._state()
-        flusher = Flusher(current_app._get_current_object(), state.write_behind(), apply)
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        flusher = Flusher(app, state.write_behind(), apply)
         state.flushers.append(flusher)
         return flusher
 

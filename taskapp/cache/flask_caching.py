@@ -60,7 +60,7 @@ class _GuardedClient:
 class JSONRedisCache(FlaskCachingRedisCache):
     """Flask-Caching's Redis backend with JSON serialisation and the extension's connection."""
 
-    serializer = JSONSerializer()
+    serializer = JSONSerializer()  # type: ignore[assignment]
 
     @classmethod
     def factory(cls, app: Flask, config: dict[str, Any], args: list[Any], kwargs: dict[str, Any]):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,9 +22,9 @@ Priority = Literal["low", "medium", "high"]
 def _as_utc(value: datetime) -> datetime:
     # A naive datetime is taken as UTC; converting an extreme offset can leave datetime's range.
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     try:
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
     except OverflowError:
         raise ValueError("date is out of range") from None
 

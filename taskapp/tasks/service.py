@@ -220,7 +220,11 @@ def _changed(user_id: str, action: str, task: dict[str, Any]) -> None:
 
 def _affected_tags(user_id: str, task_id: str) -> list[str]:
     """Everything a change of one task can make wrong: the task, the lists and stats, responses."""
-    return [keys.task_tag(user_id, task_id), keys.collection_tag(user_id), keys.responses_tag(user_id)]
+    return [
+        keys.task_tag(user_id, task_id),
+        keys.collection_tag(user_id),
+        keys.responses_tag(user_id),
+    ]
 
 
 def _write_strategy() -> str:
