@@ -6,6 +6,17 @@ import logging
 from typing import Any
 
 from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
+
+
+class NullSessionInterface(SecureCookieSessionInterface):
+    """No session cookie is read or written (the API authenticates with bearer tokens)."""
+
+    def open_session(self, app, request):  # type: ignore[no-untyped-def]
+        return None
+
+    def save_session(self, app, session, response):  # type: ignore[no-untyped-def]
+        return None
 
 from taskapp import config as settings
 
@@ -15,6 +26,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)  # a JSON API: no static route
     app.config.from_mapping(settings.load(config))
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # A bearer-token API keeps no cookie session: skip Flask's signer on every request.
+    app.session_interface = NullSessionInterface()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -285,36 +285,70 @@ class RedisCache:
 
     def _read(self, state: _State, full_key: str) -> Entry | None:
         """The entry under ``full_key`` from memory, else Redis; None on a miss or an outage."""
+        return self._read_with_versions(state, full_key, [])[0]
+
+    def _read_with_versions(
+        self, state: _State, full_key: str, version_keys: list[str]
+    ) -> tuple[Entry | None, list[bytes] | None]:
+        """``_read``, and when Redis is read, the values of ``version_keys`` in the same trip.
+
+        The versions (None after a memory hit or an outage) make a lease for a fill.
+        """
         l1 = state.l1
         if l1.active and not state.breaker.is_open:
             entry = l1.get(full_key)
             if entry is not None and entry.is_fresh():
                 metrics.L1_HIT.inc()
                 state.record(stats.L1_HIT, full_key)
-                return entry
+                return entry, None
             metrics.L1_MISS.inc()
             state.record(stats.L1_MISS, full_key)
         generation = l1.generation
         try:
-            raw = state.run(lambda: state.client.get(full_key), op="get")
+            if version_keys:
+                raw, *found = state.run(
+                    lambda: state.client.mget([full_key, *version_keys]), op="get"
+                )
+            else:
+                raw, found = state.run(lambda: state.client.get(full_key), op="get"), []
         except Unavailable:
-            return None
+            return None, None
+        versions = [v if v is not None else b"0" for v in found]
         if raw is None:
             metrics.REDIS_MISS.inc()
             state.record(stats.REDIS_MISS, full_key)
-            return None
+            return None, versions
         try:
             entry = Entry.decode(raw)
         except ValueError:
             log.warning("ignoring an undecodable cache entry %r", full_key)
             metrics.REDIS_MISS.inc()
             state.record(stats.REDIS_MISS, full_key)
-            return None
+            return None, versions
         metrics.REDIS_HIT.inc()
         state.record(stats.REDIS_HIT, full_key)
         if entry.is_fresh():
             l1.put(full_key, entry, generation)
-        return entry
+        return entry, versions
+
+    def lookup(self, key: str, tags: Iterable[str] = ()) -> tuple[Entry | None, Lease | None]:
+        """The fresh entry of ``key``, or on a miss a lease to store its value (one round trip).
+
+        For callers that produce the value themselves (the HTTP response cache): the lease
+        holds the versions read before the source is, as ``lease`` would.
+        """
+        state = self._state()
+        full_key = state.keys.entry(key)
+        tags = list(tags)
+        state.check_slots(full_key, tags)
+        entry, versions = self._read_with_versions(
+            state, full_key, self._version_keys(state, full_key, tags)
+        )
+        if entry is not None and entry.is_fresh():
+            return entry, None
+        if versions is None:  # Redis unavailable: nothing may be stored
+            return None, None
+        return None, Lease(full_key, tags, versions)
 
     def get(self, key: str) -> Any:
         """The cached value of ``key``, or ``NO_VALUE``."""
@@ -343,7 +377,11 @@ class RedisCache:
         tags = list(tags)
         seconds = self._ttl(state, ttl, value)
         entry = Entry(dumps(value), time.time() + seconds, tags, meta=meta)
-        return self._store(state, state.keys.entry(key), entry, seconds, versions=None)
+        full_key = state.keys.entry(key)
+        state.l1.discard([full_key])  # other processes drop it when the announcement arrives
+        return self._store(
+            state, full_key, entry, seconds, None, announce=state.keys.invalidation_channel
+        )
 
     def _store(
         self,
@@ -354,8 +392,13 @@ class RedisCache:
         versions: list[bytes] | None,
         token: str = "",
         stale_ttl: float = 0.0,
+        announce: str = "",
     ) -> bool:
-        """Run FILL: store unless a version read before the fetch has changed since."""
+        """Run FILL: store unless a version read before the fetch has changed since.
+
+        ``announce`` is the channel to publish the key on: the fill channel when callers may
+        wait for it, the invalidation channel when an existing value is overwritten.
+        """
         keys = state.keys
         state.check_slots(full_key, entry.tags)
         version_keys = (
@@ -371,7 +414,7 @@ class RedisCache:
                         entry.encode(),
                         max(1, int((seconds + stale_ttl) * 1000)),
                         token,
-                        keys.fill_channel,
+                        announce,
                         len(version_keys),
                         len(entry.tags),
                         *(versions or []),
@@ -579,7 +622,10 @@ class RedisCache:
             return None
         if event is not None:
             # Woken by the fill, or after a slice to retry the lock of a holder that died.
-            event.wait(min(remaining, max(state.lock_ttl / 5, 0.05)))
+            if event.wait(min(remaining, max(state.lock_ttl / 5, 0.05))):
+                entry = self._read(state, full_key)  # the fill landed: read it at once
+                if entry is not None and entry.is_fresh():
+                    return entry
         else:
             time.sleep(min(remaining, 0.005))
         return None
@@ -617,7 +663,14 @@ class RedisCache:
         ttl_seconds = self._ttl(state, ttl, value)
         entry = Entry(dumps(value), time.time() + ttl_seconds, tags, fetch_seconds=seconds)
         stored = self._store(
-            state, full_key, entry, ttl_seconds, versions, token=token, stale_ttl=state.stale_ttl
+            state,
+            full_key,
+            entry,
+            ttl_seconds,
+            versions,
+            token=token,
+            stale_ttl=state.stale_ttl,
+            announce=state.keys.fill_channel,
         )
         metrics.CACHE_FILLS.labels("stored" if stored else "refused").inc()
         if not stored:

@@ -62,17 +62,17 @@ class ResponseCache:
             return None
         query = "&".join(sorted(f"{k}={v}" for k, v in request.args.items(multi=True)))
         key = self.key(user, request.method, request.path, query)
-        g._response_cache = {"key": key, "user": user, "hit": False}
-        if "no-cache" not in request.cache_control and not request.cache_control.no_store:
-            entry = self.cache.get_entry(key)
-            if entry is not None:
-                metrics.HTTP_HIT.inc()
-                self.cache.record(stats.HTTP_HIT, "http")
-                g._response_cache["hit"] = True
-                return self._respond(entry.raw_value, entry.meta["etag"], "HIT")
+        context = g._response_cache = {"user": user, "hit": False, "lease": None}
+        if request.cache_control.no_cache or request.cache_control.no_store:
+            return None  # the client asked for a fresh answer: neither looked up nor stored
+        entry, context["lease"] = self.cache.lookup(key, self.tags(user))
+        if entry is not None:
+            metrics.HTTP_HIT.inc()
+            self.cache.record(stats.HTTP_HIT, "http")
+            context["hit"] = True
+            return self._respond(entry.raw_value, entry.meta["etag"], "HIT")
         metrics.HTTP_MISS.inc()
         self.cache.record(stats.HTTP_MISS, "http")
-        g._response_cache["lease"] = self.cache.lease(key, self.tags(user))
         return None
 
     def _finish(self, response: Response) -> Response:
@@ -82,7 +82,7 @@ class ResponseCache:
         body = response.get_data()
         etag = _etag(context["user"], body)
         outcome = "MISS" if self.cache.source_was_read() else "HIT"
-        if self._storable(response) and context.get("lease") is not None:
+        if context["lease"] is not None and self._storable(response):
             ttl = current_app.config[self.ttl_setting]
             self.cache.store_leased(context["lease"], body, ttl=ttl, meta={"etag": etag})
         if response.is_json:
@@ -91,11 +91,7 @@ class ResponseCache:
 
     @staticmethod
     def _storable(response: Response) -> bool:
-        return (
-            response.is_json
-            and not response.cache_control.no_store
-            and not request.cache_control.no_store
-        )
+        return response.is_json and not response.cache_control.no_store
 
     @staticmethod
     def _respond(

@@ -6,10 +6,12 @@ those keys in one hash slot (see ``keys.py``).
 """
 
 # FILL: store a value unless a version read before its fetch has changed since, release the fill
-# lock if this caller still owns it, and wake the callers waiting for the fill.
+# lock if this caller still owns it, and announce the key: on the fill channel to wake the callers
+# waiting for it, or on the invalidation channel when an existing value was overwritten.
 # KEYS[1] entry, KEYS[2] lock, KEYS[3 .. 2+m] version keys to check, KEYS[3+m .. 2+m+n] tag sets
 # ARGV[1] payload, ARGV[2] time to live in ms, ARGV[3] lock token ('' when no lock is held),
-# ARGV[4] fill channel, ARGV[5] m, ARGV[6] n, ARGV[7 .. 6+m] the versions read before the fetch
+# ARGV[4] channel to announce the key on ('' for none), ARGV[5] m, ARGV[6] n,
+# ARGV[7 .. 6+m] the versions read before the fetch
 # returns 1 when stored, 0 when a version changed (nothing stored)
 FILL = """
 local m = tonumber(ARGV[5])
@@ -32,7 +34,7 @@ end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
   redis.call('DEL', KEYS[2])
 end
-redis.call('PUBLISH', ARGV[4], KEYS[1])
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], KEYS[1]) end
 return stored
 """
 

@@ -41,6 +41,7 @@ _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 Counts = dict[str, dict[str, int]]  # event -> family ('' when none) -> count
 
 
+@functools.lru_cache(maxsize=4096)  # on every lookup; hot keys repeat
 def family(key: str) -> str:
     """The family of a cache key (without prefix): its first segment outside a ``{hash tag}``.
 
