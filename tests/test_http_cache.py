@@ -126,3 +126,39 @@ def register_on(client) -> dict[str, str]:
     assert client.post("/api/v1/auth/register", json=credentials).status_code == 201
     token = client.post("/api/v1/auth/login", json=credentials).get_json()["access_token"]
     return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_cold_url_requested_by_many_clients_at_once_runs_its_view_once(make_app):
+    app = make_app(SIMULATED_DB_LATENCY_MS=200)
+    client = app.test_client()
+    headers = register_on(client)
+    task = client.post(TASKS, json={"title": "popular"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    barrier = threading.Barrier(20)
+    answers = []
+
+    def get():
+        barrier.wait()
+        response = app.test_client().get(path, headers=headers)
+        answers.append((response.status_code, response.data, response.headers["X-Cache"]))
+
+    before = db_reads()
+    threads = [threading.Thread(target=get) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert db_reads() - before == 1
+    assert {(status, body) for status, body, _ in answers} == {(200, answers[0][1])}
+    assert sorted(outcome for *_, outcome in answers) == ["HIT"] * 19 + ["MISS"]
+
+
+def test_a_failed_answer_releases_the_fill_lock_for_the_next_caller(make_app):
+    app = make_app(CACHE_LOCK_TTL=30)  # a lock left behind would stall the next caller 30 s
+    client = app.test_client()
+    headers = register_on(client)
+    missing = f"{TASKS}/0123456789abcdef01234567"
+    assert client.get(missing, headers=headers).status_code == 404
+    started = time.monotonic()
+    assert client.get(missing, headers=headers).status_code == 404
+    assert time.monotonic() - started < 1

@@ -67,6 +67,7 @@ class _State:
             name: self.client.register_script(getattr(scripts, name))
             for name in (
                 "FILL",
+                "LOOKUP",
                 "RELEASE",
                 "INVALIDATE",
                 "DELETE",
@@ -217,11 +218,13 @@ def _redacted(url: str) -> str:
 
 
 class Lease(NamedTuple):
-    """The versions an entry's key and tags had before its source was read."""
+    """The versions an entry's key and tags had before its source was read, and the fill
+    lock's token when this caller holds it."""
 
     full_key: str
     tags: list[str]
     versions: list[bytes]
+    token: str = ""
 
 
 class RedisCache:
@@ -294,16 +297,10 @@ class RedisCache:
 
         The versions (None after a memory hit or an outage) make a lease for a fill.
         """
-        l1 = state.l1
-        if l1.active and not state.breaker.is_open:
-            entry = l1.get(full_key)
-            if entry is not None and entry.is_fresh():
-                metrics.L1_HIT.inc()
-                state.record(stats.L1_HIT, full_key)
-                return entry, None
-            metrics.L1_MISS.inc()
-            state.record(stats.L1_MISS, full_key)
-        generation = l1.generation
+        entry = self._from_memory(state, full_key)
+        if entry is not None:
+            return entry, None
+        generation = state.l1.generation
         try:
             if version_keys:
                 raw, *found = state.run(
@@ -314,41 +311,94 @@ class RedisCache:
         except Unavailable:
             return None, None
         versions = [v if v is not None else b"0" for v in found]
+        return self._from_redis(state, full_key, raw, generation), versions
+
+    def _from_memory(self, state: _State, full_key: str) -> Entry | None:
+        """The fresh entry in the in-process layer, counted as an l1 hit or miss."""
+        l1 = state.l1
+        if not l1.active or state.breaker.is_open:
+            return None
+        entry = l1.get(full_key)
+        if entry is not None and entry.is_fresh():
+            metrics.L1_HIT.inc()
+            state.record(stats.L1_HIT, full_key)
+            return entry
+        metrics.L1_MISS.inc()
+        state.record(stats.L1_MISS, full_key)
+        return None
+
+    def _from_redis(
+        self, state: _State, full_key: str, raw: bytes | None, generation: int
+    ) -> Entry | None:
+        """Decode what Redis returned, count it, and keep a fresh entry in memory."""
         if raw is None:
             metrics.REDIS_MISS.inc()
             state.record(stats.REDIS_MISS, full_key)
-            return None, versions
+            return None
         try:
             entry = Entry.decode(raw)
         except ValueError:
             log.warning("ignoring an undecodable cache entry %r", full_key)
             metrics.REDIS_MISS.inc()
             state.record(stats.REDIS_MISS, full_key)
-            return None, versions
+            return None
         metrics.REDIS_HIT.inc()
         state.record(stats.REDIS_HIT, full_key)
         if entry.is_fresh():
-            l1.put(full_key, entry, generation)
-        return entry, versions
+            state.l1.put(full_key, entry, generation)
+        return entry
 
     def lookup(self, key: str, tags: Iterable[str] = ()) -> tuple[Entry | None, Lease | None]:
-        """The fresh entry of ``key``, or on a miss a lease to store its value (one round trip).
+        """The fresh entry of ``key``; on a miss, a lease to produce and store it.
 
-        For callers that produce the value themselves (the HTTP response cache): the lease
-        holds the versions read before the source is, as ``lease`` would.
+        For callers that produce the value themselves (the HTTP response cache). One caller
+        across processes gets a lease holding the fill lock (store with ``store_leased``, or
+        ``release`` it); the others wait for that fill and get the entry, as in
+        ``get_or_set``, or after CACHE_LOCK_WAIT a lease without the lock. Read, lease and
+        lock take one round trip. (None, None) when Redis is unavailable: store nothing.
         """
         state = self._state()
         full_key = state.keys.entry(key)
         tags = list(tags)
         state.check_slots(full_key, tags)
-        entry, versions = self._read_with_versions(
-            state, full_key, self._version_keys(state, full_key, tags)
-        )
-        if entry is not None and entry.is_fresh():
+        entry = self._from_memory(state, full_key)
+        if entry is not None:
             return entry, None
-        if versions is None:  # Redis unavailable: nothing may be stored
-            return None, None
-        return None, Lease(full_key, tags, versions)
+        keys = [full_key, state.keys.lock(full_key), *self._version_keys(state, full_key, tags)]
+        deadline = time.monotonic() + state.lock_wait
+        waited = False
+        while True:
+            token, generation = uuid.uuid4().hex, state.l1.generation
+            try:
+                raw, took, *versions = state.run(
+                    lambda: state.scripts["LOOKUP"](
+                        keys=keys, args=[token, int(state.lock_ttl * 1000)]
+                    ),
+                    op="get",
+                )
+            except Unavailable:
+                return None, None
+            if raw is not None or not waited:
+                entry = self._from_redis(state, full_key, raw, generation)
+                if entry is not None and entry.is_fresh():
+                    return entry, None
+            if took:
+                return None, Lease(full_key, tags, versions, token)
+            if not waited:
+                metrics.CACHE_LOCK_WAITS.inc()
+                state.record(stats.LOCK_WAIT, full_key)
+                waited = True
+            entry = self._wait_for_fill(state, full_key, deadline)
+            if entry is not None:
+                return entry, None
+            if time.monotonic() >= deadline:
+                return None, Lease(full_key, tags, versions)
+
+    def release(self, lease: Lease) -> None:
+        """Give up a lease's fill lock without storing (the answer was not cacheable)."""
+        if lease.token:
+            state = self._state()
+            self._release(state, lease.full_key, lease.token)
 
     def get(self, key: str) -> Any:
         """The cached value of ``key``, or ``NO_VALUE``."""
@@ -428,24 +478,6 @@ class RedisCache:
             state.l1.put(full_key, entry, generation)
         return bool(stored)
 
-    def lease(self, key: str, tags: Iterable[str] = ()) -> Lease | None:
-        """Record the versions of ``key`` and ``tags`` before reading the source for them.
-
-        ``store_leased`` later stores the result only if none of them changed in between (the
-        lease idea of Facebook's memcache paper): a read that raced a write is never cached.
-        None when Redis is unavailable (then nothing should be stored).
-        """
-        state = self._state()
-        full_key = state.keys.entry(key)
-        tags = list(tags)
-        state.check_slots(full_key, tags)
-        version_keys = self._version_keys(state, full_key, tags)
-        try:
-            versions = state.run(lambda: state.client.mget(version_keys), op="lease")
-        except Unavailable:
-            return None
-        return Lease(full_key, tags, [v if v is not None else b"0" for v in versions])
-
     def store_leased(
         self,
         lease: Lease,
@@ -453,11 +485,17 @@ class RedisCache:
         ttl: Ttl = None,
         meta: dict[str, Any] | None = None,
     ) -> bool:
-        """Store already-serialised JSON under a lease; False when an invalidation came first."""
+        """Store already-serialised JSON under a lease; False when an invalidation came first.
+
+        A lease holding the fill lock releases it and wakes the callers waiting for the fill.
+        """
         state = self._state()
         seconds = self._ttl(state, ttl, None)
         entry = Entry(raw_json, time.time() + seconds, lease.tags, meta=meta)
-        return self._store(state, lease.full_key, entry, seconds, lease.versions)
+        announce = state.keys.fill_channel if lease.token else ""
+        return self._store(
+            state, lease.full_key, entry, seconds, lease.versions, lease.token, announce=announce
+        )
 
     def delete(self, *keys: str) -> int:
         """Delete entries everywhere (Redis and every process's memory); fills in flight lose."""

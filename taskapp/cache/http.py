@@ -44,6 +44,7 @@ class ResponseCache:
         app.config.setdefault(self.ttl_setting, 30)
         app.before_request(self._lookup)
         app.after_request(self._finish)
+        app.teardown_request(self._teardown)
 
     @staticmethod
     def mark(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -76,18 +77,29 @@ class ResponseCache:
         return None
 
     def _finish(self, response: Response) -> Response:
-        context = g.pop("_response_cache", None)
+        context = g.get("_response_cache")
         if context is None or context["hit"] or response.status_code != 200:
             return response
         body = response.get_data()
         etag = _etag(context["user"], body)
         outcome = "MISS" if self.cache.source_was_read() else "HIT"
-        if context["lease"] is not None and self._storable(response):
+        lease = context.pop("lease")
+        if lease is not None and self._storable(response):
             ttl = current_app.config[self.ttl_setting]
-            self.cache.store_leased(context["lease"], body, ttl=ttl, meta={"etag": etag})
+            self.cache.store_leased(lease, body, ttl=ttl, meta={"etag": etag})
+        elif lease is not None:
+            self.cache.release(lease)
         if response.is_json:
             return self._respond(body, etag, outcome, response)
         return response
+
+    def _teardown(self, exc: BaseException | None) -> None:
+        """Release a fill lock no answer was stored under (an error, a non-200), so the callers
+        waiting for it retry at once instead of after the lock's TTL."""
+        context = g.pop("_response_cache", None)
+        lease = context.get("lease") if context is not None else None
+        if lease is not None:
+            self.cache.release(lease)
 
     @staticmethod
     def _storable(response: Response) -> bool:

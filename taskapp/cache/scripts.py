@@ -38,6 +38,20 @@ if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], KEYS[1]) end
 return stored
 """
 
+# LOOKUP: an entry, or on a miss the versions to fill it under, taking the fill lock if it is free
+# (the read, the lease and the lock of a fill in one round trip).
+# KEYS[1] entry, KEYS[2] lock, KEYS[3 ..] version keys (the entry's own, then one per tag)
+# ARGV[1] lock token, ARGV[2] lock time to live in ms
+# returns {the entry or nil, 1 when this caller took the lock else 0, versions ('0' when unset)}
+LOOKUP = """
+local entry = redis.call('GET', KEYS[1])
+if entry then return {entry, 0} end
+local result = {false, 0}
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then result[2] = 1 end
+for i = 3, #KEYS do result[#result + 1] = redis.call('GET', KEYS[i]) or '0' end
+return result
+"""
+
 # RELEASE: delete the fill lock only if this caller still owns it, and wake the waiters.
 # KEYS[1] lock
 # ARGV[1] lock token, ARGV[2] fill channel, ARGV[3] the entry key the waiters wait for
