@@ -46,7 +46,11 @@ threads = _positive_int("GUNICORN_THREADS", 4)
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
-accesslog = "-"
+# GUNICORN_ACCESSLOG: a path, "-" for stdout (the default), or "off" (e.g. behind a proxy that
+# logs requests already: the log costs each request a write under a lock).
+accesslog = None if os.environ.get("GUNICORN_ACCESSLOG", "-") == "off" else os.environ.get(
+    "GUNICORN_ACCESSLOG", "-"
+)
 errorlog = "-"
 # Not preloaded: each worker imports the app after the fork, so its Redis and MongoDB
 # connections (and the cache's pub/sub listener thread) are opened in the worker, never shared

@@ -201,7 +201,8 @@ def current_state() -> _State:
     state: _State = current_app.extensions[EXTENSION_NAME]
     if state.pid != os.getpid():  # forked: connections and threads are not ours
         state = current_app.extensions[EXTENSION_NAME] = _State(state.config)
-    state.notifier.start()
+    if not state.notifier.running:
+        state.notifier.start()
     return state
 
 

@@ -61,7 +61,9 @@ class ResponseCache:
         user = self.identity()
         if user is None:
             return None
-        query = "&".join(sorted(f"{k}={v}" for k, v in request.args.items(multi=True)))
+        query = ""
+        if request.query_string:  # canonical: the same parameters in any order, one entry
+            query = "&".join(sorted(f"{k}={v}" for k, v in request.args.items(multi=True)))
         key = self.key(user, request.method, request.path, query)
         context = g._response_cache = {"user": user, "hit": False, "lease": None}
         if request.cache_control.no_cache or request.cache_control.no_store:
@@ -112,11 +114,13 @@ class ResponseCache:
         """A 200 (or 304 for a matching If-None-Match) with the cache headers."""
         if response is None:
             response = Response(body, status=200, mimetype="application/json")
+            response.headers["Vary"] = "Authorization"
+        else:
+            response.vary.add("Authorization")
         response.headers["X-Cache"] = outcome
         response.headers["ETag"] = etag
         response.headers["Cache-Control"] = "private, no-cache"
-        response.vary.add("Authorization")
-        if request.if_none_match.contains_raw(etag):
+        if "If-None-Match" in request.headers and request.if_none_match.contains_raw(etag):
             response.status_code = 304
             response.set_data(b"")
             response.headers.pop("Content-Length", None)

@@ -43,6 +43,16 @@ class Notifier:
         self._pid = 0
         self.subscribed = threading.Event()
 
+    @property
+    def running(self) -> bool:
+        """True while the listener thread of this process is alive (cheap: on every lookup)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self._pid == self._current_pid()
+
+    @staticmethod
+    def _current_pid() -> int:
+        return os.getpid()
+
     def start(self) -> None:
         """Start listening in this process (again after a fork); idempotent."""
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
