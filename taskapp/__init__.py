@@ -7,6 +7,14 @@ from typing import Any
 
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
+from werkzeug.routing import BaseConverter
+
+
+class ObjectIdConverter(BaseConverter):
+    """``<objectid:name>``: 24 hex digits. Anything else matches no route (a JSON 404), and
+    ``/tasks/stats`` is never taken for a task id."""
+
+    regex = "[0-9a-fA-F]{24}"
 
 
 class NullSessionInterface(SecureCookieSessionInterface):
@@ -18,6 +26,7 @@ class NullSessionInterface(SecureCookieSessionInterface):
     def save_session(self, app, session, response):  # type: ignore[no-untyped-def]
         return None
 
+
 from taskapp import config as settings
 
 
@@ -28,6 +37,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # A bearer-token API keeps no cookie session: skip Flask's signer on every request.
     app.session_interface = NullSessionInterface()
+    app.url_map.converters["objectid"] = ObjectIdConverter
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

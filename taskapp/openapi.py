@@ -20,6 +20,7 @@ from taskapp.errors import ErrorResponse
 
 View = Callable[..., Any]
 
+OBJECT_ID_PATTERN = "^[0-9a-fA-F]{24}$"
 _RULE_ARGUMENT = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
 _SCHEMAS = "#/components/schemas/{model}"
 _STATUS_TEXT = {
@@ -138,10 +139,10 @@ def _operation(
 
 
 def _path_parameters(path: str) -> list[dict[str, Any]]:
+    # Every path parameter of this API is an ObjectId (the ``objectid`` URL converter).
     names = re.findall(r"{([^{}]+)}", path)
-    return [
-        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
-    ]
+    schema = {"type": "string", "pattern": OBJECT_ID_PATTERN}
+    return [{"name": n, "in": "path", "required": True, "schema": schema} for n in names]
 
 
 def _query_parameters(schema: type[BaseModel] | None) -> list[dict[str, Any]]:

@@ -90,3 +90,13 @@ def test_every_change_reaches_the_database_after_a_flusher_is_killed(
         rows = {i: json.loads(s) for i, s in db.execute("SELECT id, state FROM objs")}
     assert rows == expected
     assert all(write_behind.pending(f"o{i}") is None for i in range(10))
+
+
+def test_a_change_read_before_a_flush_is_refused_so_it_is_read_again(write_behind):
+    write_behind.ensure_group()
+    base = {"a": 0, "b": 0, "version": 1}  # what a second writer read
+    write_behind.stage("o", "o", base, {"a": 1})
+    write_behind.flush_once(lambda i, s: None, "c1", block_ms=10)  # applied: pending dropped
+    assert write_behind.stage("o", "o", base, {"b": 1}) is None  # its view predates version 2
+    fresh = {"a": 1, "b": 0, "version": 2}
+    assert write_behind.stage("o", "o", fresh, {"b": 1}) == {"a": 1, "b": 1, "version": 3}

@@ -208,19 +208,29 @@ return deleted
 
 # STAGE: merge a change into an object's pending state, give it the next version and queue it on
 # the write-behind stream, in one step (concurrent changes of one object never lose each other).
+# A caller whose view of the object is older than the last version staged (a flusher applied and
+# dropped the pending state since the caller read it) is refused, to read again.
 # KEYS[1] the object's pending state (JSON, no expiry: it lives until the flusher applied it),
-# KEYS[2] the stream
-# ARGV[1] the object as the source has it (JSON; used when nothing is pending), ARGV[2] the
-# change (a JSON object of fields), ARGV[3] the object's id
-# returns the new pending state (JSON)
+# KEYS[2] the stream, KEYS[3] the last version staged for the object
+# ARGV[1] the object as the caller read it (JSON with its version; used when nothing is
+# pending), ARGV[2] the change (a JSON object of fields), ARGV[3] the object's id,
+# ARGV[4] time to live of the last-version marker in ms
+# returns the new pending state (JSON), or false when the caller's object is outdated
 STAGE = """
 local current = redis.call('GET', KEYS[1])
 local state
-if current then state = cjson.decode(current) else state = cjson.decode(ARGV[1]) end
+if current then
+  state = cjson.decode(current)
+else
+  state = cjson.decode(ARGV[1])
+  local staged = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if (tonumber(state['version']) or 0) < staged then return false end
+end
 for field, value in pairs(cjson.decode(ARGV[2])) do state[field] = value end
 state['version'] = (tonumber(state['version']) or 0) + 1
 local encoded = cjson.encode(state)
 redis.call('SET', KEYS[1], encoded)
+redis.call('SET', KEYS[3], state['version'], 'PX', ARGV[4])
 redis.call('XADD', KEYS[2], '*',
   'id', ARGV[3], 'key', KEYS[1], 'version', state['version'], 'state', encoded)
 return encoded

@@ -27,6 +27,10 @@ from taskapp.cache.client import REDIS_ERRORS, Unavailable
 
 log = logging.getLogger("taskapp.cache.writebehind")
 
+#: How long the last staged version of an object is remembered after its change was flushed:
+#: far longer than any read-modify-stage takes.
+VERSION_MARK_TTL_MS = 3_600_000
+
 #: apply(object_id, state) writes ``state`` to the source unless it holds a newer version.
 Apply = Callable[[str, dict[str, Any]], None]
 
@@ -50,20 +54,28 @@ class WriteBehind:
         """The Redis key of an object's pending state."""
         return f"{self.prefix}wb:{key}"
 
-    def stage(self, key: str, object_id: str, base: dict[str, Any], change: dict[str, Any]) -> dict:
-        """Queue ``change`` of an object whose source state is ``base``; the new pending state.
+    def version_key(self, key: str) -> str:
+        """The Redis key of the last version staged for an object."""
+        return f"{self.prefix}wb:v:{key}"
+
+    def stage(
+        self, key: str, object_id: str, base: dict[str, Any], change: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Queue ``change`` of an object whose state, as the caller read it, is ``base`` (with
+        its ``version``); the new pending state, or None when ``base`` is outdated (a newer
+        version was staged and already flushed): read the object again and retry.
 
         Raises ``Unavailable`` when Redis cannot take it: a change that cannot be queued must
         be refused, since nothing else would keep it.
         """
         try:
             encoded = self._stage(
-                keys=[self.pending_key(key), self.stream],
-                args=[json.dumps(base), json.dumps(change), object_id],
+                keys=[self.pending_key(key), self.stream, self.version_key(key)],
+                args=[json.dumps(base), json.dumps(change), object_id, VERSION_MARK_TTL_MS],
             )
         except REDIS_ERRORS as exc:
             raise Unavailable(str(exc)) from exc
-        return json.loads(encoded)
+        return json.loads(encoded) if encoded else None
 
     def pending(self, key: str) -> dict[str, Any] | None:
         """The object's state with its changes not yet flushed, or None (also when Redis is

@@ -63,7 +63,7 @@ def task_stats() -> dict[str, int]:
     return service.stats(g.user_id)
 
 
-@bp.get("/tasks/<task_id>")
+@bp.get("/tasks/<objectid:task_id>")
 @response(TaskOut, cached=True)
 @cached_response
 @login_required
@@ -72,7 +72,7 @@ def get_task(task_id: str) -> dict[str, Any]:
     return found(service.get_task(g.user_id, task_id))
 
 
-@bp.patch("/tasks/<task_id>")
+@bp.patch("/tasks/<objectid:task_id>")
 @response(TaskOut)
 @login_required
 @body(TaskUpdate)
@@ -81,7 +81,7 @@ def update_task(task_id: str, body: TaskUpdate) -> dict[str, Any]:
     return found(service.update_task(g.user_id, task_id, body))
 
 
-@bp.delete("/tasks/<task_id>")
+@bp.delete("/tasks/<objectid:task_id>")
 @response(None, status=204)
 @login_required
 def delete_task(task_id: str) -> tuple[str, int]:

@@ -27,6 +27,7 @@ from taskapp.tasks.schemas import TaskCreate, TaskUpdate
 
 ACTIVITY_MAXLEN = 100  # feed items kept in Redis and read back from MongoDB on a miss
 ACTIVITY_TTL = 3600
+STAGE_ATTEMPTS = 5
 TASK_FIELDS = ("title", "description", "completed", "priority", "due_date", "updated_at")
 log = logging.getLogger("taskapp.tasks")
 
@@ -240,19 +241,26 @@ def _stage(user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] | Non
     MongoDB receives it within WRITE_BEHIND_FLUSH_MS from a flusher. Reads of the task see it at
     once (its pending state comes first); list pages show it over their MongoDB items.
     """
-    current = _current_task(user_id, task_id)
-    if current is None:
-        return None
     change = {
         name: isoformat(_stored_date(value)) if name == "due_date" else value
         for name, value in data.changes().items()
     }
     change["updated_at"] = isoformat(utcnow())
-    base = {**current, "owner": user_id}
-    try:
-        state = cache.write_behind().stage(keys.task(user_id, task_id), task_id, base, change)
-    except Unavailable:
-        raise _queue_unavailable() from None
+    state = None
+    for _ in range(STAGE_ATTEMPTS):  # a flush between our read and our stage: read again
+        current = _current_task(user_id, task_id)
+        if current is None:
+            return None
+        try:
+            state = cache.write_behind().stage(
+                keys.task(user_id, task_id), task_id, {**current, "owner": user_id}, change
+            )
+        except Unavailable:
+            raise _queue_unavailable() from None
+        if state is not None:
+            break
+    if state is None:
+        raise _queue_unavailable()
     entry = Activity(
         user=ObjectId(user_id), action="updated", task_id=ObjectId(task_id), title=state["title"]
     )

@@ -1,0 +1,216 @@
+"""Sliding-window rate limits in sorted sets: logins per email and address, requests per user."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+import redis
+
+from taskapp import keys
+from taskapp.cache.scripts import SLIDING_WINDOW
+
+LOGIN = "/api/v1/auth/login"
+REGISTER = "/api/v1/auth/register"
+TASKS = "/api/v1/tasks"
+PASSWORD = "correct horse battery"
+RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(LOGIN_RATE_LIMIT_PER_MINUTE=3, RATE_LIMIT_PER_MINUTE=5)
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def new_account(client, email: str | None = None) -> str:
+    """Register an account (registration is not rate limited) and return its email."""
+    email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
+    response = client.post(REGISTER, json={"email": email, "password": PASSWORD})
+    assert response.status_code == 201, response.get_json()
+    return email
+
+
+def login(client, email: str, address: str = "10.0.0.1", password: str = PASSWORD):
+    return client.post(
+        LOGIN,
+        json={"email": email, "password": password},
+        environ_base={"REMOTE_ADDR": address},
+    )
+
+
+def bearer(client, email: str, address: str) -> dict[str, str]:
+    response = login(client, email, address)
+    assert response.status_code == 200, response.get_json()
+    return {"Authorization": f"Bearer {response.get_json()['access_token']}"}
+
+
+def assert_rate_limited(response, limit: int) -> None:
+    """A JSON 429 with Retry-After and the X-RateLimit-* headers."""
+    assert response.status_code == 429
+    assert response.mimetype == "application/json"
+    assert response.get_json()["error"]["code"] == 429
+    assert response.get_json()["error"]["message"]
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert response.headers["X-RateLimit-Limit"] == str(limit)
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    assert 1 <= int(response.headers["X-RateLimit-Reset"]) <= 60
+
+
+# Logins
+
+
+def test_the_fourth_login_attempt_for_one_email_is_429_from_any_address(client):
+    email = new_account(client)
+    # Each attempt from its own address: only the email's window can fill up.
+    attempts = [
+        login(client, email, "10.1.0.1").status_code,
+        login(client, email, "10.1.0.2", password="wrong password").status_code,
+        login(client, email, "10.1.0.3").status_code,
+    ]
+    limited = login(client, email, "10.1.0.4")  # a fresh address, the right password
+    assert attempts == [200, 401, 200]
+    assert_rate_limited(limited, 3)
+    assert "access_token" not in limited.get_json()
+
+
+def test_the_email_limit_ignores_the_case_and_spaces_of_the_email(client):
+    email = new_account(client)
+    for n, spelling in enumerate([email, email.upper(), f"  {email}  "]):
+        assert login(client, spelling, f"10.2.0.{n}").status_code == 200
+    assert_rate_limited(login(client, email.title(), "10.2.0.9"), 3)
+
+
+def test_other_emails_from_an_address_at_its_limit_are_429(client):
+    emails = [new_account(client) for _ in range(4)]
+    statuses = [login(client, email, "10.3.0.1").status_code for email in emails[:3]]
+    limited = login(client, emails[3], "10.3.0.1")  # an email never tried before
+    assert statuses == [200, 200, 200]
+    assert_rate_limited(limited, 3)
+    # Another address may still log that email in: the address, not the email, was limited.
+    assert login(client, emails[3], "10.3.0.2").status_code == 200
+
+
+def test_unknown_emails_count_towards_the_address_limit(client):
+    for n in range(3):
+        assert login(client, f"nobody-{n}@example.com", "10.4.0.1").status_code == 401
+    assert_rate_limited(login(client, new_account(client), "10.4.0.1"), 3)
+
+
+def test_two_attempts_in_one_millisecond_both_count(app, redis_client, key_prefix):
+    """The window's members are unique per attempt, so a same-millisecond pair is two members."""
+    script = redis_client.register_script(SLIDING_WINDOW)
+    for _ in range(20):  # until Redis gives both calls the same millisecond (almost always once)
+        window = key_prefix + keys.login_limit("email", f"{uuid.uuid4().hex}@example.com")
+        pipe = redis_client.pipeline(transaction=True)  # MULTI: back to back inside Redis
+        script(keys=[window], args=[60_000, 3, uuid.uuid4().hex], client=pipe)
+        script(keys=[window], args=[60_000, 3, uuid.uuid4().hex], client=pipe)
+        first, second = pipe.execute()
+        scores = {score for _, score in redis_client.zrange(window, 0, -1, withscores=True)}
+        if len(scores) == 1:
+            break
+    else:
+        pytest.fail("Redis never ran two scripts in the same millisecond")
+    assert redis_client.zcard(window) == 2
+    assert [int(x) for x in first[:2]] == [1, 1]
+    assert [int(x) for x in second[:2]] == [1, 2]
+
+
+def test_concurrent_login_attempts_for_one_email_each_count_once(app, redis_client, key_prefix):
+    client = app.test_client()
+    email = new_account(client)
+    barrier = threading.Barrier(2)
+    statuses: list[int] = []
+
+    def attempt(address: str) -> None:
+        local = app.test_client()
+        barrier.wait()
+        statuses.append(login(local, email, address).status_code)
+
+    threads = [threading.Thread(target=attempt, args=(f"10.5.0.{n}",)) for n in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(statuses) == [200, 200]
+    assert redis_client.zcard(key_prefix + keys.login_limit("email", email)) == 2
+    for address in ("10.5.0.1", "10.5.0.2"):
+        assert redis_client.zcard(key_prefix + keys.login_limit("addr", address)) == 1
+    # The third attempt is still allowed, the fourth is not.
+    assert login(client, email, "10.5.0.3").status_code == 200
+    assert_rate_limited(login(client, email, "10.5.0.4"), 3)
+
+
+def test_login_windows_are_sorted_sets_that_expire_with_the_window(app, redis_client, key_prefix):
+    client = app.test_client()
+    email = new_account(client)
+    login(client, email, "10.6.0.1")
+    window = key_prefix + keys.login_limit("email", email)
+    assert redis_client.type(window) == b"zset"
+    assert 0 < redis_client.pttl(window) <= 60_000
+
+
+# Requests of a user
+
+
+def test_responses_carry_the_rate_limit_headers_with_a_decreasing_remaining(client):
+    headers = bearer(client, new_account(client), "10.7.0.1")
+    remaining = []
+    for _ in range(5):
+        response = client.get(TASKS, headers=headers)
+        assert response.status_code == 200
+        assert response.headers["X-RateLimit-Limit"] == "5"
+        assert 1 <= int(response.headers["X-RateLimit-Reset"]) <= 60
+        remaining.append(int(response.headers["X-RateLimit-Remaining"]))
+    assert remaining == [4, 3, 2, 1, 0]
+
+
+def test_the_sixth_request_in_a_minute_is_429_and_other_users_are_unaffected(client):
+    alice = bearer(client, new_account(client), "10.8.0.1")
+    bob = bearer(client, new_account(client), "10.8.0.2")
+    for _ in range(5):
+        assert client.get(TASKS, headers=alice).status_code == 200
+    limited = client.get(TASKS, headers=alice)
+    assert_rate_limited(limited, 5)
+    assert client.post(TASKS, json={"title": "t"}, headers=alice).status_code == 429
+
+    response = client.get(TASKS, headers=bob)
+    assert response.status_code == 200
+    assert response.headers["X-RateLimit-Remaining"] == "4"
+
+
+def test_a_cached_response_still_counts_towards_the_limit(client):
+    headers = bearer(client, new_account(client), "10.9.0.1")
+    hits = [client.get(TASKS, headers=headers).headers.get("X-Cache") for _ in range(5)]
+    assert hits[1:] == ["HIT"] * 4
+    assert_rate_limited(client.get(TASKS, headers=headers), 5)
+
+
+def test_anonymous_requests_are_not_limited_per_user(client):
+    for _ in range(7):
+        assert client.get("/healthz").status_code == 200
+
+
+# Redis down
+
+
+def test_limits_fail_open_when_redis_is_down(make_app):
+    app = make_app(
+        REDIS_URL="redis://127.0.0.1:1/0",
+        LOGIN_RATE_LIMIT_PER_MINUTE=1,
+        RATE_LIMIT_PER_MINUTE=2,
+    )
+    client = app.test_client()
+    email = new_account(client)
+    logins = [login(client, email, "10.10.0.1") for _ in range(3)]
+    assert [r.status_code for r in logins] == [200, 200, 200]
+    headers = {"Authorization": f"Bearer {logins[-1].get_json()['access_token']}"}
+    statuses = [client.get(TASKS, headers=headers).status_code for _ in range(5)]
+    assert statuses == [200] * 5
