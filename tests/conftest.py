@@ -112,13 +112,10 @@ def runner(app):
 def register(client):
     """Register and log in a user; return the Authorization headers."""
 
-    def do(email: str | None = None, password: str = "correct horse battery") -> dict[str, str]:
-        email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
-        response = client.post("/api/v1/auth/register", json={"email": email, "password": password})
-        assert response.status_code == 201, response.get_json()
-        response = client.post("/api/v1/auth/login", json={"email": email, "password": password})
-        assert response.status_code == 200, response.get_json()
-        return {"Authorization": f"Bearer {response.get_json()['access_token']}"}
+    from tests.api import account
+
+    def do(email: str | None = None, **kwargs: str) -> dict[str, str]:
+        return account(client, email, **kwargs)[1]
 
     return do
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from prometheus_client import REGISTRY
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from taskapp import keys
 from taskapp.extensions import cache
+from tests import api
+from tests.api import cache_errors
 
 TASKS = "/api/v1/tasks"
 STATS = "/api/v1/tasks/stats"
 ACTIVITY = "/api/v1/activity"
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
@@ -34,19 +34,11 @@ def app(make_app, redis_cluster, key_prefix):
         client.close()
 
 
-def cache_errors() -> float:
-    return REGISTRY.get_sample_value("taskapp_cache_errors_total") or 0.0
-
-
 def account(client) -> tuple[str, str, dict[str, str]]:
     """Register and log in a new user: their id, email and Authorization headers."""
     email = f"user-{uuid.uuid4().hex[:8]}@example.com"
-    response = client.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 201, response.get_json()
-    user_id = response.get_json()["id"]
-    response = client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 200, response.get_json()
-    return user_id, email, {"Authorization": f"Bearer {response.get_json()['access_token']}"}
+    user_id, headers = api.account(client, email)
+    return user_id, email, headers
 
 
 def node_of(app, user_id: str) -> str:

@@ -6,15 +6,11 @@ import threading
 import time
 
 import pytest
-from prometheus_client import REGISTRY
 
 from taskapp.extensions import cache
+from tests.api import account, db_reads
 
 TASKS = "/api/v1/tasks"
-
-
-def db_reads() -> float:
-    return REGISTRY.get_sample_value("taskapp_db_reads_total") or 0.0
 
 
 def http_keys(app) -> list[bytes]:
@@ -122,10 +118,7 @@ def test_a_slow_response_that_raced_a_write_is_not_stored(make_app, register):
 
 
 def register_on(client) -> dict[str, str]:
-    credentials = {"email": "slow@example.com", "password": "correct horse battery"}
-    assert client.post("/api/v1/auth/register", json=credentials).status_code == 201
-    token = client.post("/api/v1/auth/login", json=credentials).get_json()["access_token"]
-    return {"Authorization": f"Bearer {token}"}
+    return account(client)[1]
 
 
 def test_a_cold_url_requested_by_many_clients_at_once_runs_its_view_once(make_app):

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import statistics
 import time
-import uuid
 
 import pytest
-from prometheus_client import REGISTRY
 
 from taskapp import keys
 from taskapp.extensions import cache
+from tests.api import account, cache_errors
 
 TASKS = "/api/v1/tasks"
 STATS = "/api/v1/tasks/stats"
 ACTIVITY = "/api/v1/activity"
-PASSWORD = "correct horse battery"
 COOLDOWN = 0.5
 DB_LATENCY_MS = 20
 
@@ -31,21 +29,6 @@ def app(make_app, private_redis):
         CACHE_BREAKER_COOLDOWN=COOLDOWN,
         SIMULATED_DB_LATENCY_MS=DB_LATENCY_MS,
     )
-
-
-def cache_errors() -> float:
-    return REGISTRY.get_sample_value("taskapp_cache_errors_total") or 0.0
-
-
-def account(client) -> tuple[str, dict[str, str]]:
-    """Register and log in a new user: their id and Authorization headers."""
-    email = f"user-{uuid.uuid4().hex[:8]}@example.com"
-    response = client.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 201, response.get_json()
-    user_id = response.get_json()["id"]
-    response = client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 200, response.get_json()
-    return user_id, {"Authorization": f"Bearer {response.get_json()['access_token']}"}
 
 
 def create(client, headers, title: str, **fields) -> dict:

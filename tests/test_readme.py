@@ -14,7 +14,9 @@ README = Path(ROOT) / "README.md"
 
 def curl_examples() -> str:
     text = README.read_text()
-    block = re.search(r"<!-- curl-examples -->\n```sh\n(.*?)```\n<!-- /curl-examples -->", text, re.S)
+    block = re.search(
+        r"<!-- curl-examples -->\n```sh\n(.*?)```\n<!-- /curl-examples -->", text, re.S
+    )
     assert block, "README.md lost its curl examples"
     return block.group(1)
 

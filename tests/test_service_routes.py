@@ -10,17 +10,13 @@ import sys
 
 import pytest
 import schemathesis
-from prometheus_client import REGISTRY
 
 from taskapp import create_app
 from taskapp.extensions import cache
+from tests.api import db_reads
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 UNREACHABLE_MONGODB = "mongodb://127.0.0.1:1/taskapp_unreachable"
-
-
-def db_reads() -> float:
-    return REGISTRY.get_sample_value("taskapp_db_reads_total") or 0.0
 
 
 # /healthz

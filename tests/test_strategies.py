@@ -8,9 +8,9 @@ import time
 
 import pytest
 from bson import ObjectId
-from prometheus_client import REGISTRY
 
 from taskapp.models import Task
+from tests.api import account, db_reads
 
 TASKS = "/api/v1/tasks"
 NO_HTTP_CACHE = {"Cache-Control": "no-cache"}  # skip the response cache: reach the service cache
@@ -18,15 +18,8 @@ READ = ["cache-aside", "read-through", "refresh-ahead"]
 WRITE = ["invalidate", "write-through", "write-behind"]
 
 
-def db_reads() -> float:
-    return REGISTRY.get_sample_value("taskapp_db_reads_total") or 0.0
-
-
 def login(client) -> dict[str, str]:
-    credentials = {"email": "strategy@example.com", "password": "correct horse battery"}
-    assert client.post("/api/v1/auth/register", json=credentials).status_code == 201
-    token = client.post("/api/v1/auth/login", json=credentials).get_json()["access_token"]
-    return {"Authorization": f"Bearer {token}"}
+    return account(client)[1]
 
 
 def mongo_title(task_id: str) -> str:
@@ -158,7 +151,10 @@ def test_write_behind_keeps_concurrent_patches_of_one_task(make_app):
                 break
             time.sleep(0.01)
         assert (stored.title, stored.completed, stored.priority, stored.version) == (
-            "both", True, "high", 4,
+            "both",
+            True,
+            "high",
+            4,
         )
 
 

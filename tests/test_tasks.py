@@ -6,11 +6,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from bson import ObjectId
-from prometheus_client import REGISTRY
 
 from taskapp import keys
 from taskapp.extensions import cache
 from taskapp.models import User
+from tests.api import db_reads
 
 TASKS = "/api/v1/tasks"
 STATS = "/api/v1/tasks/stats"
@@ -42,10 +42,6 @@ def create(client, headers, **fields) -> dict:
     response = client.post(TASKS, json=fields, headers=headers)
     assert response.status_code == 201, response.get_json()
     return response.get_json()
-
-
-def db_reads() -> float:
-    return REGISTRY.get_sample_value("taskapp_db_reads_total") or 0.0
 
 
 def iso(moment: datetime) -> str:
