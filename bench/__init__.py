@@ -1,0 +1,1 @@
+"""Benchmarks of taskapp against a bare Flask route and the caches a Flask user would pick."""
