@@ -399,10 +399,10 @@ def markdown(results: dict[str, Any]) -> str:
             "against the bare route."
         ),
         (
-            "- `Cache-Control: no-cache` rows: the HTTP layer does not look up its entry, but it still "
-            "takes a lease (one Redis MGET) before the view and stores the response under it after (one "
-            "FILL script, which also publishes a fill message) — two Redis round trips on every such "
-            "request even when the service cache answered from memory."
+            "- `Cache-Control: no-cache` rows: the HTTP layer neither looks up nor stores the "
+            "response, so the service cache below answers (from memory, or from Redis with "
+            "L1_CACHE_MAX_ITEMS=0); the view, its JSON encoding and the response's ETag are part of "
+            "these rows."
         ),
         (
             "- The HTTP-layer hit row is itself served from memory: a response entry is kept in the "

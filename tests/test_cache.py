@@ -218,3 +218,32 @@ def test_values_are_stored_as_json_never_pickle(cache, key_prefix):
     header, _, body = raw.partition(b"\n")
     assert body == b'{"x":1}'
     assert header.startswith(b"{")
+
+
+def test_an_expired_entry_is_served_while_one_caller_refreshes_it(cache, in_thread):
+    cache.get_or_set("k", lambda: "old", ttl=0.2)
+    time.sleep(0.3)  # expired, still within CACHE_STALE_TTL
+    refreshing = threading.Event()
+
+    def slow_refresh():
+        refreshing.set()
+        time.sleep(0.3)
+        return "new"
+
+    refresher = in_thread(cache.get_or_set, "k", slow_refresh, 10)
+    assert refreshing.wait(2)
+    started = time.perf_counter()
+    assert cache.get_or_set("k", lambda: pytest.fail("a second fetch"), ttl=10) == "old"
+    assert time.perf_counter() - started < 0.1  # served at once, not after the refresh
+    refresher.join()
+    assert cache.get("k") == "new"
+
+
+def test_an_expired_entry_is_gone_after_the_stale_bound(backend, redis_url, key_prefix):
+    url = redis_url if backend == "real" else "memory://"
+    app, ext = bare_app(url, key_prefix, CACHE_STALE_TTL=0.2)
+    with running(app, ext):
+        ext.get_or_set("k", lambda: "old", ttl=0.2)
+        time.sleep(0.5)
+        assert ext.client.exists(ext.keys.entry("k")) == 0
+        assert ext.get_or_set("k", lambda: "new", ttl=10) == "new"

@@ -84,6 +84,7 @@ class _State:
         self.refreshing: set[str] = set()
         self.flushers: list[Flusher] = []
         self._write_behind: WriteBehind | None = None
+        log.info("cache on %s (prefix %r)", _redacted(config["REDIS_URL"]), self.keys.prefix)
 
     def write_behind(self) -> WriteBehind:
         """The write-behind queue, on a connection of its own (flushers block on the stream
@@ -102,9 +103,6 @@ class _State:
                 claim_idle_ms=int(config["WRITE_BEHIND_CLAIM_IDLE_MS"]),
             )
         return self._write_behind
-        log.info(
-            "cache connected to %s (prefix %r)", _redacted(config["REDIS_URL"]), self.keys.prefix
-        )
 
     def run(self, fn: Callable[[], Any], op: str = "other") -> Any:
         """Run ``fn`` through the breaker, timed as cache operation ``op``; raises Unavailable."""
