@@ -41,6 +41,11 @@ def key_prefix(redis_url) -> str:
     """A key prefix of this test alone; its keys are deleted afterwards (SCAN, never KEYS)."""
     prefix = f"taskapp-test:{uuid.uuid4().hex[:12]}:"
     yield prefix
+    delete_prefix(redis_url, prefix)
+
+
+def delete_prefix(redis_url: str, prefix: str) -> None:
+    """Delete the keys under ``prefix`` (SCAN, never KEYS): only a test's own keys."""
     client = redis.Redis.from_url(redis_url)
     try:
         batch = list(client.scan_iter(match=prefix + "*", count=1000))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import redis
 import schemathesis
 from bson import ObjectId
 from hypothesis import HealthCheck, settings
@@ -14,7 +13,7 @@ from schemathesis.specs.openapi.checks import allow_header_conformance
 from taskapp import create_app
 from taskapp.auth import tokens
 from taskapp.models import User
-from tests.conftest import _mongodb_uri
+from tests.conftest import _mongodb_uri, delete_prefix
 
 SECRET_KEY = "test-secret-key-with-32-bytes-of-entropy!"
 PASSWORD = "correct horse battery"
@@ -66,13 +65,7 @@ def fuzz_app(redis_url):
     with app.app_context():
         db.drop_database()
         cache.close()
-    client = redis.Redis.from_url(redis_url)
-    try:
-        batch = list(client.scan_iter(match=prefix + "*", count=1000))
-        for i in range(0, len(batch), 500):
-            client.delete(*batch[i : i + 500])
-    finally:
-        client.close()
+    delete_prefix(redis_url, prefix)
 
 
 @pytest.fixture(scope="module")

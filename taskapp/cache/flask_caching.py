@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cachelib.serializers import BaseSerializer
 from flask import Flask
 from flask_caching.backends.rediscache import RedisCache as FlaskCachingRedisCache
 
@@ -20,8 +19,11 @@ from taskapp.cache.client import Unavailable
 BACKEND = "taskapp.cache.flask_caching.JSONRedisCache"
 
 
-class JSONSerializer(BaseSerializer):
-    """JSON for values; plain ASCII for ints, so Redis INCRBY keeps working on counters."""
+class JSONSerializer:
+    """JSON for values; plain ASCII for ints, so Redis INCRBY keeps working on counters.
+
+    It stands in for cachelib's serializer (the same two methods), whose default pickles.
+    """
 
     def dumps(self, value: Any, protocol: int | None = None) -> bytes:
         if type(value) is int:
