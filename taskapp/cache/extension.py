@@ -405,12 +405,6 @@ class RedisCache:
         entry = self._read(state, state.keys.entry(key))
         return entry.value if entry is not None and entry.is_fresh() else NO_VALUE
 
-    def get_entry(self, key: str) -> Entry | None:
-        """The fresh entry of ``key`` with its metadata, or None."""
-        state = self._state()
-        entry = self._read(state, state.keys.entry(key))
-        return entry if entry is not None and entry.is_fresh() else None
-
     # -- writes -------------------------------------------------------------------------
 
     def set(
