@@ -8,7 +8,7 @@ import time
 import pytest
 
 from taskapp.cache import NO_VALUE, metrics
-from tests.cache_helpers import bare_app, running
+from tests.cache_helpers import bare_app, running, wait_until
 
 
 @pytest.fixture
@@ -16,6 +16,11 @@ def cache_on(private_redis, key_prefix):
     app, ext = bare_app(private_redis.url, key_prefix, CACHE_BREAKER_COOLDOWN=0.5)
     with running(app, ext):
         yield ext
+
+
+def back_in_use(cache) -> None:
+    """Wait for the breaker's cool-down and its background probe (each read may start it)."""
+    wait_until(lambda: cache.get("probe") is NO_VALUE and not cache.degraded, timeout=5)
 
 
 def timed(fn):
@@ -50,8 +55,7 @@ def test_the_cache_is_used_again_after_redis_resumes(cache_on, private_redis):
             cache_on.get("k")
     finally:
         private_redis.resume()
-    time.sleep(0.6)  # the breaker's cool-down
-    cache_on.get("k")  # the probe
+    back_in_use(cache_on)
     assert not cache_on.degraded
     calls = []
     cache_on.get_or_set("k", lambda: calls.append(1) or "v", ttl=30)
@@ -69,7 +73,7 @@ def test_an_invalidation_made_during_a_hang_is_replayed_before_reads(cache_on, p
         cache_on.invalidate_tags("t")  # refused at once: Redis never receives it now
     finally:
         private_redis.resume()
-    time.sleep(0.6)
+    back_in_use(cache_on)
     assert cache_on.get("k") is NO_VALUE
 
 
@@ -83,7 +87,7 @@ def test_a_killed_redis_is_served_around_and_used_again_after_restart(cache_on, 
         durations.append(seconds)
     assert statistics.median(durations) < 0.005
     private_redis.start()
-    time.sleep(0.6)
+    back_in_use(cache_on)
     calls = []
     assert cache_on.get_or_set("k", lambda: calls.append(1) or "fresh", ttl=30) == "fresh"
     assert cache_on.get("k") == "fresh"
@@ -107,7 +111,7 @@ def test_an_outage_logs_one_line_when_it_starts_and_one_when_it_ends(
     for _ in range(50):
         cache_on.get_or_set("k", lambda: "source", ttl=30)
     private_redis.start()
-    time.sleep(0.6)
+    back_in_use(cache_on)
     for _ in range(5):
         cache_on.get("k")
     messages = [r.getMessage() for r in caplog.records if r.name == "taskapp.cache"]

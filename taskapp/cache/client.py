@@ -61,9 +61,10 @@ class Breaker:
 
     After ``threshold`` consecutive failures it opens: for ``cooldown`` seconds every call is
     refused at once (a miss, served from the source), instead of each request waiting for a
-    timeout. Then one caller probes: ``on_recover`` runs first (it replays the invalidations
-    that could not be sent, so nothing cached before the outage hides a write made during it);
-    if that succeeds the breaker closes. One log line marks the start and the end of an outage.
+    timeout. Then a probe runs in a thread of its own, so no request waits for it:
+    ``on_recover`` replays the invalidations that could not be sent (nothing cached before the
+    outage may hide a write made during it) and, if that succeeds, the breaker closes. One log
+    line marks the start and the end of an outage.
     """
 
     def __init__(
@@ -93,19 +94,18 @@ class Breaker:
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` against Redis, or raise ``Unavailable`` (counted, logged once per outage)."""
-        probing = False
         if self._opened_at is not None:
-            if not self._begin_probe():
-                raise Unavailable("circuit open")
-            probing = True
+            if self._begin_probe():
+                threading.Thread(
+                    target=self._probe, name="taskapp-cache-probe", daemon=True
+                ).start()
+            raise Unavailable("circuit open")
         try:
-            if probing:
-                self._probe()
             result = fn()
         except REDIS_ERRORS as exc:
             self._failed(exc)
             raise Unavailable(str(exc)) from exc
-        if self._failures or probing:
+        if self._failures:
             self._succeeded()
         return result
 
@@ -118,9 +118,19 @@ class Breaker:
             return True
 
     def _probe(self) -> None:
+        """Replay what the outage held back; close the breaker if Redis took it all."""
         log.debug("probing Redis after %.1fs of outage", time.monotonic() - (self._opened_at or 0))
-        if self.on_recover is not None:
-            self.on_recover()
+        try:
+            if self.on_recover is not None:
+                self.on_recover()
+        except REDIS_ERRORS as exc:
+            self._failed(exc)
+            return
+        except Exception as exc:  # a bug in a hook must not leave the breaker open for good
+            log.exception("probing Redis failed")
+            self._failed(exc)
+            return
+        self._succeeded()
 
     def _failed(self, exc: BaseException) -> None:
         metrics.CACHE_ERRORS.inc()
