@@ -158,7 +158,7 @@ def test_the_api_serves_reads_and_writes_through_a_redis_outage_and_replays_its_
 
     # Back: after the cool-down, nothing cached before the outage hides a write made during it.
     time.sleep(COOLDOWN + 0.2)
-    for attempt in range(2):
+    for _ in range(2):
         response = client.get(task_url, headers=headers)
         assert response.status_code == 200
         assert response.get_json() == renamed

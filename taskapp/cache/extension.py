@@ -370,8 +370,8 @@ class RedisCache:
             token, generation = uuid.uuid4().hex, state.l1.generation
             try:
                 raw, took, *versions = state.run(
-                    lambda: state.scripts["LOOKUP"](
-                        keys=keys, args=[token, int(state.lock_ttl * 1000)]
+                    partial(
+                        state.scripts["LOOKUP"], keys=keys, args=[token, int(state.lock_ttl * 1000)]
                     ),
                     op="get",
                 )
@@ -612,8 +612,12 @@ class RedisCache:
             token = uuid.uuid4().hex
             try:
                 acquired = state.run(
-                    lambda: state.client.set(
-                        state.keys.lock(full_key), token, nx=True, px=int(state.lock_ttl * 1000)
+                    partial(
+                        state.client.set,
+                        state.keys.lock(full_key),
+                        token,
+                        nx=True,
+                        px=int(state.lock_ttl * 1000),
                     ),
                     op="lock",
                 )

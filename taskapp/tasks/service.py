@@ -131,7 +131,7 @@ def _with_pending(user_id: str, items: list[dict[str, Any]]) -> list[dict[str, A
     """List items with their write-behind changes not yet in MongoDB (one round trip)."""
     task_keys = [keys.task(user_id, item["id"]) for item in items]
     pending = cache.write_behind().pending_many(task_keys)
-    return [_public(p) if p is not None else item for item, p in zip(items, pending)]
+    return [_public(p) if p is not None else item for item, p in zip(items, pending, strict=True)]
 
 
 def _public(task: dict[str, Any]) -> dict[str, Any]:
