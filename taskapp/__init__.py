@@ -9,6 +9,8 @@ from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.routing import BaseConverter
 
+from taskapp import config as settings
+
 
 class ObjectIdConverter(BaseConverter):
     """``<objectid:name>``: 24 hex digits. Anything else matches no route (a JSON 404), and
@@ -25,9 +27,6 @@ class NullSessionInterface(SecureCookieSessionInterface):
 
     def save_session(self, app, session, response):  # type: ignore[no-untyped-def]
         return None
-
-
-from taskapp import config as settings
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:

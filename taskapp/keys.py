@@ -16,7 +16,7 @@ def _digest(*parts: str) -> str:
 
 
 def _ns(user_id: str) -> str:
-    return "{u:%s}" % user_id
+    return f"{{u:{user_id}}}"
 
 
 def task(user_id: str, task_id: str) -> str:

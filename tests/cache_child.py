@@ -15,7 +15,6 @@ import redis
 
 from tests.cache_helpers import bare_app
 
-
 _emit_lock = threading.Lock()
 
 

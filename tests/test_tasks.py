@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from bson import ObjectId
@@ -45,7 +45,7 @@ def create(client, headers, **fields) -> dict:
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse(value: str) -> datetime:
@@ -57,7 +57,7 @@ def parse(value: str) -> datetime:
 
 
 def test_create_returns_201_with_the_task_and_its_defaults(client, alice):
-    before = datetime.now(timezone.utc) - timedelta(seconds=1)
+    before = datetime.now(UTC) - timedelta(seconds=1)
     task = create(client, alice, title="  write tests  ")
     assert set(task) == TASK_FIELDS
     assert ObjectId.is_valid(task["id"])
@@ -69,7 +69,7 @@ def test_create_returns_201_with_the_task_and_its_defaults(client, alice):
         None,
     )
     assert task["created_at"] == task["updated_at"]
-    assert before <= parse(task["created_at"]) <= datetime.now(timezone.utc)
+    assert before <= parse(task["created_at"]) <= datetime.now(UTC)
 
 
 def test_create_stores_every_field_with_the_due_date_in_utc(client, alice):
@@ -371,7 +371,7 @@ def test_a_deleted_task_disappears_at_once_from_the_task_list_and_stats(client, 
 
 
 def test_stats_count_total_completed_open_and_overdue(client, alice):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     create(client, alice, title="overdue", due_date=iso(now - timedelta(days=1)))
     create(client, alice, title="done late", completed=True, due_date=iso(now - timedelta(days=1)))
     create(client, alice, title="due later", due_date=iso(now + timedelta(days=1)))

@@ -29,7 +29,7 @@ class Keys:
         return self.prefix + key
 
     def _slotted(self, full_key: str) -> str:
-        return full_key if _HASH_TAG.search(full_key) else "{%s}" % full_key
+        return full_key if _HASH_TAG.search(full_key) else f"{{{full_key}}}"
 
     def lock(self, full_key: str) -> str:
         """The fill lock of an entry."""
