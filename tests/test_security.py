@@ -11,12 +11,13 @@ import redis
 from bson import ObjectId
 
 from taskapp.models import User
+from tests import api
 
 SECRET = "test-secret-key-with-32-bytes-of-entropy!"  # make_app's SECRET_KEY
 TASKS = "/api/v1/tasks"
 STATS = "/api/v1/tasks/stats"
 ACTIVITY = "/api/v1/activity"
-PASSWORD = "correct horse battery"
+PASSWORD = api.PASSWORD
 
 
 @pytest.fixture
@@ -34,18 +35,9 @@ def redis_client(redis_url):
 def account(client, email: str | None = None, password: str = PASSWORD) -> dict:
     """Register and log in: the user's id, email, token and Authorization headers."""
     email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
-    response = client.post("/api/v1/auth/register", json={"email": email, "password": password})
-    assert response.status_code == 201, response.get_json()
-    user_id = response.get_json()["id"]
-    response = client.post("/api/v1/auth/login", json={"email": email, "password": password})
-    assert response.status_code == 200, response.get_json()
-    token = response.get_json()["access_token"]
-    return {
-        "id": user_id,
-        "email": email,
-        "token": token,
-        "headers": {"Authorization": f"Bearer {token}"},
-    }
+    user_id, headers = api.account(client, email, password)
+    token = headers["Authorization"].removeprefix("Bearer ")
+    return {"id": user_id, "email": email, "token": token, "headers": headers}
 
 
 def create(client, headers, title: str = "a task") -> dict:
