@@ -119,15 +119,15 @@ def assert_json_error(response, status: int) -> None:
     assert b"<html" not in response.data.lower()
 
 
-@pytest.mark.parametrize(
-    "method, path",
-    [
-        ("POST", "/api/v1/tasks"),
-        ("PATCH", "/api/v1/tasks/{id}"),
-        ("POST", "/api/v1/auth/register"),
-        ("POST", "/api/v1/auth/login"),
-    ],
-)
+JSON_BODY_ROUTES = [
+    ("POST", "/api/v1/tasks"),
+    ("PATCH", "/api/v1/tasks/{id}"),
+    ("POST", "/api/v1/auth/register"),
+    ("POST", "/api/v1/auth/login"),
+]
+
+
+@pytest.mark.parametrize("method, path", JSON_BODY_ROUTES)
 def test_an_oversized_body_is_a_json_413(fuzz_app, client, auth, method, path):
     size = fuzz_app.config["MAX_CONTENT_LENGTH"] + 1
     huge = '{"title": "' + "x" * size + '"}'
@@ -166,15 +166,7 @@ def test_a_malformed_task_id_is_a_json_404_for_every_method(client, auth, task_i
     "content_type",
     ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "text/json", None],
 )
-@pytest.mark.parametrize(
-    "method, path",
-    [
-        ("POST", "/api/v1/tasks"),
-        ("PATCH", "/api/v1/tasks/{id}"),
-        ("POST", "/api/v1/auth/register"),
-        ("POST", "/api/v1/auth/login"),
-    ],
-)
+@pytest.mark.parametrize("method, path", JSON_BODY_ROUTES)
 def test_a_body_of_another_content_type_is_a_json_415(client, auth, method, path, content_type):
     url = path.format(id=ObjectId())
     data = '{"title": "x", "email": "a@example.com", "password": "long enough"}'
@@ -183,15 +175,7 @@ def test_a_body_of_another_content_type_is_a_json_415(client, auth, method, path
 
 
 @pytest.mark.parametrize("data", ["[]", '[{"title": "x"}]', '"text"', "42", "true", "null"])
-@pytest.mark.parametrize(
-    "method, path",
-    [
-        ("POST", "/api/v1/tasks"),
-        ("PATCH", "/api/v1/tasks/{id}"),
-        ("POST", "/api/v1/auth/register"),
-        ("POST", "/api/v1/auth/login"),
-    ],
-)
+@pytest.mark.parametrize("method, path", JSON_BODY_ROUTES)
 def test_a_json_body_that_is_not_an_object_is_a_json_400(client, auth, method, path, data):
     url = path.format(id=ObjectId())
     response = client.open(

@@ -48,7 +48,7 @@ class _State:
         self.version_ttl_ms = int(config["CACHE_VERSION_TTL"] * 1000)
         self.client = connect(
             config["REDIS_URL"],
-            cluster=bool(config.get("REDIS_CLUSTER")),
+            cluster=self.cluster,
             timeout=float(config["REDIS_SOCKET_TIMEOUT"]),
         )
         self.l1 = LocalCache(int(config["L1_CACHE_MAX_ITEMS"]), float(config["L1_CACHE_TTL"]))
@@ -287,30 +287,15 @@ class RedisCache:
 
     def _read(self, state: _State, full_key: str) -> Entry | None:
         """The entry under ``full_key`` from memory, else Redis; None on a miss or an outage."""
-        return self._read_with_versions(state, full_key, [])[0]
-
-    def _read_with_versions(
-        self, state: _State, full_key: str, version_keys: list[str]
-    ) -> tuple[Entry | None, list[bytes] | None]:
-        """``_read``, and when Redis is read, the values of ``version_keys`` in the same trip.
-
-        The versions (None after a memory hit or an outage) make a lease for a fill.
-        """
         entry = self._from_memory(state, full_key)
         if entry is not None:
-            return entry, None
+            return entry
         generation = state.l1.generation
         try:
-            if version_keys:
-                raw, *found = state.run(
-                    lambda: state.client.mget([full_key, *version_keys]), op="get"
-                )
-            else:
-                raw, found = state.run(lambda: state.client.get(full_key), op="get"), []
+            raw = state.run(lambda: state.client.get(full_key), op="get")
         except Unavailable:
-            return None, None
-        versions = [v if v is not None else b"0" for v in found]
-        return self._from_redis(state, full_key, raw, generation), versions
+            return None
+        return self._from_redis(state, full_key, raw, generation)
 
     def _from_memory(self, state: _State, full_key: str) -> Entry | None:
         """The fresh entry in the in-process layer, counted as an l1 hit or miss."""

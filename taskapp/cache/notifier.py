@@ -47,11 +47,7 @@ class Notifier:
     def running(self) -> bool:
         """True while the listener thread of this process is alive (cheap: on every lookup)."""
         thread = self._thread
-        return thread is not None and thread.is_alive() and self._pid == self._current_pid()
-
-    @staticmethod
-    def _current_pid() -> int:
-        return os.getpid()
+        return thread is not None and thread.is_alive() and self._pid == os.getpid()
 
     def start(self) -> None:
         """Start listening in this process (again after a fork); idempotent."""
