@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 
-from taskapp.config import EMBEDDED_MONGODB, EMBEDDED_REDIS, SETTINGS
+from taskapp.config import EMBEDDED_MONGODB, EMBEDDED_REDIS, SETTINGS, ConfigError, load
 
 MAX_AUTO_WORKERS = 8  # past this, more processes mostly add Redis and MongoDB connections
 
@@ -64,6 +64,13 @@ if os.environ.get("GUNICORN_CONTROL_SOCKET"):
 else:
     control_socket_disable = True
 
+# The app's settings are checked here, in the master, so a bad value stops start-up with one line
+# and exit status 1 instead of a traceback from every worker that fails to boot.
+try:
+    load()
+except ConfigError as exc:
+    raise SystemExit(f"taskapp: {exc}") from None
+
 workers = _auto_workers()
 _EMBEDDED = _embedded_backends()
 if _EMBEDDED:
@@ -92,6 +99,18 @@ def on_starting(server):
         server.log.info(
             "workers = 1: embedded data lives in one process (%s)", ", ".join(_EMBEDDED)
         )
+        server.num_workers = 1  # also over a -w/--workers on the command line
+
+
+def nworkers_changed(server, new_value, old_value):
+    """Hold an embedded backend to one worker, even when TTIN asks for more."""
+    if _EMBEDDED and new_value is not None and new_value > 1:
+        server.log.warning(
+            "kept at 1 worker, not %d: embedded data lives in one process (%s)",
+            new_value,
+            ", ".join(_EMBEDDED),
+        )
+        server.num_workers = 1
 
 
 def child_exit(server, worker):

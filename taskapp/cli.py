@@ -26,6 +26,7 @@ from taskapp.auth.service import find_user_by_email, register, set_role
 from taskapp.cache import stats as cache_stats
 from taskapp.cache.client import REDIS_ERRORS
 from taskapp.cache.entry import Entry
+from taskapp.config import EMBEDDED_MONGODB, EMBEDDED_REDIS
 from taskapp.extensions import cache
 from taskapp.models import ROLES
 from taskapp.tasks import service as task_service
@@ -78,6 +79,37 @@ def backend_command(fn: F) -> F:
             raise click.ClickException(f"MongoDB failed at {url}: {_reason(exc)}") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_EMBEDDED_REASONS = {
+    "MONGODB_URI": (EMBEDDED_MONGODB, "an in-process MongoDB that would die with this command"),
+    "REDIS_URL": (EMBEDDED_REDIS, "an in-process Redis this command would have to itself"),
+}
+
+
+def shared_backends(*settings: str) -> Callable[[F], F]:
+    """Refuse to run on an embedded backend: its data lives inside one process, not this one's.
+
+    ``flask --app taskapp users create`` on ``mongomock://`` would report success into a database
+    that is gone when the command exits; a cache command on ``memory://`` would only ever see an
+    empty Redis of its own.
+    """
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for name in settings:
+                scheme, reason = _EMBEDDED_REASONS[name]
+                value = current_app.config[name]
+                if value.startswith(scheme):
+                    raise click.ClickException(
+                        f"{name}={value} is {reason}; set {name} to the server the app uses"
+                    )
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def _client() -> Any:
@@ -144,6 +176,7 @@ def _user_by_email(email: str) -> Any:
 )
 @click.option("--role", type=click.Choice(ROLES), default="user", show_default=True)
 @backend_command
+@shared_backends("MONGODB_URI")
 def users_create(email: str, password: str, role: str) -> None:
     """Create an account."""
     try:
@@ -162,6 +195,7 @@ def users_create(email: str, password: str, role: str) -> None:
 @click.argument("email")
 @click.argument("role", type=click.Choice(ROLES))
 @backend_command
+@shared_backends("MONGODB_URI")
 def users_set_role(email: str, role: str) -> None:
     """Give an account a role (effective on its next request)."""
     user = set_role(str(_user_by_email(email).id), role)
@@ -243,6 +277,7 @@ def _echo_local(client: Any, hash_key: str) -> None:
 @cache_cli.command("stats")
 @click.option("--reset", is_flag=True, help="Zero the shared counters after showing them.")
 @backend_command
+@shared_backends("REDIS_URL")
 def cache_stats_command(reset: bool) -> None:
     """Hits, misses and hit ratio per layer and key family; keys, memory, errors."""
     client = _client()
@@ -264,6 +299,7 @@ def cache_stats_command(reset: bool) -> None:
 @cache_cli.command("keys")
 @click.argument("pattern", default="*")
 @backend_command
+@shared_backends("REDIS_URL")
 def cache_keys(pattern: str) -> None:
     """List keys of this app matching PATTERN (a glob after the prefix), with SCAN."""
     client, prefix = _client(), _prefix()
@@ -323,6 +359,7 @@ def _size(client: Any, full_key: str, kind: str) -> int | None:
 @cache_cli.command("get")
 @click.argument("key")
 @backend_command
+@shared_backends("REDIS_URL")
 def cache_get(key: str) -> None:
     """Show a key: a cache entry's value, TTL and tags, or any other key's type and contents."""
     client = _client()
@@ -340,6 +377,7 @@ def cache_get(key: str) -> None:
 @cache_cli.command("ttl")
 @click.argument("key")
 @backend_command
+@shared_backends("REDIS_URL")
 def cache_ttl(key: str) -> None:
     """Show how long a key stays in Redis (and, for an entry, how long it stays fresh)."""
     client = _client()
@@ -358,6 +396,7 @@ def cache_ttl(key: str) -> None:
 @cache_cli.command("tags")
 @click.argument("tag")
 @backend_command
+@shared_backends("REDIS_URL")
 def cache_tags(tag: str) -> None:
     """Show the entries a tag holds (with their expiry) and the tag's version."""
     client, keys = _client(), cache.keys
@@ -375,6 +414,7 @@ def cache_tags(tag: str) -> None:
 @cache_cli.command("invalidate")
 @click.argument("tags", nargs=-1, required=True)
 @backend_command
+@shared_backends("REDIS_URL")
 def cache_invalidate(tags: tuple[str, ...]) -> None:
     """Remove every entry stored with any of TAGS, in every process."""
     _client()  # fail loudly: the extension would only hold the tags back for a replay
@@ -392,6 +432,7 @@ def _unlink_batch(client: Any, batch: list[bytes]) -> int:
 @cache_cli.command("flush")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @backend_command
+@shared_backends("REDIS_URL")
 def cache_flush(yes: bool) -> None:
     """Delete every key of this app's prefix (and nothing else), with SCAN and UNLINK.
 
@@ -418,6 +459,7 @@ def cache_flush(yes: bool) -> None:
 @cache_cli.command("warm")
 @click.argument("email")
 @backend_command
+@shared_backends("MONGODB_URI", "REDIS_URL")
 def cache_warm(email: str) -> None:
     """Fill a user's first pages of tasks and their stats, as their requests would."""
     _client()
@@ -431,6 +473,7 @@ def cache_warm(email: str) -> None:
 @write_behind_cli.command("run")
 @click.option("--seconds", type=float, default=None, help="Stop after this long (default: never).")
 @backend_command
+@shared_backends("MONGODB_URI", "REDIS_URL")
 def write_behind_run(seconds: float | None) -> None:
     """Apply queued write-behind changes to MongoDB until stopped (Ctrl-C or SIGTERM)."""
     import signal
@@ -451,6 +494,7 @@ def write_behind_run(seconds: float | None) -> None:
 
 @write_behind_cli.command("status")
 @backend_command
+@shared_backends("REDIS_URL")
 def write_behind_status() -> None:
     """Pending changes, consumers and lag of the write-behind flushers."""
     _client()

@@ -7,6 +7,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+import click
+
 EMBEDDED_MONGODB = "mongomock://"
 EMBEDDED_REDIS = "memory://"
 
@@ -85,8 +87,11 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
 }
 
 
-class ConfigError(RuntimeError):
-    """A setting is missing or has a value the app cannot use."""
+class ConfigError(click.ClickException, RuntimeError):
+    """A setting is missing or has a value the app cannot use.
+
+    A ``ClickException``, so ``flask --app taskapp ...`` prints it as one line and exits 1.
+    """
 
 
 def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:

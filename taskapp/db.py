@@ -1,23 +1,25 @@
-"""MongoDB: the mongoengine connection, its indexes, and the one gateway every read goes through."""
+"""MongoDB: one client per app, its indexes, and the one gateway every read goes through."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import mongoengine
 import mongomock
+import pymongo
 from flask import Flask, current_app, has_app_context
-from mongoengine.connection import get_connection, get_db
+from pymongo.database import Database as PyMongoDatabase
 from pymongo.errors import PyMongoError
+from pymongo.uri_parser import parse_uri
 
 from taskapp.config import EMBEDDED_MONGODB
 from taskapp.extensions import cache
 from taskapp.metrics import DB_READS
-from taskapp.models import MODELS
+from taskapp.models import DB_EXTENSION, MODELS, AppDocument
 
 log = logging.getLogger(__name__)
 
@@ -27,45 +29,74 @@ T = TypeVar("T")
 SERVER_SELECTION_TIMEOUT_MS = 2000
 
 
-def init_app(app: Flask) -> None:
-    """Connect mongoengine to ``MONGODB_URI`` and ensure the models' indexes."""
-    connect(app.config["MONGODB_URI"])
-    ensure_indexes()
+class Database:
+    """One app's MongoDB client and database: models find it through ``current_app``.
 
-
-def connect(uri: str) -> None:
-    """(Re)connect mongoengine's default alias; ``mongomock://host/db`` is the embedded store."""
-    mongoengine.disconnect()
-    if uri.startswith(EMBEDDED_MONGODB):
-        # mongoengine 0.29 rejects the mongomock:// scheme, so name the client class instead.
-        name = urlsplit(uri).path.lstrip("/") or "taskapp"
-        mongoengine.connect(
-            db=name,
-            host="mongodb://localhost",
-            mongo_client_class=mongomock.MongoClient,
-            uuidRepresentation="standard",
-        )
-        return
-    # connect=False: the socket opens on first use, i.e. after gunicorn has forked its workers.
-    mongoengine.connect(
-        host=uri,
-        connect=False,
-        serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-        uuidRepresentation="standard",
-    )
-
-
-def ensure_indexes() -> None:
-    """Create the indexes declared in the models' meta; a MongoDB that is down only logs a warning.
-
-    The app must still start (and answer /readyz with 503) while MongoDB is unreachable;
-    mongoengine creates the indexes again on the first use of each collection.
+    The client connects lazily (``connect=False``), i.e. after gunicorn has forked its workers.
+    ``mongomock://host/name`` is the embedded store: a database inside this process only.
     """
-    try:
-        for model in MODELS:
-            model.ensure_indexes()
-    except PyMongoError as exc:
-        log.warning("could not ensure MongoDB indexes now (%s); retried on first use", exc)
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.client: Any
+        if uri.startswith(EMBEDDED_MONGODB):
+            name = urlsplit(uri).path.lstrip("/") or "taskapp"
+            self.client = mongomock.MongoClient()
+        else:
+            name = parse_uri(uri).get("database") or "taskapp"
+            self.client = pymongo.MongoClient(
+                uri,
+                connect=False,
+                serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+                uuidRepresentation="standard",
+            )
+        self.database: PyMongoDatabase = self.client[name]
+        self._collections: dict[type[AppDocument], Any] = {}
+        self._indexed = False
+        self._lock = threading.Lock()
+
+    def collection(self, model: type[AppDocument]) -> Any:
+        """The collection of ``model``; the first use also ensures every model's indexes."""
+        found = self._collections.get(model)
+        if found is None:
+            found = self._collections[model] = self.database[model._get_collection_name()]
+        if not self._indexed:
+            self.ensure_indexes()
+        return found
+
+    def ensure_indexes(self) -> None:
+        """Create the indexes declared in the models' meta; a MongoDB that is down only logs.
+
+        The app must still start (and answer /readyz with 503) while MongoDB is unreachable;
+        the indexes are tried again on the next use of a collection.
+        """
+        with self._lock:
+            if self._indexed:
+                return
+            self._indexed = True  # model.ensure_indexes() below comes back through collection()
+            try:
+                for model in MODELS:
+                    model.ensure_indexes()
+            except PyMongoError as exc:
+                self._indexed = False
+                log.warning("could not ensure MongoDB indexes now (%s); retried on next use", exc)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+
+def init_app(app: Flask) -> None:
+    """Give the app a MongoDB client of its own and ensure the models' indexes."""
+    database = Database(app.config["MONGODB_URI"])
+    app.extensions[DB_EXTENSION] = database
+    with app.app_context():
+        database.ensure_indexes()
+
+
+def current() -> Database:
+    """The database of the current app."""
+    return current_app.extensions[DB_EXTENSION]
 
 
 def read(fn: Callable[[], T]) -> T:
@@ -87,13 +118,8 @@ def read(fn: Callable[[], T]) -> T:
 def ping() -> bool:
     """True when MongoDB answers a ping (for /readyz); never raises."""
     try:
-        get_db().client.admin.command("ping")
+        current().client.admin.command("ping")
     except PyMongoError as exc:
         log.debug("MongoDB ping failed: %s", exc)  # /readyz reports it; probes would flood the log
         return False
     return True
-
-
-def drop_database() -> None:
-    """Drop the connected database (test teardown)."""
-    get_connection().drop_database(get_db().name)

@@ -8,6 +8,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from flask import current_app
 from mongoengine import (
     BooleanField,
     DateTimeField,
@@ -22,6 +23,26 @@ PRIORITIES = ("low", "medium", "high")
 ACTIONS = ("created", "updated", "deleted")
 
 _hasher = PasswordHasher()
+DB_EXTENSION = "taskapp.db"
+
+
+class AppDocument(Document):
+    """A document stored in the database of the current Flask app, not a process-wide one.
+
+    mongoengine keeps one connection per alias for the whole process and caches each model's
+    collection on its class, so a second ``create_app`` would repoint the first app's models.
+    Here every query asks ``current_app`` for its collection (``taskapp.db.Database``).
+    """
+
+    meta = {"abstract": True}
+
+    @classmethod
+    def _get_db(cls):  # type: ignore[no-untyped-def]
+        return current_app.extensions[DB_EXTENSION].database
+
+    @classmethod
+    def _get_collection(cls):  # type: ignore[no-untyped-def]
+        return current_app.extensions[DB_EXTENSION].collection(cls)
 
 
 def utcnow() -> datetime:
@@ -47,7 +68,7 @@ def isoformat(value: datetime | None) -> str | None:
     return to_bson_datetime(value).isoformat(timespec="milliseconds") + "Z"
 
 
-class User(Document):
+class User(AppDocument):
     """An account; the email is stored lowercased and unique."""
 
     email = StringField(required=True, unique=True, max_length=254)
@@ -91,7 +112,7 @@ def _verify(password_hash: str, password: str) -> bool:
         return False
 
 
-class Task(Document):
+class Task(AppDocument):
     """A task, owned by one user."""
 
     owner = ObjectIdField(required=True)  # a User id; never dereferenced, so never an extra read
@@ -128,7 +149,7 @@ class Task(Document):
         }
 
 
-class Activity(Document):
+class Activity(AppDocument):
     """One action of a user on a task, newest read first."""
 
     user = ObjectIdField(required=True)
@@ -150,4 +171,4 @@ class Activity(Document):
         }
 
 
-MODELS: tuple[type[Document], ...] = (User, Task, Activity)
+MODELS: tuple[type[AppDocument], ...] = (User, Task, Activity)

@@ -1,4 +1,9 @@
-"""Shared fixtures: a real redis-server on a dedicated DB and key prefix, mongomock or a real MongoDB."""
+"""Shared fixtures: a redis-server and a FerretDB (MongoDB wire protocol) started by the session.
+
+``TEST_REDIS_URL`` / ``--redis-url`` and ``TEST_MONGODB_URI`` / ``--mongodb-uri`` point the tests
+at servers you already run instead. Each test has a key prefix and a database of its own, and
+removes only those.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,23 @@ import os
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
+import pymongo
 import pytest
 import redis
 
 from taskapp import create_app
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
-
 
 def pytest_addoption(parser):
     parser.addoption(
         "--redis-url",
-        default=os.environ.get("TEST_REDIS_URL", DEFAULT_REDIS_URL),
-        help="a real redis-server for the tests (a dedicated DB number; only the tests' keys are removed)",
+        default=os.environ.get("TEST_REDIS_URL", ""),
+        help="a redis-server you run (only the tests' keys are removed); default: start one",
+    )
+    parser.addoption(
+        "--mongodb-uri",
+        default=os.environ.get("TEST_MONGODB_URI", ""),
+        help="a MongoDB (or FerretDB) you run (tests use databases of their own); default: start FerretDB",
     )
 
 
@@ -26,11 +35,17 @@ def pytest_addoption(parser):
 def redis_url(request) -> str:
     """The test Redis URL, probed once: a missing server fails the run instead of skipping tests."""
     url = request.config.getoption("--redis-url")
+    if not url:
+        from tests.redis_server import RedisServer
+
+        server = RedisServer()
+        request.addfinalizer(server.stop)
+        url = server.url
     client = redis.Redis.from_url(url, socket_connect_timeout=2)
     try:
         client.ping()
     except redis.RedisError as exc:
-        pytest.exit(f"no redis-server answers at {url} ({exc}); .ci/run starts one", returncode=3)
+        pytest.exit(f"no redis-server answers at {url} ({exc})", returncode=3)
     finally:
         client.close()
     return url
@@ -55,15 +70,48 @@ def delete_prefix(redis_url: str, prefix: str) -> None:
         client.close()
 
 
-def _mongodb_uri() -> str:
-    """A database of this test alone, on the server of ``MONGODB_URI`` or in mongomock."""
-    base = os.environ.get("MONGODB_URI", "mongomock://localhost/taskapp")
-    parts = urlsplit(base)
+@pytest.fixture(scope="session")
+def mongodb_server_uri(request) -> str:
+    """The test MongoDB server: ``--mongodb-uri``, else a FerretDB started for the session."""
+    uri = request.config.getoption("--mongodb-uri")
+    if not uri:
+        from tests.ferretdb import FerretDBServer
+
+        server = FerretDBServer()
+        request.addfinalizer(server.stop)
+        uri = server.url
+    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=3000)
+    try:
+        client.admin.command("ping")
+    except pymongo.errors.PyMongoError as exc:
+        pytest.exit(f"no MongoDB answers at {uri} ({exc})", returncode=3)
+    finally:
+        client.close()
+    return uri
+
+
+def database_uri(server_uri: str) -> str:
+    """A database of its own on the server of ``server_uri``."""
+    parts = urlsplit(server_uri)
     return urlunsplit(parts._replace(path=f"/taskapp_test_{uuid.uuid4().hex[:12]}"))
 
 
 @pytest.fixture
-def make_app(redis_url, key_prefix):
+def mongodb_uri(mongodb_server_uri):
+    """A database of this test alone on the test MongoDB, dropped afterwards."""
+    uri = database_uri(mongodb_server_uri)
+    yield uri
+    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=3000)
+    try:
+        client.drop_database(urlsplit(uri).path.lstrip("/"))
+    except pymongo.errors.PyMongoError:
+        pass  # a test that stopped the server; its files go with the server's folder
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def make_app(redis_url, key_prefix, mongodb_uri):
     """Build apps with the test settings; ``redis="memory"`` selects the embedded fakeredis."""
     made = []
 
@@ -73,7 +121,7 @@ def make_app(redis_url, key_prefix):
             "SECRET_KEY": "test-secret-key-with-32-bytes-of-entropy!",
             "REDIS_URL": redis_url if redis == "real" else "memory://",
             "CACHE_KEY_PREFIX": key_prefix,
-            "MONGODB_URI": _mongodb_uri(),
+            "MONGODB_URI": mongodb_uri,
             "RATE_LIMIT_PER_MINUTE": 100000,
             "LOGIN_RATE_LIMIT_PER_MINUTE": 1000,
         }
@@ -88,8 +136,8 @@ def make_app(redis_url, key_prefix):
         from taskapp.extensions import cache
 
         with app.app_context():
-            db.drop_database()
             cache.close()
+            db.current().close()
 
 
 @pytest.fixture(params=["real", "memory"])

@@ -13,7 +13,7 @@ from schemathesis.specs.openapi.checks import allow_header_conformance
 from taskapp import create_app
 from taskapp.auth import tokens
 from taskapp.models import User
-from tests.conftest import _mongodb_uri, delete_prefix
+from tests.conftest import database_uri, delete_prefix
 
 SECRET_KEY = "test-secret-key-with-32-bytes-of-entropy!"
 PASSWORD = "correct horse battery"
@@ -39,7 +39,7 @@ schema = schemathesis.openapi.from_wsgi("/openapi.json", _document_app)
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(redis_url):
+def fuzz_app(redis_url, mongodb_server_uri):
     """One app for the whole module (as conftest's make_app builds them), limits out of the way,
     with the fuzzer's account."""
     prefix = f"taskapp-test:{uuid.uuid4().hex[:12]}:"
@@ -49,7 +49,7 @@ def fuzz_app(redis_url):
             "SECRET_KEY": SECRET_KEY,
             "REDIS_URL": redis_url,
             "CACHE_KEY_PREFIX": prefix,
-            "MONGODB_URI": _mongodb_uri(),
+            "MONGODB_URI": database_uri(mongodb_server_uri),
             "RATE_LIMIT_PER_MINUTE": 1_000_000,
             "LOGIN_RATE_LIMIT_PER_MINUTE": 1_000_000,
         }
@@ -63,8 +63,9 @@ def fuzz_app(redis_url):
     from taskapp.extensions import cache
 
     with app.app_context():
-        db.drop_database()
+        db.current().database.client.drop_database(db.current().database.name)
         cache.close()
+        db.current().close()
     delete_prefix(redis_url, prefix)
 
 

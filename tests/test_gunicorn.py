@@ -56,8 +56,9 @@ class Server:
         full_env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         full_env.update(env, GUNICORN_BIND=f"127.0.0.1:{self.port}", GUNICORN_THREADS="2")
         self.log = open(log_path, "wb")
+        extra = full_env.pop("EXTRA_ARGS", "").split()
         self.proc = subprocess.Popen(
-            [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
+            [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app", *extra],
             cwd=ROOT,
             env=full_env,
             stdout=self.log,
@@ -163,6 +164,7 @@ def load_config(monkeypatch, tmp_path, **env: str) -> dict:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("GUNICORN_THREADS", raising=False)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    monkeypatch.setenv("SECRET_KEY", "gunicorn-test-secret-key-with-32-bytes!!")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
@@ -212,3 +214,49 @@ def test_config_forces_one_worker_for_embedded_backends(monkeypatch, tmp_path, e
 def test_config_rejects_bad_counts_naming_the_setting(monkeypatch, tmp_path, name, value):
     with pytest.raises(SystemExit, match=f"setting {name}="):
         load_config(monkeypatch, tmp_path, **{name: value})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MONGODB_URI": "postgres://db/x"}, "setting MONGODB_URI='postgres://db/x' is invalid"),
+        ({"MONGODB_URI": "mongodb://db/x", "SECRET_KEY": ""}, "setting SECRET_KEY is required"),
+        ({"TASK_CACHE_TTL": "soon"}, "setting TASK_CACHE_TTL='soon' is invalid"),
+    ],
+)
+def test_a_bad_setting_stops_gunicorn_with_one_line_and_status_1(env, message):
+    full_env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "MONGODB_URI")}
+    full_env.update(env, GUNICORN_BIND=f"127.0.0.1:{free_port()}")
+    result = subprocess.run(
+        [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"taskapp: {message}")
+
+
+def worker_pids(master_pid: int) -> list[int]:
+    """The pids of a gunicorn master's children, read from /proc."""
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def test_workers_on_the_command_line_are_held_to_one_with_an_embedded_backend(serve):
+    server = serve(MONGODB_URI="mongomock://localhost/x", REDIS_URL="memory://", EXTRA_ARGS="-w 3")
+    assert "kept at 1 worker, not 3" in server.output()
+    server.proc.send_signal(signal.SIGTTIN)  # asking for one more at run time is refused too
+    deadline = time.monotonic() + 10
+    while "kept at 1 worker, not 2" not in server.output():
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.05)
+    # The master has handled TTIN (it logged the refusal); its spawn round follows in the same
+    # loop iteration, so a second worker would be a child now.
+    call(server.base, "GET", "/healthz")
+    assert len(worker_pids(server.proc.pid)) == 1
+    assert server.output().count("Booting worker") == 1

@@ -195,7 +195,8 @@ def exercised(client, key_prefix):
         == 200
     )
     assert client.get(f"{TASKS}?{query}", headers=user["headers"]).status_code == 200
-    password_hash = User.objects(email=email).first().password_hash
+    with client.application.app_context():
+        password_hash = User.objects(email=email).first().password_hash
     return {**user, "query": query, "password_hash": password_hash}
 
 

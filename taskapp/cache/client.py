@@ -154,6 +154,10 @@ class Breaker:
         if opened and self.on_open is not None:
             self.on_open()
 
+    def close(self) -> None:
+        """End the outage: calls go to Redis again (the probe's recovery hook decides when)."""
+        self._succeeded()
+
     def _succeeded(self) -> None:
         with self._lock:
             outage = self._opened_at

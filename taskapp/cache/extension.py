@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, NamedTuple
 
-from flask import Flask, current_app, g, has_app_context
+from flask import Flask, current_app, g, has_app_context, has_request_context
 from flask_caching import Cache as FlaskCache
 from redis.crc import key_slot
 
@@ -113,12 +113,29 @@ class _State:
             metrics.CACHE_OP_SECONDS.labels(op).observe(time.perf_counter() - started)
 
     def replay_invalidations(self) -> None:
-        """Send the invalidations an outage held back, before the cache is trusted again."""
+        """The breaker's probe: send what the outage held back, then close the breaker.
+
+        The breaker closes under the lock that guards the held-back invalidations, once none is
+        left: a writer whose invalidation failed either adds it before that (and this loop sends
+        it) or finds the breaker closed and sends it itself (``hold_back``). So the cache is never
+        used again while a write answered during the outage is still unsent.
+        """
+        self.client.ping()
+        self.send_pending(close_when_done=True)
+
+    def send_pending(self, close_when_done: bool = False) -> None:
+        """Send held-back invalidations until none is left (raises a Redis error on failure)."""
+        while not self.replay_pending(close_when_done):
+            pass
+
+    def replay_pending(self, close_when_done: bool = False) -> bool:
+        """Send the held-back invalidations; True when none was left to send."""
         with self.pending_lock:
             tags, keys = sorted(self.pending_tags), sorted(self.pending_keys)
-        if not tags and not keys:
-            self.client.ping()
-            return
+            if not tags and not keys:
+                if close_when_done:
+                    self.breaker.close()
+                return True
         self.send_invalidate(tags)
         self.send_delete(keys)
         with self.pending_lock:
@@ -127,6 +144,25 @@ class _State:
         log.warning(
             "replayed %d tag and %d key invalidations held back by the outage", len(tags), len(keys)
         )
+        return False
+
+    def hold_back(self, tags: Iterable[str] = (), keys: Iterable[str] = ()) -> None:
+        """Keep invalidations Redis did not take, and send them before the cache is used again.
+
+        While the breaker is open nothing reads the cache and its probe sends them. While it is
+        closed (a failure below the threshold, or the probe closed it meanwhile) they are sent
+        now, before the write is answered, retrying until they go through or the breaker opens.
+        """
+        with self.pending_lock:
+            self.pending_tags.update(tags)
+            self.pending_keys.update(keys)
+        self.l1.clear()
+        while not self.breaker.is_open:
+            try:
+                self.run(self.send_pending, op="replay")
+                return
+            except Unavailable:
+                continue
 
     def record(self, event: str, full_key: str) -> None:
         """Count a cache event for ``cache stats``, by the key's family."""
@@ -151,7 +187,7 @@ class _State:
             deleted += self.scripts["INVALIDATE"](
                 keys=[self.keys.tag_set(t) for t in group]
                 + [self.keys.tag_version(t) for t in group],
-                args=[self.version_ttl_ms, self.keys.invalidation_channel],
+                args=[self.version_ttl_ms, self.keys.invalidation_channel, self.keys.prefix],
             )
         return [k.decode() for k in deleted]
 
@@ -161,7 +197,7 @@ class _State:
         for group in self.by_slot(full_keys, lambda k: k):
             existed += self.scripts["DELETE"](
                 keys=group + [self.keys.version(k) for k in group],
-                args=[self.version_ttl_ms, self.keys.invalidation_channel],
+                args=[self.version_ttl_ms, self.keys.invalidation_channel, self.keys.prefix],
             )
         return existed
 
@@ -291,28 +327,61 @@ class RedisCache:
         if entry is not None:
             return entry
         generation = state.l1.generation
+        scope_key = state.keys.scope_version(full_key)
         try:
-            raw = state.run(lambda: state.client.get(full_key), op="get")
+            raw, scope = state.run(lambda: state.client.mget([full_key, scope_key]), op="get")
         except Unavailable:
             return None
-        return self._from_redis(state, full_key, raw, generation)
+        scope = self._note_scope(scope_key, scope)
+        return self._from_redis(state, full_key, raw, generation, scope)
 
     def _from_memory(self, state: _State, full_key: str) -> Entry | None:
-        """The fresh entry in the in-process layer, counted as an l1 hit or miss."""
+        """The fresh entry in the in-process layer, counted as an l1 hit or miss.
+
+        An entry counts only while its scope version is still Redis's: learned once per request
+        (from the first Redis call that returns it, such as the rate limit's, or one GET), so a
+        write answered by any process is never followed by this memory's older answer.
+        """
         l1 = state.l1
         if not l1.active or state.breaker.is_open:
             return None
-        entry = l1.get(full_key)
-        if entry is not None and entry.is_fresh():
-            metrics.L1_HIT.inc()
-            state.record(stats.L1_HIT, full_key)
-            return entry
+        found = l1.get(full_key)
+        if found is not None:
+            entry, scope = found
+            if entry.is_fresh() and scope == self._scope_version(state, full_key):
+                metrics.L1_HIT.inc()
+                state.record(stats.L1_HIT, full_key)
+                return entry
         metrics.L1_MISS.inc()
         state.record(stats.L1_MISS, full_key)
         return None
 
+    def _scope_version(self, state: _State, full_key: str) -> bytes | None:
+        """The current version of ``full_key``'s scope: this request's, else read from Redis."""
+        scope_key = state.keys.scope_version(full_key)
+        if has_request_context():
+            known = g.get("_cache_scopes")
+            if known is not None and scope_key in known:
+                return known[scope_key]
+        try:
+            raw = state.run(lambda: state.client.get(scope_key), op="scope")
+        except Unavailable:
+            return None
+        return self._note_scope(scope_key, raw)
+
+    @staticmethod
+    def _note_scope(scope_key: str, raw: bytes | None) -> bytes:
+        """Remember a scope version Redis returned, for the rest of this request."""
+        version = raw if raw is not None else b"0"
+        if has_request_context():
+            known = g.get("_cache_scopes")
+            if known is None:
+                known = g._cache_scopes = {}
+            known[scope_key] = version
+        return version
+
     def _from_redis(
-        self, state: _State, full_key: str, raw: bytes | None, generation: int
+        self, state: _State, full_key: str, raw: bytes | None, generation: int, scope: bytes
     ) -> Entry | None:
         """Decode what Redis returned, count it, and keep a fresh entry in memory."""
         if raw is None:
@@ -329,7 +398,7 @@ class RedisCache:
         metrics.REDIS_HIT.inc()
         state.record(stats.REDIS_HIT, full_key)
         if entry.is_fresh():
-            state.l1.put(full_key, entry, generation)
+            state.l1.put(full_key, entry, generation, scope)
         return entry
 
     def lookup(self, key: str, tags: Iterable[str] = ()) -> tuple[Entry | None, Lease | None]:
@@ -348,13 +417,19 @@ class RedisCache:
         entry = self._from_memory(state, full_key)
         if entry is not None:
             return entry, None
-        keys = [full_key, state.keys.lock(full_key), *self._version_keys(state, full_key, tags)]
+        scope_key = state.keys.scope_version(full_key)
+        keys = [
+            full_key,
+            state.keys.lock(full_key),
+            scope_key,
+            *self._version_keys(state, full_key, tags),
+        ]
         deadline = time.monotonic() + state.lock_wait
         waited = False
         while True:
             token, generation = uuid.uuid4().hex, state.l1.generation
             try:
-                raw, took, *versions = state.run(
+                raw, took, scope, *versions = state.run(
                     partial(
                         state.scripts["LOOKUP"], keys=keys, args=[token, int(state.lock_ttl * 1000)]
                     ),
@@ -362,8 +437,9 @@ class RedisCache:
                 )
             except Unavailable:
                 return None, None
+            scope = self._note_scope(scope_key, scope)
             if raw is not None or not waited:
-                entry = self._from_redis(state, full_key, raw, generation)
+                entry = self._from_redis(state, full_key, raw, generation, scope)
                 if entry is not None and entry.is_fresh():
                     return entry, None
             if took:
@@ -434,7 +510,7 @@ class RedisCache:
         )
         generation = state.l1.generation
         try:
-            stored = state.run(
+            stored, scope = state.run(
                 lambda: state.scripts["FILL"](
                     keys=[full_key, keys.lock(full_key), *version_keys]
                     + [keys.tag_set(t) for t in entry.tags],
@@ -445,6 +521,8 @@ class RedisCache:
                         announce,
                         len(version_keys),
                         len(entry.tags),
+                        keys.prefix,
+                        state.version_ttl_ms,
                         *(versions or []),
                     ],
                 ),
@@ -453,7 +531,8 @@ class RedisCache:
         except Unavailable:
             return False
         if stored:
-            state.l1.put(full_key, entry, generation)
+            scope = self._note_scope(keys.scope_version(full_key), scope)
+            state.l1.put(full_key, entry, generation, scope)
         return bool(stored)
 
     def store_leased(
@@ -485,8 +564,7 @@ class RedisCache:
         try:
             return state.run(lambda: state.send_delete(full_keys), op="delete")
         except Unavailable:
-            with state.pending_lock:
-                state.pending_keys.update(full_keys)
+            state.hold_back(keys=full_keys)
             return 0
 
     def invalidate_tags(self, *tags: str) -> int:
@@ -502,9 +580,7 @@ class RedisCache:
         try:
             deleted = state.run(lambda: state.send_invalidate(list(tags)), op="invalidate")
         except Unavailable:
-            with state.pending_lock:
-                state.pending_tags.update(tags)
-            state.l1.clear()
+            state.hold_back(tags=tags)
             return 0
         # Our own memory layer is cleared now, not when our own message comes back.
         state.l1.discard(deleted)
@@ -789,15 +865,13 @@ class RedisCache:
                         keys.invalidation_channel,
                         len(tags),
                         len(dropped),
+                        keys.prefix,
                     ],
                 ),
                 op="write_through",
             )
         except Unavailable:
-            with state.pending_lock:
-                state.pending_tags.update(dropped)
-                state.pending_keys.add(full_key)
-            state.l1.clear()
+            state.hold_back(tags=dropped, keys=[full_key])
             return False
         state.l1.discard([k.decode() for k in deleted])
         return bool(stored)
@@ -829,8 +903,7 @@ class RedisCache:
                 )
             )
         except Unavailable:
-            with state.pending_lock:
-                state.pending_keys.add(full_key)
+            state.hold_back(keys=[full_key])
 
     def list_get(
         self, key: str, limit: int, fetch: Callable[[], list[Any]], maxlen: int, ttl: float
@@ -871,18 +944,34 @@ class RedisCache:
 
     # -- scripts for other modules (rate limits) --------------------------------------
 
-    def run_script(self, script: str, keys: list[str], args: list[Any], default: Any) -> Any:
-        """Run a Lua script on prefixed ``keys`` through the breaker; ``default`` on failure."""
+    def run_script(
+        self,
+        script: str,
+        keys: list[str],
+        args: list[Any],
+        default: Any,
+        read_scope: bool = False,
+    ) -> Any:
+        """Run a Lua script on prefixed ``keys`` through the breaker; ``default`` on failure.
+
+        With ``read_scope`` the scope version of ``keys[0]`` is passed as one more key; the script
+        returns its value last, and it is kept for this request's in-process reads (the round
+        trip a request makes anyway also validates its memory layer).
+        """
         state = self._state()
         registered = state.scripts.get(script)
         if registered is None:
             registered = state.scripts[script] = state.client.register_script(script)
+        full_keys = [state.keys.entry(k) for k in keys]
+        if read_scope:
+            full_keys.append(state.keys.scope_version(full_keys[0]))
         try:
-            return state.run(
-                lambda: registered(keys=[state.keys.entry(k) for k in keys], args=args), op="script"
-            )
+            result = state.run(lambda: registered(keys=full_keys, args=args), op="script")
         except Unavailable:
             return default
+        if read_scope:
+            self._note_scope(full_keys[-1], result.pop())
+        return result
 
     # -- request bookkeeping and health -------------------------------------------------
 

@@ -43,6 +43,15 @@ class Keys:
         """The version of the last write stored by write-through."""
         return f"{self.prefix}wv:{self._slotted(full_key)}"
 
+    def scope_version(self, full_key: str) -> str:
+        """The version of an entry's scope (its hash tag, else the key itself), bumped by every
+        change of an entry of the scope; scripts.SCOPE derives the same name in Lua."""
+        open_at = full_key.find("{")
+        close_at = full_key.find("}", open_at + 1) if open_at >= 0 else -1
+        if close_at > open_at + 1:
+            return f"{self.prefix}sv:{full_key[open_at : close_at + 1]}"
+        return f"{self.prefix}sv:{{{full_key}}}"
+
     def tag_set(self, tag: str) -> str:
         """The sorted set of the entries a tag holds, scored by their expiry."""
         return f"{self.prefix}tag:{tag}"

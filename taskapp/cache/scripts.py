@@ -5,20 +5,48 @@ agree on expiry. Scripts touch only the keys they are given; on Redis Cluster th
 those keys in one hash slot (see ``keys.py``).
 """
 
+# SCOPE: a Lua function (prepended to the scripts that change entries) naming the scope version
+# of an entry key. A key's scope is its hash tag ({u:42}), else the key itself; the scope version
+# grows with every change of an entry of the scope, and the in-process layer of every process
+# trusts an entry only while its scope version is the one Redis has (read-your-writes).
+SCOPE = """
+local function scope_version(prefix, key)
+  local open = string.find(key, '{', 1, true)
+  if open then
+    local close = string.find(key, '}', open + 1, true)
+    if close and close > open + 1 then return prefix .. 'sv:' .. string.sub(key, open, close) end
+  end
+  return prefix .. 'sv:{' .. key .. '}'
+end
+local function bump_scopes(prefix, keys, ttl)
+  local seen = {}
+  for _, key in ipairs(keys) do
+    local version = scope_version(prefix, key)
+    if not seen[version] then
+      seen[version] = true
+      redis.call('INCR', version)
+      redis.call('PEXPIRE', version, ttl)
+    end
+  end
+end
+"""
+
 # FILL: store a value unless a version read before its fetch has changed since, release the fill
 # lock if this caller still owns it, and announce the key: on the fill channel to wake the callers
 # waiting for it, or on the invalidation channel when an existing value was overwritten.
 # KEYS[1] entry, KEYS[2] lock, KEYS[3 .. 2+m] version keys to check, KEYS[3+m .. 2+m+n] tag sets
 # ARGV[1] payload, ARGV[2] time to live in ms, ARGV[3] lock token ('' when no lock is held),
 # ARGV[4] channel to announce the key on ('' for none), ARGV[5] m, ARGV[6] n,
-# ARGV[7 .. 6+m] the versions read before the fetch
-# returns 1 when stored, 0 when a version changed (nothing stored)
-FILL = """
+# ARGV[7] key prefix, ARGV[8] time to live of a version in ms, ARGV[9 .. 8+m] the versions read
+# before the fetch
+# An overwrite (announced on the invalidation channel) bumps the entry's scope version.
+# returns {1 when stored or 0 when a version changed (nothing stored), the scope version after}
+FILL = SCOPE + """
 local m = tonumber(ARGV[5])
 local n = tonumber(ARGV[6])
 local stored = 1
 for i = 1, m do
-  if (redis.call('GET', KEYS[2 + i]) or '0') ~= ARGV[6 + i] then stored = 0 end
+  if (redis.call('GET', KEYS[2 + i]) or '0') ~= ARGV[8 + i] then stored = 0 end
 end
 if stored == 1 then
   local ttl = tonumber(ARGV[2])
@@ -35,20 +63,26 @@ if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
   redis.call('DEL', KEYS[2])
 end
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], KEYS[1]) end
-return stored
+if stored == 1 and ARGV[3] == '' and ARGV[4] ~= '' and m == 0 then
+  bump_scopes(ARGV[7], {KEYS[1]}, ARGV[8])
+end
+return {stored, redis.call('GET', scope_version(ARGV[7], KEYS[1])) or '0'}
 """
 
 # LOOKUP: an entry, or on a miss the versions to fill it under, taking the fill lock if it is free
 # (the read, the lease and the lock of a fill in one round trip).
-# KEYS[1] entry, KEYS[2] lock, KEYS[3 ..] version keys (the entry's own, then one per tag)
+# KEYS[1] entry, KEYS[2] lock, KEYS[3] the entry's scope version, KEYS[4 ..] version keys (the
+# entry's own, then one per tag)
 # ARGV[1] lock token, ARGV[2] lock time to live in ms
-# returns {the entry or nil, 1 when this caller took the lock else 0, versions ('0' when unset)}
+# returns {the entry or nil, 1 when this caller took the lock else 0, the scope version,
+# versions ('0' when unset) on a miss}
 LOOKUP = """
+local scope = redis.call('GET', KEYS[3]) or '0'
 local entry = redis.call('GET', KEYS[1])
-if entry then return {entry, 0} end
-local result = {false, 0}
+if entry then return {entry, 0, scope} end
+local result = {false, 0, scope}
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then result[2] = 1 end
-for i = 3, #KEYS do result[#result + 1] = redis.call('GET', KEYS[i]) or '0' end
+for i = 4, #KEYS do result[#result + 1] = redis.call('GET', KEYS[i]) or '0' end
 return result
 """
 
@@ -69,9 +103,9 @@ return released
 # INVALIDATE: bump each tag's version (so fills already in flight are refused), delete every entry
 # the tag holds and the tag set itself, and tell every process to drop those entries from memory.
 # KEYS[1 .. n] tag sets, KEYS[n+1 .. 2n] tag versions
-# ARGV[1] time to live of a version in ms, ARGV[2] invalidation channel
+# ARGV[1] time to live of a version in ms, ARGV[2] invalidation channel, ARGV[3] key prefix
 # returns the keys of the entries deleted
-INVALIDATE = """
+INVALIDATE = SCOPE + """
 local n = #KEYS / 2
 local deleted = {}
 for i = 1, n do
@@ -84,6 +118,8 @@ for i = 1, n do
   for j = 1, #members do deleted[#deleted + 1] = members[j] end
   redis.call('DEL', KEYS[i])
 end
+bump_scopes(ARGV[3], KEYS, ARGV[1])
+bump_scopes(ARGV[3], deleted, ARGV[1])
 if #deleted > 0 then redis.call('PUBLISH', ARGV[2], table.concat(deleted, '\\n')) end
 return deleted
 """
@@ -91,15 +127,16 @@ return deleted
 # DELETE: delete entries, bump their own versions (so fills already in flight are refused) and
 # tell every process to drop them from memory.
 # KEYS[1 .. n] entries, KEYS[n+1 .. 2n] their version keys
-# ARGV[1] time to live of a version in ms, ARGV[2] invalidation channel
+# ARGV[1] time to live of a version in ms, ARGV[2] invalidation channel, ARGV[3] key prefix
 # returns the number of entries that existed
-DELETE = """
+DELETE = SCOPE + """
 local n = #KEYS / 2
 local existed = 0
 for i = 1, n do
   existed = existed + redis.call('DEL', KEYS[i])
   redis.call('INCR', KEYS[n + i])
   redis.call('PEXPIRE', KEYS[n + i], ARGV[1])
+  bump_scopes(ARGV[3], {KEYS[i]}, ARGV[1])
 end
 redis.call('PUBLISH', ARGV[2], table.concat(KEYS, '\\n', 1, n))
 return existed
@@ -138,9 +175,10 @@ return 1
 # SLIDING_WINDOW: count a request in a sliding window (a sorted set scored by time) and say
 # whether it is allowed. Members are unique (time plus a caller-made nonce), so two requests in
 # the same millisecond both count.
-# KEYS[1] window
+# KEYS[1] window, KEYS[2] (optional) a scope version to read in the same round trip
 # ARGV[1] window length in ms, ARGV[2] limit, ARGV[3] nonce
-# returns {allowed (1/0), requests in the window, ms until the oldest request leaves the window}
+# returns {allowed (1/0), requests in the window, ms until the oldest request leaves the window,
+# the scope version ('0' when unset) when KEYS[2] is given}
 SLIDING_WINDOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -157,6 +195,7 @@ redis.call('PEXPIRE', KEYS[1], window)
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local reset = window
 if #oldest == 2 then reset = tonumber(oldest[2]) + window - now end
+if KEYS[2] then return {allowed, count, reset, redis.call('GET', KEYS[2]) or '0'} end
 return {allowed, count, reset}
 """
 
@@ -168,9 +207,9 @@ return {allowed, count, reset}
 # KEYS[4+n+k .. 3+n+2k] their versions
 # ARGV[1] payload, ARGV[2] time to live in ms, ARGV[3] the write's version (a number that grows
 # with each write of the entry), ARGV[4] time to live of a version in ms, ARGV[5] invalidation
-# channel, ARGV[6] n, ARGV[7] k
+# channel, ARGV[6] n, ARGV[7] k, ARGV[8] key prefix
 # returns {1 when stored or 0 when a newer write was stored already, the keys deleted...}
-WRITE_THROUGH = """
+WRITE_THROUGH = SCOPE + """
 local n = tonumber(ARGV[6])
 local k = tonumber(ARGV[7])
 local deleted = {KEYS[1]}
@@ -201,6 +240,7 @@ if tonumber(redis.call('GET', KEYS[3]) or '-1') < tonumber(ARGV[3]) then
   end
   stored = 1
 end
+bump_scopes(ARGV[8], deleted, ARGV[4])
 redis.call('PUBLISH', ARGV[5], table.concat(deleted, '\\n'))
 table.insert(deleted, 1, stored)
 return deleted

@@ -342,24 +342,21 @@ def _fetch_page(user_id: str, page: int, per_page: int, completed: bool | None) 
 
 
 def _fetch_stats(user_id: str) -> dict[str, int]:
-    pipeline = [
-        {"$match": {"owner": ObjectId(user_id)}},
-        {
-            "$facet": {
-                "total": [{"$count": "n"}],
-                "completed": [{"$match": {"completed": True}}, {"$count": "n"}],
-                # $lt on a date matches only dates: tasks without a due date are never overdue.
-                "overdue": [
-                    {"$match": {"completed": False, "due_date": {"$lt": utcnow()}}},
-                    {"$count": "n"},
-                ],
-            }
-        },
-    ]
-    (facets,) = db.read(lambda: list(Task.objects.aggregate(pipeline)))
-    total, completed, overdue = (
-        facets[name][0]["n"] if facets[name] else 0 for name in ("total", "completed", "overdue")
+    # One $group over the user's tasks, summing per state: no $facet nor $cond, which FerretDB
+    # 1.x lacks. $lt on a date matches only dates, so tasks without a due date are never overdue.
+    owner = ObjectId(user_id)
+    groups = db.read(
+        lambda: list(
+            Task.objects.aggregate(
+                [{"$match": {"owner": owner}}, {"$group": {"_id": "$completed", "n": {"$sum": 1}}}]
+            )
+        )
     )
+    overdue = db.read(
+        lambda: Task.objects(owner=owner, completed=False, due_date__lt=utcnow()).count()
+    )
+    counts = {group["_id"]: group["n"] for group in groups}
+    total, completed = sum(counts.values()), counts.get(True, 0)
     return {"total": total, "completed": completed, "open": total - completed, "overdue": overdue}
 
 
