@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -341,3 +345,57 @@ def test_write_behind_status_and_run_apply_the_queued_changes_a_flush_keeps(make
     with app.app_context():
         assert Task.objects(id=ObjectId(task["id"])).first().title == "after"
     assert "queued changes:  0" in runner.invoke(args=["write-behind", "status"]).output
+
+
+# embedded backends: the data commands refuse them
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["users", "create", "ada@example.com", "--password", "long enough pw"],
+        ["users", "set-role", "ada@example.com", "admin"],
+        ["cache", "warm", "ada@example.com"],
+        ["write-behind", "run", "--seconds", "0.1"],
+    ],
+)
+def test_data_commands_refuse_the_embedded_mongodb_in_one_line(make_app, args):
+    app = make_app(MONGODB_URI="mongomock://localhost/taskapp")
+    result = app.test_cli_runner().invoke(args=args)
+    assert_one_line_error(
+        result,
+        "MONGODB_URI=mongomock://localhost/taskapp is an in-process MongoDB that would die with "
+        "this command; set MONGODB_URI to the server the app uses",
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["cache", "stats"], ["cache", "keys"], ["cache", "get", "k"], ["cache", "flush", "--yes"]]
+    + [["cache", "invalidate", "t"], ["write-behind", "status"]],
+)
+def test_cache_commands_refuse_the_embedded_redis_in_one_line(make_app, args):
+    app = make_app(redis="memory")
+    result = app.test_cli_runner().invoke(args=args)
+    assert_one_line_error(
+        result,
+        "REDIS_URL=memory:// is an in-process Redis this command would have to itself; "
+        "set REDIS_URL to the server the app uses",
+    )
+
+
+def test_a_bad_setting_stops_the_cli_in_one_line(tmp_path):
+    env = {**os.environ, "TASK_CACHE_TTL": "soon"}
+    flask = Path(sys.executable).parent / "flask"
+    result = subprocess.run(
+        [str(flask), "--app", "taskapp", "cache", "stats"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: setting TASK_CACHE_TTL='soon' is invalid: invalid literal for int() with base 10: 'soon'"
+    ]

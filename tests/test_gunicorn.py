@@ -6,6 +6,7 @@ import json
 import os
 import re
 import runpy
+import shlex
 import signal
 import socket
 import subprocess
@@ -56,9 +57,10 @@ class Server:
         full_env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         full_env.update(env, GUNICORN_BIND=f"127.0.0.1:{self.port}", GUNICORN_THREADS="2")
         self.log = open(log_path, "wb")
-        extra = full_env.pop("EXTRA_ARGS", "").split()
+        extra = shlex.split(full_env.pop("EXTRA_ARGS", ""))
+        app = full_env.pop("APP_MODULE", "wsgi:app")
         self.proc = subprocess.Popen(
-            [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app", *extra],
+            [str(GUNICORN), "-c", "gunicorn.conf.py", app, *extra],
             cwd=ROOT,
             env=full_env,
             stdout=self.log,

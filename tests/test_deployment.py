@@ -1,0 +1,270 @@
+"""The deployment shape end to end: gunicorn with 3 workers on one FerretDB and one redis-server.
+
+Requests go over fresh connections, so the kernel spreads them over the workers; gunicorn's access
+log names the pid that answered each one (``%(p)s``), so a test can tell that every worker took
+part.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pymongo
+import pytest
+from bson import ObjectId
+
+from tests.test_gunicorn import ROOT, call, serve  # noqa: F401  (the fixture)
+
+WORKERS = 3
+PASSWORD = "correct horse battery"
+SECRET_KEY = "deployment-test-secret-key-with-32-bytes"
+# pid, request line's method and path, status: enough to map each answer to its worker.
+ACCESS_FORMAT = "access pid=%(p)s %(m)s %(U)s %(s)s"
+ACCESS_LINE = re.compile(r"access pid=<(\d+)> (\w+) (\S+) (\d{3})")
+
+
+@pytest.fixture
+def deployment(serve, redis_url, mongodb_uri, key_prefix):  # noqa: F811
+    """Start gunicorn with 3 workers on the test Redis and a database of this test."""
+
+    def start(**env: str):
+        settings = {
+            "REDIS_URL": redis_url,
+            "MONGODB_URI": mongodb_uri,
+            "CACHE_KEY_PREFIX": key_prefix,
+            "SECRET_KEY": SECRET_KEY,
+            "GUNICORN_WORKERS": str(WORKERS),
+            "EXTRA_ARGS": f"--access-logformat '{ACCESS_FORMAT}'",
+            **env,
+        }
+        server = serve(**settings)
+        server.env = settings
+        wait_for_workers(server, WORKERS)
+        return server
+
+    return start
+
+
+def wait_for_workers(server, count: int, timeout: float = 30.0) -> None:
+    """Wait until ``count`` workers have booted and each answers (a worker imports the app)."""
+    deadline = time.monotonic() + timeout
+    while len(answering_pids(server)) < count:
+        assert time.monotonic() < deadline, server.output()
+        for _ in range(10):
+            call(server.base, "GET", "/healthz")
+
+
+def answering_pids(server) -> set[int]:
+    return {int(pid) for pid, *_ in ACCESS_LINE.findall(server.output())}
+
+
+def answers(server, method: str, path: str) -> list[tuple[int, int]]:
+    """(pid, status) of every logged request with this method and path, in order."""
+    return [
+        (int(pid), int(status))
+        for pid, m, p, status in ACCESS_LINE.findall(server.output())
+        if m == method and p == path
+    ]
+
+
+def wait_logged(server, method: str, path: str, count: int) -> list[tuple[int, int]]:
+    """The access-log lines of ``count`` requests (gunicorn writes them after the response)."""
+    deadline = time.monotonic() + 5
+    while len(found := answers(server, method, path)) < count:
+        assert time.monotonic() < deadline, (count, found)
+        time.sleep(0.02)
+    return found
+
+
+def register(server, email: str | None = None) -> tuple[str, str]:
+    email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
+    status, _, body = call(
+        server.base, "POST", "/api/v1/auth/register", {"email": email, "password": PASSWORD}
+    )
+    assert status == 201, body
+    return body["id"], email
+
+
+def login(server, email: str) -> dict[str, str]:
+    status, _, body = call(
+        server.base, "POST", "/api/v1/auth/login", {"email": email, "password": PASSWORD}
+    )
+    assert status == 200, body
+    return {"Authorization": f"Bearer {body['access_token']}"}
+
+
+def db_reads(server) -> float:
+    """``taskapp_db_reads_total`` summed over every worker (prometheus multiprocess mode)."""
+    _, _, text = call(server.base, "GET", "/metrics")
+    found = re.search(r"^taskapp_db_reads_total(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_an_account_made_on_one_worker_logs_in_on_every_worker(deployment):
+    server = deployment(LOGIN_RATE_LIMIT_PER_MINUTE="1000")
+    _, email = register(server)
+    (registrar,) = {pid for pid, _ in wait_logged(server, "POST", "/api/v1/auth/register", 1)}
+    logins: list[tuple[int, int]] = []
+    for _ in range(60):
+        login(server, email)
+        logins = wait_logged(server, "POST", "/api/v1/auth/login", len(logins) + 1)
+        if len({pid for pid, _ in logins}) == WORKERS:
+            break
+    assert {status for _, status in logins} == {200}
+    assert (
+        len({pid for pid, _ in logins}) == WORKERS
+    )  # including workers other than the registrar's
+    assert {pid for pid, _ in logins} - {registrar}
+
+
+def test_a_user_made_by_the_cli_logs_in_and_passes_the_admin_check(deployment):
+    server = deployment()
+    email = f"ops-{uuid.uuid4().hex[:8]}@example.com"
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update({k: v for k, v in server.env.items() if k not in ("EXTRA_ARGS", "GUNICORN_WORKERS")})
+    flask = Path(sys.executable).parent / "flask"
+    result = subprocess.run(
+        [str(flask), "--app", "taskapp", "users", "create", email, "--role", "admin"],
+        input=f"{PASSWORD}\n{PASSWORD}\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    user_id = re.search(r"id ([0-9a-f]{24})", result.stdout).group(1)
+    headers = login(server, email)
+    status, _, me = call(
+        server.base, "GET", f"/api/v1/admin/users/{user_id}/tasks", headers=headers
+    )
+    assert status == 200, me
+
+
+def test_a_stampede_of_60_cold_gets_over_3_workers_reads_mongodb_once(deployment):
+    server = deployment(SIMULATED_DB_LATENCY_MS="300", RATE_LIMIT_PER_MINUTE="0")
+    _, email = register(server)
+    headers = login(server, email)
+    status, _, task = call(server.base, "POST", "/api/v1/tasks", {"title": "hot"}, headers)
+    assert status == 201
+    path = f"/api/v1/tasks/{task['id']}"
+    before = db_reads(server)
+    barrier = threading.Barrier(60)
+    results: list[tuple[int, dict]] = []
+    lock = threading.Lock()
+
+    def get() -> None:
+        barrier.wait()
+        status, _, body = call(server.base, "GET", path, headers=headers)
+        with lock:
+            results.append((status, body))
+
+    threads = [threading.Thread(target=get) for _ in range(60)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [status for status, _ in results] == [200] * 60
+    assert all(body == task for _, body in results)
+    assert db_reads(server) - before == 1
+    assert len({pid for pid, _ in wait_logged(server, "GET", path, 60)}) > 1
+
+
+def test_the_per_user_rate_limit_holds_across_workers(deployment):
+    server = deployment(RATE_LIMIT_PER_MINUTE="20")
+    _, email = register(server)
+    headers = login(server, email)
+    statuses = [call(server.base, "GET", "/api/v1/tasks", headers=headers)[0] for _ in range(30)]
+    assert Counter(statuses) == {200: 20, 429: 10}
+    assert statuses[:20] == [200] * 20
+    assert len({pid for pid, _ in wait_logged(server, "GET", "/api/v1/tasks", 30)}) > 1
+
+
+@pytest.mark.parametrize("rate_limit", ["0", "100000"], ids=["rate-limit-off", "rate-limit-on"])
+def test_no_worker_answers_an_older_value_after_a_write_was_answered(deployment, rate_limit):
+    """Read-your-writes across workers: 20 writes, 9 reads over fresh connections after each.
+
+    The workers get invalidation messages 300 ms late, so no layer may rely on them arriving
+    before the next read: each in-process entry is checked against its scope's version.
+    """
+    server = deployment(
+        APP_MODULE="tests.late_invalidations_wsgi:app", RATE_LIMIT_PER_MINUTE=rate_limit
+    )
+    _, email = register(server)
+    headers = login(server, email)
+    status, _, task = call(server.base, "POST", "/api/v1/tasks", {"title": "v0"}, headers)
+    path = f"/api/v1/tasks/{task['id']}"
+    stale = []
+    for i in range(1, 21):
+        # Every worker holds the current value in every cache layer before the write.
+        for _ in range(9):
+            assert call(server.base, "GET", path, headers=headers)[2]["title"] == f"v{i - 1}"
+        status, _, body = call(server.base, "PATCH", path, {"title": f"v{i}"}, headers)
+        assert status == 200, body
+        for _ in range(9):
+            status, head, body = call(server.base, "GET", path, headers=headers)
+            assert status == 200
+            if body["title"] != f"v{i}":
+                stale.append((i, body["title"], head.get("X-Cache")))
+    read_by = {pid for pid, _ in answers(server, "GET", path)}
+    assert stale == []
+    assert len(read_by) == WORKERS
+
+
+def test_write_behind_loses_no_accepted_change_when_a_worker_is_killed(deployment, mongodb_uri):
+    server = deployment(
+        TASK_WRITE_STRATEGY="write-behind",
+        WRITE_BEHIND_FLUSH_MS="200",
+        WRITE_BEHIND_CLAIM_IDLE_MS="500",
+        RATE_LIMIT_PER_MINUTE="0",
+    )
+    _, email = register(server)
+    headers = login(server, email)
+    tasks = [
+        call(server.base, "POST", "/api/v1/tasks", {"title": f"t{n}-0"}, headers)[2]
+        for n in range(5)
+    ]
+    accepted: dict[str, str] = {}
+    victim = None
+    for round_ in range(1, 21):
+        if round_ == 8:  # mid-stream: SIGKILL a worker, with its flusher and whatever it read
+            victim = max(answering_pids(server))
+            os.kill(victim, signal.SIGKILL)
+        for task in tasks:
+            title = f"{task['title'].split('-')[0]}-{round_}"
+            status, _, body = call(
+                server.base, "PATCH", f"/api/v1/tasks/{task['id']}", {"title": title}, headers
+            )
+            if status == 200:
+                accepted[task["id"]] = title
+            else:
+                assert status in (502, 503), body  # refused: not accepted, may be lost
+    assert victim is not None
+    assert len(accepted) == len(tasks)
+
+    parts = urlsplit(mongodb_uri)
+    client = pymongo.MongoClient(mongodb_uri, serverSelectionTimeoutMS=3000)
+    collection = client[parts.path.lstrip("/")]["tasks"]
+    deadline = time.monotonic() + 20
+    try:
+        while True:
+            stored = {
+                str(doc["_id"]): doc["title"]
+                for doc in collection.find({"_id": {"$in": [ObjectId(t) for t in accepted]}})
+            }
+            if stored == accepted:
+                break
+            assert time.monotonic() < deadline, (stored, accepted)
+            time.sleep(0.1)
+    finally:
+        client.close()
