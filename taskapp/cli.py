@@ -24,7 +24,7 @@ from werkzeug.exceptions import Conflict
 from taskapp.auth.schemas import Registration
 from taskapp.auth.service import find_user_by_email, register, set_role
 from taskapp.cache import stats as cache_stats
-from taskapp.cache.client import REDIS_ERRORS
+from taskapp.cache.client import REDIS_ERRORS, redacted
 from taskapp.cache.entry import Entry
 from taskapp.config import EMBEDDED_MONGODB, EMBEDDED_REDIS
 from taskapp.extensions import cache
@@ -53,13 +53,6 @@ def init_app(app: Flask) -> None:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def redacted_url(url: str) -> str:
-    """``url`` without its user and password."""
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, path = rest.partition("/")
-    return f"{scheme}{sep}{netloc.rpartition('@')[2]}{slash}{path}"
-
-
 def _reason(exc: BaseException) -> str:
     return (str(exc) or type(exc).__name__).splitlines()[0]
 
@@ -72,10 +65,10 @@ def backend_command(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except REDIS_ERRORS as exc:
-            url = redacted_url(current_app.config["REDIS_URL"])
+            url = redacted(current_app.config["REDIS_URL"])
             raise click.ClickException(f"Redis unreachable at {url}: {_reason(exc)}") from None
         except PyMongoError as exc:
-            url = redacted_url(current_app.config["MONGODB_URI"])
+            url = redacted(current_app.config["MONGODB_URI"])
             raise click.ClickException(f"MongoDB failed at {url}: {_reason(exc)}") from None
 
     return wrapper  # type: ignore[return-value]
@@ -440,7 +433,7 @@ def cache_flush(yes: bool) -> None:
     """
     client, prefix = _client(), _prefix()
     kept = cache.write_behind().prefix_of_queue
-    where = redacted_url(current_app.config["REDIS_URL"])
+    where = redacted(current_app.config["REDIS_URL"])
     if not yes:
         click.confirm(f"Delete every key with prefix {prefix!r} at {where}?", abort=True)
     removed, batch = 0, []

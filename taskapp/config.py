@@ -9,34 +9,11 @@ from typing import Any
 
 import click
 
+from taskapp.cache.settings import SETTINGS as CACHE_SETTINGS
+from taskapp.cache.settings import int_at_least
+
 EMBEDDED_MONGODB = "mongomock://"
 EMBEDDED_REDIS = "memory://"
-
-
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError("expected 1/0, true/false, yes/no or on/off")
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def convert(raw: str) -> int:
-        value = int(raw)
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}")
-        return value
-
-    return convert
-
-
-def _seconds(raw: str) -> float:
-    value = float(raw)
-    if value <= 0:
-        raise ValueError("must be a positive number of seconds")
-    return value
 
 
 def _one_of(*choices: str) -> Callable[[str], str]:
@@ -52,38 +29,28 @@ def _email_list(raw: str) -> list[str]:
     return [email.strip().lower() for email in raw.split(",") if email.strip()]
 
 
-# name -> (default, conversion from the environment's string)
+# name -> (default, conversion from the environment's string): the cache extension's own table
+# (one place for its defaults), with taskapp's prefix, then the app's settings.
 SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
+    **CACHE_SETTINGS,
+    "CACHE_KEY_PREFIX": ("taskapp:", str),
     "MONGODB_URI": ("mongomock://localhost/taskapp", str),
-    "REDIS_URL": (EMBEDDED_REDIS, str),
-    "REDIS_CLUSTER": (False, _bool),
     "SECRET_KEY": (None, str),
     "ADMIN_EMAILS": ([], _email_list),
-    "CACHE_KEY_PREFIX": ("taskapp:", str),
-    "TASK_CACHE_TTL": (60, _int_at_least(1)),
-    "TASK_LIST_CACHE_TTL": (30, _int_at_least(1)),
-    "HTTP_CACHE_TTL": (30, _int_at_least(1)),
+    "TASK_CACHE_TTL": (60, int_at_least(1)),
+    "TASK_LIST_CACHE_TTL": (30, int_at_least(1)),
+    "HTTP_CACHE_TTL": (30, int_at_least(1)),
     "TASK_READ_STRATEGY": (
         "cache-aside",
         _one_of("cache-aside", "read-through", "refresh-ahead"),
     ),
     "TASK_WRITE_STRATEGY": ("invalidate", _one_of("invalidate", "write-through", "write-behind")),
-    "WRITE_BEHIND_FLUSH_MS": (1000, _int_at_least(10)),
-    "WRITE_BEHIND_CLAIM_IDLE_MS": (5000, _int_at_least(100)),
-    "L1_CACHE_MAX_ITEMS": (10000, _int_at_least(0)),
-    "L1_CACHE_TTL": (5, _int_at_least(1)),
-    "RATE_LIMIT_PER_MINUTE": (600, _int_at_least(0)),
-    "LOGIN_RATE_LIMIT_PER_MINUTE": (10, _int_at_least(0)),
-    "SIMULATED_DB_LATENCY_MS": (0, _int_at_least(0)),
-    "ACCESS_TOKEN_TTL": (3600, _int_at_least(60)),
-    "MAX_CONTENT_LENGTH": (64 * 1024, _int_at_least(1024)),
-    "REDIS_SOCKET_TIMEOUT": (0.25, _seconds),
-    "NEGATIVE_CACHE_TTL": (5, _int_at_least(1)),
-    "CACHE_STALE_TTL": (10, _seconds),
-    "CACHE_LOCK_TTL": (5, _seconds),
-    "CACHE_LOCK_WAIT": (5, _seconds),
-    "CACHE_BREAKER_THRESHOLD": (3, _int_at_least(1)),
-    "CACHE_BREAKER_COOLDOWN": (1.0, _seconds),
+    "RATE_LIMIT_PER_MINUTE": (600, int_at_least(0)),
+    "LOGIN_RATE_LIMIT_PER_MINUTE": (10, int_at_least(0)),
+    "SIMULATED_DB_LATENCY_MS": (0, int_at_least(0)),
+    "ACCESS_TOKEN_TTL": (3600, int_at_least(60)),
+    "MAX_CONTENT_LENGTH": (64 * 1024, int_at_least(1024)),
+    "NEGATIVE_CACHE_TTL": (5, int_at_least(1)),
 }
 
 
@@ -119,13 +86,6 @@ def _convert(name: str, raw: Any, convert: Callable[[str], Any]) -> Any:
         return convert(raw)
     except ValueError as exc:
         raise ConfigError(f"setting {name}={raw!r} is invalid: {exc}") from None
-
-
-def is_embedded(values: dict[str, Any]) -> bool:
-    """True when either backend lives inside this process (its data is not shared)."""
-    return values["MONGODB_URI"].startswith(EMBEDDED_MONGODB) or values["REDIS_URL"].startswith(
-        EMBEDDED_REDIS
-    )
 
 
 def _validate(values: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ class AppDocument(Document):
     Here every query asks ``current_app`` for its collection (``taskapp.db.Database``).
     """
 
-    meta = {"abstract": True}
+    meta: dict[str, Any] = {"abstract": True}
 
     @classmethod
     def _get_db(cls):  # type: ignore[no-untyped-def]

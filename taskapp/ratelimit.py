@@ -10,10 +10,36 @@ from werkzeug.exceptions import TooManyRequests
 
 from taskapp import keys
 from taskapp.auth.tokens import current_user_id
-from taskapp.cache.scripts import SLIDING_WINDOW
 from taskapp.extensions import cache
 
 WINDOW_MS = 60_000
+
+# SLIDING_WINDOW: count a request in a sliding window (a sorted set scored by time) and say
+# whether it is allowed. Members are unique (time plus a caller-made nonce), so two requests in
+# the same millisecond both count.
+# KEYS[1] window, KEYS[2] (optional) a scope version to read in the same round trip
+# ARGV[1] window length in ms, ARGV[2] limit, ARGV[3] nonce
+# returns {allowed (1/0), requests in the window, ms until the oldest request leaves the window,
+# the scope version ('0' when unset) when KEYS[2] is given}
+SLIDING_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local allowed = 0
+if count < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now, now .. '-' .. ARGV[3])
+  count = count + 1
+  allowed = 1
+end
+redis.call('PEXPIRE', KEYS[1], window)
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local reset = window
+if #oldest == 2 then reset = tonumber(oldest[2]) + window - now end
+if KEYS[2] then return {allowed, count, reset, redis.call('GET', KEYS[2]) or '0'} end
+return {allowed, count, reset}
+"""
 
 
 class RateLimited(TooManyRequests):

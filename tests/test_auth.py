@@ -192,6 +192,25 @@ def test_a_valid_token_is_accepted(client, user_id):
     assert client.get(ME, headers=bearer(token)).status_code == 200
 
 
+def test_a_token_accepted_once_is_refused_when_it_expires(client, user_id):
+    """Signatures are checked once per token, but its expiry on every use."""
+    expires = int(time.time()) + 2
+    token = jwt.encode(claims_for(user_id, exp=expires), SECRET, algorithm="HS256")
+    assert client.get(ME, headers=bearer(token)).status_code == 200
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    assert client.get(ME, headers=bearer(token)).status_code == 401
+
+
+def test_a_token_of_another_secret_is_refused_after_the_same_token_passed_elsewhere(
+    client, make_app, user_id
+):
+    """The memo is keyed by the secret too: one app's valid token is nothing to another app."""
+    token = jwt.encode(claims_for(user_id), SECRET, algorithm="HS256")
+    assert client.get(ME, headers=bearer(token)).status_code == 200
+    other = make_app(SECRET_KEY="another-secret-key-with-32-bytes-of-it!")
+    assert other.test_client().get(ME, headers=bearer(token)).status_code == 401
+
+
 def test_a_request_without_a_token_is_401_with_a_bearer_challenge(client):
     response = client.get(ME)
     assert response.status_code == 401

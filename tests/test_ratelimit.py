@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from taskapp import keys
-from taskapp.cache.scripts import SLIDING_WINDOW
+from taskapp.ratelimit import SLIDING_WINDOW
 
 LOGIN = "/api/v1/auth/login"
 REGISTER = "/api/v1/auth/register"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import jwt
 from bson import ObjectId
 from bson.errors import InvalidId
+from cachetools import LRUCache
 from flask import current_app, g, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
@@ -62,16 +64,40 @@ def _bearer_token() -> str | None:
 
 
 def _verify(token: str | None) -> str | None:
+    """The user id of a valid token, else None: signature once per token, ``exp`` every time."""
     if token is None:
         return None
+    verified = _signed_claims(token, current_app.config["SECRET_KEY"])
+    if verified is None:
+        return None
+    user_id, expires_at = verified
+    return user_id if time.time() < expires_at else None  # PyJWT's rule: expired at exp
+
+
+#: Tokens whose signature and claims checked out, by (secret, exact token): the check is a pure
+#: function of the two, so it runs once per token; roles are never part of it (read per request).
+_VERIFIED: LRUCache[tuple[str, str], tuple[str, int]] = LRUCache(maxsize=10_000)
+_VERIFIED_LOCK = threading.Lock()
+
+
+def _signed_claims(token: str, secret: str) -> tuple[str, int] | None:
+    """(canonical user id, exp) of a token signed with ``secret``, else None (not memoised:
+    a token refused now, say one issued a moment in the future, may pass later)."""
+    with _VERIFIED_LOCK:
+        found = _VERIFIED.get((secret, token))
+    if found is not None:
+        return found
     try:
         claims = jwt.decode(
             token,
-            current_app.config["SECRET_KEY"],
+            secret,
             algorithms=[ALGORITHM],  # pinned: "none" and algorithm-confusion tokens fail here
             options={"require": ["exp", "iat", "sub"]},
         )
         # Canonical form: the id becomes part of cache keys, so one user has one spelling.
-        return str(ObjectId(claims["sub"]))
-    except (jwt.InvalidTokenError, InvalidId, TypeError):
+        verified = (str(ObjectId(claims["sub"])), int(claims["exp"]))
+    except (jwt.InvalidTokenError, InvalidId, TypeError, ValueError):
         return None
+    with _VERIFIED_LOCK:
+        _VERIFIED[(secret, token)] = verified
+    return verified

@@ -43,16 +43,16 @@ class _GuardedClient:
     """The extension's client with every command sent through its breaker (failures: None)."""
 
     def __getattr__(self, name: str) -> Any:
-        from taskapp.cache.extension import current_state
+        from taskapp.cache.extension import RedisCache
 
-        state = current_state()
-        command = getattr(state.client, name)
+        store = RedisCache._state().store
+        command = getattr(store.client, name)
         if name == "pipeline" or not callable(command):
             return command
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
             try:
-                return state.run(lambda: command(*args, **kwargs))
+                return store.run(lambda: command(*args, **kwargs))
             except Unavailable:
                 return None
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
-from taskapp.cache import metrics, stats
+from taskapp.cache import stats
 from taskapp.cache.extension import RedisCache
 
 Identity = Callable[[], str | None]
@@ -70,12 +70,10 @@ class ResponseCache:
             return None  # the client asked for a fresh answer: neither looked up nor stored
         entry, context["lease"] = self.cache.lookup(key, self.tags(user))
         if entry is not None:
-            metrics.HTTP_HIT.inc()
-            self.cache.record(stats.HTTP_HIT, "http")
+            self.cache.count(stats.HTTP_HIT, "http")
             context["hit"] = True
             return self._respond(entry.raw_value, entry.meta["etag"], "HIT")
-        metrics.HTTP_MISS.inc()
-        self.cache.record(stats.HTTP_MISS, "http")
+        self.cache.count(stats.HTTP_MISS, "http")
         return None
 
     def _finish(self, response: Response) -> Response:

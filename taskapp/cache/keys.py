@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-_HASH_TAG = re.compile(r"\{[^{}]+\}")
+#: A ``{hash tag}`` segment of a key (what Redis Cluster hashes instead of the whole key).
+HASH_TAG = re.compile(r"\{[^{}]+\}")
 
 
 class Keys:
@@ -29,7 +30,7 @@ class Keys:
         return self.prefix + key
 
     def _slotted(self, full_key: str) -> str:
-        return full_key if _HASH_TAG.search(full_key) else f"{{{full_key}}}"
+        return full_key if HASH_TAG.search(full_key) else f"{{{full_key}}}"
 
     def lock(self, full_key: str) -> str:
         """The fill lock of an entry."""

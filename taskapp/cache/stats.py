@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+from taskapp.cache.keys import HASH_TAG
+
 #: The events the cache records (``record`` accepts any name; these are the ones the CLI shows).
 L1_HIT, L1_MISS = "l1.hit", "l1.miss"
 REDIS_HIT, REDIS_MISS = "redis.hit", "redis.miss"
@@ -35,7 +37,6 @@ LAYERS = ("l1", "redis", "http")
 L1_SIZE = "l1.size"  # gauge: entries in a process's in-process layer
 GAUGE_MAX_AGE = 120.0  # seconds after which a process's gauge is taken to be from a dead process
 
-_HASH_TAG = re.compile(r"\{[^{}]*\}")
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 Counts = dict[str, dict[str, int]]  # event -> family ('' when none) -> count
@@ -48,7 +49,7 @@ def family(key: str) -> str:
     ``{u:abc}:task:123`` -> ``task``, ``{u:abc}:http:ff`` -> ``http``, ``lock:{u:1}:task:2`` ->
     ``lock``. A key made only of hash tags is its own family ``other``.
     """
-    for segment in _HASH_TAG.sub("", key).split(":"):
+    for segment in HASH_TAG.sub("", key).split(":"):
         if segment and not segment.startswith("{"):
             return segment
     return "other"

@@ -16,13 +16,11 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
-from taskapp.cache import scripts
 from taskapp.cache.client import REDIS_ERRORS, Unavailable
 
 log = logging.getLogger("taskapp.cache.writebehind")
@@ -30,6 +28,53 @@ log = logging.getLogger("taskapp.cache.writebehind")
 #: How long the last staged version of an object is remembered after its change was flushed:
 #: far longer than any read-modify-stage takes.
 VERSION_MARK_TTL_MS = 3_600_000
+
+# STAGE: merge a change into an object's pending state, give it the next version and queue it on
+# the write-behind stream, in one step (concurrent changes of one object never lose each other).
+# A caller whose view of the object is older than the last version staged (a flusher applied and
+# dropped the pending state since the caller read it) is refused, to read again.
+# KEYS[1] the object's pending state (JSON, no expiry: it lives until the flusher applied it),
+# KEYS[2] the stream, KEYS[3] the last version staged for the object
+# ARGV[1] the object as the caller read it (JSON with its version; used when nothing is
+# pending), ARGV[2] the change (a JSON object of fields), ARGV[3] the object's id,
+# ARGV[4] time to live of the last-version marker in ms
+# returns the new pending state (JSON), or false when the caller's object is outdated
+STAGE = """
+local current = redis.call('GET', KEYS[1])
+local state
+if current then
+  state = cjson.decode(current)
+else
+  state = cjson.decode(ARGV[1])
+  local staged = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if (tonumber(state['version']) or 0) < staged then return false end
+end
+for field, value in pairs(cjson.decode(ARGV[2])) do state[field] = value end
+state['version'] = (tonumber(state['version']) or 0) + 1
+local encoded = cjson.encode(state)
+redis.call('SET', KEYS[1], encoded)
+redis.call('SET', KEYS[3], state['version'], 'PX', ARGV[4])
+redis.call('XADD', KEYS[2], '*',
+  'id', ARGV[3], 'key', KEYS[1], 'version', state['version'], 'state', encoded)
+return encoded
+"""
+
+# SETTLE: after the flusher applied a change to the source, acknowledge and delete its entry (the
+# stream holds only changes not yet applied), and drop the pending state if no newer change
+# arrived meanwhile.
+# KEYS[1] the stream, KEYS[2] the object's pending state
+# ARGV[1] the consumer group, ARGV[2] the stream entry id, ARGV[3] the version applied
+# returns 1 when the pending state was dropped, 0 when a newer change is still pending
+SETTLE = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+local current = redis.call('GET', KEYS[2])
+if current and tonumber(cjson.decode(current)['version']) <= tonumber(ARGV[3]) then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
 
 #: apply(object_id, state) writes ``state`` to the source unless it holds a newer version.
 Apply = Callable[[str, dict[str, Any]], None]
@@ -47,8 +92,8 @@ class WriteBehind:
         self.stream = f"{prefix}wb:stream"
         self.flush_ms = flush_ms
         self.claim_idle_ms = claim_idle_ms
-        self._stage = client.register_script(scripts.STAGE)
-        self._settle = client.register_script(scripts.SETTLE)
+        self._stage = client.register_script(STAGE)
+        self._settle = client.register_script(SETTLE)
 
     def pending_key(self, key: str) -> str:
         """The Redis key of an object's pending state."""
@@ -211,13 +256,3 @@ class Flusher:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-
-
-def wait_until_flushed(write_behind: WriteBehind, timeout: float) -> bool:
-    """True once every queued change was applied (the stream is empty), within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if write_behind.client.xlen(write_behind.stream) == 0:
-            return True
-        time.sleep(0.005)
-    return False

@@ -1,0 +1,454 @@
+"""The region: get, set, get-or-set with refresh-ahead, leases, and the in-process layer.
+
+Reads look in the in-process layer, then Redis. Every write either bumps the versions a fill
+read before its fetch (so a fill that began before the write is refused) or is itself a fill
+checked against them. The in-process layer serves an entry only while its scope version is the
+one Redis has (read-your-writes across processes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+from flask import current_app
+
+from taskapp.cache import context, metrics, scripts, stats
+from taskapp.cache.client import Unavailable
+from taskapp.cache.counting import Counter
+from taskapp.cache.entry import Entry, dumps
+from taskapp.cache.l1 import LocalCache
+from taskapp.cache.lock import FillLock
+from taskapp.cache.settings import CacheSettings
+from taskapp.cache.store import Store
+
+log = logging.getLogger("taskapp.cache")
+
+Ttl = int | float | Callable[[Any], float] | None
+
+
+class Lease(NamedTuple):
+    """The versions an entry's key and tags had before its source was read, and the fill
+    lock's token when this caller holds it."""
+
+    full_key: str
+    tags: list[str]
+    versions: list[bytes]
+    token: str = ""
+
+
+def xfetch_due(entry: Entry, beta: float = 1.0) -> bool:
+    """XFetch (Vattani et al., VLDB 2015): refresh early with a probability that grows as the
+    expiry nears, scaled by how long the fetch took (a floor of 1 ms for very fast fetches)."""
+    delta = max(entry.fetch_seconds, 0.001)
+    return time.time() - delta * beta * math.log(1.0 - random.random()) >= entry.expires_at
+
+
+def fetch_source(fetch: Callable[[], Any]) -> tuple[Any, float]:
+    """``fetch()`` and how long it took, noted as a read of the source of truth."""
+    context.mark_source_read()
+    started = time.monotonic()
+    value = fetch()
+    return value, time.monotonic() - started
+
+
+class Region:
+    """Reads and writes of one app's cache in one process."""
+
+    def __init__(
+        self,
+        settings: CacheSettings,
+        store: Store,
+        lock: FillLock,
+        l1: LocalCache,
+        counter: Counter,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.keys = store.keys
+        self.lock = lock
+        self.l1 = l1
+        self.counter = counter
+        # Refresh-ahead work: a small bounded pool, shut down with the cache (never a thread per key).
+        self.refresher = ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="taskapp-cache-refresh"
+        )
+        self._refreshing: set[str] = set()
+        self._refreshing_lock = threading.Lock()
+
+    # -- reads --------------------------------------------------------------------------
+
+    def read(self, full_key: str) -> Entry | None:
+        """The entry under ``full_key`` from memory, else Redis; None on a miss or an outage."""
+        entry = self._from_memory(full_key)
+        if entry is not None:
+            return entry
+        generation = self.l1.generation
+        scope_key = self.keys.scope_version(full_key)
+        try:
+            raw, scope = self.store.run(
+                lambda: self.store.client.mget([full_key, scope_key]), op="get"
+            )
+        except Unavailable:
+            return None
+        return self._from_redis(full_key, raw, generation, context.note_scope(scope_key, scope))
+
+    def _from_memory(self, full_key: str) -> Entry | None:
+        """The fresh entry in the in-process layer, counted as an l1 hit or miss.
+
+        An entry counts only while its scope version is still Redis's: learned once per request
+        (from the first Redis call that returns it, such as the rate limit's, or one GET), so a
+        write answered by any process is never followed by this memory's older answer.
+        """
+        if not self.l1.active or self.store.breaker.is_open:
+            return None
+        found = self.l1.get(full_key)
+        if found is not None:
+            entry, scope = found
+            if entry.is_fresh() and scope == self._scope_version(full_key):
+                self.counter.count(stats.L1_HIT, full_key)
+                return entry
+        self.counter.count(stats.L1_MISS, full_key)
+        return None
+
+    def _scope_version(self, full_key: str) -> bytes | None:
+        """The current version of ``full_key``'s scope: this request's, else read from Redis."""
+        scope_key = self.keys.scope_version(full_key)
+        known = context.known_scope(scope_key)
+        if known is not None:
+            return known
+        try:
+            raw = self.store.run(lambda: self.store.client.get(scope_key), op="scope")
+        except Unavailable:
+            return None
+        return context.note_scope(scope_key, raw)
+
+    def _from_redis(
+        self, full_key: str, raw: bytes | None, generation: int, scope: bytes
+    ) -> Entry | None:
+        """Decode what Redis returned, count it, and keep a fresh entry in memory."""
+        entry = None
+        if raw is not None:
+            try:
+                entry = Entry.decode(raw)
+            except ValueError:
+                log.warning("ignoring an undecodable cache entry %r", full_key)
+        if entry is None:
+            self.counter.count(stats.REDIS_MISS, full_key)
+            return None
+        self.counter.count(stats.REDIS_HIT, full_key)
+        if entry.is_fresh():
+            self.l1.put(full_key, entry, generation, scope)
+        return entry
+
+    def lookup(self, full_key: str, tags: list[str]) -> tuple[Entry | None, Lease | None]:
+        """The fresh entry of ``full_key``; on a miss, a lease to produce and store it.
+
+        One caller across processes gets a lease holding the fill lock; the others wait for that
+        fill and get the entry, or after CACHE_LOCK_WAIT a lease without the lock. The read,
+        the lease and the lock take one round trip. (None, None) when Redis is unavailable.
+        """
+        self.store.check_slots(full_key, tags)
+        entry = self._from_memory(full_key)
+        if entry is not None:
+            return entry, None
+        scope_key = self.keys.scope_version(full_key)
+        keys = [full_key, self.keys.lock(full_key), scope_key, *self._version_keys(full_key, tags)]
+
+        def attempt(waited: bool) -> tuple[Entry | None, str, list[bytes]]:
+            token, generation = self.lock.token(), self.l1.generation
+            raw, took, scope, *versions = self.store.call(
+                scripts.LOOKUP, keys, [token, self.lock.ttl_ms], op="get"
+            )
+            scope = context.note_scope(scope_key, scope)
+            if raw is not None or not waited:
+                found = self._from_redis(full_key, raw, generation, scope)
+                if found is not None and found.is_fresh():
+                    return found, "", versions
+            return None, token if took else "", versions
+
+        try:
+            entry, token, versions = self.lock.fill_or_wait(
+                full_key, attempt, lambda: self.read(full_key)
+            )
+        except Unavailable:
+            return None, None
+        if entry is not None:
+            return entry, None
+        return None, Lease(full_key, tags, versions, token)
+
+    def release(self, lease: Lease) -> None:
+        """Give up a lease's fill lock without storing (the answer was not cacheable)."""
+        if lease.token:
+            self.lock.release(lease.full_key, lease.token)
+
+    # -- writes -------------------------------------------------------------------------
+
+    def set(
+        self, full_key: str, value: Any, ttl: Ttl, tags: list[str], meta: dict[str, Any] | None
+    ) -> bool:
+        """Store ``value`` for ``ttl`` seconds, a member of ``tags``, atomically (an overwrite:
+        every process drops its copy)."""
+        seconds = self.ttl(ttl, value)
+        entry = Entry(dumps(value), time.time() + seconds, tags, meta=meta)
+        self.l1.discard([full_key])  # other processes drop it when the announcement arrives
+        return self.store_entry(
+            full_key, entry, seconds, None, announce=self.keys.invalidation_channel
+        )
+
+    def store_entry(
+        self,
+        full_key: str,
+        entry: Entry,
+        seconds: float,
+        versions: list[bytes] | None,
+        token: str = "",
+        stale_ttl: float = 0.0,
+        announce: str = "",
+    ) -> bool:
+        """Run FILL: store unless a version read before the fetch has changed since.
+
+        ``announce`` is the channel to publish the key on: the fill channel when callers may
+        wait for it, the invalidation channel when an existing value is overwritten.
+        """
+        keys = self.keys
+        self.store.check_slots(full_key, entry.tags)
+        version_keys = self._version_keys(full_key, entry.tags) if versions is not None else []
+        generation = self.l1.generation
+        try:
+            stored, scope = self.store.call(
+                scripts.FILL,
+                keys=[full_key, keys.lock(full_key), *version_keys]
+                + [keys.tag_set(t) for t in entry.tags],
+                args=[
+                    entry.encode(),
+                    max(1, int((seconds + stale_ttl) * 1000)),
+                    token,
+                    announce,
+                    len(version_keys),
+                    len(entry.tags),
+                    keys.prefix,
+                    self.settings.version_ttl_ms,
+                    *(versions or []),
+                ],
+                op="fill",
+            )
+        except Unavailable:
+            return False
+        if stored:
+            scope = context.note_scope(keys.scope_version(full_key), scope)
+            self.l1.put(full_key, entry, generation, scope)
+        return bool(stored)
+
+    def store_leased(
+        self, lease: Lease, raw_json: bytes, ttl: Ttl, meta: dict[str, Any] | None
+    ) -> bool:
+        """Store already-serialised JSON under a lease; False when an invalidation came first.
+
+        A lease holding the fill lock releases it and wakes the callers waiting for the fill.
+        """
+        seconds = self.ttl(ttl, None)
+        entry = Entry(raw_json, time.time() + seconds, lease.tags, meta=meta)
+        announce = self.keys.fill_channel if lease.token else ""
+        return self.store_entry(
+            lease.full_key, entry, seconds, lease.versions, lease.token, announce=announce
+        )
+
+    def delete(self, full_keys: list[str]) -> int:
+        """Delete entries everywhere (Redis and every process's memory); fills in flight lose."""
+        self.l1.discard(full_keys)
+        return self.store.delete(full_keys)
+
+    def invalidate_tags(self, tags: list[str]) -> int:
+        """Remove every entry stored with any of ``tags``, including fills already in flight."""
+        deleted = self.store.invalidate(tags)
+        # Our own memory layer is cleared now, not when our own message comes back.
+        self.l1.discard(deleted)
+        return len(deleted)
+
+    def write_through(
+        self,
+        full_key: str,
+        value: Any,
+        version: int,
+        ttl: Ttl,
+        tags: list[str],
+        dropped: list[str],
+    ) -> bool:
+        """After a write to the source: invalidate ``dropped`` and store ``value``, atomically;
+        ``version`` grows with each write, so a slower writer never replaces a newer value."""
+        keys = self.keys
+        self.store.check_slots(full_key, tags + dropped)
+        seconds = self.ttl(ttl, value)
+        entry = Entry(dumps(value), time.time() + seconds, tags)
+        try:
+            stored, *deleted = self.store.call(
+                scripts.WRITE_THROUGH,
+                keys=[full_key, keys.version(full_key), keys.write_version(full_key)]
+                + [keys.tag_set(t) for t in tags]
+                + [keys.tag_set(t) for t in dropped]
+                + [keys.tag_version(t) for t in dropped],
+                args=[
+                    entry.encode(),
+                    int(seconds * 1000),
+                    version,
+                    self.settings.version_ttl_ms,
+                    keys.invalidation_channel,
+                    len(tags),
+                    len(dropped),
+                    keys.prefix,
+                ],
+                op="write_through",
+            )
+        except Unavailable:
+            self.store.held_back.hold(tags=dropped, keys=[full_key])
+            return False
+        self.l1.discard([k.decode() for k in deleted])
+        return bool(stored)
+
+    # -- get or set ---------------------------------------------------------------------
+
+    def get_or_set(
+        self,
+        full_key: str,
+        fetch: Callable[[], Any],
+        ttl: Ttl,
+        tags: list[str],
+        refresh_ahead: bool,
+    ) -> Any:
+        """The cached value, or ``fetch()``'s, stored; one fetch per key at a time (see
+        ``RedisCache.get_or_set``)."""
+        self.store.check_slots(full_key, tags)
+        entry = self.read(full_key)
+        if entry is not None and entry.is_fresh():
+            if refresh_ahead and xfetch_due(entry):
+                self._refresh_in_background(full_key, fetch, ttl, tags)
+            return entry.value
+        if entry is not None and refresh_ahead:
+            self.counter.count(stats.STALE_SERVED, full_key)
+            self._refresh_in_background(full_key, fetch, ttl, tags)
+            return entry.value
+        return self._fill(full_key, fetch, ttl, tags, stale=entry)
+
+    def _fill(
+        self,
+        full_key: str,
+        fetch: Callable[[], Any],
+        ttl: Ttl,
+        tags: list[str],
+        stale: Entry | None,
+    ) -> Any:
+        def attempt(waited: bool) -> tuple[None, str, None]:
+            return None, self.lock.acquire(full_key), None
+
+        try:
+            entry, token, _ = self.lock.fill_or_wait(
+                full_key, attempt, lambda: self.read(full_key), stale
+            )
+        except Unavailable:
+            log.debug("no lock for %s: Redis unavailable, fetching without the cache", full_key)
+            return fetch_source(fetch)[0]
+        if entry is not None:
+            return entry.value
+        if not token:
+            return fetch_source(fetch)[0]
+        return self._fill_locked(full_key, fetch, ttl, tags, token)
+
+    def _refresh_in_background(
+        self, full_key: str, fetch: Callable[[], Any], ttl: Ttl, tags: list[str]
+    ) -> None:
+        """Refresh an entry in the refresher pool; one refresher per key across all processes."""
+        with self._refreshing_lock:
+            if full_key in self._refreshing:
+                return
+            self._refreshing.add(full_key)
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+        def refresh() -> None:
+            try:
+                with app.app_context():
+                    token = self.lock.acquire(full_key)
+                    if token:
+                        log.debug("refreshing %s ahead of its expiry", full_key)
+                        self._fill_locked(full_key, fetch, ttl, tags, token, force=True)
+            except Unavailable:
+                log.debug("refresh of %s skipped: Redis unavailable", full_key)
+            except Exception:  # a failed refresh must not kill the pool; readers still hit
+                log.exception("background refresh of %s failed", full_key)
+            finally:
+                with self._refreshing_lock:
+                    self._refreshing.discard(full_key)
+
+        try:
+            self.refresher.submit(refresh)
+        except RuntimeError:  # the pool is shut down: the worker is stopping
+            with self._refreshing_lock:
+                self._refreshing.discard(full_key)
+
+    def _fill_locked(
+        self,
+        full_key: str,
+        fetch: Callable[[], Any],
+        ttl: Ttl,
+        tags: list[str],
+        token: str,
+        force: bool = False,
+    ) -> Any:
+        """Holder of the fill lock: read versions, fetch, store if nothing was invalidated."""
+        version_keys = self._version_keys(full_key, tags)
+        try:
+            current, *versions = self.store.run(
+                lambda: self.store.client.mget([full_key, *version_keys]), op="lease"
+            )
+        except Unavailable:
+            self.lock.release(full_key, token)
+            return fetch_source(fetch)[0]
+        if current is not None and not force:  # filled between our read and our lock
+            entry = Entry.decode(current)
+            if entry.is_fresh():
+                self.lock.release(full_key, token)
+                return entry.value
+        versions = [v if v is not None else b"0" for v in versions]
+        try:
+            value, seconds = fetch_source(fetch)
+        except BaseException:
+            self.lock.release(full_key, token)
+            raise
+        ttl_seconds = self.ttl(ttl, value)
+        entry = Entry(dumps(value), time.time() + ttl_seconds, tags, fetch_seconds=seconds)
+        stored = self.store_entry(
+            full_key,
+            entry,
+            ttl_seconds,
+            versions,
+            token=token,
+            stale_ttl=self.settings.stale_ttl,
+            announce=self.keys.fill_channel,
+        )
+        metrics.CACHE_FILLS.labels("stored" if stored else "refused").inc()
+        if not stored:
+            log.debug("fill of %s not stored: invalidated during the fetch", full_key)
+        return value
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _version_keys(self, full_key: str, tags: Iterable[str]) -> list[str]:
+        return [self.keys.version(full_key)] + [self.keys.tag_version(t) for t in tags]
+
+    def ttl(self, ttl: Ttl, value: Any) -> float:
+        """Seconds to keep ``value``: ``ttl`` (or ``ttl(value)``), else the default."""
+        if callable(ttl):
+            ttl = ttl(value)
+        seconds = self.settings.default_ttl if ttl is None else float(ttl)
+        if seconds <= 0:
+            raise ValueError("ttl must be positive")
+        return seconds
+
+    def close(self) -> None:
+        self.refresher.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,199 @@
+"""Resilience: the circuit breaker every Redis call crosses, and the invalidations an outage
+held back, replayed before the cache is trusted again."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from taskapp.cache.client import REDIS_ERRORS, Unavailable
+
+log = logging.getLogger("taskapp.cache")
+T = TypeVar("T")
+
+
+class Breaker:
+    """A circuit breaker in front of Redis, per process.
+
+    After ``threshold`` consecutive failures it opens: for ``cooldown`` seconds every call is
+    refused at once (a miss, served from the source), instead of each request waiting for a
+    timeout. Then a probe runs in a thread of its own, so no request waits for it:
+    ``on_recover`` replays the invalidations that could not be sent (nothing cached before the
+    outage may hide a write made during it) and, if that succeeds, the breaker closes. One log
+    line marks the start and the end of an outage.
+    """
+
+    def __init__(
+        self,
+        *,
+        threshold: int = 3,
+        cooldown: float = 1.0,
+        on_recover: Callable[[], None] | None = None,
+        on_open: Callable[[], None] | None = None,
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.on_recover = on_recover
+        self.on_open = on_open
+        self.on_error = on_error
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._opened_at: float | None = None  # monotonic time the outage began
+        self._retry_at = 0.0
+        self._probing = False
+
+    @property
+    def is_open(self) -> bool:
+        """True during an outage (until a probe succeeds)."""
+        return self._opened_at is not None
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` against Redis, or raise ``Unavailable`` (counted, logged once per outage)."""
+        if self._opened_at is not None:
+            if self._begin_probe():
+                threading.Thread(
+                    target=self._probe, name="taskapp-cache-probe", daemon=True
+                ).start()
+            raise Unavailable("circuit open")
+        try:
+            result = fn()
+        except REDIS_ERRORS as exc:
+            self._failed(exc)
+            raise Unavailable(str(exc)) from exc
+        if self._failures:
+            self._succeeded()
+        return result
+
+    def _begin_probe(self) -> bool:
+        """Let exactly one caller through once the cool-down has passed."""
+        with self._lock:
+            if self._probing or time.monotonic() < self._retry_at:
+                return False
+            self._probing = True
+            return True
+
+    def _probe(self) -> None:
+        """Replay what the outage held back; close the breaker if Redis took it all."""
+        log.debug("probing Redis after %.1fs of outage", time.monotonic() - (self._opened_at or 0))
+        try:
+            if self.on_recover is not None:
+                self.on_recover()
+        except REDIS_ERRORS as exc:
+            self._failed(exc)
+            return
+        except Exception as exc:  # a bug in a hook must not leave the breaker open for good
+            log.exception("probing Redis failed")
+            self._failed(exc)
+            return
+        self._succeeded()
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.on_error is not None:
+            self.on_error()
+        with self._lock:
+            self._failures += 1
+            self._probing = False
+            if self._opened_at is None and self._failures >= self.threshold:
+                self._opened_at = time.monotonic()
+                log.warning(
+                    "Redis unavailable (%s: %s); serving from the source without the cache",
+                    type(exc).__name__,
+                    exc,
+                )
+                opened = True
+            else:
+                opened = False
+            if self._opened_at is not None:
+                self._retry_at = time.monotonic() + self.cooldown
+        if opened and self.on_open is not None:
+            self.on_open()
+
+    def close(self) -> None:
+        """End the outage: calls go to Redis again (the probe's recovery hook decides when)."""
+        self._succeeded()
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            outage = self._opened_at
+            self._failures = 0
+            self._opened_at = None
+            self._probing = False
+        if outage is not None:
+            log.warning(
+                "Redis reachable again after %.1fs; cache back in use", time.monotonic() - outage
+            )
+
+
+class HeldBack:
+    """Invalidations Redis did not take, kept until they are sent.
+
+    ``send`` is the store's way to send tag and key invalidations (raises a Redis error on
+    failure); ``run`` sends through the breaker; ``on_hold`` drops what this process keeps in
+    memory. The breaker's probe calls ``replay`` and closes
+    the breaker under this object's lock once nothing is left, so a writer whose invalidation
+    failed either adds it before (and the probe sends it) or finds the breaker closed and sends
+    it itself before its write is answered (``hold``). The cache is never used again while a
+    write answered during an outage is still unsent.
+    """
+
+    def __init__(
+        self,
+        breaker: Breaker,
+        send: Callable[[list[str], list[str]], None],
+        ping: Callable[[], object],
+        run: Callable[[Callable[[], None]], None],
+        on_hold: Callable[[], None],
+    ) -> None:
+        self._breaker = breaker
+        self._on_hold = on_hold
+        self._send = send
+        self._ping = ping
+        self._run = run
+        self._lock = threading.Lock()
+        self._tags: set[str] = set()
+        self._keys: set[str] = set()
+
+    def hold(self, tags: Iterable[str] = (), keys: Iterable[str] = ()) -> None:
+        """Keep invalidations that failed; send them now unless the breaker is open.
+
+        While the breaker is open nothing reads the cache and its probe sends them. While it is
+        closed (a failure below the threshold, or the probe closed it meanwhile) they are sent
+        before the write is answered, retrying until they go through or the breaker opens.
+        """
+        with self._lock:
+            self._tags.update(tags)
+            self._keys.update(keys)
+        self._on_hold()
+        while not self._breaker.is_open:
+            try:
+                self._run(self._send_all)
+                return
+            except Unavailable:
+                continue
+
+    def replay(self) -> None:
+        """The breaker's probe: Redis answers, everything held back is sent, the breaker closes."""
+        self._ping()
+        self._send_all(close_when_done=True)
+
+    def _send_all(self, close_when_done: bool = False) -> None:
+        while True:
+            with self._lock:
+                tags, keys = sorted(self._tags), sorted(self._keys)
+                if not tags and not keys:
+                    if close_when_done:
+                        self._breaker.close()
+                    return
+            self._send(tags, keys)
+            with self._lock:
+                self._tags.difference_update(tags)
+                self._keys.difference_update(keys)
+            log.warning(
+                "replayed %d tag and %d key invalidations held back by the outage",
+                len(tags),
+                len(keys),
+            )

@@ -1,0 +1,153 @@
+"""The Redis store: the client, its scripts, slot routing, and the breaker every call crosses."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.crc import key_slot
+
+from taskapp.cache import metrics, scripts, stats
+from taskapp.cache.client import Unavailable, connect, redacted
+from taskapp.cache.counting import Counter
+from taskapp.cache.keys import Keys
+from taskapp.cache.resilience import Breaker, HeldBack
+from taskapp.cache.settings import CacheSettings
+
+log = logging.getLogger("taskapp.cache")
+
+
+class Store:
+    """One app's Redis in one process, behind a circuit breaker.
+
+    Every call goes through ``run`` (the breaker: a failure is counted and raised as
+    ``Unavailable``; nothing else of the cache sees a redis-py error). Scripts are registered once
+    by name. On Redis Cluster, multi-key calls are grouped by hash slot. Invalidations that Redis
+    did not take are held back and replayed before the cache is used again.
+    """
+
+    SCRIPTS = ("FILL", "LOOKUP", "RELEASE", "INVALIDATE", "DELETE", "WRITE_THROUGH")
+
+    def __init__(
+        self,
+        settings: CacheSettings,
+        keys: Keys,
+        counter: Counter,
+        on_outage: Callable[[], None],
+    ) -> None:
+        """``on_outage`` runs when the breaker opens and when an invalidation is held back."""
+        self.keys = keys
+        self.cluster = settings.cluster
+        self.version_ttl_ms = settings.version_ttl_ms
+        self.client = connect(
+            settings.redis_url, cluster=settings.cluster, timeout=settings.socket_timeout
+        )
+        self.breaker = Breaker(
+            threshold=settings.breaker_threshold,
+            cooldown=settings.breaker_cooldown,
+            on_recover=lambda: self.held_back.replay(),
+            on_open=on_outage,
+            on_error=lambda: counter.count(stats.ERROR),
+        )
+        self.held_back = HeldBack(
+            self.breaker,
+            send=self._send_invalidations,
+            ping=self.client.ping,
+            run=lambda fn: self.run(fn, op="replay"),
+            on_hold=on_outage,
+        )
+        self._scripts: dict[str, Any] = {}
+        for name in self.SCRIPTS:
+            self.script(getattr(scripts, name))
+        log.info("cache on %s (prefix %r)", redacted(settings.redis_url), keys.prefix)
+
+    def run(self, fn: Callable[[], Any], op: str = "other") -> Any:
+        """Run ``fn`` through the breaker, timed as cache operation ``op``; raises Unavailable."""
+        started = time.perf_counter()
+        try:
+            return self.breaker.call(fn)
+        finally:
+            metrics.CACHE_OP_SECONDS.labels(op).observe(time.perf_counter() - started)
+
+    def script(self, source: str) -> Any:
+        """The registered script of this Lua source (registered on first use)."""
+        registered = self._scripts.get(source)
+        if registered is None:
+            registered = self._scripts[source] = self.client.register_script(source)
+        return registered
+
+    def call(self, source: str, keys: list[str], args: list[Any], op: str = "script") -> Any:
+        """Run a script through the breaker; raises Unavailable."""
+        script = self.script(source)
+        return self.run(lambda: script(keys=keys, args=args), op=op)
+
+    # -- invalidation ---------------------------------------------------------------------
+
+    def invalidate(self, tags: list[str]) -> list[str]:
+        """Run INVALIDATE for ``tags``; the keys of the entries deleted ([] when held back)."""
+        try:
+            return self.run(lambda: self.send_invalidate(tags), op="invalidate")
+        except Unavailable:  # kept, and sent before the cache is used again
+            self.held_back.hold(tags=tags)
+            return []
+
+    def delete(self, full_keys: list[str]) -> int:
+        """Run DELETE for ``full_keys``; how many existed (0 when held back)."""
+        try:
+            return self.run(lambda: self.send_delete(full_keys), op="delete")
+        except Unavailable:
+            self.held_back.hold(keys=full_keys)
+            return 0
+
+    def send_invalidate(self, tags: list[str]) -> list[str]:
+        """INVALIDATE ``tags`` (one call per hash slot); the keys of deleted entries."""
+        deleted: list[bytes] = []
+        for group in self.by_slot(tags, self.keys.tag_set):
+            deleted += self.script(scripts.INVALIDATE)(
+                keys=[self.keys.tag_set(t) for t in group]
+                + [self.keys.tag_version(t) for t in group],
+                args=[self.version_ttl_ms, self.keys.invalidation_channel, self.keys.prefix],
+            )
+        return [k.decode() for k in deleted]
+
+    def send_delete(self, full_keys: list[str]) -> int:
+        """DELETE ``full_keys`` (one call per hash slot); how many existed."""
+        existed = 0
+        for group in self.by_slot(full_keys, lambda k: k):
+            existed += self.script(scripts.DELETE)(
+                keys=group + [self.keys.version(k) for k in group],
+                args=[self.version_ttl_ms, self.keys.invalidation_channel, self.keys.prefix],
+            )
+        return existed
+
+    def _send_invalidations(self, tags: list[str], full_keys: list[str]) -> None:
+        self.send_invalidate(tags)
+        self.send_delete(full_keys)
+
+    # -- Redis Cluster ----------------------------------------------------------------------
+
+    def by_slot(self, items: list[str], redis_key: Callable[[str], str]) -> list[list[str]]:
+        """``items`` grouped so each group's Redis keys share a hash slot (one group off Cluster)."""
+        if not self.cluster:
+            return [items] if items else []
+        groups: dict[int, list[str]] = {}
+        for item in items:
+            groups.setdefault(key_slot(redis_key(item).encode()), []).append(item)
+        return list(groups.values())
+
+    def check_slots(self, full_key: str, tags: list[str]) -> None:
+        """On Cluster, refuse tags whose keys would not share the entry's hash slot."""
+        if not self.cluster:
+            return
+        slot = key_slot(full_key.encode())
+        for tag in tags:
+            if key_slot(self.keys.tag_set(tag).encode()) != slot:
+                raise ValueError(
+                    f"tag {tag!r} is not in the hash slot of key {self.keys.strip(full_key)!r}: "
+                    "on Redis Cluster give a key and its tags the same hash tag, like {u:42}"
+                )
+
+    def close(self) -> None:
+        self.client.close()
