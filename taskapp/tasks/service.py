@@ -1,9 +1,9 @@
 """The task service: every MongoDB access and every caching decision for tasks.
 
-Views never touch the cache. Every read goes through ``_read``, where TASK_READ_STRATEGY picks
-cache-aside, read-through or refresh-ahead, and every change goes through ``_changed``, where
-TASK_WRITE_STRATEGY picks invalidate or write-through; write-behind changes take ``_stage``
-and reach MongoDB through ``apply_pending``, run by the flushers.
+Views never touch the cache. TASK_READ_STRATEGY and TASK_WRITE_STRATEGY pick a strategy object
+each, once, in ``init_app``: every read goes through the read strategy (cache-aside, read-through
+or refresh-ahead) and every change through the write strategy (invalidate, write-through or
+write-behind, whose changes reach MongoDB through ``apply_pending``, run by the flushers).
 """
 
 from __future__ import annotations
@@ -56,10 +56,9 @@ def get_task(user_id: str, task_id: str) -> dict[str, Any] | None:
 def _current_task(user_id: str, task_id: str) -> dict[str, Any] | None:
     """The task with its version: pending write-behind state first, else the cache, else MongoDB."""
     key = keys.task(user_id, task_id)
-    if _write_strategy() == "write-behind":
-        pending = cache.write_behind().pending(key)
-        if pending is not None:
-            return pending
+    pending = _writes().pending(key)
+    if pending is not None:
+        return pending
     config = current_app.config
     return _read(
         "task",
@@ -81,8 +80,7 @@ def list_tasks(user_id: str, page: int, per_page: int, completed: bool | None) -
         ttl=current_app.config["TASK_LIST_CACHE_TTL"],
         tags=[keys.collection_tag(user_id)],
     )
-    if _write_strategy() == "write-behind":
-        result["items"] = _with_pending(user_id, result["items"])
+    result["items"] = _writes().overlay(user_id, result["items"])
     return result
 
 
@@ -109,22 +107,36 @@ def activity(user_id: str, limit: int) -> dict[str, Any]:
     return {"items": items}
 
 
-def _read(
-    family: str, key: str, args: tuple, ttl: int | Callable[[Any], int], tags: list[str]
-) -> Any:
-    """Read ``key`` by TASK_READ_STRATEGY; every strategy has the same lock and version checks.
+Ttl = int | Callable[[Any], int]
 
-    cache-aside: the service fetches on a miss. read-through: the cache calls the loader
-    registered for the family. refresh-ahead: cache-aside, and hot entries are refreshed in the
-    background before they expire, so their readers never wait for MongoDB.
-    """
-    strategy = current_app.config["TASK_READ_STRATEGY"]
-    if strategy == "read-through":
+
+def _read(family: str, key: str, args: tuple, ttl: Ttl, tags: list[str]) -> Any:
+    """Read ``key`` by the read strategy; every strategy has the same lock and version checks."""
+    return current_app.extensions[EXTENSION][0].read(family, key, args, ttl, tags)
+
+
+class CacheAside:
+    """cache-aside: the service fetches from MongoDB on a miss and stores the result."""
+
+    refresh_ahead = False
+
+    def read(self, family: str, key: str, args: tuple, ttl: Ttl, tags: list[str]) -> Any:
+        fetch = partial(FETCHERS[family], *args)
+        return cache.get_or_set(key, fetch, ttl=ttl, tags=tags, refresh_ahead=self.refresh_ahead)
+
+
+class RefreshAhead(CacheAside):
+    """refresh-ahead: cache-aside, and hot entries are refreshed in the background before they
+    expire, so their readers never wait for MongoDB."""
+
+    refresh_ahead = True
+
+
+class ReadThrough:
+    """read-through: the cache calls the loader registered for the key's family."""
+
+    def read(self, family: str, key: str, args: tuple, ttl: Ttl, tags: list[str]) -> Any:
         return cache.load(family, key, *args, ttl=ttl, tags=tags)
-    fetch = partial(FETCHERS[family], *args)
-    return cache.get_or_set(
-        key, fetch, ttl=ttl, tags=tags, refresh_ahead=strategy == "refresh-ahead"
-    )
 
 
 def _with_pending(user_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -158,8 +170,11 @@ def update_task(user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] 
     tid = canonical_id(task_id)
     if tid is None:
         return None
-    if _write_strategy() == "write-behind":
-        return _stage(user_id, tid, data)
+    return _writes().update(user_id, tid, data)
+
+
+def _update_in_mongodb(user_id: str, tid: str, data: TaskUpdate) -> dict[str, Any] | None:
+    """PATCH straight to MongoDB (invalidate and write-through)."""
     update: dict[str, Any] = {"set__updated_at": utcnow(), "inc__version": 1}
     for name, value in data.changes().items():
         if name == "due_date" and value is None:
@@ -179,11 +194,7 @@ def delete_task(user_id: str, task_id: str) -> bool:
     tid = canonical_id(task_id)
     if tid is None:
         return False
-    if _write_strategy() == "write-behind":
-        try:  # before the delete: a pending state left behind would bring the task back
-            cache.write_behind().discard(keys.task(user_id, tid))
-        except Unavailable:
-            raise _queue_unavailable() from None
+    _writes().before_delete(user_id, tid)
     task = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id)).modify(remove=True)
     if task is None:
         return False
@@ -204,18 +215,7 @@ def _changed(user_id: str, action: str, task: dict[str, Any]) -> None:
         user=ObjectId(user_id), action=action, task_id=ObjectId(task_id), title=task["title"]
     )
     entry.save()
-    affected = _affected_tags(user_id, task_id)
-    if _write_strategy() == "write-through" and action != "deleted":
-        cache.write_through(
-            keys.task(user_id, task_id),
-            task,
-            version=task["version"],
-            ttl=current_app.config["TASK_CACHE_TTL"],
-            tags=[keys.task_tag(user_id, task_id)],
-            invalidate=affected,
-        )
-    else:
-        cache.invalidate_tags(*affected)
+    _writes().changed(user_id, action, task)
     cache.list_push(keys.activity(user_id), entry.to_dict(), maxlen=ACTIVITY_MAXLEN)
 
 
@@ -228,8 +228,98 @@ def _affected_tags(user_id: str, task_id: str) -> list[str]:
     ]
 
 
-def _write_strategy() -> str:
-    return current_app.config["TASK_WRITE_STRATEGY"]
+def _writes() -> Invalidate:
+    return current_app.extensions[EXTENSION][1]
+
+
+class Invalidate:
+    """invalidate: a change drops every entry it affects, through tags; the next read refills."""
+
+    def pending(self, key: str) -> dict[str, Any] | None:
+        """A change of the task not in MongoDB yet (write-behind only)."""
+        return None
+
+    def overlay(self, user_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """List items with changes not in MongoDB yet (write-behind only)."""
+        return items
+
+    def update(self, user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] | None:
+        return _update_in_mongodb(user_id, task_id, data)
+
+    def before_delete(self, user_id: str, task_id: str) -> None:
+        """Run before a task is deleted from MongoDB."""
+
+    def changed(self, user_id: str, action: str, task: dict[str, Any]) -> None:
+        """Bring the cache up to date after MongoDB has the change."""
+        cache.invalidate_tags(*_affected_tags(user_id, task["id"]))
+
+    def start(self, app: Flask) -> None:
+        """Start what this strategy runs in each serving process."""
+
+
+class WriteThrough(Invalidate):
+    """write-through: the same drops, and the task as written is stored in the same atomic step,
+    so the next read of it is a hit."""
+
+    def changed(self, user_id: str, action: str, task: dict[str, Any]) -> None:
+        if action == "deleted":
+            return super().changed(user_id, action, task)
+        task_id = task["id"]
+        cache.write_through(
+            keys.task(user_id, task_id),
+            task,
+            version=task["version"],
+            ttl=current_app.config["TASK_CACHE_TTL"],
+            tags=[keys.task_tag(user_id, task_id)],
+            invalidate=_affected_tags(user_id, task_id),
+        )
+
+
+class WriteBehind(Invalidate):
+    """write-behind: a PATCH is answered from Redis at once and applied to MongoDB by flushers;
+    reads see the pending change first."""
+
+    def pending(self, key: str) -> dict[str, Any] | None:
+        return cache.write_behind().pending(key)
+
+    def overlay(self, user_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return _with_pending(user_id, items)
+
+    def update(self, user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] | None:
+        return _stage(user_id, task_id, data)
+
+    def before_delete(self, user_id: str, task_id: str) -> None:
+        try:  # before the delete: a pending state left behind would bring the task back
+            cache.write_behind().discard(keys.task(user_id, task_id))
+        except Unavailable:
+            raise _queue_unavailable() from None
+
+    def start(self, app: Flask) -> None:
+        """A flusher in each serving process, started by its first request (after gunicorn's
+        fork), not by CLI runs."""
+        started = threading.Lock()
+        flusher: list[Any] = []
+
+        @app.before_request
+        def start_flusher() -> None:
+            if not flusher:
+                with started:
+                    if not flusher:
+                        flusher.append(cache.flusher(apply_pending))
+                        flusher[0].start()
+
+
+EXTENSION = "taskapp.tasks"
+READ_STRATEGIES = {
+    "cache-aside": CacheAside,
+    "read-through": ReadThrough,
+    "refresh-ahead": RefreshAhead,
+}
+WRITE_STRATEGIES = {
+    "invalidate": Invalidate,
+    "write-through": WriteThrough,
+    "write-behind": WriteBehind,
+}
 
 
 # Write-behind
@@ -298,22 +388,13 @@ def _parse_date(value: str | None) -> datetime | None:
 
 
 def init_app(app: Flask) -> None:
-    """Register the loaders of read-through; run a write-behind flusher in each serving process."""
+    """Choose the read and write strategies once; register the loaders of read-through."""
     for family, fetch in FETCHERS.items():
         cache.register_loader(family, fetch)
-    if app.config["TASK_WRITE_STRATEGY"] != "write-behind":
-        return
-    started = threading.Lock()
-    flusher: list[Any] = []
-
-    @app.before_request
-    def start_flusher() -> None:
-        # Started by the first request of the process (after gunicorn's fork), not by CLI runs.
-        if not flusher:
-            with started:
-                if not flusher:
-                    flusher.append(cache.flusher(apply_pending))
-                    flusher[0].start()
+    reads = READ_STRATEGIES[app.config["TASK_READ_STRATEGY"]]()
+    writes = WRITE_STRATEGIES[app.config["TASK_WRITE_STRATEGY"]]()
+    app.extensions[EXTENSION] = (reads, writes)
+    writes.start(app)
 
 
 # MongoDB reads (each through db.read, materialised inside it)
