@@ -111,7 +111,10 @@ def _jwt() -> Flask:
         try:
             # The same call as taskapp's token check (taskapp/auth/tokens.py).
             jwt.decode(
-                token.strip(), secret, algorithms=["HS256"], options={"require": ["exp", "iat", "sub"]}
+                token.strip(),
+                secret,
+                algorithms=["HS256"],
+                options={"require": ["exp", "iat", "sub"]},
             )
         except jwt.InvalidTokenError:
             abort(401)
