@@ -469,7 +469,13 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         (
             f"- Machine: {env['cpus']} CPUs ({env['cpu']}); load average {load[0]:.1f} when the "
-            "measurements began. wrk, the client of the stampede and every server share these cores, "
+            "measurements began"
+            + (
+                f" and {results['load_after_throughput'][0]:.1f} when the throughput phase ended"
+                if results.get("load_after_throughput")
+                else ""
+            )
+            + ". wrk, the client of the stampede and every server share these cores, "
             "and anything else running on the machine adds noise (see the spread of the slices)."
         ),
         (
@@ -502,7 +508,18 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         (
             "- Seeding: register, log in and create a task through the HTTP API of each taskapp server. "
-            f"The comparison apps serve that task's exact JSON ({results.get('payload_bytes', '?')} bytes)."
+            f"The comparison apps serve that task's exact JSON ({results.get('payload_bytes', '?')} bytes)"
+            + (
+                "; before measuring, the run compared the raw WSGI, bare Flask and PyJWT answers "
+                "with taskapp's bytes: "
+                + (
+                    "identical."
+                    if not results["baselines_with_other_bytes"]
+                    else "different in " + ", ".join(results["baselines_with_other_bytes"]) + "."
+                )
+                if "baselines_with_other_bytes" in results
+                else "."
+            )
         ),
         (
             "- No-cache row: taskapp has no route that always reads MongoDB (`Cache-Control: no-cache` "

@@ -727,15 +727,17 @@ class Bench:
 
     def check_payloads(self, scenarios: list[Scenario]) -> None:
         """Every baseline answers taskapp's exact bytes (a difference is recorded and logged)."""
-        sizes = {}
+        sizes, differ = {}, []
         for s in scenarios:
             status, _, body = http("GET", s.url, headers={"Authorization": f"Bearer {s.token}"})
             sizes[s.key] = len(body)
             if s.key.split("_w")[0] in ("raw", "bare", "jwt") and body.decode() != self.task_json:
+                differ.append(s.key)
                 log(
                     f"warning: {s.key} answers {status} with other bytes than taskapp: {body[:80]!r}"
                 )
         self.results["payload_bytes_by_row"] = sizes
+        self.results["baselines_with_other_bytes"] = differ
 
     # -- the whole run ------------------------------------------------------------------------
 
