@@ -500,7 +500,8 @@ def markdown(results: dict[str, Any]) -> str:
         (
             f"- Settings of every server: REDIS_URL pointing at the run's own redis-server on a free "
             f"loopback port (never 127.0.0.1:6379), SECRET_KEY set, SIMULATED_DB_LATENCY_MS="
-            f"{env['db_latency_ms']}, RATE_LIMIT_PER_MINUTE=0. The per-user rate limit is off because "
+            f"{env['db_latency_ms']} (0 for taskapp's uncached read without the simulated delay), "
+            "RATE_LIMIT_PER_MINUTE=0. The per-user rate limit is off because "
             "wrk sends thousands of requests a second as one user: with the default 600 per minute "
             "almost every request would be a 429, and the limiter's own Redis round trip (a sorted-set "
             "script per request) would be part of every figure. With it on, a request costs one more "
@@ -526,7 +527,9 @@ def markdown(results: dict[str, Any]) -> str:
             "only skips the HTTP layer; the service cache still answers), so the row is the bench's own "
             "`nocache` app in `bench/apps.py`: the same 50 ms read (a sleep) on every request. It does "
             "no authentication and no MongoDB query, so it is slightly cheaper than a real uncached "
-            "taskapp read."
+            "taskapp read. taskapp's own uncached read is in the table of the servers with several "
+            "workers: a server whose Redis refuses connections, with the in-process layer off, so "
+            "every GET checks the token, finds the breaker open and reads FerretDB."
         ),
         (
             "- The comparison apps do no authentication, except the Flask + PyJWT row, which decodes "
