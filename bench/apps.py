@@ -3,7 +3,11 @@
 Served exactly like taskapp (``gunicorn -c gunicorn.conf.py 'bench.apps:create_app("bare")'``) so
 every figure shares the server, its worker and thread settings, and its access log:
 
+- ``raw``: no Flask at all, a plain WSGI callable answering the task's JSON bytes with the same
+  headers as ``bare``; the ceiling of the server itself.
 - ``bare``: a fixed task JSON, nothing else; the ceiling of a Flask JSON route on this server.
+- ``jwt``: ``bare`` plus one PyJWT decode of the bearer token (HS256 with SECRET_KEY, the claims
+  taskapp requires), 401 without a valid one: what a token check adds to a route.
 - ``nocache``: the same task read from a slow "database" (a sleep of SIMULATED_DB_LATENCY_MS) on
   every request; the "no cache" row.
 - ``flask_caching``: that slow read behind Flask-Caching's ``@cache.cached`` with
@@ -13,8 +17,8 @@ every figure shares the server, its worker and thread settings, and its access l
 
 Every app counts its slow reads (``GET /_bench/fetches``) and marks the response of a request that
 read the "database" ``X-Cache: MISS`` (others ``HIT``), as taskapp does, so the benchmark counts
-fills and tells the filler from the waiters the same way for all of them. The routes do no
-authentication: the ``Authorization`` header the load generator sends is ignored.
+fills and tells the filler from the waiters the same way for all of them. Except in ``jwt``, the
+routes do no authentication: the ``Authorization`` header the load generator sends is ignored.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, g
+import jwt
+from flask import Flask, abort, g, request
 
 ROUTE = "/api/v1/tasks/<task_id>"
 
@@ -89,6 +94,59 @@ def _bare() -> Flask:
     @app.get(ROUTE)
     def get_task(task_id: str) -> dict[str, Any]:
         return task
+
+    return app
+
+
+def _jwt() -> Flask:
+    app = _base_app(None)
+    task = _task()
+    secret = os.environ["SECRET_KEY"]
+
+    @app.get(ROUTE)
+    def get_task(task_id: str) -> dict[str, Any]:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            abort(401)
+        try:
+            # The same call as taskapp's token check (taskapp/auth/tokens.py).
+            jwt.decode(
+                token.strip(),
+                secret,
+                algorithms=["HS256"],
+                options={"require": ["exp", "iat", "sub"]},
+            )
+        except jwt.InvalidTokenError:
+            abort(401)
+        return task
+
+    return app
+
+
+def _raw() -> Callable[..., Any]:
+    """A WSGI callable, no framework: the task's bytes on the task route, a zero on the counter."""
+    raw = os.environ.get("BENCH_TASK_JSON")
+    body = (raw if raw else json.dumps(DEFAULT_TASK)).encode()
+    if not body.endswith(b"\n"):
+        body += b"\n"  # as Flask's JSON responses
+    fetches = b'{"fetches":0}\n'
+
+    def headers(length: int) -> list[tuple[str, str]]:
+        return [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(length)),
+            ("X-Cache", "HIT"),
+        ]
+
+    task_headers = headers(len(body))
+    fetches_headers = headers(len(fetches))
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ["PATH_INFO"] == "/_bench/fetches":
+            start_response("200 OK", fetches_headers)
+            return [fetches]
+        start_response("200 OK", task_headers)
+        return [body]
 
     return app
 
@@ -166,16 +224,22 @@ def _seed_lock(db: SlowDatabase) -> Flask:
     return app
 
 
-def create_app(name: str) -> Flask:
-    """One of the comparison apps: bare, nocache, flask_caching or seed_lock."""
+def create_app(name: str) -> Callable[..., Any]:
+    """One of the comparison apps: raw, bare, jwt, nocache, flask_caching or seed_lock."""
     latency = int(os.environ.get("SIMULATED_DB_LATENCY_MS", "50"))
     db = SlowDatabase(_task(), latency)
+    if name == "raw":
+        return _raw()
     if name == "bare":
         return _bare()
+    if name == "jwt":
+        return _jwt()
     if name == "nocache":
         return _nocache(db)
     if name == "flask_caching":
         return _flask_caching(db)
     if name == "seed_lock":
         return _seed_lock(db)
-    raise ValueError(f"unknown bench app {name!r}: bare, nocache, flask_caching or seed_lock")
+    raise ValueError(
+        f"unknown bench app {name!r}: raw, bare, jwt, nocache, flask_caching or seed_lock"
+    )

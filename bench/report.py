@@ -14,9 +14,11 @@ RESULTS_JSON = BENCH / "out" / "results.json"
 RESULTS_MD = BENCH / "results.md"
 RESULTS_PNG = BENCH / "results.png"
 
-#: Rows of the main table, in order: (key in results["runs"], what the row measures).
+#: Rows of the one-worker table, in order: (key in results["runs"], what the row measures).
 ROWS = [
-    ("bare", "a fixed task JSON from a bare Flask route: the ceiling"),
+    ("raw", "a WSGI callable, no Flask: the same bytes and headers; the server's ceiling"),
+    ("bare", "a fixed task JSON from a bare Flask route: the reference of the ratios"),
+    ("jwt", "the bare route + one `jwt.decode` (HS256) of taskapp's bearer token"),
     ("nocache", "a 50 ms read on every request (the bench's own app)"),
     ("flask_caching", "`@cache.cached` with `CACHE_TYPE=RedisCache`, defaults"),
     ("seed_lock", "the seed lesson's `getOrSet` (SET NX lock, 100 ms polls)"),
@@ -30,7 +32,35 @@ ROWS = [
         "same GET with `Cache-Control: no-cache`, L1 on: the service cache answers from memory",
     ),
 ]
+#: Rows of the table of the servers with several workers (FerretDB + Redis); keys end in _w<N>.
+MULTI_ROWS = [
+    ("raw", "as the one-worker row"),
+    ("bare", "as the one-worker row: the reference of the ratios"),
+    ("jwt", "as the one-worker row"),
+    ("taskapp_http", "GET /api/v1/tasks/<id> answered by the HTTP response layer"),
+    ("taskapp_redis", "`Cache-Control: no-cache`, L1_CACHE_MAX_ITEMS=0: answered from Redis"),
+    ("taskapp_l1", "`Cache-Control: no-cache`, L1 on: answered from memory"),
+    (
+        "taskapp_uncached0",
+        "`no-cache`, L1 off, Redis refusing connections: token check + a FerretDB read per request",
+    ),
+    ("taskapp_uncached50", "the same + SIMULATED_DB_LATENCY_MS=50"),
+]
 HIT_ROWS = ("taskapp_http", "taskapp_redis", "taskapp_l1")
+
+
+def workers_multi(results: dict[str, Any]) -> int:
+    """The worker count of the FerretDB servers (0 when the run had none)."""
+    n = results["environment"].get("gunicorn_workers_multi", 0)
+    return n if f"bare_w{n}" in results["runs"] else 0
+
+
+def multi_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """MULTI_ROWS with their keys in this run."""
+    n = workers_multi(results)
+    return [(f"{key}_w{n}", what) for key, what in MULTI_ROWS] if n else []
+
+
 STAMPEDE = ("flask_caching", "seed_lock", "taskapp")
 
 
@@ -121,16 +151,19 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return rows
 
 
-def main_table(results: dict[str, Any]) -> list[str]:
+def main_table(
+    results: dict[str, Any], rows: list[tuple[str, str]] = ROWS, bare_key: str = "bare"
+) -> list[str]:
+    """Every figure of ``rows``; ratios to ``bare_key`` (the bare Flask route, same workers)."""
     lines = [
         (
             "| row | what it measures | req/s, 1 conn | p50 / p99 ms, 1 conn | req/s, 32 conn | p50 / p99 ms, 32 conn "
-            "| × bare (1 / 32) | worker CPU µs per request (1 / 32) | DB reads per 1,000 | non-2xx |"
+            "| × bare (1 / 32) | CPU µs per request, all workers (1 / 32) | DB reads per 1,000 | non-2xx |"
         ),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    bare = {c: figure(results, "bare", c)["rps"] for c in (1, 32)}
-    for key, what in ROWS:
+    bare = {c: figure(results, bare_key, c)["rps"] for c in (1, 32)}
+    for key, what in rows:
         if key not in results["runs"]:
             continue
         run = results["runs"][key]
@@ -153,13 +186,52 @@ def spread_table(results: dict[str, Any]) -> list[str]:
         "| row | req/s of each slice, 1 conn | req/s of each slice, 32 conn |",
         "|---|---|---|",
     ]
-    for key, _ in ROWS:
+    for key, _ in ROWS + multi_rows(results):
         if key in results["runs"]:
             one, many = figure(results, key, 1), figure(results, key, 32)
             lines.append(
-                f"| {results['runs'][key]['label']} | {', '.join(f'{x:.0f}' for x in one['rps_slices'])} "
+                f"| {row_label(results, key)} | {', '.join(f'{x:.0f}' for x in one['rps_slices'])} "
                 f"| {', '.join(f'{x:.0f}' for x in many['rps_slices'])} |"
             )
+    return lines
+
+
+def row_label(results: dict[str, Any], key: str) -> str:
+    """The row's label with its worker count."""
+    run = results["runs"][key]
+    workers = run.get("workers", 1)
+    return f"{run['label']} [{workers} worker{'s' if workers > 1 else ''}]"
+
+
+def side_by_side(results: dict[str, Any]) -> list[str]:
+    """The rows measured at both worker counts, next to each other."""
+    n = workers_multi(results)
+    if not n:
+        return []
+    lines = [
+        (
+            f"| row | 1 worker: req/s, 1 / 32 conn | × bare Flask, 1 worker | {n} workers: req/s, "
+            f"1 / 32 conn | × bare Flask, {n} workers | {n} workers ÷ 1 worker, 1 / 32 conn |"
+        ),
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    bare1 = {c: figure(results, "bare", c)["rps"] for c in (1, 32)}
+    baren = {c: figure(results, f"bare_w{n}", c)["rps"] for c in (1, 32)}
+    for key, _ in MULTI_ROWS:
+        many = f"{key}_w{n}"
+        if many not in results["runs"]:
+            continue
+        b = {c: figure(results, many, c)["rps"] for c in (1, 32)}
+        if key in results["runs"]:
+            a = {c: figure(results, key, c)["rps"] for c in (1, 32)}
+            one = f"{a[1]:.0f} / {a[32]:.0f} | {a[1] / bare1[1]:.2f} / {a[32] / bare1[32]:.2f}"
+            scale = f"{b[1] / a[1]:.2f} / {b[32] / a[32]:.2f}"
+        else:
+            one, scale = "– | –", "–"
+        lines.append(
+            f"| {results['runs'][many]['label']} | {one} | {b[1]:.0f} / {b[32]:.0f} "
+            f"| {b[1] / baren[1]:.2f} / {b[32] / baren[32]:.2f} | {scale} |"
+        )
     return lines
 
 
@@ -303,7 +375,49 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         "",
     ]
+    n = workers_multi(results)
+    out += [
+        (
+            "Every row of both tables was measured in the same interleaved slices, under the same "
+            "gunicorn settings; ratios are to the bare Flask route with the same number of workers, "
+            "at the same number of connections."
+        ),
+        "",
+        "### One worker (taskapp on the embedded MongoDB)",
+        "",
+    ]
     out += main_table(results)
+    if n:
+        out += [
+            "",
+            f"### {n} workers, taskapp on FerretDB and the bench's redis-server",
+            "",
+            (
+                f"GUNICORN_WORKERS={n}; taskapp's MONGODB_URI is the run's own FerretDB (SQLite "
+                "backend, a database per server), so the workers share their data and the cache is "
+                "coherent across them. Hit rows: SIMULATED_DB_LATENCY_MS=50, as the one-worker rows "
+                "(a hit does not read the database). taskapp's uncached read: every taskapp read "
+                "route is cached, so this server's REDIS_URL points at a closed port (the breaker "
+                "stays open), the in-process layer is off and the request says `no-cache`: each GET "
+                "verifies the token and reads FerretDB, with no simulated delay (the real read "
+                "cost) and with 50 ms."
+            ),
+            "",
+        ]
+        out += main_table(results, multi_rows(results), f"bare_w{n}")
+        out += [
+            "",
+            f"### Side by side: 1 and {n} workers",
+            "",
+            (
+                "The one-worker taskapp rows run on the embedded MongoDB, the others on FerretDB; "
+                "a hit reads neither. The machine has "
+                f"{results['environment']['cpus']} CPUs, shared with wrk and the other servers, so "
+                f"{n} workers cannot give {n}× at one connection (one request at a time)."
+            ),
+            "",
+        ]
+        out += side_by_side(results)
     out += [
         "",
         (
@@ -355,7 +469,13 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         (
             f"- Machine: {env['cpus']} CPUs ({env['cpu']}); load average {load[0]:.1f} when the "
-            "measurements began. wrk, the client of the stampede and every server share these cores, "
+            "measurements began"
+            + (
+                f" and {results['load_after_throughput'][0]:.1f} when the throughput phase ended"
+                if results.get("load_after_throughput")
+                else ""
+            )
+            + ". wrk, the client of the stampede and every server share these cores, "
             "and anything else running on the machine adds noise (see the spread of the slices)."
         ),
         (
@@ -365,18 +485,23 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         (
             f"- Servers: each app is served by `gunicorn -c gunicorn.conf.py` (gthread) with "
-            f"GUNICORN_WORKERS={env['gunicorn_workers']} and GUNICORN_THREADS={env['gunicorn_threads']}, "
+            f"GUNICORN_THREADS={env['gunicorn_threads']} (GUNICORN_WORKERS=1 in the one-worker table), "
             "and the configuration file's access log to stdout (written to `bench/out/<app>.log`). "
             "taskapp runs with `MONGODB_URI=mongomock://localhost/bench`, the embedded store, which "
             "keeps its data in one process, so gunicorn.conf.py forces one worker: the comparison apps "
             "get one worker too. Enough threads that all requests of a stampede are in flight at once. "
-            "Every figure here is therefore one Python process, bounded by one GIL; a real MongoDB "
-            "allows (2 × CPUs) + 1 workers."
+            "Every figure of the one-worker table is therefore one Python process, bounded by one "
+            f"GIL. The other table's servers run GUNICORN_WORKERS={env.get('gunicorn_workers_multi', '?')} "
+            "with the same threads, taskapp on the run's own FerretDB 1.24.2 (built by "
+            "`scripts/build-ferretdb`, SQLite files in a temporary folder removed afterwards) and "
+            "the run's redis-server; the raw WSGI, bare Flask and Flask + PyJWT apps are served "
+            "again at that worker count."
         ),
         (
             f"- Settings of every server: REDIS_URL pointing at the run's own redis-server on a free "
             f"loopback port (never 127.0.0.1:6379), SECRET_KEY set, SIMULATED_DB_LATENCY_MS="
-            f"{env['db_latency_ms']}, RATE_LIMIT_PER_MINUTE=0. The per-user rate limit is off because "
+            f"{env['db_latency_ms']} (0 for taskapp's uncached read without the simulated delay), "
+            "RATE_LIMIT_PER_MINUTE=0. The per-user rate limit is off because "
             "wrk sends thousands of requests a second as one user: with the default 600 per minute "
             "almost every request would be a 429, and the limiter's own Redis round trip (a sorted-set "
             "script per request) would be part of every figure. With it on, a request costs one more "
@@ -384,19 +509,33 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         (
             "- Seeding: register, log in and create a task through the HTTP API of each taskapp server. "
-            f"The comparison apps serve that task's exact JSON ({results.get('payload_bytes', '?')} bytes)."
+            f"The comparison apps serve that task's exact JSON ({results.get('payload_bytes', '?')} bytes)"
+            + (
+                "; before measuring, the run compared the raw WSGI, bare Flask and PyJWT answers "
+                "with taskapp's bytes: "
+                + (
+                    "identical."
+                    if not results["baselines_with_other_bytes"]
+                    else "different in " + ", ".join(results["baselines_with_other_bytes"]) + "."
+                )
+                if "baselines_with_other_bytes" in results
+                else "."
+            )
         ),
         (
             "- No-cache row: taskapp has no route that always reads MongoDB (`Cache-Control: no-cache` "
             "only skips the HTTP layer; the service cache still answers), so the row is the bench's own "
             "`nocache` app in `bench/apps.py`: the same 50 ms read (a sleep) on every request. It does "
             "no authentication and no MongoDB query, so it is slightly cheaper than a real uncached "
-            "taskapp read."
+            "taskapp read. taskapp's own uncached read is in the table of the servers with several "
+            "workers: a server whose Redis refuses connections, with the in-process layer off, so "
+            "every GET checks the token, finds the breaker open and reads FerretDB."
         ),
         (
-            "- The comparison apps do no authentication; taskapp verifies the bearer token (an HS256 "
-            "JWT) on every request, builds per-user keys and counts metrics. That is part of its cost "
-            "against the bare route."
+            "- The comparison apps do no authentication, except the Flask + PyJWT row, which decodes "
+            "taskapp's own bearer token (HS256, `exp`, `iat` and `sub` required) as taskapp's token "
+            "check does. taskapp verifies the token on every request, builds per-user keys and counts "
+            "metrics. wrk sends the same `Authorization` header to the raw, bare and PyJWT rows."
         ),
         (
             "- `Cache-Control: no-cache` rows: the HTTP layer neither looks up nor stores the "
@@ -409,8 +548,8 @@ def markdown(results: dict[str, Any]) -> str:
             "in-process layer like any other entry."
         ),
         (
-            f"- Throughput ratios use the bare route at the same number of connections ({bare32:.0f} "
-            "req/s at 32)."
+            f"- Throughput ratios use the bare Flask route with the same number of workers at the "
+            f"same number of connections ({bare32:.0f} req/s at 32 with one worker)."
         ),
     ]
     return "\n".join(out) + "\n"
@@ -422,12 +561,16 @@ def chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k, _ in ROWS if k in results["runs"]]
-    labels = [results["runs"][k]["label"] for k in keys]
-    fig, axes = plt.subplots(2, 2, figsize=(15, 10.5))
+    keys = [k for k, _ in ROWS + multi_rows(results) if k in results["runs"]]
+    labels = [row_label(results, k) for k in keys]
+    n = workers_multi(results)
+    fig, axes = plt.subplots(
+        2, 2, figsize=(16, 16), gridspec_kw={"height_ratios": [max(len(keys), 7) / 7, 1]}
+    )
     fig.suptitle(
-        f"taskapp benchmark, {results['environment']['date']} — one gunicorn worker, "
-        f"{results['environment']['gunicorn_threads']} threads, 50 ms simulated DB read",
+        f"taskapp benchmark, {results['environment']['date']} — 1"
+        + (f" and {n} gunicorn workers" if n else " gunicorn worker")
+        + f", {results['environment']['gunicorn_threads']} threads each",
         fontsize=13,
     )
 
@@ -443,11 +586,11 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.text(a, y - height / 2, f" {a:.0f}", va="center", fontsize=8)
         ax.text(b, y + height / 2, f" {b:.0f}", va="center", fontsize=8)
     ax.axvline(
-        figure(results, "bare", 32)["rps"] * 0.85,
+        figure(results, "bare", 32)["rps"],
         color="#c0392b",
         ls="--",
         lw=1,
-        label="0.85 × bare (32 conn)",
+        label="bare Flask, 1 worker (32 conn)",
     )
     ax.set_yticks(list(ys), labels, fontsize=8)
     ax.invert_yaxis()

@@ -1,8 +1,16 @@
 """The benchmark run behind ``bench/run``: every figure in one run, on one server setup.
 
-It starts its own redis-server on a free loopback port and serves taskapp (twice: in-process layer
-on and off) and the comparison apps of ``bench/apps.py``, all with ``gunicorn -c gunicorn.conf.py``
-and the same worker and thread settings. Then, in phases:
+It starts its own redis-server and FerretDB (a MongoDB wire-protocol server on SQLite, built once by
+``scripts/build-ferretdb``) on free loopback ports and serves, all with
+``gunicorn -c gunicorn.conf.py`` and the same thread settings:
+
+- one worker: taskapp on the embedded MongoDB (twice: in-process layer on and off) and the
+  comparison apps of ``bench/apps.py`` (the raw WSGI callable, bare Flask, Flask + PyJWT, ...);
+- ``--workers`` workers (2): taskapp on FerretDB and the bench's Redis (in-process layer on and off),
+  taskapp whose Redis refuses connections (its uncached read, with SIMULATED_DB_LATENCY_MS=0 and
+  50), and the raw WSGI callable, bare Flask and Flask + PyJWT again.
+
+Then, in phases:
 
 1. throughput and latency: wrk at 1 and 32 connections against every scenario, in short slices
    taken in turn (scenario after scenario, several rounds), so that a noisy moment on the machine
@@ -13,7 +21,7 @@ and the same worker and thread settings. Then, in phases:
 
 Results go to ``bench/out/results.json``; ``bench/report.py`` turns them into ``bench/results.md``
 and ``bench/results.png``. Every process started here is stopped on the way out (a paused
-redis-server is resumed first), also on Ctrl-C or SIGTERM.
+redis-server is resumed first), also on Ctrl-C or SIGTERM, and FerretDB's data folder is removed.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -158,11 +167,12 @@ class Server:
     reads: Callable[[], float]  # source (database) reads so far
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system, all threads) its gunicorn worker has used so far."""
-        fields = (
-            Path(f"/proc/{worker_pid(self.proc.pid)}/stat").read_text().rpartition(")")[2].split()
-        )
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time (user + system, all threads) its gunicorn workers have used so far."""
+        total = 0
+        for pid in worker_pids(self.proc.pid):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -173,6 +183,8 @@ class Scenario:
     url: str
     token: str = ""
     cache_control: str = ""
+    workers: int = 1
+    backend: str = ""
 
 
 class Bench:
@@ -181,6 +193,8 @@ class Bench:
         self.procs = procs
         self.redis: subprocess.Popen | None = None
         self.redis_url = ""
+        self.mongodb_url = ""
+        self.ferretdb_dir = ""
         self.secret = secrets.token_urlsafe(32)
         self.task_json = ""
         self.results: dict[str, Any] = {"runs": {}, "stampede": {}, "hung": {}, "profiles": {}}
@@ -217,6 +231,66 @@ class Bench:
             time.sleep(0.1)
         raise RuntimeError("the bench redis-server did not answer")
 
+    def start_ferretdb(self) -> None:
+        """FerretDB (SQLite backend) on a free loopback port, its files in a temporary folder."""
+        import pymongo
+
+        log("FerretDB: scripts/build-ferretdb (builds it once into a cache outside the repo)")
+        build = subprocess.run(
+            [str(ROOT / "scripts" / "build-ferretdb")],
+            check=False,
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=1800,
+        )
+        if build.returncode != 0 or not build.stdout.strip():
+            raise RuntimeError("scripts/build-ferretdb failed (its output is above)")
+        binary = build.stdout.strip().splitlines()[-1]
+        port = free_port()
+        self.ferretdb_dir = tempfile.mkdtemp(prefix="taskapp-bench-ferretdb-")
+        argv = [
+            binary,
+            "--handler=sqlite",
+            f"--sqlite-url=file:{self.ferretdb_dir}/",
+            f"--listen-addr={LOOPBACK}:{port}",
+            "--telemetry=disable",
+            "--log-level=error",
+            "--debug-addr=-",
+        ]
+        proc = self.procs.start("ferretdb", argv, dict(os.environ))
+        self.mongodb_url = f"mongodb://{LOOPBACK}:{port}"
+        client = pymongo.MongoClient(self.mongodb_url, serverSelectionTimeoutMS=200)
+        deadline = time.monotonic() + 30
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError("FerretDB exited; see bench/out/ferretdb.log")
+                try:
+                    client.admin.command("ping")
+                    break
+                except pymongo.errors.PyMongoError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            "FerretDB did not answer; see bench/out/ferretdb.log"
+                        ) from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        log(f"FerretDB pid {proc.pid} on {LOOPBACK}:{port}, data in {self.ferretdb_dir}")
+
+    def cleanup(self) -> None:
+        """Remove FerretDB's data folder (its process is stopped with the others)."""
+        if self.ferretdb_dir:
+            shutil.rmtree(self.ferretdb_dir, ignore_errors=True)
+
+    def multi(self, name: str, **extra: str) -> dict[str, str]:
+        """Settings of a server with --workers workers: FerretDB (a database of its own) and Redis."""
+        return {
+            "GUNICORN_WORKERS": str(self.args.workers),
+            "MONGODB_URI": f"{self.mongodb_url}/bench_{name.replace('-', '_')}",
+            **extra,
+        }
+
     def server_env(self, port: int, name: str, extra: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
@@ -251,8 +325,11 @@ class Bench:
         base, proc = self.gunicorn(name, "wsgi:app", "/healthz", **extra)
         return Server(name, base, proc, lambda: self.counter(base, "taskapp_db_reads_total"))
 
-    def bench_app(self, name: str) -> Server:
-        base, proc = self.gunicorn(name, f'bench.apps:create_app("{name}")', "/_bench/fetches")
+    def bench_app(self, app: str, name: str = "", **extra: str) -> Server:
+        name = name or app
+        base, proc = self.gunicorn(
+            name, f'bench.apps:create_app("{app}")', "/_bench/fetches", **extra
+        )
         return Server(
             name,
             base,
@@ -375,6 +452,8 @@ class Bench:
                 "label": s.label,
                 "server": s.server.name,
                 "cache_control": s.cache_control,
+                "workers": s.workers,
+                "backend": s.backend,
                 "by_connections": by_connections,
             }
 
@@ -558,6 +637,108 @@ class Bench:
             time.sleep(0.5)
         log("warning: taskapp did not report Redis back within 30 s")
 
+    # -- the servers with several workers -----------------------------------------------------
+
+    def multi_worker_scenarios(self, token: str, fixed: str) -> list[Scenario]:
+        """FerretDB and --workers workers: the baselines, taskapp's hits and its uncached read."""
+        self.start_ferretdb()
+        n = self.args.workers
+        ferret = "FerretDB"
+        found = []
+        for app, label in (
+            ("raw", "raw WSGI callable (the server's ceiling)"),
+            ("bare", "bare Flask route"),
+            ("jwt", "bare Flask + one PyJWT decode"),
+        ):
+            server = self.bench_app(app, f"{app}-w{n}", **self.multi(f"{app}-w{n}"))
+            found.append(
+                Scenario(f"{app}_w{n}", label, server, server.base + fixed, token, workers=n)
+            )
+
+        task_l1 = self.taskapp(f"taskapp-w{n}", **self.multi(f"taskapp-w{n}"))
+        token_l1, task_id = self.seed(task_l1.base, f"bench-l1-w{n}@example.com")
+        url_l1 = task_l1.base + TASK_PATH.format(id=task_id)
+        task_redis = self.taskapp(
+            f"taskapp-no-l1-w{n}", **self.multi(f"taskapp-no-l1-w{n}", L1_CACHE_MAX_ITEMS="0")
+        )
+        token_redis, task_id = self.seed(task_redis.base, f"bench-redis-w{n}@example.com")
+        url_redis = task_redis.base + TASK_PATH.format(id=task_id)
+        found += [
+            Scenario(
+                f"taskapp_http_w{n}",
+                "taskapp: HTTP response layer hit",
+                task_l1,
+                url_l1,
+                token_l1,
+                workers=n,
+                backend=ferret,
+            ),
+            Scenario(
+                f"taskapp_redis_w{n}",
+                "taskapp: Redis hit (L1 off, no-cache)",
+                task_redis,
+                url_redis,
+                token_redis,
+                "no-cache",
+                workers=n,
+                backend=ferret,
+            ),
+            Scenario(
+                f"taskapp_l1_w{n}",
+                "taskapp: in-process hit (no-cache)",
+                task_l1,
+                url_l1,
+                token_l1,
+                "no-cache",
+                workers=n,
+                backend=ferret,
+            ),
+        ]
+        # taskapp's uncached read: its Redis refuses connections (the breaker stays open) and the
+        # in-process layer is off, so every GET verifies the token and reads FerretDB.
+        for latency in (0, DB_LATENCY_MS):
+            name = f"taskapp-uncached{latency}-w{n}"
+            server = self.taskapp(
+                name,
+                **self.multi(
+                    name,
+                    REDIS_URL=f"redis://{LOOPBACK}:{free_port()}/0",
+                    L1_CACHE_MAX_ITEMS="0",
+                    SIMULATED_DB_LATENCY_MS=str(latency),
+                ),
+            )
+            tok, task_id = self.seed(server.base, f"bench-uncached{latency}-w{n}@example.com")
+            what = (
+                "the FerretDB read alone" if latency == 0 else f"FerretDB + {latency} ms simulated"
+            )
+            found.append(
+                Scenario(
+                    f"taskapp_uncached{latency}_w{n}",
+                    f"taskapp: uncached read ({what})",
+                    server,
+                    server.base + TASK_PATH.format(id=task_id),
+                    tok,
+                    "no-cache",
+                    workers=n,
+                    backend=ferret,
+                )
+            )
+        return found
+
+    def check_payloads(self, scenarios: list[Scenario]) -> None:
+        """Every baseline answers taskapp's exact bytes (a difference is recorded and logged)."""
+        sizes, differ = {}, []
+        for s in scenarios:
+            status, _, body = http("GET", s.url, headers={"Authorization": f"Bearer {s.token}"})
+            sizes[s.key] = len(body)
+            if s.key.split("_w")[0] in ("raw", "bare", "jwt") and body.decode() != self.task_json:
+                differ.append(s.key)
+                log(
+                    f"warning: {s.key} answers {status} with other bytes than taskapp: {body[:80]!r}"
+                )
+        self.results["payload_bytes_by_row"] = sizes
+        self.results["baselines_with_other_bytes"] = differ
+
     # -- the whole run ------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -579,12 +760,26 @@ class Bench:
         url_redis = task_redis.base + TASK_PATH.format(id=task_id)
 
         apps = {
-            name: self.bench_app(name) for name in ("bare", "nocache", "flask_caching", "seed_lock")
+            name: self.bench_app(name)
+            for name in ("raw", "bare", "jwt", "nocache", "flask_caching", "seed_lock")
         }
         fixed = TASK_PATH.format(id="6650f0c2a1b2c3d4e5f60718")
+        mongomock = "embedded (mongomock)"
         scenarios = [
             Scenario(
-                "bare", "bare Flask route (the limit)", apps["bare"], apps["bare"].base + fixed
+                "raw",
+                "raw WSGI callable (the server's ceiling)",
+                apps["raw"],
+                apps["raw"].base + fixed,
+                token_l1,
+            ),
+            Scenario("bare", "bare Flask route", apps["bare"], apps["bare"].base + fixed, token_l1),
+            Scenario(
+                "jwt",
+                "bare Flask + one PyJWT decode",
+                apps["jwt"],
+                apps["jwt"].base + fixed,
+                token_l1,
             ),
             Scenario(
                 "nocache",
@@ -604,7 +799,14 @@ class Bench:
                 apps["seed_lock"],
                 apps["seed_lock"].base + fixed,
             ),
-            Scenario("taskapp_http", "taskapp: HTTP response layer hit", task_l1, url_l1, token_l1),
+            Scenario(
+                "taskapp_http",
+                "taskapp: HTTP response layer hit",
+                task_l1,
+                url_l1,
+                token_l1,
+                backend=mongomock,
+            ),
             Scenario(
                 "taskapp_redis",
                 "taskapp: Redis hit (L1 off, no-cache)",
@@ -612,6 +814,7 @@ class Bench:
                 url_redis,
                 token_redis,
                 "no-cache",
+                backend=mongomock,
             ),
             Scenario(
                 "taskapp_l1",
@@ -620,8 +823,11 @@ class Bench:
                 url_l1,
                 token_l1,
                 "no-cache",
+                backend=mongomock,
             ),
         ]
+        scenarios += self.multi_worker_scenarios(token_l1, fixed)
+        self.check_payloads(scenarios)
         self.results["load_before"] = os.getloadavg()
         log(
             f"phase 1: {len(scenarios)} scenarios x {CONNECTIONS} connections x {self.args.slices} "
@@ -729,11 +935,16 @@ def merge_slices(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def worker_pid(master: int) -> int:
+def worker_pids(master: int) -> list[int]:
+    """The pids of a gunicorn master's workers."""
     children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
     if not children:
         raise RuntimeError(f"gunicorn master {master} has no worker")
-    return int(children[0])
+    return [int(pid) for pid in children]
+
+
+def worker_pid(master: int) -> int:
+    return worker_pids(master)[0]
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -787,6 +998,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "slice_seconds": args.slice_seconds,
         "warmup_s": args.warmup,
         "gunicorn_workers": 1,
+        "gunicorn_workers_multi": args.workers,
         "gunicorn_threads": args.threads,
         "db_latency_ms": DB_LATENCY_MS,
         "stampede_requests": args.stampede,
@@ -801,14 +1013,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--slices",
         type=int,
-        default=5,
-        help="wrk runs per figure, taken in turn across scenarios (default 5)",
+        default=4,
+        help="wrk runs per figure, taken in turn across scenarios (default 4)",
     )
     parser.add_argument(
         "--slice-seconds",
         type=int,
         default=2,
-        help="whole seconds of each of those runs (default 2: 10 s per figure)",
+        help="whole seconds of each of those runs (default 2: 8 s per figure)",
     )
     parser.add_argument(
         "--warmup", type=int, default=2, help="seconds of wrk warming each scenario"
@@ -836,9 +1048,15 @@ def main(argv: list[str] | None = None) -> int:
         help="wrk --timeout while Redis is hung (default 10: slower answers are recorded, not dropped)",
     )
     parser.add_argument(
-        "--profile-seconds", type=int, default=8, help="seconds of each py-spy profile"
+        "--profile-seconds", type=int, default=6, help="seconds of each py-spy profile"
     )
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="GUNICORN_WORKERS of the FerretDB + Redis servers and their baselines (default 2)",
+    )
     parser.add_argument(
         "--no-report", action="store_true", help="only write bench/out/results.json"
     )
@@ -855,10 +1073,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, on_signal)
+    bench = Bench(args, procs)
     try:
-        Bench(args, procs).run()
+        bench.run()
     finally:
         procs.stop_all()
+        bench.cleanup()
         for leftover in OUT.glob("prometheus-*"):
             shutil.rmtree(leftover, ignore_errors=True)
     if not args.no_report:
