@@ -9,7 +9,9 @@ import time
 import pytest
 from bson import ObjectId
 
+from taskapp.cache import writebehind
 from taskapp.models import Task
+from taskapp.tasks import service
 from tests.api import account, db_reads
 
 TASKS = "/api/v1/tasks"
@@ -120,6 +122,45 @@ def test_write_behind_answers_at_once_and_reaches_mongodb_within_the_flush_time(
         while mongo_title(task["id"]) != "second":
             assert time.monotonic() - started < 0.3
             time.sleep(0.002)
+
+
+def test_a_page_read_while_its_change_is_flushed_still_shows_the_change(make_app, monkeypatch):
+    """The page is read from MongoDB before the flush; the flush lands and drops the pending
+    state before the page is overlaid with pending states: the page still shows the PATCH."""
+    page_read, settled = threading.Event(), threading.Event()
+    fetch_page, apply, settle = service.FETCHERS["task_list"], service.apply_pending, None
+
+    def slow_page(*args):
+        result = fetch_page(*args)
+        page_read.set()
+        assert settled.wait(5)  # the flush applies and settles the change now
+        return result
+
+    def late_apply(task_id, state):
+        assert page_read.wait(5)
+        apply(task_id, state)
+
+    def settle_and_tell(self, *args, **kwargs):
+        result = settle(self, *args, **kwargs)
+        settled.set()
+        return result
+
+    settle = writebehind.WriteBehind._settle_entry
+    monkeypatch.setitem(service.FETCHERS, "task_list", slow_page)
+    monkeypatch.setattr(service, "apply_pending", late_apply)
+    monkeypatch.setattr(writebehind.WriteBehind, "_settle_entry", settle_and_tell)
+    # The flusher starts with the app's first request, with the apply patched above.
+    app = make_app(TASK_WRITE_STRATEGY="write-behind", WRITE_BEHIND_FLUSH_MS=20)
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "first"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    assert client.patch(path, json={"title": "second"}, headers=headers).status_code == 200
+    page = client.get(TASKS, headers={**headers, **NO_HTTP_CACHE}).get_json()
+    with app.app_context():
+        assert mongo_title(task["id"]) == "second"
+    assert [item["title"] for item in page["items"]] == ["second"]
+    assert "version" not in page["items"][0]
 
 
 def test_write_behind_keeps_concurrent_patches_of_one_task(make_app):

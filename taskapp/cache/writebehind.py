@@ -139,15 +139,22 @@ class WriteBehind:
         except REDIS_ERRORS as exc:
             raise Unavailable(str(exc)) from exc
 
-    def pending_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
-        """``pending`` for several objects in one round trip (keys of one hash slot)."""
+    def pending_many(self, keys: list[str]) -> list[tuple[dict[str, Any] | None, int]]:
+        """For several objects in one round trip (keys of one hash slot): each one's pending
+        state (or None) and the last version staged for it (0 when none is remembered)."""
         if not keys:
             return []
         try:
-            raws = self.client.mget([self.pending_key(k) for k in keys])
+            raws = self.client.mget(
+                [self.pending_key(k) for k in keys] + [self.version_key(k) for k in keys]
+            )
         except REDIS_ERRORS:
-            return [None] * len(keys)
-        return [json.loads(r) if r is not None else None for r in raws]
+            return [(None, 0)] * len(keys)
+        states, staged = raws[: len(keys)], raws[len(keys) :]
+        return [
+            (json.loads(r) if r is not None else None, int(v) if v is not None else 0)
+            for r, v in zip(states, staged, strict=True)
+        ]
 
     def ensure_group(self) -> None:
         """Create the stream and its consumer group if they are missing."""
@@ -188,10 +195,14 @@ class WriteBehind:
         for object_id, state in newest.items():
             apply(object_id, state)
         for entry_id, fields in entries:
-            self._settle(
-                keys=[self.stream, fields[b"key"].decode()],
-                args=[self.group, entry_id, fields[b"version"]],
-            )
+            self._settle_entry(entry_id, fields)
+
+    def _settle_entry(self, entry_id: bytes, fields: dict) -> None:
+        """Acknowledge an applied entry and drop its pending state unless a newer one came."""
+        self._settle(
+            keys=[self.stream, fields[b"key"].decode()],
+            args=[self.group, entry_id, fields[b"version"]],
+        )
 
     def run(self, apply: Apply, stop: threading.Event, consumer: str | None = None) -> None:
         """Flush until ``stop`` is set; survives Redis outages (retries with a backoff)."""

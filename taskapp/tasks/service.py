@@ -80,8 +80,8 @@ def list_tasks(user_id: str, page: int, per_page: int, completed: bool | None) -
         ttl=current_app.config["TASK_LIST_CACHE_TTL"],
         tags=[keys.collection_tag(user_id)],
     )
-    result["items"] = _writes().overlay(user_id, result["items"])
-    return result
+    items = _writes().overlay(user_id, result["items"])
+    return {**result, "items": [_public(item) for item in items]}
 
 
 def stats(user_id: str) -> dict[str, int]:
@@ -140,10 +140,25 @@ class ReadThrough:
 
 
 def _with_pending(user_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """List items with their write-behind changes not yet in MongoDB (one round trip)."""
+    """List items with their write-behind changes not yet in MongoDB (one round trip).
+
+    A change flushed to MongoDB after the page was read leaves no pending state, but the
+    version staged for it is still known: such an item is read again (pending state first, then
+    the cache, then MongoDB), so a page never shows a task older than an answered PATCH.
+    """
     task_keys = [keys.task(user_id, item["id"]) for item in items]
-    pending = cache.write_behind().pending_many(task_keys)
-    return [_public(p) if p is not None else item for item, p in zip(items, pending, strict=True)]
+    found = cache.write_behind().pending_many(task_keys)
+    result = []
+    for item, (pending, staged) in zip(items, found, strict=True):
+        if pending is not None:
+            result.append(pending)
+        elif staged > item["version"]:  # flushed and settled since the page was read
+            fresh = _current_task(user_id, item["id"])
+            if fresh is not None:  # else deleted since: gone from the page
+                result.append(fresh)
+        else:
+            result.append(item)
+    return result
 
 
 def _public(task: dict[str, Any]) -> dict[str, Any]:
@@ -417,7 +432,7 @@ def _fetch_page(user_id: str, page: int, per_page: int, completed: bool | None) 
     query = Task.objects(**filters)
     # _id breaks ties between tasks created in the same millisecond, so pages never overlap.
     page_query = query.order_by("-created_at", "-id").skip((page - 1) * per_page).limit(per_page)
-    items = db.read(lambda: [task.to_dict() for task in page_query])
+    items = db.read(lambda: [_versioned(task) for task in page_query])
     total = db.read(lambda: query.count())
     return {"items": items, "page": page, "per_page": per_page, "total": total}
 
