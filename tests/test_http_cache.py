@@ -155,3 +155,55 @@ def test_a_failed_answer_releases_the_fill_lock_for_the_next_caller(make_app):
     started = time.monotonic()
     assert client.get(missing, headers=headers).status_code == 404
     assert time.monotonic() - started < 1
+
+
+@pytest.fixture
+def echo_app(redis_url, key_prefix):
+    """A bare app whose cached view answers the first value of each parameter, as views read."""
+    from flask import request
+
+    from taskapp.cache.http import ResponseCache
+    from tests.cache_helpers import bare_app, running
+
+    app, ext = bare_app(redis_url, key_prefix)
+    responses = ResponseCache(
+        ext,
+        identity=lambda: "u1",
+        key=lambda user, method, path, query: f"{{u:{user}}}:http:{method}:{path}?{query}",
+        tags=lambda user: [f"{{u:{user}}}:responses"],
+        ignored_parameters=("_",),
+    )
+    responses.init_app(app)
+
+    @app.get("/echo")
+    @responses.mark
+    def echo():
+        ext.mark_source_read()  # an answer made by the view is a MISS
+        return {name: request.args.get(name) for name in sorted(request.args) if name != "_"}
+
+    with running(app, ext):
+        yield app.test_client()
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked", "answer"),
+    [
+        ("page=2&page=1", "page=1&page=2", {"page": "1"}),  # repeated: the view reads the first
+        ("a=x%26b%3Dy", "a=x&b=y", {"a": "x", "b": "y"}),  # an escaped & and = in a value
+        ("a=x&b=y", "a=x%26b%3Dy", {"a": "x&b=y"}),
+        ("a=1%3D2", "a%3D1=2", {"a=1": "2"}),  # an = in a name
+    ],
+)
+def test_a_cached_answer_equals_the_views_answer_to_the_same_request(
+    echo_app, stored, asked, answer
+):
+    echo_app.get(f"/echo?{stored}")
+    response = echo_app.get(f"/echo?{asked}")
+    assert response.get_json() == answer
+    assert response.headers["X-Cache"] == "MISS"
+
+
+def test_the_cache_buster_parameter_shares_one_entry(echo_app):
+    assert echo_app.get("/echo?a=1&_=111").headers["X-Cache"] == "MISS"
+    hit = echo_app.get("/echo?_=222&a=1")
+    assert (hit.headers["X-Cache"], hit.get_json()) == ("HIT", {"a": "1"})

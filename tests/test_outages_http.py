@@ -163,10 +163,17 @@ def test_the_api_serves_reads_and_writes_through_a_redis_outage_and_replays_its_
         assert response.status_code == 200
         if response.get_json() != renamed:
             import redis as R
+
             r = R.Redis.from_url(private_redis.url)
             ks = sorted(k.decode() for k in r.keys("*"))
             with app.app_context():
-                print("L1", len(cache.local), cache.local._items.keys(), cache.local.active, cache.degraded)
+                print(
+                    "L1",
+                    len(cache.local),
+                    cache.local._items.keys(),
+                    cache.local.active,
+                    cache.degraded,
+                )
             print("KEYS", ks)
             for k in ks:
                 if ":http:" in k or ":task:" in k and "tag" not in k or "tagv" in k or ":sv:" in k:

@@ -41,7 +41,9 @@ end
 # before the fetch
 # An overwrite (announced on the invalidation channel) bumps the entry's scope version.
 # returns {1 when stored or 0 when a version changed (nothing stored), the scope version after}
-FILL = SCOPE + """
+FILL = (
+    SCOPE
+    + """
 local m = tonumber(ARGV[5])
 local n = tonumber(ARGV[6])
 local stored = 1
@@ -68,6 +70,7 @@ if stored == 1 and ARGV[3] == '' and ARGV[4] ~= '' and m == 0 then
 end
 return {stored, redis.call('GET', scope_version(ARGV[7], KEYS[1])) or '0'}
 """
+)
 
 # LOOKUP: an entry, or on a miss the versions to fill it under, taking the fill lock if it is free
 # (the read, the lease and the lock of a fill in one round trip).
@@ -105,7 +108,9 @@ return released
 # KEYS[1 .. n] tag sets, KEYS[n+1 .. 2n] tag versions
 # ARGV[1] time to live of a version in ms, ARGV[2] invalidation channel, ARGV[3] key prefix
 # returns the keys of the entries deleted
-INVALIDATE = SCOPE + """
+INVALIDATE = (
+    SCOPE
+    + """
 local n = #KEYS / 2
 local deleted = {}
 for i = 1, n do
@@ -123,13 +128,16 @@ bump_scopes(ARGV[3], deleted, ARGV[1])
 if #deleted > 0 then redis.call('PUBLISH', ARGV[2], table.concat(deleted, '\\n')) end
 return deleted
 """
+)
 
 # DELETE: delete entries, bump their own versions (so fills already in flight are refused) and
 # tell every process to drop them from memory.
 # KEYS[1 .. n] entries, KEYS[n+1 .. 2n] their version keys
 # ARGV[1] time to live of a version in ms, ARGV[2] invalidation channel, ARGV[3] key prefix
 # returns the number of entries that existed
-DELETE = SCOPE + """
+DELETE = (
+    SCOPE
+    + """
 local n = #KEYS / 2
 local existed = 0
 for i = 1, n do
@@ -141,6 +149,7 @@ end
 redis.call('PUBLISH', ARGV[2], table.concat(KEYS, '\\n', 1, n))
 return existed
 """
+)
 
 # LIST_PUSH: prepend an item to a capped list only if the list is cached (a missing list is
 # rebuilt from the source of truth by its next reader), and bump the list's version so that a
@@ -209,7 +218,9 @@ return {allowed, count, reset}
 # with each write of the entry), ARGV[4] time to live of a version in ms, ARGV[5] invalidation
 # channel, ARGV[6] n, ARGV[7] k, ARGV[8] key prefix
 # returns {1 when stored or 0 when a newer write was stored already, the keys deleted...}
-WRITE_THROUGH = SCOPE + """
+WRITE_THROUGH = (
+    SCOPE
+    + """
 local n = tonumber(ARGV[6])
 local k = tonumber(ARGV[7])
 local deleted = {KEYS[1]}
@@ -245,6 +256,7 @@ redis.call('PUBLISH', ARGV[5], table.concat(deleted, '\\n'))
 table.insert(deleted, 1, stored)
 return deleted
 """
+)
 
 # STAGE: merge a change into an object's pending state, give it the next version and queue it on
 # the write-behind stream, in one step (concurrent changes of one object never lose each other).
