@@ -49,7 +49,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     cache.init_app(app)
     metrics.init_app(app)
 
-    from taskapp import cli, http_cache, ratelimit
+    from taskapp import cli, http_cache, ratelimit, validation
     from taskapp.admin.routes import bp as admin_bp
     from taskapp.auth.routes import bp as auth_bp
     from taskapp.service_routes import bp as service_bp
@@ -58,6 +58,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     ratelimit.init_app(app)
     task_service.init_app(app)
+    validation.init_app(app)  # before the response cache looks the query string up
     http_cache.init_app(app)
     app.register_blueprint(service_bp)
     app.register_blueprint(auth_bp, url_prefix="/api/v1/auth")

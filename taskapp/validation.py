@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-from flask import request
+from flask import Flask, current_app, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
 
@@ -15,6 +15,35 @@ from taskapp.openapi import annotate
 
 M = TypeVar("M", bound=BaseModel)
 View = Callable[..., Any]
+
+#: A parameter every route accepts and ignores: a client's cache-buster (``?_=1700000000``, as
+#: jQuery's ``cache: false`` sends). The response cache leaves it out of its keys.
+CACHE_BUSTER = "_"
+
+
+def init_app(app: Flask) -> None:
+    """Check every request's query string by one rule (before the response cache looks it up)."""
+    app.before_request(check_query)
+
+
+def check_query() -> None:
+    """One rule for the query string of every route: each parameter at most once, and only the
+    parameters the route reads (its ``arguments`` schema) or the cache-buster; 422 otherwise.
+
+    Refusing a repeated parameter keeps every reader of the query (the view, the response
+    cache's key) on the same single value.
+    """
+    if not request.query_string:
+        return
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is None:
+        return  # no route matched: the routing error answers
+    accepted = getattr(view, "_query_parameters", frozenset())
+    for name in request.args:
+        if len(request.args.getlist(name)) > 1:
+            raise UnprocessableEntity(f"parameter '{name}': repeated; send it once")
+        if name != CACHE_BUSTER and name not in accepted:
+            raise UnprocessableEntity(f"parameter '{name}': not accepted by this route")
 
 
 def body(
@@ -47,6 +76,7 @@ def arguments(schema: type[BaseModel]) -> Callable[[View], View]:
             kwargs["query"] = parse_query(schema)
             return view(*args, **kwargs)
 
+        wrapper._query_parameters = frozenset(schema.model_fields)  # type: ignore[attr-defined]
         annotate(wrapper, query=schema)
         return wrapper
 
@@ -68,9 +98,11 @@ def parse_body(schema: type[M], invalid_status: int = 422) -> M:
 
 
 def parse_query(schema: type[M]) -> M:
-    """The query string as ``schema`` (the first value of a repeated parameter), or 422."""
+    """The query string as ``schema`` (without the cache-buster), or 422."""
+    values = request.args.to_dict()
+    values.pop(CACHE_BUSTER, None)
     try:
-        return schema.model_validate(request.args.to_dict())
+        return schema.model_validate(values)
     except ValidationError as exc:
         raise UnprocessableEntity(validation_message(exc, what="parameter")) from None
 
