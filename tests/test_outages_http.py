@@ -243,3 +243,32 @@ def test_an_app_starts_and_serves_while_redis_is_down_and_uses_it_once_it_is_up(
     response = cached_again(client, f"{TASKS}/{task['id']}", headers)
     assert response.get_json() == task
     assert client.get("/readyz").get_json()["status"] == "ready"
+
+
+def test_write_behind_reads_stay_fast_while_redis_hangs(make_app, private_redis):
+    """The pending-state reads of write-behind go through the breaker with its short timeouts
+    (the flusher's long blocking read has a connection of its own)."""
+    app = make_app(
+        REDIS_URL=private_redis.url,
+        CACHE_BREAKER_COOLDOWN=COOLDOWN,
+        TASK_WRITE_STRATEGY="write-behind",
+        L1_CACHE_MAX_ITEMS=0,
+    )
+    client = app.test_client()
+    _, headers = account(client)
+    task = create(client, headers, "queued")
+    url = f"{TASKS}/{task['id']}"
+    assert client.patch(url, json={"title": "changed"}, headers=headers).status_code == 200
+    private_redis.pause()
+    try:
+        durations = []
+        for _ in range(6):
+            response, seconds = timed_get(client, url, headers)
+            assert response.status_code == 200
+            durations.append(seconds)
+        listed, list_seconds = timed_get(client, TASKS, headers)
+        assert listed.status_code == 200
+    finally:
+        private_redis.resume()
+    assert max(durations) < 2  # a few short timeouts before the breaker opens, never 5 s
+    assert max(durations[3:] + [list_seconds]) < 0.2, durations  # then no Redis wait at all

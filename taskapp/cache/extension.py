@@ -87,20 +87,23 @@ class _State:
         log.info("cache on %s (prefix %r)", _redacted(config["REDIS_URL"]), self.keys.prefix)
 
     def write_behind(self) -> WriteBehind:
-        """The write-behind queue, on a connection of its own (flushers block on the stream
-        longer than the cache's short socket timeout allows)."""
+        """The write-behind queue: requests use the cache's client through the breaker; the
+        flushers a connection of their own (they block on the stream longer than the cache's
+        short socket timeout allows)."""
         if self._write_behind is None:
             config = self.config
-            client = (
+            flusher_client = (
                 self.client
                 if config["REDIS_URL"].startswith("memory://")
                 else connect(config["REDIS_URL"], cluster=self.cluster, timeout=5.0)
             )
             self._write_behind = WriteBehind(
-                client,
+                self.client,
                 self.keys.prefix,
                 flush_ms=int(config["WRITE_BEHIND_FLUSH_MS"]),
                 claim_idle_ms=int(config["WRITE_BEHIND_CLAIM_IDLE_MS"]),
+                guard=partial(self.run, op="write_behind"),
+                flusher_client=flusher_client,
             )
         return self._write_behind
 

@@ -40,15 +40,31 @@ class WriteBehind:
 
     group = "flushers"
 
-    def __init__(self, client: Any, prefix: str, *, flush_ms: int, claim_idle_ms: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        *,
+        flush_ms: int,
+        claim_idle_ms: int,
+        guard: Callable[[Callable[[], Any]], Any] | None = None,
+        flusher_client: Any = None,
+    ) -> None:
+        """``client`` and ``guard`` serve requests: every call goes through ``guard`` (the
+        cache's breaker, raising ``Unavailable``), on a client with short timeouts, so a hung
+        Redis costs a request no more than any other cache call. ``flusher_client`` (default
+        ``client``) serves only the flushers, whose blocking stream read needs a socket timeout
+        longer than the block."""
         self.client = client
+        self.flusher_client = flusher_client if flusher_client is not None else client
+        self._guard = guard or _unguarded
         self.prefix = prefix
         self.prefix_of_queue = f"{prefix}wb:"  # the stream and the pending states: data, not cache
         self.stream = f"{prefix}wb:stream"
         self.flush_ms = flush_ms
         self.claim_idle_ms = claim_idle_ms
         self._stage = client.register_script(scripts.STAGE)
-        self._settle = client.register_script(scripts.SETTLE)
+        self._settle = self.flusher_client.register_script(scripts.SETTLE)
 
     def pending_key(self, key: str) -> str:
         """The Redis key of an object's pending state."""
@@ -68,58 +84,54 @@ class WriteBehind:
         Raises ``Unavailable`` when Redis cannot take it: a change that cannot be queued must
         be refused, since nothing else would keep it.
         """
-        try:
-            encoded = self._stage(
+        encoded = self._guard(
+            lambda: self._stage(
                 keys=[self.pending_key(key), self.stream, self.version_key(key)],
                 args=[json.dumps(base), json.dumps(change), object_id, VERSION_MARK_TTL_MS],
             )
-        except REDIS_ERRORS as exc:
-            raise Unavailable(str(exc)) from exc
+        )
         return json.loads(encoded) if encoded else None
 
     def pending(self, key: str) -> dict[str, Any] | None:
         """The object's state with its changes not yet flushed, or None (also when Redis is
         unavailable: then readers see the source's state)."""
         try:
-            raw = self.client.get(self.pending_key(key))
-        except REDIS_ERRORS:
+            raw = self._guard(lambda: self.client.get(self.pending_key(key)))
+        except Unavailable:
             return None
         return json.loads(raw) if raw is not None else None
 
     def discard(self, key: str) -> None:
         """Forget an object's pending state before the object is deleted (its queued changes
         then match nothing in the source); raises ``Unavailable`` when Redis cannot be reached."""
-        try:
-            self.client.delete(self.pending_key(key))
-        except REDIS_ERRORS as exc:
-            raise Unavailable(str(exc)) from exc
+        self._guard(lambda: self.client.delete(self.pending_key(key)))
 
     def pending_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
         """``pending`` for several objects in one round trip (keys of one hash slot)."""
         if not keys:
             return []
         try:
-            raws = self.client.mget([self.pending_key(k) for k in keys])
-        except REDIS_ERRORS:
+            raws = self._guard(lambda: self.client.mget([self.pending_key(k) for k in keys]))
+        except Unavailable:
             return [None] * len(keys)
         return [json.loads(r) if r is not None else None for r in raws]
 
     def ensure_group(self) -> None:
         """Create the stream and its consumer group if they are missing."""
         try:
-            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            self.flusher_client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     def flush_once(self, apply: Apply, consumer: str, block_ms: int | None = None) -> int:
         """Apply one batch: first entries abandoned by dead flushers, then new ones; how many."""
-        _, claimed, _ = self.client.xautoclaim(
+        _, claimed, _ = self.flusher_client.xautoclaim(
             self.stream, self.group, consumer, min_idle_time=self.claim_idle_ms, count=100
         )
         entries = [e for e in claimed if e[1]]
         if not entries:
-            batch = self.client.xreadgroup(
+            batch = self.flusher_client.xreadgroup(
                 self.group,
                 consumer,
                 {self.stream: ">"},
@@ -166,12 +178,12 @@ class WriteBehind:
     def status(self) -> dict[str, Any]:
         """Pending changes, consumers and lag of the flushers' group."""
         self.ensure_group()
-        groups = {g["name"].decode(): g for g in self.client.xinfo_groups(self.stream)}
+        groups = {g["name"].decode(): g for g in self.flusher_client.xinfo_groups(self.stream)}
         group = groups[self.group]
-        consumers = self.client.xinfo_consumers(self.stream, self.group)
-        oldest = self.client.xpending_range(self.stream, self.group, "-", "+", 1)
+        consumers = self.flusher_client.xinfo_consumers(self.stream, self.group)
+        oldest = self.flusher_client.xpending_range(self.stream, self.group, "-", "+", 1)
         return {
-            "stream_length": self.client.xlen(self.stream),
+            "stream_length": self.flusher_client.xlen(self.stream),
             "pending": group["pending"],
             "lag": group.get("lag"),
             "consumers": [
@@ -180,6 +192,14 @@ class WriteBehind:
             ],
             "oldest_pending_ms": oldest[0]["time_since_delivered"] if oldest else 0,
         }
+
+
+def _unguarded(call: Callable[[], Any]) -> Any:
+    """Run ``call``; a Redis error becomes ``Unavailable`` (when no breaker is given)."""
+    try:
+        return call()
+    except REDIS_ERRORS as exc:
+        raise Unavailable(str(exc)) from exc
 
 
 class Flusher:
