@@ -235,9 +235,14 @@ class _State:
 
 def current_state() -> _State:
     """The cache state of the current app in this process (made anew after a fork)."""
-    state: _State = current_app.extensions[EXTENSION_NAME]
+    return state_of(current_app)
+
+
+def state_of(app: Flask) -> _State:
+    """The cache state of ``app`` in this process, without needing an app context."""
+    state: _State = app.extensions[EXTENSION_NAME]
     if state.pid != os.getpid():  # forked: connections and threads are not ours
-        state = current_app.extensions[EXTENSION_NAME] = _State(state.config)
+        state = app.extensions[EXTENSION_NAME] = _State(state.config)
     if not state.notifier.running:
         state.notifier.start()
     return state
