@@ -100,3 +100,32 @@ def test_a_change_read_before_a_flush_is_refused_so_it_is_read_again(write_behin
     assert write_behind.stage("o", "o", base, {"b": 1}) is None  # its view predates version 2
     fresh = {"a": 1, "b": 0, "version": 2}
     assert write_behind.stage("o", "o", fresh, {"b": 1}) == {"a": 1, "b": 1, "version": 3}
+
+
+def test_the_flusher_survives_failing_applies_and_counts_its_restarts(write_behind, caplog):
+    from pymongo.errors import AutoReconnect
+
+    from tests.api import metric
+
+    write_behind.ensure_group()
+    write_behind.stage("o", "o", {"n": 0, "version": 0}, {"n": 1})
+    applied, failures = [], [AutoReconnect("primary down"), ValueError("bad document")]
+
+    def apply(object_id, state):
+        if failures:
+            raise failures.pop(0)
+        applied.append(state)
+
+    before = metric("taskapp_write_behind_restarts_total")
+    stop = threading.Event()
+    flusher = threading.Thread(target=write_behind.run, args=(apply, stop, "c1"))
+    flusher.start()
+    try:
+        assert wait_until_flushed(write_behind, timeout=10)
+    finally:
+        stop.set()
+        flusher.join(5)
+    assert applied == [{"n": 1, "version": 1}]
+    assert metric("taskapp_write_behind_restarts_total") - before == 2
+    began = [r for r in caplog.records if "restarting" in r.getMessage()]
+    assert len(began) == 1  # one line per failure episode, not one per attempt

@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from taskapp.cache import scripts
+from taskapp.cache import metrics, scripts
 from taskapp.cache.client import REDIS_ERRORS, Unavailable
 
 log = logging.getLogger("taskapp.cache.writebehind")
@@ -161,17 +161,39 @@ class WriteBehind:
             )
 
     def run(self, apply: Apply, stop: threading.Event, consumer: str | None = None) -> None:
-        """Flush until ``stop`` is set; survives Redis outages (retries with a backoff)."""
+        """Flush until ``stop`` is set, restarting after any failure with a backoff.
+
+        A Redis outage or an error of ``apply`` (MongoDB down, a bad document) never ends the
+        flusher: the batch stays unacknowledged, so it is applied again (after ``claim_idle_ms``,
+        by this flusher or another) once the cause is gone. Each restart is counted
+        (``taskapp_write_behind_restarts_total``); one line is logged when failures begin and
+        one when a batch goes through again.
+        """
         consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
         delay = 0.1
+        failing = False
         while not stop.is_set():
             try:
                 self.ensure_group()
                 while not stop.is_set():
-                    self.flush_once(apply, consumer)
-                    delay = 0.1
-            except REDIS_ERRORS as exc:
-                log.warning("write-behind flusher: Redis unavailable (%s); retrying", exc)
+                    if self.flush_once(apply, consumer) and failing:  # a batch went through
+                        log.warning("write-behind flusher: flushing again")
+                        failing = False
+                        delay = 0.1
+            except Exception as exc:  # noqa: BLE001 - supervise: any failure restarts the loop
+                metrics.WRITE_BEHIND_RESTARTS.inc()
+                if not failing:
+                    failing = True
+                    what = "Redis unavailable" if isinstance(exc, REDIS_ERRORS) else "apply failed"
+                    log.warning(
+                        "write-behind flusher: %s (%s: %s); restarting with a backoff",
+                        what,
+                        type(exc).__name__,
+                        exc,
+                        exc_info=not isinstance(exc, REDIS_ERRORS),
+                    )
+                else:
+                    log.debug("write-behind flusher failed again: %s", exc)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
