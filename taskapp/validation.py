@@ -8,7 +8,12 @@ from typing import Any, Literal, TypeVar
 
 from flask import Flask, current_app, request
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    RequestEntityTooLarge,
+    UnprocessableEntity,
+)
 
 from taskapp.errors import validation_message
 from taskapp.openapi import annotate
@@ -86,15 +91,32 @@ def arguments(schema: type[BaseModel]) -> Callable[[View], View]:
 def parse_body(schema: type[M], invalid_status: int = 422) -> M:
     """The request's JSON object as ``schema``, or an HTTP error."""
     try:
+        if request.is_json:
+            _refuse_cut_stream()
         data = request.get_json()  # raises 415 for another content type, 413 when too large
     except BadRequest:
         raise BadRequest("the request body is not valid JSON") from None
+    except RecursionError:  # json's decoder recurses per level: a deep body is hostile, not a bug
+        raise BadRequest("the request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
         raise _invalid(invalid_status, validation_message(exc)) from None
+
+
+def _refuse_cut_stream() -> None:
+    """413 for a streamed body (chunked, no Content-Length) that reaches MAX_CONTENT_LENGTH.
+
+    Werkzeug stops reading such a body at the limit without an error; what it read is cut
+    short, and must not be answered as malformed JSON (400) or, worse, parsed.
+    """
+    limit = request.max_content_length
+    if limit is None or request.content_length is not None:
+        return  # a declared length over the limit is refused by Werkzeug itself
+    if len(request.get_data(cache=True)) >= limit:
+        raise RequestEntityTooLarge()
 
 
 def parse_query(schema: type[M]) -> M:
