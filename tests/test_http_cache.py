@@ -207,3 +207,29 @@ def test_the_cache_buster_parameter_shares_one_entry(echo_app):
     assert echo_app.get("/echo?a=1&_=111").headers["X-Cache"] == "MISS"
     hit = echo_app.get("/echo?_=222&a=1")
     assert (hit.headers["X-Cache"], hit.get_json()) == ("HIT", {"a": "1"})
+
+
+def test_if_none_match_compares_weakly(client, alice, task):
+    path = f"{TASKS}/{task['id']}"
+    etag = client.get(path, headers=alice).headers["ETag"]
+    for sent in (f"W/{etag}", f'"other", W/{etag}', "*"):
+        response = client.get(path, headers={**alice, "If-None-Match": sent})
+        assert response.status_code == 304, sent
+
+
+def test_head_of_a_cached_get_carries_the_get_headers(client, alice, task):
+    path = f"{TASKS}/{task['id']}"
+    head = client.head(path, headers=alice)
+    get = client.get(path, headers=alice)
+    again = client.head(path, headers=alice)
+    assert (head.status_code, head.data) == (200, b"")
+    assert (head.headers["X-Cache"], get.headers["X-Cache"], again.headers["X-Cache"]) == (
+        "MISS",
+        "HIT",
+        "HIT",
+    )
+    for response in (head, again):
+        assert response.headers["ETag"] == get.headers["ETag"]
+        assert "Authorization" in response.headers["Vary"]
+        assert response.headers["Cache-Control"] == "private, no-cache"
+        assert response.headers["Content-Length"] == str(len(get.data))

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import Flask, Response, current_app, g, request
+from werkzeug.http import unquote_etag
 
 from taskapp.cache import metrics, stats
 from taskapp.cache.extension import RedisCache
@@ -56,7 +57,7 @@ class ResponseCache:
         return view
 
     def _lookup(self) -> Response | None:
-        if request.method != "GET":
+        if request.method not in ("GET", "HEAD"):  # HEAD: a GET's answer without its body
             return None
         view = current_app.view_functions.get(request.endpoint or "")
         if not getattr(view, "_cache_response", False):
@@ -64,7 +65,7 @@ class ResponseCache:
         user = self.identity()
         if user is None:
             return None
-        key = self.key(user, request.method, request.path, self._query(request.args))
+        key = self.key(user, "GET", request.path, self._query(request.args))
         context = g._response_cache = {"user": user, "hit": False, "lease": None}
         if request.cache_control.no_cache or request.cache_control.no_store:
             return None  # the client asked for a fresh answer: neither looked up nor stored
@@ -134,7 +135,11 @@ class ResponseCache:
         response.headers["X-Cache"] = outcome
         response.headers["ETag"] = etag
         response.headers["Cache-Control"] = "private, no-cache"
-        if "If-None-Match" in request.headers and request.if_none_match.contains_raw(etag):
+        # Weak comparison (RFC 9110 13.1.2): W/"x" matches "x", as a proxy that compresses the
+        # body (nginx's gzip) turns the ETag weak; "*" matches any.
+        if "If-None-Match" in request.headers and request.if_none_match.contains_weak(
+            unquote_etag(etag)[0]
+        ):
             response.status_code = 304
             response.set_data(b"")
             response.headers.pop("Content-Length", None)
