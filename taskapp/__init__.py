@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
 from taskapp import config as settings
@@ -37,6 +38,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # A bearer-token API keeps no cookie session: skip Flask's signer on every request.
     app.session_interface = NullSessionInterface()
     app.url_map.converters["objectid"] = ObjectIdConverter
+    if app.config["TRUSTED_PROXIES"]:
+        # The client address (the per-address limits, logs) and scheme as the proxies saw them,
+        # trusting exactly that many hops of X-Forwarded-For/-Proto and no client-sent ones.
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

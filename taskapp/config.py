@@ -74,6 +74,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "L1_CACHE_TTL": (5, _int_at_least(1)),
     "RATE_LIMIT_PER_MINUTE": (600, _int_at_least(0)),
     "LOGIN_RATE_LIMIT_PER_MINUTE": (10, _int_at_least(0)),
+    "REGISTER_RATE_LIMIT_PER_MINUTE": (10, _int_at_least(0)),
+    "TRUSTED_PROXIES": (0, _int_at_least(0)),
     "SIMULATED_DB_LATENCY_MS": (0, _int_at_least(0)),
     "ACCESS_TOKEN_TTL": (3600, _int_at_least(60)),
     "MAX_CONTENT_LENGTH": (64 * 1024, _int_at_least(1024)),
