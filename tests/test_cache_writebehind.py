@@ -129,3 +129,28 @@ def test_the_flusher_survives_failing_applies_and_counts_its_restarts(write_behi
     assert metric("taskapp_write_behind_restarts_total") - before == 2
     began = [r for r in caplog.records if "restarting" in r.getMessage()]
     assert len(began) == 1  # one line per failure episode, not one per attempt
+
+
+def test_status_forgets_dead_consumers_and_has_no_oldest_pending_when_none_is(write_behind):
+    from tests.cache_helpers import wait_until
+
+    client = write_behind.client
+    write_behind.ensure_group()
+    write_behind.stage("o", "o", {"n": 0, "version": 0}, {"n": 1})
+    client.xreadgroup(write_behind.group, "busy", {write_behind.stream: ">"}, count=1)
+    client.xgroup_createconsumer(write_behind.stream, write_behind.group, "gone")
+    write_behind.dead_consumer_ms = 50
+
+    def idle(name):
+        consumers = client.xinfo_consumers(write_behind.stream, write_behind.group)
+        return next(c["idle"] for c in consumers if c["name"].decode() == name)
+
+    wait_until(lambda: idle("gone") > 50 and idle("busy") > 50)
+    status = write_behind.status()
+    assert [c["name"] for c in status["consumers"]] == ["busy"]  # it still holds a change
+    assert status["oldest_pending_ms"] is not None
+    write_behind.claim_idle_ms = 0  # "busy" is taken for dead: its change is claimed, applied
+    assert write_behind.flush_once(lambda i, s: None, "busy", block_ms=10) == 1
+    status = write_behind.status()
+    assert status["pending"] == 0
+    assert status["oldest_pending_ms"] is None

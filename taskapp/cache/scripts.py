@@ -304,3 +304,22 @@ if current and tonumber(cjson.decode(current)['version']) <= tonumber(ARGV[3]) t
 end
 return 0
 """
+
+# PRUNE_CONSUMERS: forget the consumers of a group that hold no pending change and have been idle
+# far longer than a live flusher ever is (a flusher that died or was scaled away). Atomic, so no
+# consumer can read entries between the check and the delete (DELCONSUMER drops what it holds).
+# KEYS[1] the stream
+# ARGV[1] the consumer group, ARGV[2] the idle time in ms past which an empty consumer is dead
+# returns the names of the consumers removed
+PRUNE_CONSUMERS = """
+local removed = {}
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if tonumber(info['pending']) == 0 and tonumber(info['idle']) > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed[#removed + 1] = info['name']
+  end
+end
+return removed
+"""

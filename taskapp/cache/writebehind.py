@@ -31,6 +31,10 @@ log = logging.getLogger("taskapp.cache.writebehind")
 #: far longer than any read-modify-stage takes.
 VERSION_MARK_TTL_MS = 3_600_000
 
+#: The least idle time after which an empty consumer is taken for a flusher gone for good (a
+#: live one reads every WRITE_BEHIND_FLUSH_MS / 4, or retries within 5 s when failing).
+DEAD_CONSUMER_MIN_MS = 60_000
+
 #: apply(object_id, state) writes ``state`` to the source unless it holds a newer version.
 Apply = Callable[[str, dict[str, Any]], None]
 
@@ -65,6 +69,9 @@ class WriteBehind:
         self.claim_idle_ms = claim_idle_ms
         self._stage = client.register_script(scripts.STAGE)
         self._settle = self.flusher_client.register_script(scripts.SETTLE)
+        self._prune = self.flusher_client.register_script(scripts.PRUNE_CONSUMERS)
+        #: A consumer idle this long with nothing pending is a flusher gone for good.
+        self.dead_consumer_ms = max(DEAD_CONSUMER_MIN_MS, 10 * claim_idle_ms)
 
     def pending_key(self, key: str) -> str:
         """The Redis key of an object's pending state."""
@@ -172,10 +179,14 @@ class WriteBehind:
         consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
         delay = 0.1
         failing = False
+        prune_at = 0.0
         while not stop.is_set():
             try:
                 self.ensure_group()
                 while not stop.is_set():
+                    if time.monotonic() >= prune_at:
+                        self.prune_consumers()
+                        prune_at = time.monotonic() + self.dead_consumer_ms / 1000
                     if self.flush_once(apply, consumer) and failing:  # a batch went through
                         log.warning("write-behind flusher: flushing again")
                         failing = False
@@ -197,9 +208,16 @@ class WriteBehind:
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
+    def prune_consumers(self) -> list[str]:
+        """Forget consumers with nothing pending idle past ``dead_consumer_ms``; their names."""
+        removed = self._prune(keys=[self.stream], args=[self.group, self.dead_consumer_ms])
+        return [name.decode() for name in removed]
+
     def status(self) -> dict[str, Any]:
-        """Pending changes, consumers and lag of the flushers' group."""
+        """Pending changes, live consumers and lag of the flushers' group (dead consumers with
+        nothing pending are forgotten first); ``oldest_pending_ms`` is None when none is."""
         self.ensure_group()
+        self.prune_consumers()
         groups = {g["name"].decode(): g for g in self.flusher_client.xinfo_groups(self.stream)}
         group = groups[self.group]
         consumers = self.flusher_client.xinfo_consumers(self.stream, self.group)
@@ -212,7 +230,7 @@ class WriteBehind:
                 {"name": c["name"].decode(), "pending": c["pending"], "idle_ms": c["idle"]}
                 for c in consumers
             ],
-            "oldest_pending_ms": oldest[0]["time_since_delivered"] if oldest else 0,
+            "oldest_pending_ms": oldest[0]["time_since_delivered"] if oldest else None,
         }
 
 
