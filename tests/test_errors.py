@@ -158,3 +158,19 @@ def test_a_chunked_body_over_max_content_length_is_a_json_413(app, client, regis
         environ_overrides={"wsgi.input_terminated": True},
     )
     assert response.status_code == 201
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
+@pytest.mark.parametrize("bad_id", ["abc", "0123456789abcdef0123456", "zz" * 12, "1" * 30])
+def test_a_malformed_task_id_is_a_json_404_saying_what_an_id_is(client, register, method, bad_id):
+    response = client.open(
+        f"/api/v1/tasks/{bad_id}", method=method, headers=register(), json={"title": "x"}
+    )
+    message = assert_json_error(response, 404)
+    assert message.startswith("task not found")
+    assert "24 hexadecimal digits" in message
+
+
+def test_an_unknown_path_keeps_the_generic_404(client):
+    message = assert_json_error(client.get("/api/v1/nothing/here"), 404)
+    assert "hexadecimal" not in message
