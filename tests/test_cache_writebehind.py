@@ -154,3 +154,22 @@ def test_status_forgets_dead_consumers_and_has_no_oldest_pending_when_none_is(wr
     status = write_behind.status()
     assert status["pending"] == 0
     assert status["oldest_pending_ms"] is None
+
+
+def test_each_objects_changes_are_applied_in_the_order_they_were_staged(write_behind):
+    write_behind.ensure_group()
+    applied: dict[str, list[int]] = {}
+    source: dict[str, dict] = {}  # what each object is, as a reader would find it
+    for round_ in range(6):
+        for step in range(2):  # two changes of each object in each batch, interleaved
+            for i in range(round_ % 3 + 1):  # batches of one to three objects
+                base = source.get(f"o{i}", {"n": 0, "version": 0})
+                change = {"n": round_, "step": step}
+                source[f"o{i}"] = write_behind.stage(f"o{i}", f"o{i}", base, change)
+        write_behind.flush_once(
+            lambda i, s: applied.setdefault(i, []).append(s["version"]), "c1", block_ms=10
+        )
+    assert {i: versions[-1] for i, versions in applied.items()} == {
+        i: state["version"] for i, state in source.items()
+    }
+    assert all(versions == sorted(set(versions)) for versions in applied.values())

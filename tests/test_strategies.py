@@ -205,3 +205,20 @@ def test_write_behind_refuses_changes_it_cannot_queue_with_503(make_app, private
     assert response.get_json()["error"]["code"] == 503
     assert client.delete(path, headers=headers).status_code == 503
     assert client.get(path, headers=headers).get_json()["title"] == "kept"
+
+
+def test_write_behind_apply_never_replaces_a_newer_version_with_an_older_one(make_app):
+    """At-least-once delivery replays changes; the apply is idempotent by version."""
+    from taskapp.tasks.service import apply_pending
+
+    app = make_app(TASK_WRITE_STRATEGY="write-behind")
+    client = app.test_client()
+    user_id, headers = account(client)
+    task = client.post(TASKS, json={"title": "first"}, headers=headers).get_json()
+    state = {**task, "owner": user_id}
+    with app.app_context():
+        apply_pending(task["id"], {**state, "title": "newer", "version": 5})
+        apply_pending(task["id"], {**state, "title": "older", "version": 3})  # a late replay
+        apply_pending(task["id"], {**state, "title": "newer again", "version": 5})  # a duplicate
+        stored = Task.objects(id=ObjectId(task["id"])).first()
+    assert (stored.title, stored.version) == ("newer", 5)
