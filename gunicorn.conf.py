@@ -6,9 +6,12 @@ This file runs in the master before any worker exists, and the app is imported o
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+
+import gunicorn.util
 
 from taskapp.config import EMBEDDED_MONGODB, EMBEDDED_REDIS, SETTINGS, ConfigError, load
 
@@ -83,6 +86,24 @@ _OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="taskapp-prometheus-")
 METRICS_DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def _write_json_error(sock, status_int, reason, mesg):
+    """gunicorn's own error answers (headers over 8 KB: 431, a request line over 4 KB: 414, a
+    malformed request: 400) as the API's JSON error body instead of an HTML page."""
+    body = json.dumps({"error": {"code": status_int, "message": mesg or reason}}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# The workers call gunicorn.util.write_error for requests gunicorn refuses before the app sees
+# them; they fork from this master, so they inherit the JSON version.
+gunicorn.util.write_error = _write_json_error
 
 
 def on_starting(server):

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
 from taskapp import config as settings
@@ -37,6 +38,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # A bearer-token API keeps no cookie session: skip Flask's signer on every request.
     app.session_interface = NullSessionInterface()
     app.url_map.converters["objectid"] = ObjectIdConverter
+    if app.config["TRUSTED_PROXIES"]:
+        # The client address (the per-address limits, logs) and scheme as the proxies saw them,
+        # trusting exactly that many hops of X-Forwarded-For/-Proto and no client-sent ones.
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -49,7 +55,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     cache.init_app(app)
     metrics.init_app(app)
 
-    from taskapp import cli, http_cache, ratelimit
+    from taskapp import cli, http_cache, ratelimit, validation
     from taskapp.admin.routes import bp as admin_bp
     from taskapp.auth.routes import bp as auth_bp
     from taskapp.service_routes import bp as service_bp
@@ -58,6 +64,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     ratelimit.init_app(app)
     task_service.init_app(app)
+    validation.init_app(app)  # before the response cache looks the query string up
     http_cache.init_app(app)
     app.register_blueprint(service_bp)
     app.register_blueprint(auth_bp, url_prefix="/api/v1/auth")

@@ -495,7 +495,8 @@ def write_behind_status() -> None:
     click.echo(f"queued changes:  {status['stream_length']}")
     click.echo(f"pending (read, not yet applied): {status['pending']}")
     click.echo(f"lag (never read): {status['lag'] if status['lag'] is not None else '-'}")
-    click.echo(f"oldest pending:  {status['oldest_pending_ms']} ms")
+    oldest = status["oldest_pending_ms"]
+    click.echo(f"oldest pending:  {'-' if oldest is None else f'{oldest} ms'}")
     for consumer in status["consumers"]:
         click.echo(
             f"consumer {consumer['name']}: {consumer['pending']} pending, idle {consumer['idle_ms']} ms"

@@ -47,6 +47,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "TASK_WRITE_STRATEGY": ("invalidate", _one_of("invalidate", "write-through", "write-behind")),
     "RATE_LIMIT_PER_MINUTE": (600, int_at_least(0)),
     "LOGIN_RATE_LIMIT_PER_MINUTE": (10, int_at_least(0)),
+    "REGISTER_RATE_LIMIT_PER_MINUTE": (10, int_at_least(0)),
+    "TRUSTED_PROXIES": (0, int_at_least(0)),
     "SIMULATED_DB_LATENCY_MS": (0, int_at_least(0)),
     "ACCESS_TOKEN_TTL": (3600, int_at_least(60)),
     "MAX_CONTENT_LENGTH": (64 * 1024, int_at_least(1024)),

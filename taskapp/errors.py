@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure
-from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+from werkzeug.exceptions import HTTPException, InternalServerError, NotFound, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
 # Headers of the exception's own response that the JSON body replaces.
 _BODY_HEADERS = {"content-type", "content-length"}
+
+_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
+_SOME_ID = "0" * 24
 
 
 class ErrorDetail(BaseModel):
@@ -47,7 +51,33 @@ def handle_http_exception(exc: HTTPException) -> Response | HTTPException:
     """Any werkzeug/Flask HTTP error as JSON, keeping its headers (Allow, Retry-After, ...)."""
     if exc.code is None or exc.code < 400:
         return exc  # a routing redirect (e.g. a missing trailing slash) stays a redirect
+    if isinstance(exc, NotFound) and request.url_rule is None:
+        message = _malformed_id_message()
+        if message is not None:
+            return error_response(404, message)
     return _json_error(exc)
+
+
+def _malformed_id_message() -> str | None:
+    """For a path that names a route but with a malformed id in it (``/tasks/abc``): say which
+    id and what ids look like; None for a path that names no route at all."""
+    adapter = current_app.create_url_adapter(request)
+    if adapter is None:
+        return None
+    segments = request.path.split("/")
+    for i, segment in enumerate(segments):
+        if not segment or _OBJECT_ID.fullmatch(segment):
+            continue
+        candidate = "/".join([*segments[:i], _SOME_ID, *segments[i + 1 :]])
+        try:
+            _, values = adapter.match(candidate, method=request.method)
+        except HTTPException:
+            continue
+        name = next((n for n, v in values.items() if v == _SOME_ID), "id")
+        what = name.removesuffix("_id") or "object"
+        shown = segment if len(segment) <= 40 else segment[:40] + "..."
+        return f"{what} not found: {shown!r} is not a {what} id (24 hexadecimal digits)"
+    return None
 
 
 def _json_error(exc: HTTPException) -> Response:

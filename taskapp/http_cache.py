@@ -8,12 +8,14 @@ from taskapp import keys
 from taskapp.auth.tokens import current_user_id
 from taskapp.cache.http import ResponseCache
 from taskapp.extensions import cache
+from taskapp.validation import CACHE_BUSTER
 
 responses = ResponseCache(
     cache,
     identity=current_user_id,
     key=keys.response,
     tags=lambda user_id: [keys.responses_tag(user_id)],
+    ignored_parameters=(CACHE_BUSTER,),
 )
 
 #: Decorator for views whose 200 JSON responses are cached per user.

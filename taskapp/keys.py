@@ -55,6 +55,11 @@ def login_limit(kind: str, value: str) -> str:
     return f"login:{kind}:{_digest(value.lower())}"
 
 
+def register_limit(address: str) -> str:
+    """The sliding window of registrations from one client address (hashed)."""
+    return f"register:addr:{_digest(address)}"
+
+
 def task_tag(user_id: str, task_id: str) -> str:
     """Everything that holds one task."""
     return f"{_ns(user_id)}:task:{task_id}"

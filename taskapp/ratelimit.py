@@ -1,4 +1,5 @@
-"""Sliding-window rate limits in Redis sorted sets: per user, and per email and address on login."""
+"""Sliding-window rate limits in Redis sorted sets: per user, per email and address on login,
+per address on registration."""
 
 from __future__ import annotations
 
@@ -85,6 +86,16 @@ def limit_login(email: str) -> None:
         allowed, _, reset = _hit(keys.login_limit(kind, value), limit)
         if not allowed:
             raise RateLimited(limit, reset)
+
+
+def limit_register() -> None:
+    """Refuse a registration over the limit for its client address (429)."""
+    limit = current_app.config["REGISTER_RATE_LIMIT_PER_MINUTE"]
+    if limit <= 0:
+        return
+    allowed, _, reset = _hit(keys.register_limit(request.remote_addr or ""), limit)
+    if not allowed:
+        raise RateLimited(limit, reset)
 
 
 def init_app(app: Flask) -> None:

@@ -6,15 +6,49 @@ import functools
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-from flask import request
+from flask import Flask, current_app, request
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    RequestEntityTooLarge,
+    UnprocessableEntity,
+)
 
 from taskapp.errors import validation_message
 from taskapp.openapi import annotate
 
 M = TypeVar("M", bound=BaseModel)
 View = Callable[..., Any]
+
+#: A parameter every route accepts and ignores: a client's cache-buster (``?_=1700000000``, as
+#: jQuery's ``cache: false`` sends). The response cache leaves it out of its keys.
+CACHE_BUSTER = "_"
+
+
+def init_app(app: Flask) -> None:
+    """Check every request's query string by one rule (before the response cache looks it up)."""
+    app.before_request(check_query)
+
+
+def check_query() -> None:
+    """One rule for the query string of every route: each parameter at most once, and only the
+    parameters the route reads (its ``arguments`` schema) or the cache-buster; 422 otherwise.
+
+    Refusing a repeated parameter keeps every reader of the query (the view, the response
+    cache's key) on the same single value.
+    """
+    if not request.query_string:
+        return
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is None:
+        return  # no route matched: the routing error answers
+    accepted: frozenset[str] = getattr(view, "_query_parameters", frozenset())
+    for name in request.args:
+        if len(request.args.getlist(name)) > 1:
+            raise UnprocessableEntity(f"parameter '{name}': repeated; send it once")
+        if name != CACHE_BUSTER and name not in accepted:
+            raise UnprocessableEntity(f"parameter '{name}': not accepted by this route")
 
 
 def body(
@@ -47,6 +81,7 @@ def arguments(schema: type[BaseModel]) -> Callable[[View], View]:
             kwargs["query"] = parse_query(schema)
             return view(*args, **kwargs)
 
+        wrapper._query_parameters = frozenset(schema.model_fields)  # type: ignore[attr-defined]
         annotate(wrapper, query=schema)
         return wrapper
 
@@ -56,9 +91,13 @@ def arguments(schema: type[BaseModel]) -> Callable[[View], View]:
 def parse_body(schema: type[M], invalid_status: int = 422) -> M:
     """The request's JSON object as ``schema``, or an HTTP error."""
     try:
+        if request.is_json:
+            _refuse_cut_stream()
         data = request.get_json()  # raises 415 for another content type, 413 when too large
     except BadRequest:
         raise BadRequest("the request body is not valid JSON") from None
+    except RecursionError:  # json's decoder recurses per level: a deep body is hostile, not a bug
+        raise BadRequest("the request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     try:
@@ -67,10 +106,25 @@ def parse_body(schema: type[M], invalid_status: int = 422) -> M:
         raise _invalid(invalid_status, validation_message(exc)) from None
 
 
+def _refuse_cut_stream() -> None:
+    """413 for a streamed body (chunked, no Content-Length) that reaches MAX_CONTENT_LENGTH.
+
+    Werkzeug stops reading such a body at the limit without an error; what it read is cut
+    short, and must not be answered as malformed JSON (400) or, worse, parsed.
+    """
+    limit = request.max_content_length
+    if limit is None or request.content_length is not None:
+        return  # a declared length over the limit is refused by Werkzeug itself
+    if len(request.get_data(cache=True)) >= limit:
+        raise RequestEntityTooLarge()
+
+
 def parse_query(schema: type[M]) -> M:
-    """The query string as ``schema`` (the first value of a repeated parameter), or 422."""
+    """The query string as ``schema`` (without the cache-buster), or 422."""
+    values = request.args.to_dict()
+    values.pop(CACHE_BUSTER, None)
     try:
-        return schema.model_validate(request.args.to_dict())
+        return schema.model_validate(values)
     except ValidationError as exc:
         raise UnprocessableEntity(validation_message(exc, what="parameter")) from None
 

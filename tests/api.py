@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from types import SimpleNamespace
 
 from prometheus_client import REGISTRY
 
@@ -31,3 +34,28 @@ def account(client, email: str | None = None, password: str = PASSWORD) -> tuple
     response = client.post("/api/v1/auth/login", json={"email": email, "password": password})
     assert response.status_code == 200, response.get_json()
     return user_id, {"Authorization": f"Bearer {response.get_json()['access_token']}"}
+
+
+class PausedRead:
+    """Pauses the MongoDB reads of the thread named ``thread`` right after their result is taken
+    (where a slow query is still on its way back) until ``release`` is set: a write can then be
+    made provably in the middle of that read, ordered by events rather than sleeps.
+
+    Needs ``SIMULATED_DB_LATENCY_MS`` > 0 (the pause replaces that delay; other threads keep it).
+    """
+
+    def __init__(self, monkeypatch, thread: str = "reader") -> None:
+        from taskapp import db
+
+        self.thread = thread
+        self.taken = threading.Event()
+        self.release = threading.Event()
+        self._sleep = time.sleep
+        monkeypatch.setattr(db, "time", SimpleNamespace(sleep=self._pause))
+
+    def _pause(self, seconds: float) -> None:
+        if threading.current_thread().name == self.thread and not self.release.is_set():
+            self.taken.set()
+            self.release.wait(10)
+        else:
+            self._sleep(seconds)

@@ -124,6 +124,7 @@ def make_app(redis_url, key_prefix, mongodb_uri):
             "MONGODB_URI": mongodb_uri,
             "RATE_LIMIT_PER_MINUTE": 100000,
             "LOGIN_RATE_LIMIT_PER_MINUTE": 1000,
+            "REGISTER_RATE_LIMIT_PER_MINUTE": 1000,
         }
         config.update(overrides)
         app = create_app(config)

@@ -101,3 +101,76 @@ def test_a_change_read_before_a_flush_is_refused_so_it_is_read_again(write_behin
     assert write_behind.stage("o", "o", base, {"b": 1}) is None  # its view predates version 2
     fresh = {"a": 1, "b": 0, "version": 2}
     assert write_behind.stage("o", "o", fresh, {"b": 1}) == {"a": 1, "b": 1, "version": 3}
+
+
+def test_the_flusher_survives_failing_applies_and_counts_its_restarts(write_behind, caplog):
+    from pymongo.errors import AutoReconnect
+
+    from tests.api import metric
+
+    write_behind.ensure_group()
+    write_behind.stage("o", "o", {"n": 0, "version": 0}, {"n": 1})
+    applied, failures = [], [AutoReconnect("primary down"), ValueError("bad document")]
+
+    def apply(object_id, state):
+        if failures:
+            raise failures.pop(0)
+        applied.append(state)
+
+    before = metric("taskapp_write_behind_restarts_total")
+    stop = threading.Event()
+    flusher = threading.Thread(target=write_behind.run, args=(apply, stop, "c1"))
+    flusher.start()
+    try:
+        wait_until(lambda: write_behind.client.xlen(write_behind.stream) == 0, timeout=10)
+    finally:
+        stop.set()
+        flusher.join(5)
+    assert applied == [{"n": 1, "version": 1}]
+    assert metric("taskapp_write_behind_restarts_total") - before == 2
+    began = [r for r in caplog.records if "restarting" in r.getMessage()]
+    assert len(began) == 1  # one line per failure episode, not one per attempt
+
+
+def test_status_forgets_dead_consumers_and_has_no_oldest_pending_when_none_is(write_behind):
+    from tests.cache_helpers import wait_until
+
+    client = write_behind.client
+    write_behind.ensure_group()
+    write_behind.stage("o", "o", {"n": 0, "version": 0}, {"n": 1})
+    client.xreadgroup(write_behind.group, "busy", {write_behind.stream: ">"}, count=1)
+    client.xgroup_createconsumer(write_behind.stream, write_behind.group, "gone")
+    write_behind.dead_consumer_ms = 50
+
+    def idle(name):
+        consumers = client.xinfo_consumers(write_behind.stream, write_behind.group)
+        return next(c["idle"] for c in consumers if c["name"].decode() == name)
+
+    wait_until(lambda: idle("gone") > 50 and idle("busy") > 50)
+    status = write_behind.status()
+    assert [c["name"] for c in status["consumers"]] == ["busy"]  # it still holds a change
+    assert status["oldest_pending_ms"] is not None
+    write_behind.claim_idle_ms = 0  # "busy" is taken for dead: its change is claimed, applied
+    assert write_behind.flush_once(lambda i, s: None, "busy", block_ms=10) == 1
+    status = write_behind.status()
+    assert status["pending"] == 0
+    assert status["oldest_pending_ms"] is None
+
+
+def test_each_objects_changes_are_applied_in_the_order_they_were_staged(write_behind):
+    write_behind.ensure_group()
+    applied: dict[str, list[int]] = {}
+    source: dict[str, dict] = {}  # what each object is, as a reader would find it
+    for round_ in range(6):
+        for step in range(2):  # two changes of each object in each batch, interleaved
+            for i in range(round_ % 3 + 1):  # batches of one to three objects
+                base = source.get(f"o{i}", {"n": 0, "version": 0})
+                change = {"n": round_, "step": step}
+                source[f"o{i}"] = write_behind.stage(f"o{i}", f"o{i}", base, change)
+        write_behind.flush_once(
+            lambda i, s: applied.setdefault(i, []).append(s["version"]), "c1", block_ms=10
+        )
+    assert {i: versions[-1] for i, versions in applied.items()} == {
+        i: state["version"] for i, state in source.items()
+    }
+    assert all(versions == sorted(set(versions)) for versions in applied.values())

@@ -118,3 +118,59 @@ def test_a_missing_trailing_slash_redirect_stays_a_redirect(make_app):
         return {"ok": True}
 
     assert app.test_client().get("/folder").status_code == 308
+
+
+def nested(depth: int) -> str:
+    return '{"email": ' + "[" * depth + "]" * depth + ', "title": "t", "password": "x"}'
+
+
+@pytest.mark.parametrize("depth", [900, 1000, 100_000])
+@pytest.mark.parametrize("path", ["/api/v1/auth/register", "/api/v1/auth/login", "/api/v1/tasks"])
+def test_a_deeply_nested_body_is_a_json_400_not_a_500(client, register, path, depth):
+    headers = register() if path == "/api/v1/tasks" else {}
+    body = nested(depth)
+    if len(body) > 60_000:
+        body = "[" * 30_000 + "]" * 30_000  # under MAX_CONTENT_LENGTH, deeper than any parser
+    response = client.post(path, data=body, headers=headers, content_type="application/json")
+    assert response.status_code in (400, 422)
+    assert_json_error(response, response.status_code)
+
+
+def test_a_chunked_body_over_max_content_length_is_a_json_413(app, client, register):
+    import io
+
+    headers = register()
+    huge = b'{"title": "' + b"x" * app.config["MAX_CONTENT_LENGTH"] + b'"}'
+    response = client.post(
+        "/api/v1/tasks",
+        input_stream=io.BytesIO(huge),
+        headers={**headers, "Transfer-Encoding": "chunked"},
+        content_type="application/json",
+        environ_overrides={"wsgi.input_terminated": True},  # as gunicorn sets for chunked bodies
+    )
+    assert_json_error(response, 413)
+    small = b'{"title": "streamed"}'
+    response = client.post(
+        "/api/v1/tasks",
+        input_stream=io.BytesIO(small),
+        headers={**headers, "Transfer-Encoding": "chunked"},
+        content_type="application/json",
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
+@pytest.mark.parametrize("bad_id", ["abc", "0123456789abcdef0123456", "zz" * 12, "1" * 30])
+def test_a_malformed_task_id_is_a_json_404_saying_what_an_id_is(client, register, method, bad_id):
+    response = client.open(
+        f"/api/v1/tasks/{bad_id}", method=method, headers=register(), json={"title": "x"}
+    )
+    message = assert_json_error(response, 404)
+    assert message.startswith("task not found")
+    assert "24 hexadecimal digits" in message
+
+
+def test_an_unknown_path_keeps_the_generic_404(client):
+    message = assert_json_error(client.get("/api/v1/nothing/here"), 404)
+    assert "hexadecimal" not in message

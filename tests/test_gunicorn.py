@@ -262,3 +262,14 @@ def test_workers_on_the_command_line_are_held_to_one_with_an_embedded_backend(se
     call(server.base, "GET", "/healthz")
     assert len(worker_pids(server.proc.pid)) == 1
     assert server.output().count("Booting worker") == 1
+
+
+def test_requests_gunicorn_refuses_itself_get_json_errors(serve, real_redis_env):
+    server = serve(**real_redis_env)
+    status, head, body = call(server.base, "GET", "/healthz", headers={"X-Big": "x" * 9000})
+    assert status == 431
+    assert head["Content-Type"] == "application/json"
+    assert body["error"]["code"] == 431 and body["error"]["message"]
+    status, head, body = call(server.base, "GET", "/healthz?" + "a" * 5000)
+    assert (status, head["Content-Type"]) == (414, "application/json")
+    assert body["error"]["code"] == 414

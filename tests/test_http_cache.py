@@ -8,7 +8,8 @@ import time
 import pytest
 
 from taskapp.extensions import cache
-from tests.api import account, db_reads
+from tests.api import PausedRead, account, db_reads, metric
+from tests.cache_helpers import bare_app, running
 
 TASKS = "/api/v1/tasks"
 
@@ -97,22 +98,24 @@ def test_a_view_answer_marked_no_store_is_never_stored(client, alice, task):
     assert http_keys(client.application) == []
 
 
-def test_a_slow_response_that_raced_a_write_is_not_stored(make_app, register):
-    app = make_app(SIMULATED_DB_LATENCY_MS=300)
+def test_a_slow_response_that_raced_a_write_is_not_stored(make_app, monkeypatch):
+    app = make_app(SIMULATED_DB_LATENCY_MS=1)
     client = app.test_client()
     headers = register_on(client)
     task = client.post(TASKS, json={"title": "old"}, headers=headers).get_json()
     path = f"{TASKS}/{task['id']}"
+    paused = PausedRead(monkeypatch)
     slow = []
 
     def read():
         slow.append(app.test_client().get(path, headers=headers).get_json()["title"])
 
-    reader = threading.Thread(target=read)
+    reader = threading.Thread(target=read, name="reader")
     reader.start()
-    time.sleep(0.1)  # the reader is inside its 300 ms database read
+    assert paused.taken.wait(10)  # the view holds MongoDB's "old"; its response is not stored yet
     client.patch(path, json={"title": "new"}, headers=headers)
-    reader.join()
+    paused.release.set()
+    reader.join(10)
     assert slow == ["old"]  # it started before the write ...
     assert client.get(path, headers=headers).get_json()["title"] == "new"  # ... and is not kept
 
@@ -155,3 +158,124 @@ def test_a_failed_answer_releases_the_fill_lock_for_the_next_caller(make_app):
     started = time.monotonic()
     assert client.get(missing, headers=headers).status_code == 404
     assert time.monotonic() - started < 1
+
+
+def response_cache_app(redis_url: str, key_prefix: str):
+    """A bare app with the extension's ResponseCache for one user, "u1" (nothing of taskapp)."""
+    from taskapp.cache.http import ResponseCache
+
+    app, ext = bare_app(redis_url, key_prefix)
+    responses = ResponseCache(
+        ext,
+        identity=lambda: "u1",
+        key=lambda user, method, path, query: f"{{u:{user}}}:http:{method}:{path}?{query}",
+        tags=lambda user: [f"{{u:{user}}}:responses"],
+        ignored_parameters=("_",),
+    )
+    responses.init_app(app)
+    return app, ext, responses
+
+
+@pytest.fixture
+def echo_app(redis_url, key_prefix):
+    """A bare app whose cached view answers the first value of each parameter, as views read."""
+    from flask import request
+
+    app, ext, responses = response_cache_app(redis_url, key_prefix)
+
+    @app.get("/echo")
+    @responses.mark
+    def echo():
+        ext.mark_source_read()  # an answer made by the view is a MISS
+        return {name: request.args.get(name) for name in sorted(request.args) if name != "_"}
+
+    with running(app, ext):
+        yield app.test_client()
+
+
+def test_many_clients_missing_one_url_at_once_run_its_view_once(redis_url, key_prefix):
+    """The response cache's own fill lock, counted in view calls (a database read count would
+    also be kept at one by the service cache's lock below it)."""
+    app, ext, responses = response_cache_app(redis_url, key_prefix)
+    clients, calls = 20, []
+    waits_before = metric("taskapp_cache_lock_waits_total")
+
+    def others_wait() -> bool:
+        return metric("taskapp_cache_lock_waits_total") - waits_before >= clients - 1
+
+    @app.get("/cold")
+    @responses.mark
+    def cold():
+        calls.append(1)
+        ext.mark_source_read()
+        deadline = time.monotonic() + 3  # hold the fill until every other client waits for it
+        while not others_wait() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return {"made": True}
+
+    barrier = threading.Barrier(clients)
+    answers = []
+
+    def get():
+        barrier.wait()
+        response = app.test_client().get("/cold")
+        answers.append((response.status_code, response.headers["X-Cache"]))
+
+    with running(app, ext):
+        threads = [threading.Thread(target=get) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+    assert len(calls) == 1
+    assert sorted(answers) == [(200, "HIT")] * (clients - 1) + [(200, "MISS")]
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked", "answer"),
+    [
+        ("page=2&page=1", "page=1&page=2", {"page": "1"}),  # repeated: the view reads the first
+        ("a=x%26b%3Dy", "a=x&b=y", {"a": "x", "b": "y"}),  # an escaped & and = in a value
+        ("a=x&b=y", "a=x%26b%3Dy", {"a": "x&b=y"}),
+        ("a=1%3D2", "a%3D1=2", {"a=1": "2"}),  # an = in a name
+    ],
+)
+def test_a_cached_answer_equals_the_views_answer_to_the_same_request(
+    echo_app, stored, asked, answer
+):
+    echo_app.get(f"/echo?{stored}")
+    response = echo_app.get(f"/echo?{asked}")
+    assert response.get_json() == answer
+    assert response.headers["X-Cache"] == "MISS"
+
+
+def test_the_cache_buster_parameter_shares_one_entry(echo_app):
+    assert echo_app.get("/echo?a=1&_=111").headers["X-Cache"] == "MISS"
+    hit = echo_app.get("/echo?_=222&a=1")
+    assert (hit.headers["X-Cache"], hit.get_json()) == ("HIT", {"a": "1"})
+
+
+def test_if_none_match_compares_weakly(client, alice, task):
+    path = f"{TASKS}/{task['id']}"
+    etag = client.get(path, headers=alice).headers["ETag"]
+    for sent in (f"W/{etag}", f'"other", W/{etag}', "*"):
+        response = client.get(path, headers={**alice, "If-None-Match": sent})
+        assert response.status_code == 304, sent
+
+
+def test_head_of_a_cached_get_carries_the_get_headers(client, alice, task):
+    path = f"{TASKS}/{task['id']}"
+    head = client.head(path, headers=alice)
+    get = client.get(path, headers=alice)
+    again = client.head(path, headers=alice)
+    assert (head.status_code, head.data) == (200, b"")
+    assert (head.headers["X-Cache"], get.headers["X-Cache"], again.headers["X-Cache"]) == (
+        "MISS",
+        "HIT",
+        "HIT",
+    )
+    for response in (head, again):
+        assert response.headers["ETag"] == get.headers["ETag"]
+        assert "Authorization" in response.headers["Vary"]
+        assert response.headers["Cache-Control"] == "private, no-cache"
+        assert response.headers["Content-Length"] == str(len(get.data))

@@ -31,7 +31,7 @@ def redis_client(redis_url):
 
 
 def new_account(client, email: str | None = None) -> str:
-    """Register an account (registration is not rate limited) and return its email."""
+    """Register an account and return its email."""
     email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
     response = client.post(REGISTER, json={"email": email, "password": PASSWORD})
     assert response.status_code == 201, response.get_json()
@@ -214,3 +214,56 @@ def test_limits_fail_open_when_redis_is_down(make_app):
     headers = {"Authorization": f"Bearer {logins[-1].get_json()['access_token']}"}
     statuses = [client.get(TASKS, headers=headers).status_code for _ in range(5)]
     assert statuses == [200] * 5
+
+
+# Registration and proxies
+
+
+def register_from(client, address: str, **headers: str):
+    email = f"user-{uuid.uuid4().hex[:8]}@example.com"
+    return client.post(
+        REGISTER,
+        json={"email": email, "password": PASSWORD},
+        headers=headers,
+        environ_base={"REMOTE_ADDR": address},
+    )
+
+
+def test_registrations_are_limited_per_address(make_app):
+    client = make_app(REGISTER_RATE_LIMIT_PER_MINUTE=2).test_client()
+    statuses = [register_from(client, "10.7.0.1").status_code for _ in range(2)]
+    assert statuses == [201, 201]
+    assert_rate_limited(register_from(client, "10.7.0.1"), 2)
+    assert register_from(client, "10.7.0.2").status_code == 201
+
+
+def test_behind_trusted_proxies_the_login_limit_sees_each_client(make_app):
+    client = make_app(LOGIN_RATE_LIMIT_PER_MINUTE=2, TRUSTED_PROXIES=1).test_client()
+
+    def attempt(forwarded_for: str):
+        return client.post(
+            LOGIN,
+            json={"email": f"{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD},
+            headers={"X-Forwarded-For": forwarded_for},
+            environ_base={"REMOTE_ADDR": "10.8.0.1"},  # the proxy
+        )
+
+    assert [attempt("203.0.113.1").status_code for _ in range(2)] == [401, 401]
+    assert_rate_limited(attempt("203.0.113.1"), 2)
+    assert attempt("203.0.113.2").status_code == 401  # another client behind the same proxy
+    # A client cannot escape by sending its own X-Forwarded-For: one hop is trusted, the last.
+    assert_rate_limited(attempt("198.51.100.9, 203.0.113.1"), 2)
+
+
+def test_without_trusted_proxies_a_sent_x_forwarded_for_is_ignored(make_app):
+    client = make_app(LOGIN_RATE_LIMIT_PER_MINUTE=2).test_client()
+    statuses = [
+        client.post(
+            LOGIN,
+            json={"email": f"{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD},
+            headers={"X-Forwarded-For": f"203.0.113.{n}"},
+            environ_base={"REMOTE_ADDR": "10.9.0.1"},
+        ).status_code
+        for n in range(3)
+    ]
+    assert statuses == [401, 401, 429]

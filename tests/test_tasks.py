@@ -265,8 +265,14 @@ def test_list_accepts_the_largest_page_size(client, alice):
 # Update
 
 
-def test_update_changes_only_the_sent_fields_and_updated_at(client, alice):
+def test_update_changes_only_the_sent_fields_and_updated_at(app, client, alice):
+    from taskapp.models import Task
+
     task = create(client, alice, title="old", description="keep me", priority="low")
+    long_ago = datetime(2020, 1, 1, tzinfo=UTC)
+    with app.app_context():  # an updated_at the update must visibly move (not just keep)
+        Task.objects(id=ObjectId(task["id"])).update(set__updated_at=long_ago)
+    started = datetime.now(UTC) - timedelta(seconds=1)
     response = client.patch(
         f"{TASKS}/{task['id']}", json={"title": "new", "completed": True}, headers=alice
     )
@@ -275,7 +281,7 @@ def test_update_changes_only_the_sent_fields_and_updated_at(client, alice):
     assert (updated["title"], updated["completed"]) == ("new", True)
     assert (updated["description"], updated["priority"]) == ("keep me", "low")
     assert updated["created_at"] == task["created_at"]
-    assert parse(updated["updated_at"]) >= parse(task["updated_at"])
+    assert parse(updated["updated_at"]) >= started > long_ago
 
 
 def test_update_with_a_null_due_date_clears_it(client, alice):

@@ -10,7 +10,7 @@ from werkzeug.exceptions import Unauthorized
 from taskapp.auth import service, tokens
 from taskapp.auth.schemas import Credentials, Registration, TokenOut, UserOut
 from taskapp.openapi import response
-from taskapp.ratelimit import limit_login
+from taskapp.ratelimit import limit_login, limit_register
 from taskapp.validation import body
 
 bp = Blueprint("auth", __name__)
@@ -24,10 +24,11 @@ def _no_store(resp: Response) -> Response:
 
 
 @bp.post("/register")
-@response(UserOut, status=201, errors=(409,))
+@response(UserOut, status=201, errors=(409, 429))
 @body(Registration, invalid_status=400)
 def register(body: Registration) -> tuple[dict[str, Any], int]:
     """Create an account."""
+    limit_register()
     user = service.register(body.email, body.password)
     return {"id": str(user.id), "email": user.email}, 201
 

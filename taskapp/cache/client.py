@@ -12,8 +12,35 @@ from redis.retry import Retry
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
+#: Refusals that mean the server cannot serve now (a failover, a busy script, a full memory),
+#: so they count towards an outage like a timeout does.
+_OUTAGE_REPLIES = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,
+)
+_OUTAGE_PREFIXES = ("BUSY", "MASTERDOWN", "LOADING", "NOREPLICAS", "CLUSTERDOWN")
+
+
 class Unavailable(Exception):
     """Redis cannot be used right now (it failed, or the breaker is open); treat as a miss."""
+
+
+class CommandError(Unavailable):
+    """Redis refused one command (a wrong type, a value that is not an integer): the server is
+    up, so this is no outage and never opens the breaker; still a miss for the caller."""
+
+
+def is_command_error(exc: BaseException) -> bool:
+    """True for an error reply to one command, as opposed to Redis being unreachable or unable
+    to serve (timeouts, refused connections, failovers, busy scripts)."""
+    if not isinstance(exc, redis.exceptions.ResponseError):
+        return False
+    if isinstance(exc, _OUTAGE_REPLIES):
+        return False
+    return not str(exc).startswith(_OUTAGE_PREFIXES)
 
 
 def connect(url: str, *, cluster: bool, timeout: float) -> Any:

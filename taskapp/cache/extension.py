@@ -58,20 +58,23 @@ class CacheState:
         self._write_behind: WriteBehind | None = None
 
     def write_behind(self) -> WriteBehind:
-        """The write-behind queue, on a connection of its own (flushers block on the stream
-        longer than the cache's short socket timeout allows)."""
+        """The write-behind queue: requests use the cache's client through the breaker; the
+        flushers a connection of their own (they block on the stream longer than the cache's
+        short socket timeout allows)."""
         if self._write_behind is None:
             settings = self.settings
-            client = (
+            flusher_client = (
                 self.store.client
                 if settings.redis_url.startswith("memory://")
                 else connect(settings.redis_url, cluster=settings.cluster, timeout=5.0)
             )
             self._write_behind = WriteBehind(
-                client,
+                self.store.client,
                 self.keys.prefix,
                 flush_ms=settings.flush_ms,
                 claim_idle_ms=settings.claim_idle_ms,
+                guard=partial(self.store.run, op="write_behind"),
+                flusher_client=flusher_client,
             )
         return self._write_behind
 
@@ -91,6 +94,16 @@ class CacheState:
         self.region.close()
         self.notifier.stop()
         self.store.close()
+
+
+def state_of(app: Flask) -> CacheState:
+    """The cache state of ``app`` in this process, without needing an app context."""
+    state: CacheState = app.extensions[EXTENSION_NAME]
+    if state.pid != os.getpid():  # forked: connections and threads are not ours
+        state = app.extensions[EXTENSION_NAME] = CacheState(state.settings)
+    if not state.notifier.running:
+        state.notifier.start()
+    return state
 
 
 class RedisCache:
@@ -120,12 +133,7 @@ class RedisCache:
     @staticmethod
     def _state() -> CacheState:
         """The cache state of the current app in this process (made anew after a fork)."""
-        state: CacheState = current_app.extensions[EXTENSION_NAME]
-        if state.pid != os.getpid():  # forked: connections and threads are not ours
-            state = current_app.extensions[EXTENSION_NAME] = CacheState(state.settings)
-        if not state.notifier.running:
-            state.notifier.start()
-        return state
+        return state_of(current_app)
 
     @property
     def client(self) -> Any:

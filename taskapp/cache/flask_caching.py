@@ -4,11 +4,18 @@
 here stores JSON (a value read back from Redis can never run code), shares this extension's
 connection and key prefix, and goes through its circuit breaker, so a hung Redis costs a
 decorated view nothing but the cache.
+
+Only values that JSON gives back exactly are stored: ``None``, ``bool``, ``int``, finite
+``float``, ``str``, and lists and string-keyed dicts of those. Anything else (a tuple such as a
+view's ``("created", 201)``, bytes, a ``Response``, an exception) is not cached at all, so it can
+never be replayed as something else: the decorated function simply runs every time.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from typing import Any
 
 from flask import Flask
@@ -16,7 +23,46 @@ from flask_caching.backends.rediscache import RedisCache as FlaskCachingRedisCac
 
 from taskapp.cache.client import Unavailable
 
+log = logging.getLogger("taskapp.cache")
+
 BACKEND = "taskapp.cache.flask_caching.JSONRedisCache"
+
+#: Flask-Caching settings of its own Redis connection: this backend shares the extension's
+#: connection (REDIS_URL, REDIS_SOCKET_TIMEOUT), so they cannot apply here.
+CONNECTION_SETTINGS = (
+    "CACHE_REDIS_URL",
+    "CACHE_REDIS_HOST",
+    "CACHE_REDIS_PORT",
+    "CACHE_REDIS_DB",
+    "CACHE_REDIS_PASSWORD",
+    "CACHE_REDIS_SENTINELS",
+    "CACHE_REDIS_SENTINEL_MASTER",
+    "CACHE_REDIS_SENTINEL_PASSWORD",
+    "CACHE_REDIS_CLUSTER",
+    "CACHE_OPTIONS",
+    "CACHE_ARGS",
+)
+
+
+def round_trips(value: Any) -> bool:
+    """True when ``json.loads(json.dumps(value))`` gives back ``value`` exactly, types included."""
+    try:
+        return _round_trips(value)
+    except RecursionError:
+        return False
+
+
+def _round_trips(value: Any) -> bool:
+    kind = type(value)
+    if value is None or kind in (str, bool, int):
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is list:
+        return all(_round_trips(item) for item in value)
+    if kind is dict:
+        return all(type(k) is str and _round_trips(v) for k, v in value.items())
+    return False  # tuples, bytes, Responses, exceptions, dict subclasses, ...
 
 
 class JSONSerializer:
@@ -39,42 +85,129 @@ class JSONSerializer:
             return None  # not ours (an old pickled entry, say): a miss, never an unpickle
 
 
+def _key_count(args: tuple[Any, ...]) -> int:
+    """How many keys an MGET was given (``mget([k1, k2])`` or ``mget(k1, k2)``)."""
+    if args and isinstance(args[0], (list, tuple)):
+        return len(args[0]) + len(args) - 1
+    return len(args)
+
+
 class _GuardedClient:
-    """The extension's client with every command sent through its breaker (failures: None)."""
+    """The extension's client of one app, every command sent through its breaker.
+
+    Bound to the app when Flask-Caching builds the backend (as Flask-Caching's own backend binds
+    its client), so it works outside an app context too. A command that fails answers what a
+    miss would: None, or a list of Nones for MGET.
+    """
+
+    def __init__(self, app: Flask) -> None:
+        self._app = app
+
+    def _state(self) -> Any:
+        """The app's Redis store (its client, and ``run`` through the breaker)."""
+        from taskapp.cache.extension import state_of
+
+        return state_of(self._app).store
 
     def __getattr__(self, name: str) -> Any:
-        from taskapp.cache.extension import RedisCache
-
-        store = RedisCache._state().store
-        command = getattr(store.client, name)
-        if name == "pipeline" or not callable(command):
+        state = self._state()
+        command = getattr(state.client, name)
+        if name == "pipeline":
+            return lambda *args, **kwargs: _GuardedPipeline(state, command(*args, **kwargs))
+        if not callable(command):
             return command
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
             try:
-                return store.run(lambda: command(*args, **kwargs))
+                return state.run(lambda: command(*args, **kwargs), op="flask_caching")
             except Unavailable:
-                return None
+                return [None] * _key_count(args) if name == "mget" else None
 
         return guarded
 
 
+class _GuardedPipeline:
+    """A pipeline whose ``execute`` goes through the breaker; a failure answers one None per
+    queued command (what Flask-Caching's ``set_many`` reads as nothing stored)."""
+
+    def __init__(self, state: Any, pipeline: Any) -> None:
+        self._state = state
+        self._pipeline = pipeline
+
+    def __len__(self) -> int:
+        return len(self._pipeline)
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._pipeline, name)
+        if not callable(attribute):
+            return attribute
+
+        def queued(*args: Any, **kwargs: Any) -> Any:
+            result = attribute(*args, **kwargs)
+            return self if result is self._pipeline else result  # chained calls stay guarded
+
+        return queued
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        queued = len(self._pipeline)
+        try:
+            return self._state.run(
+                lambda: self._pipeline.execute(raise_on_error), op="flask_caching"
+            )
+        except Unavailable:
+            self._pipeline.reset()
+            return [None] * queued
+
+
 class JSONRedisCache(FlaskCachingRedisCache):
-    """Flask-Caching's Redis backend with JSON serialisation and the extension's connection."""
+    """Flask-Caching's Redis backend with JSON serialisation and the extension's connection.
+
+    ``set``, ``add`` and ``set_many`` store only values that JSON gives back exactly (see
+    ``round_trips``); another value is not stored (False), so it is never replayed altered.
+    """
 
     serializer = JSONSerializer()  # type: ignore[assignment]
 
     @classmethod
     def factory(cls, app: Flask, config: dict[str, Any], args: list[Any], kwargs: dict[str, Any]):
         kwargs.update(
-            host=_GuardedClient(),
+            host=_GuardedClient(app),
             key_prefix=config["CACHE_KEY_PREFIX"] + "fc:",
             default_timeout=config.get("CACHE_DEFAULT_TIMEOUT", 300),
         )
         return cls(*args, **kwargs)
 
+    def set(self, key: str, value: Any, timeout: Any = None) -> Any:
+        if not round_trips(value):
+            log.debug("not cached: %s does not round-trip through JSON", type(value).__name__)
+            return False
+        return super().set(key, value, timeout)
+
+    def add(self, key: str, value: Any, timeout: Any = None) -> Any:
+        if not round_trips(value):
+            log.debug("not cached: %s does not round-trip through JSON", type(value).__name__)
+            return False
+        return super().add(key, value, timeout)
+
+    def set_many(self, mapping: dict[str, Any], timeout: Any = None) -> list[Any]:
+        storable = {k: v for k, v in mapping.items() if round_trips(v)}
+        return super().set_many(storable, timeout) if storable else []
+
 
 def init_flask_caching(app: Flask, flask_cache: Any) -> None:
-    """Bind Flask-Caching to the app with this backend unless the app chose another one."""
-    app.config.setdefault("CACHE_TYPE", BACKEND)
+    """Bind Flask-Caching to the app with this backend unless the app chose another one.
+
+    Settings of Flask-Caching's own Redis connection are refused rather than silently ignored:
+    this backend uses the extension's connection.
+    """
+    config = app.config
+    config.setdefault("CACHE_TYPE", BACKEND)
+    if config["CACHE_TYPE"] == BACKEND:
+        given = [name for name in CONNECTION_SETTINGS if config.get(name)]
+        if given:
+            raise RuntimeError(
+                f"{', '.join(given)}: not used by the taskapp cache's Flask-Caching backend, "
+                "which shares the cache's Redis connection; set REDIS_URL (and "
+                "REDIS_SOCKET_TIMEOUT) instead, or choose another CACHE_TYPE"
+            )
     flask_cache.init_app(app)

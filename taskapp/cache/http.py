@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Flask, Response, current_app, g, request
+from werkzeug.http import unquote_etag
 
 from taskapp.cache import stats
 from taskapp.cache.extension import RedisCache
@@ -32,12 +34,14 @@ class ResponseCache:
         key: Callable[[str, str, str, str], str],
         tags: Callable[[str], Iterable[str]],
         ttl_setting: str = "HTTP_CACHE_TTL",
+        ignored_parameters: Iterable[str] = (),
     ) -> None:
         self.cache = cache
         self.identity = identity
         self.key = key
         self.tags = tags
         self.ttl_setting = ttl_setting
+        self.ignored_parameters = frozenset(ignored_parameters)
 
     def init_app(self, app: Flask) -> None:
         """Register the lookup and the store around every request."""
@@ -53,7 +57,7 @@ class ResponseCache:
         return view
 
     def _lookup(self) -> Response | None:
-        if request.method != "GET":
+        if request.method not in ("GET", "HEAD"):  # HEAD: a GET's answer without its body
             return None
         view = current_app.view_functions.get(request.endpoint or "")
         if not getattr(view, "_cache_response", False):
@@ -61,10 +65,7 @@ class ResponseCache:
         user = self.identity()
         if user is None:
             return None
-        query = ""
-        if request.query_string:  # canonical: the same parameters in any order, one entry
-            query = "&".join(sorted(f"{k}={v}" for k, v in request.args.items(multi=True)))
-        key = self.key(user, request.method, request.path, query)
+        key = self.key(user, "GET", request.path, self._query(request.args))
         context = g._response_cache = {"user": user, "hit": False, "lease": None}
         if request.cache_control.no_cache or request.cache_control.no_store:
             return None  # the client asked for a fresh answer: neither looked up nor stored
@@ -75,6 +76,20 @@ class ResponseCache:
             return self._respond(entry.raw_value, entry.meta["etag"], "HIT")
         self.cache.count(stats.HTTP_MISS, "http")
         return None
+
+    def _query(self, args: Any) -> str:
+        """The query string as the key sees it: parameters sorted by name (any order, one entry),
+        the values of a repeated one in the order sent (a view reading the first value and a view
+        reading them all are both told apart), escaped (a value holding ``&`` or ``=`` cannot
+        pose as other parameters), and without the ignored ones (a cache-buster)."""
+        return urlencode(
+            [
+                (name, value)
+                for name in sorted(args)
+                if name not in self.ignored_parameters
+                for value in args.getlist(name)
+            ]
+        )
 
     def _finish(self, response: Response) -> Response:
         context = g.get("_response_cache")
@@ -118,7 +133,11 @@ class ResponseCache:
         response.headers["X-Cache"] = outcome
         response.headers["ETag"] = etag
         response.headers["Cache-Control"] = "private, no-cache"
-        if "If-None-Match" in request.headers and request.if_none_match.contains_raw(etag):
+        # Weak comparison (RFC 9110 13.1.2): W/"x" matches "x", as a proxy that compresses the
+        # body (nginx's gzip) turns the ETag weak; "*" matches any.
+        if "If-None-Match" in request.headers and request.if_none_match.contains_weak(
+            unquote_etag(etag)[0]
+        ):
             response.status_code = 304
             response.set_data(b"")
             response.headers.pop("Content-Length", None)

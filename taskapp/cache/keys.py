@@ -29,20 +29,25 @@ class Keys:
             raise ValueError("cache keys cannot contain newlines")
         return self.prefix + key
 
-    def _slotted(self, full_key: str) -> str:
-        return full_key if HASH_TAG.search(full_key) else f"{{{full_key}}}"
+    def _derived(self, kind: str, full_key: str) -> str:
+        """``prefix kind:key`` for an entry's prefixed key: the caller's key once (not the prefix
+        twice) when it has a hash tag, else the whole prefixed key as the hash tag, so the
+        derived key hashes to the entry's slot either way."""
+        if HASH_TAG.search(full_key):
+            return f"{self.prefix}{kind}:{self.strip(full_key)}"
+        return f"{self.prefix}{kind}:{{{full_key}}}"
 
     def lock(self, full_key: str) -> str:
         """The fill lock of an entry."""
-        return f"{self.prefix}lock:{self._slotted(full_key)}"
+        return self._derived("lock", full_key)
 
     def version(self, full_key: str) -> str:
         """The entry's own version, bumped when it is deleted."""
-        return f"{self.prefix}v:{self._slotted(full_key)}"
+        return self._derived("v", full_key)
 
     def write_version(self, full_key: str) -> str:
         """The version of the last write stored by write-through."""
-        return f"{self.prefix}wv:{self._slotted(full_key)}"
+        return self._derived("wv", full_key)
 
     def scope_version(self, full_key: str) -> str:
         """The version of an entry's scope (its hash tag, else the key itself), bumped by every

@@ -17,6 +17,10 @@ CACHE_STALE_SERVED = Counter(
 CACHE_FILLS = Counter(
     "taskapp_cache_fills_total", "Fetches from the source by result of storing them", ["result"]
 )
+WRITE_BEHIND_RESTARTS = Counter(
+    "taskapp_write_behind_restarts_total",
+    "Write-behind flusher restarts after a failure (Redis or the apply function)",
+)
 CACHE_OP_SECONDS = Histogram(
     "taskapp_cache_operation_seconds",
     "Latency of cache operations",

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from taskapp.cache.client import REDIS_ERRORS, Unavailable
+from taskapp.cache.client import REDIS_ERRORS, CommandError, Unavailable, is_command_error
 
 log = logging.getLogger("taskapp.cache")
 T = TypeVar("T")
@@ -62,6 +62,9 @@ class Breaker:
         try:
             result = fn()
         except REDIS_ERRORS as exc:
+            if is_command_error(exc):
+                self._refused(exc)
+                raise CommandError(str(exc)) from exc
             self._failed(exc)
             raise Unavailable(str(exc)) from exc
         if self._failures:
@@ -90,6 +93,12 @@ class Breaker:
             self._failed(exc)
             return
         self._succeeded()
+
+    def _refused(self, exc: BaseException) -> None:
+        """One command refused by a server that answers: counted and logged, not a failure."""
+        if self.on_error is not None:
+            self.on_error()
+        log.warning("Redis refused a command (%s: %s)", type(exc).__name__, exc)
 
     def _failed(self, exc: BaseException) -> None:
         if self.on_error is not None:

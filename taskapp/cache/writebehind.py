@@ -16,11 +16,13 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
+from taskapp.cache import metrics
 from taskapp.cache.client import REDIS_ERRORS, Unavailable
 
 log = logging.getLogger("taskapp.cache.writebehind")
@@ -76,6 +78,29 @@ end
 return 0
 """
 
+# PRUNE_CONSUMERS: forget the consumers of a group that hold no pending change and have been idle
+# far longer than a live flusher ever is (a flusher that died or was scaled away). Atomic, so no
+# consumer can read entries between the check and the delete (DELCONSUMER drops what it holds).
+# KEYS[1] the stream
+# ARGV[1] the consumer group, ARGV[2] the idle time in ms past which an empty consumer is dead
+# returns the names of the consumers removed
+PRUNE_CONSUMERS = """
+local removed = {}
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if tonumber(info['pending']) == 0 and tonumber(info['idle']) > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed[#removed + 1] = info['name']
+  end
+end
+return removed
+"""
+
+#: The least idle time after which an empty consumer is taken for a flusher gone for good (a
+#: live one reads every WRITE_BEHIND_FLUSH_MS / 4, or retries within 5 s when failing).
+DEAD_CONSUMER_MIN_MS = 60_000
+
 #: apply(object_id, state) writes ``state`` to the source unless it holds a newer version.
 Apply = Callable[[str, dict[str, Any]], None]
 
@@ -85,15 +110,34 @@ class WriteBehind:
 
     group = "flushers"
 
-    def __init__(self, client: Any, prefix: str, *, flush_ms: int, claim_idle_ms: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        *,
+        flush_ms: int,
+        claim_idle_ms: int,
+        guard: Callable[[Callable[[], Any]], Any] | None = None,
+        flusher_client: Any = None,
+    ) -> None:
+        """``client`` and ``guard`` serve requests: every call goes through ``guard`` (the
+        cache's breaker, raising ``Unavailable``), on a client with short timeouts, so a hung
+        Redis costs a request no more than any other cache call. ``flusher_client`` (default
+        ``client``) serves only the flushers, whose blocking stream read needs a socket timeout
+        longer than the block."""
         self.client = client
+        self.flusher_client = flusher_client if flusher_client is not None else client
+        self._guard = guard or _unguarded
         self.prefix = prefix
         self.prefix_of_queue = f"{prefix}wb:"  # the stream and the pending states: data, not cache
         self.stream = f"{prefix}wb:stream"
         self.flush_ms = flush_ms
         self.claim_idle_ms = claim_idle_ms
         self._stage = client.register_script(STAGE)
-        self._settle = client.register_script(SETTLE)
+        self._settle = self.flusher_client.register_script(SETTLE)
+        self._prune = self.flusher_client.register_script(PRUNE_CONSUMERS)
+        #: A consumer idle this long with nothing pending is a flusher gone for good.
+        self.dead_consumer_ms = max(DEAD_CONSUMER_MIN_MS, 10 * claim_idle_ms)
 
     def pending_key(self, key: str) -> str:
         """The Redis key of an object's pending state."""
@@ -113,31 +157,27 @@ class WriteBehind:
         Raises ``Unavailable`` when Redis cannot take it: a change that cannot be queued must
         be refused, since nothing else would keep it.
         """
-        try:
-            encoded = self._stage(
+        encoded = self._guard(
+            lambda: self._stage(
                 keys=[self.pending_key(key), self.stream, self.version_key(key)],
                 args=[json.dumps(base), json.dumps(change), object_id, VERSION_MARK_TTL_MS],
             )
-        except REDIS_ERRORS as exc:
-            raise Unavailable(str(exc)) from exc
+        )
         return json.loads(encoded) if encoded else None
 
     def pending(self, key: str) -> dict[str, Any] | None:
         """The object's state with its changes not yet flushed, or None (also when Redis is
         unavailable: then readers see the source's state)."""
         try:
-            raw = self.client.get(self.pending_key(key))
-        except REDIS_ERRORS:
+            raw = self._guard(lambda: self.client.get(self.pending_key(key)))
+        except Unavailable:
             return None
         return json.loads(raw) if raw is not None else None
 
     def discard(self, key: str) -> None:
         """Forget an object's pending state before the object is deleted (its queued changes
         then match nothing in the source); raises ``Unavailable`` when Redis cannot be reached."""
-        try:
-            self.client.delete(self.pending_key(key))
-        except REDIS_ERRORS as exc:
-            raise Unavailable(str(exc)) from exc
+        self._guard(lambda: self.client.delete(self.pending_key(key)))
 
     def pending_many(self, keys: list[str]) -> list[tuple[dict[str, Any] | None, int]]:
         """For several objects in one round trip (keys of one hash slot): each one's pending
@@ -145,10 +185,12 @@ class WriteBehind:
         if not keys:
             return []
         try:
-            raws = self.client.mget(
-                [self.pending_key(k) for k in keys] + [self.version_key(k) for k in keys]
+            raws = self._guard(
+                lambda: self.client.mget(
+                    [self.pending_key(k) for k in keys] + [self.version_key(k) for k in keys]
+                )
             )
-        except REDIS_ERRORS:
+        except Unavailable:
             return [(None, 0)] * len(keys)
         states, staged = raws[: len(keys)], raws[len(keys) :]
         return [
@@ -159,19 +201,19 @@ class WriteBehind:
     def ensure_group(self) -> None:
         """Create the stream and its consumer group if they are missing."""
         try:
-            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            self.flusher_client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     def flush_once(self, apply: Apply, consumer: str, block_ms: int | None = None) -> int:
         """Apply one batch: first entries abandoned by dead flushers, then new ones; how many."""
-        _, claimed, _ = self.client.xautoclaim(
+        _, claimed, _ = self.flusher_client.xautoclaim(
             self.stream, self.group, consumer, min_idle_time=self.claim_idle_ms, count=100
         )
         entries = [e for e in claimed if e[1]]
         if not entries:
-            batch = self.client.xreadgroup(
+            batch = self.flusher_client.xreadgroup(
                 self.group,
                 consumer,
                 {self.stream: ">"},
@@ -205,37 +247,78 @@ class WriteBehind:
         )
 
     def run(self, apply: Apply, stop: threading.Event, consumer: str | None = None) -> None:
-        """Flush until ``stop`` is set; survives Redis outages (retries with a backoff)."""
+        """Flush until ``stop`` is set, restarting after any failure with a backoff.
+
+        A Redis outage or an error of ``apply`` (MongoDB down, a bad document) never ends the
+        flusher: the batch stays unacknowledged, so it is applied again (after ``claim_idle_ms``,
+        by this flusher or another) once the cause is gone. Each restart is counted
+        (``taskapp_write_behind_restarts_total``); one line is logged when failures begin and
+        one when a batch goes through again.
+        """
         consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
         delay = 0.1
+        failing = False
+        prune_at = 0.0
         while not stop.is_set():
             try:
                 self.ensure_group()
                 while not stop.is_set():
-                    self.flush_once(apply, consumer)
-                    delay = 0.1
-            except REDIS_ERRORS as exc:
-                log.warning("write-behind flusher: Redis unavailable (%s); retrying", exc)
+                    if time.monotonic() >= prune_at:
+                        self.prune_consumers()
+                        prune_at = time.monotonic() + self.dead_consumer_ms / 1000
+                    if self.flush_once(apply, consumer) and failing:  # a batch went through
+                        log.warning("write-behind flusher: flushing again")
+                        failing = False
+                        delay = 0.1
+            except Exception as exc:  # noqa: BLE001 - supervise: any failure restarts the loop
+                metrics.WRITE_BEHIND_RESTARTS.inc()
+                if not failing:
+                    failing = True
+                    what = "Redis unavailable" if isinstance(exc, REDIS_ERRORS) else "apply failed"
+                    log.warning(
+                        "write-behind flusher: %s (%s: %s); restarting with a backoff",
+                        what,
+                        type(exc).__name__,
+                        exc,
+                        exc_info=not isinstance(exc, REDIS_ERRORS),
+                    )
+                else:
+                    log.debug("write-behind flusher failed again: %s", exc)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
+    def prune_consumers(self) -> list[str]:
+        """Forget consumers with nothing pending idle past ``dead_consumer_ms``; their names."""
+        removed = self._prune(keys=[self.stream], args=[self.group, self.dead_consumer_ms])
+        return [name.decode() for name in removed]
+
     def status(self) -> dict[str, Any]:
-        """Pending changes, consumers and lag of the flushers' group."""
+        """Pending changes, live consumers and lag of the flushers' group (dead consumers with
+        nothing pending are forgotten first); ``oldest_pending_ms`` is None when none is."""
         self.ensure_group()
-        groups = {g["name"].decode(): g for g in self.client.xinfo_groups(self.stream)}
+        self.prune_consumers()
+        groups = {g["name"].decode(): g for g in self.flusher_client.xinfo_groups(self.stream)}
         group = groups[self.group]
-        consumers = self.client.xinfo_consumers(self.stream, self.group)
-        oldest = self.client.xpending_range(self.stream, self.group, "-", "+", 1)
+        consumers = self.flusher_client.xinfo_consumers(self.stream, self.group)
+        oldest = self.flusher_client.xpending_range(self.stream, self.group, "-", "+", 1)
         return {
-            "stream_length": self.client.xlen(self.stream),
+            "stream_length": self.flusher_client.xlen(self.stream),
             "pending": group["pending"],
             "lag": group.get("lag"),
             "consumers": [
                 {"name": c["name"].decode(), "pending": c["pending"], "idle_ms": c["idle"]}
                 for c in consumers
             ],
-            "oldest_pending_ms": oldest[0]["time_since_delivered"] if oldest else 0,
+            "oldest_pending_ms": oldest[0]["time_since_delivered"] if oldest else None,
         }
+
+
+def _unguarded(call: Callable[[], Any]) -> Any:
+    """Run ``call``; a Redis error becomes ``Unavailable`` (when no breaker is given)."""
+    try:
+        return call()
+    except REDIS_ERRORS as exc:
+        raise Unavailable(str(exc)) from exc
 
 
 class Flusher:

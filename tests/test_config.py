@@ -1,0 +1,78 @@
+"""Settings: every bad value stops start-up with a message naming the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskapp.config import SETTINGS, ConfigError, load
+
+#: A value each setting refuses, by the kind of its conversion.
+BAD = {
+    "REDIS_CLUSTER": "maybe",
+    "TASK_READ_STRATEGY": "read-around",
+    "TASK_WRITE_STRATEGY": "write-sideways",
+    "REDIS_SOCKET_TIMEOUT": "0",
+    "CACHE_STALE_TTL": "-1",
+    "CACHE_LOCK_TTL": "0",
+    "CACHE_LOCK_WAIT": "soon",
+    "CACHE_BREAKER_COOLDOWN": "0",
+    "REDIS_URL": "http://cache:6379",
+    "MONGODB_URI": "postgres://db/taskapp",
+    "CACHE_KEY_PREFIX": "bad {prefix}",
+}
+#: Settings any string is fine for (names, lists of emails, the secret).
+FREE_FORM = {"SECRET_KEY", "ADMIN_EMAILS"}
+
+
+def bad_value(name: str) -> str:
+    if name in BAD:
+        return BAD[name]
+    return "-1"  # every other setting is a whole number with a minimum of 0 or more
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for name in SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("name", sorted(set(SETTINGS) - FREE_FORM))
+def test_a_bad_value_in_the_environment_names_the_setting(monkeypatch, name):
+    monkeypatch.setenv(name, bad_value(name))
+    with pytest.raises(ConfigError, match=name):
+        load()
+
+
+@pytest.mark.parametrize("name", sorted(set(SETTINGS) - FREE_FORM - set(BAD)))
+def test_a_whole_number_setting_refuses_text_naming_the_setting(monkeypatch, name):
+    monkeypatch.setenv(name, "ten")
+    with pytest.raises(ConfigError, match=name):
+        load()
+
+
+def test_good_values_are_converted(monkeypatch):
+    monkeypatch.setenv("REDIS_CLUSTER", "off")
+    monkeypatch.setenv("TRUSTED_PROXIES", "2")
+    monkeypatch.setenv("ADMIN_EMAILS", " Ops@Example.com , ,b@example.com")
+    values = load()
+    assert values["REDIS_CLUSTER"] is False
+    assert values["TRUSTED_PROXIES"] == 2
+    assert values["ADMIN_EMAILS"] == ["ops@example.com", "b@example.com"]
+
+
+def test_a_real_backend_without_a_secret_key_names_it(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        load()
+
+
+def test_write_behind_on_a_cluster_is_refused_naming_both_settings():
+    with pytest.raises(ConfigError, match="TASK_WRITE_STRATEGY.*REDIS_CLUSTER"):
+        load(
+            {
+                "REDIS_URL": "redis://cache:6379/0",
+                "REDIS_CLUSTER": "1",
+                "TASK_WRITE_STRATEGY": "write-behind",
+                "SECRET_KEY": "x" * 32,
+            }
+        )
