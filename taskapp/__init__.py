@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.routing import BaseConverter
 
@@ -29,9 +29,20 @@ class NullSessionInterface(SecureCookieSessionInterface):
         return None
 
 
+class TaskApp(Flask):
+    """Flask, answering an OPTIONS request (a CORS preflight) 204 without a body."""
+
+    def make_default_options_response(self) -> Response:
+        """The route's methods in ``Allow``; no body, so no Content-Type (never an HTML page)."""
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app: settings from the environment, overridden by ``config``."""
-    app = Flask(__name__, static_folder=None)  # a JSON API: no static route
+    app = TaskApp(__name__, static_folder=None)  # a JSON API: no static route
     app.config.from_mapping(settings.load(config))
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # A bearer-token API keeps no cookie session: skip Flask's signer on every request.
@@ -41,10 +52,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    from taskapp import db, errors, metrics
+    from taskapp import cors, db, errors, metrics
     from taskapp.extensions import cache
 
     errors.init_app(app)
+    cors.init_app(app)  # before every other hook: its headers go on every final response
     db.init_app(app)
     cache.init_app(app)
     metrics.init_app(app)
