@@ -136,7 +136,9 @@ def test_openapi_lists_every_route_and_method_of_the_app(app, document):
 def test_openapi_marks_exactly_the_protected_routes_with_bearer_security(document):
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            protected = path.startswith(("/api/v1/tasks", "/api/v1/activity", "/api/v1/admin"))
+            protected = path.startswith(
+                ("/api/v1/tasks", "/api/v1/activity", "/api/v1/admin", "/api/v1/auth/me")
+            )
             assert ("security" in operation) == protected, (method, path)
             if protected:
                 assert operation["responses"]["401"]
