@@ -91,9 +91,9 @@ def users(query: UserQuery) -> dict[str, Any]:
 @admin_required
 @arguments(ListQuery)
 def user_tasks(user_id: str, query: ListQuery) -> dict[str, Any]:
-    """List any user's tasks, newest first (admin only)."""
+    """List any user's tasks, with the filters and orders of the task list (admin only)."""
     user = existing_user(user_id)
-    return tasks.list_tasks(str(user.id), query.page, query.per_page, query.completed)
+    return tasks.list_tasks(str(user.id), query)
 
 
 @bp.patch("/users/<user_id>")

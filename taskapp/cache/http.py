@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Flask, Response, current_app, g, request
 
@@ -62,8 +63,8 @@ class ResponseCache:
         if user is None:
             return None
         query = ""
-        if request.query_string:  # canonical: the same parameters in any order, one entry
-            query = "&".join(sorted(f"{k}={v}" for k, v in request.args.items(multi=True)))
+        if request.query_string:
+            query = _canonical_query()
         key = self.key(user, request.method, request.path, query)
         context = g._response_cache = {"user": user, "hit": False, "lease": None}
         if request.cache_control.no_cache or request.cache_control.no_store:
@@ -125,6 +126,16 @@ class ResponseCache:
             response.set_data(b"")
             response.headers.pop("Content-Length", None)
         return response
+
+
+def _canonical_query() -> str:
+    """The query string with its parameters in name order: one entry for any order of them.
+
+    Sorted by name only, so a repeated parameter keeps the order of its values (a view reading
+    the first one answers by it), and encoded again, so that no value holding ``&`` or ``=``
+    passes for other parameters.
+    """
+    return urlencode(sorted(request.args.items(multi=True), key=lambda item: item[0]))
 
 
 def _etag(user: str, body: bytes) -> str:
