@@ -61,7 +61,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     cache.init_app(app)
     metrics.init_app(app)
 
-    from taskapp import cli, http_cache, ratelimit
+    from taskapp import cli, docs, http_cache, ratelimit
     from taskapp.admin.routes import bp as admin_bp
     from taskapp.auth.routes import bp as auth_bp
     from taskapp.service_routes import bp as service_bp
@@ -72,6 +72,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     task_service.init_app(app)
     http_cache.init_app(app)
     app.register_blueprint(service_bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(auth_bp, url_prefix="/api/v1/auth")
     app.register_blueprint(tasks_bp, url_prefix="/api/v1")
     app.register_blueprint(admin_bp, url_prefix="/api/v1/admin")
