@@ -24,6 +24,7 @@ EXPOSED_HEADERS = [
 ]
 PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight's answer
 ALLOW_METHODS = "Access-Control-Allow-Methods"
+ALLOW_HEADERS = "Access-Control-Allow-Headers"
 
 
 def init_app(app: Flask) -> None:
@@ -48,13 +49,17 @@ def _route_methods_and_vary(response: Response) -> Response:
     """Preflights allow the methods of the requested route only; every answer varies by Origin.
 
     flask-cors allows one fixed list of methods; the route's own are in the ``Allow`` header of
-    Flask's automatic OPTIONS answer (none for an unknown path). ``Vary: Origin`` goes on every
-    response, not only on those to an allowed origin, so that no shared cache hands an answer
-    without CORS headers to an allowed origin or one with them to another origin.
+    Flask's automatic OPTIONS answer (none for an unknown path). It names the allowed request
+    headers only when the preflight asks for some; one that asks for none is told the whole list.
+    ``Vary: Origin`` goes on every response, not only on those to an allowed origin, so that no
+    shared cache hands an answer without CORS headers to an allowed origin or one with them to
+    another origin.
     """
     if request.method == "OPTIONS" and ALLOW_METHODS in response.headers:
         if response.allow:
             response.headers[ALLOW_METHODS] = ", ".join(sorted(response.allow))
+            if "Access-Control-Request-Headers" not in request.headers:
+                response.headers[ALLOW_HEADERS] = ", ".join(ALLOWED_HEADERS)
         else:
             del response.headers[ALLOW_METHODS]
     response.vary.add("Origin")

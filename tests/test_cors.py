@@ -142,6 +142,12 @@ def test_a_preflight_lists_only_the_methods_of_its_own_route(client):
     }
 
 
+def test_a_preflight_asking_for_no_header_is_told_the_allowed_ones(client):
+    response = preflight(client, TASKS, "GET")
+    allowed = {h.strip() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+    assert allowed >= {"Authorization", "Content-Type"}
+
+
 def test_a_preflight_does_not_allow_other_request_headers(client):
     response = preflight(client, TASKS, "GET", headers="x-custom")
     assert not response.headers.get("Access-Control-Allow-Headers")
