@@ -77,6 +77,7 @@ def test_pages_of_a_sorted_list_cover_every_task_once(client, alice):
         ("due_after=2030-01-01&due_before=2030-03-01", {"d"}),  # a date alone is midnight UTC
         ("due_after=2030-02-01T11:00:00%2B02:00", {"a", "d"}),  # 09:00 UTC
         ("due_after=2030-02-01T13:00:00 02:00", {"a"}),  # a "+" decoded as a space
+        ("due_after=2030-02-01t09:00:00z", {"a", "d"}),  # RFC 3339 allows lowercase
         ("due_before=2031-01-01T00:00:00Z", {"a", "b", "d"}),  # never the undated ones
         ("due_before=2031-01-01T00:00:00Z&priority=low&sort=due_date", {"b", "d"}),
         ("due_after=2031-01-01T00:00:00Z", set()),
