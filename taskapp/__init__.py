@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
@@ -30,9 +30,20 @@ class NullSessionInterface(SecureCookieSessionInterface):
         return None
 
 
+class TaskApp(Flask):
+    """Flask, answering an OPTIONS request (a CORS preflight) 204 without a body."""
+
+    def make_default_options_response(self) -> Response:
+        """The route's methods in ``Allow``; no body, so no Content-Type (never an HTML page)."""
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app: settings from the environment, overridden by ``config``."""
-    app = Flask(__name__, static_folder=None)  # a JSON API: no static route
+    app = TaskApp(__name__, static_folder=None)  # a JSON API: no static route
     app.config.from_mapping(settings.load(config))
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # A bearer-token API keeps no cookie session: skip Flask's signer on every request.
@@ -47,15 +58,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    from taskapp import db, errors, metrics
+    from taskapp import cors, db, errors, metrics
     from taskapp.extensions import cache
 
     errors.init_app(app)
+    cors.init_app(app)  # before every other hook: its headers go on every final response
     db.init_app(app)
     cache.init_app(app)
     metrics.init_app(app)
 
-    from taskapp import cli, http_cache, ratelimit, validation
+    from taskapp import cli, docs, http_cache, ratelimit, validation
     from taskapp.admin.routes import bp as admin_bp
     from taskapp.auth.routes import bp as auth_bp
     from taskapp.service_routes import bp as service_bp
@@ -67,6 +79,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     validation.init_app(app)  # before the response cache looks the query string up
     http_cache.init_app(app)
     app.register_blueprint(service_bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(auth_bp, url_prefix="/api/v1/auth")
     app.register_blueprint(tasks_bp, url_prefix="/api/v1")
     app.register_blueprint(admin_bp, url_prefix="/api/v1/admin")

@@ -30,6 +30,7 @@ from taskapp.config import EMBEDDED_MONGODB, EMBEDDED_REDIS
 from taskapp.extensions import cache
 from taskapp.models import ROLES
 from taskapp.tasks import service as task_service
+from taskapp.tasks.schemas import ListQuery
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -458,7 +459,7 @@ def cache_warm(email: str) -> None:
     _client()
     user_id = str(_user_by_email(email).id)
     for page in range(1, WARM_PAGES + 1):
-        task_service.list_tasks(user_id, page, WARM_PER_PAGE, None)
+        task_service.list_tasks(user_id, ListQuery(page=page, per_page=WARM_PER_PAGE))
     task_service.stats(user_id)
     click.echo(f"warmed {WARM_PAGES} pages of tasks and the stats of {email}")
 

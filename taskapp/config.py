@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,21 @@ def _email_list(raw: str) -> list[str]:
     return [email.strip().lower() for email in raw.split(",") if email.strip()]
 
 
+_ORIGIN = re.compile(r"https?://[^/\s?#@,]+")
+
+
+def _origin(raw: str) -> str:
+    origin = raw.strip().rstrip("/").lower()
+    if not _ORIGIN.fullmatch(origin):
+        raise ValueError(f"{raw.strip()!r} is not an origin like https://app.example.com")
+    return origin
+
+
+def _origin_list(raw: str | list[str] | tuple[str, ...]) -> list[str]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    return [_origin(item) for item in items if item.strip()]
+
+
 # name -> (default, conversion from the environment's string): the cache extension's own table
 # (one place for its defaults), with taskapp's prefix, then the app's settings.
 SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
@@ -37,6 +53,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "MONGODB_URI": ("mongomock://localhost/taskapp", str),
     "SECRET_KEY": (None, str),
     "ADMIN_EMAILS": ([], _email_list),
+    "CORS_ORIGINS": ([], _origin_list),
     "TASK_CACHE_TTL": (60, int_at_least(1)),
     "TASK_LIST_CACHE_TTL": (30, int_at_least(1)),
     "HTTP_CACHE_TTL": (30, int_at_least(1)),
@@ -118,6 +135,10 @@ def _validate(values: dict[str, Any]) -> None:
                 "setting SECRET_KEY is required when a real Redis or MongoDB is configured"
             )
         values["SECRET_KEY"] = secrets.token_urlsafe(32)
+    try:  # again for a list passed to create_app(config)
+        values["CORS_ORIGINS"] = _origin_list(values["CORS_ORIGINS"])
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"setting CORS_ORIGINS is invalid: {exc}") from None
     prefix = values["CACHE_KEY_PREFIX"]
     if not prefix or any(c in prefix for c in "{}* ?"):
         raise ConfigError(

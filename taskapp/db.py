@@ -19,7 +19,7 @@ from pymongo.uri_parser import parse_uri
 from taskapp.config import EMBEDDED_MONGODB
 from taskapp.extensions import cache
 from taskapp.metrics import DB_READS
-from taskapp.models import DB_EXTENSION, MODELS, AppDocument
+from taskapp.models import DB_EXTENSION, MODELS, AppDocument, Task
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class Database:
         return found
 
     def ensure_indexes(self) -> None:
-        """Create the indexes declared in the models' meta; a MongoDB that is down only logs.
+        """Create the indexes declared in the models' meta and fill in derived fields that older
+        documents lack; a MongoDB that is down only logs.
 
         The app must still start (and answer /readyz with 503) while MongoDB is unreachable;
         the indexes are tried again on the next use of a collection.
@@ -77,6 +78,7 @@ class Database:
             try:
                 for model in MODELS:
                     model.ensure_indexes()
+                Task.backfill_priority_rank()
             except PyMongoError as exc:
                 self._indexed = False
                 log.warning("could not ensure MongoDB indexes now (%s); retried on next use", exc)

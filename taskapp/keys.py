@@ -24,10 +24,32 @@ def task(user_id: str, task_id: str) -> str:
     return f"{_ns(user_id)}:task:{task_id}"
 
 
-def task_list(user_id: str, page: int, per_page: int, completed: bool | None) -> str:
-    """One page of a user's task list under one filter."""
+def task_list(
+    user_id: str,
+    page: int,
+    per_page: int,
+    completed: bool | None,
+    *,
+    priority: str | None = None,
+    due_after: str | None = None,
+    due_before: str | None = None,
+    sort: str = "-created_at",
+) -> str:
+    """One page of a user's task list under one filter and order.
+
+    Every parameter of the page is in its key; the ones left at their defaults add nothing, so
+    ``{u:<id>}:tasks:1:10:any`` is the first page of the plain list. ``priority`` and ``sort`` are
+    validated choices and the dates canonical UTC ISO 8601 (the service's, never the client's).
+    """
     flag = "any" if completed is None else str(completed).lower()
-    return f"{_ns(user_id)}:tasks:{page}:{per_page}:{flag}"
+    options = {
+        "priority": priority,
+        "due_after": due_after,
+        "due_before": due_before,
+        "sort": None if sort == "-created_at" else sort,
+    }
+    extra = "".join(f":{name}={value}" for name, value in options.items() if value is not None)
+    return f"{_ns(user_id)}:tasks:{page}:{per_page}:{flag}{extra}"
 
 
 def stats(user_id: str) -> str:

@@ -20,6 +20,8 @@ from mongoengine import (
 
 ROLES = ("user", "admin")
 PRIORITIES = ("low", "medium", "high")
+#: A priority's place in the order low < medium < high: what the priority sorts sort on.
+PRIORITY_RANK = {priority: rank for rank, priority in enumerate(PRIORITIES)}
 ACTIONS = ("created", "updated", "deleted")
 
 _hasher = PasswordHasher()
@@ -120,6 +122,8 @@ class Task(AppDocument):
     description = StringField(default="", max_length=5000)
     completed = BooleanField(required=True, default=False)
     priority = StringField(required=True, choices=PRIORITIES, default="medium")
+    # Derived from priority on every write (PRIORITY_RANK): the strings do not sort by meaning.
+    priority_rank = IntField(required=True, default=PRIORITY_RANK["medium"])
     due_date = DateTimeField(null=True)
     created_at = DateTimeField(required=True, default=utcnow)
     updated_at = DateTimeField(required=True, default=utcnow)
@@ -127,13 +131,30 @@ class Task(AppDocument):
     # replacing a newer value, in the cache and in MongoDB.
     version = IntField(required=True, default=1)
 
+    # One index per shape of list query (each also serves its reverse order): the plain list,
+    # completed, priority, due-date ranges and orders, priority orders. Pages break ties by _id.
     meta = {
         "collection": "tasks",
         "indexes": [
             {"fields": ["owner", "-created_at"]},
             {"fields": ["owner", "completed", "-created_at"]},
+            {"fields": ["owner", "priority", "-created_at"]},
+            {"fields": ["owner", "due_date", "id"]},
+            {"fields": ["owner", "priority_rank", "id"]},
         ],
     }
+
+    def clean(self) -> None:
+        """Keep the rank in step with the priority."""
+        self.priority_rank = PRIORITY_RANK.get(self.priority, PRIORITY_RANK["medium"])
+
+    @classmethod
+    def backfill_priority_rank(cls) -> None:
+        """Rank the tasks stored before ``priority_rank`` existed (finds nothing once done)."""
+        for priority, rank in PRIORITY_RANK.items():
+            cls.objects(priority=priority, priority_rank__exists=False).update(
+                set__priority_rank=rank
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The task as the API returns it."""

@@ -74,8 +74,8 @@ def build(app: Flask) -> dict[str, Any]:
     _ref(ErrorResponse, components)
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        if rule.endpoint == "static":
-            continue
+        if rule.endpoint == "static" or rule.endpoint.endswith(".static"):
+            continue  # files (the /docs page's assets), not operations
         facts = _facts(app.view_functions[rule.endpoint])
         path = _RULE_ARGUMENT.sub(r"{\1}", rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):

@@ -104,6 +104,8 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def limit_user() -> None:
         limit = app.config["RATE_LIMIT_PER_MINUTE"]
+        if request.method == "OPTIONS":
+            return  # a CORS preflight: never limited, it runs no view and reads nothing
         user_id = current_user_id() if limit > 0 else None
         if user_id is None:
             return

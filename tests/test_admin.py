@@ -130,3 +130,66 @@ def test_admin_responses_are_not_cached(app, client, admin, alice):
     response = client.get(path, headers=admin)
     assert "X-Cache" not in response.headers
     assert "ETag" not in response.headers
+
+
+# Finding accounts
+
+USERS = "/api/v1/admin/users"
+
+
+def test_admin_lists_the_accounts_by_email_a_page_at_a_time(app, client, admin, alice, register):
+    register("carol@example.com")
+    response = client.get(f"{USERS}?per_page=2", headers=admin)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert [u["email"] for u in body["items"]] == ["alice@example.com", "boss@example.com"]
+    assert (body["page"], body["per_page"], body["total"]) == (1, 2, 3)
+    second = client.get(f"{USERS}?per_page=2&page=2", headers=admin).get_json()
+    assert [u["email"] for u in second["items"]] == ["carol@example.com"]
+    assert body["items"][1] == {
+        "id": user_id(app, ADMIN_EMAIL),
+        "email": ADMIN_EMAIL,
+        "role": "admin",
+    }
+
+
+def test_admin_finds_one_account_by_email_whatever_its_case(app, client, admin, alice):
+    response = client.get(f"{USERS}?email=Alice@Example.com", headers=admin)
+    assert response.get_json() == {
+        "items": [
+            {"id": user_id(app, "alice@example.com"), "email": "alice@example.com", "role": "user"}
+        ],
+        "page": 1,
+        "per_page": 10,
+        "total": 1,
+    }
+    nobody = client.get(f"{USERS}?email=nobody@example.com", headers=admin).get_json()
+    assert (nobody["items"], nobody["total"]) == ([], 0)
+
+
+def test_listing_accounts_is_for_admins_only(client, admin, alice):
+    assert client.get(USERS, headers=alice).status_code == 403
+    assert client.get(USERS).status_code == 401
+
+
+def test_a_demoted_admin_cannot_list_accounts_on_the_next_request(app, client, admin, alice):
+    alice_id = user_id(app, "alice@example.com")
+    client.patch(user_path(alice_id), json={"role": "admin"}, headers=admin)
+    assert client.get(USERS, headers=alice).status_code == 200
+    client.patch(user_path(alice_id), json={"role": "user"}, headers=admin)
+    assert client.get(USERS, headers=alice).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("?page=0", "page"),
+        ("?per_page=101", "per_page"),
+        ("?email=", "email"),
+        ("?role=admin", "role"),
+    ],
+)
+def test_an_invalid_account_query_is_422_naming_the_parameter(client, admin, query, parameter):
+    response = client.get(f"{USERS}{query}", headers=admin)
+    assert response.status_code == 422
+    assert f"parameter '{parameter}'" in response.get_json()["error"]["message"]

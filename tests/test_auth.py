@@ -285,3 +285,43 @@ def test_concurrent_registrations_of_one_email_create_exactly_one_account(app):
     assert statuses == [201, 409, 409, 409]
     with app.app_context():
         assert User.objects(email="race@example.com").count() == 1
+
+
+# The caller's account
+
+
+def test_me_returns_the_callers_id_email_and_role(client):
+    user_id = register(client, "Carol@Example.com").get_json()["id"]
+    token = login(client, "carol@example.com").get_json()["access_token"]
+    response = client.get("/api/v1/auth/me", headers=bearer(token))
+    assert response.status_code == 200
+    assert response.get_json() == {"id": user_id, "email": "carol@example.com", "role": "user"}
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "X-Cache" not in response.headers
+
+
+def test_me_reads_the_role_from_mongodb_on_every_request(client, app):
+    register(client)
+    token = login(client).get_json()["access_token"]
+    assert client.get("/api/v1/auth/me", headers=bearer(token)).get_json()["role"] == "user"
+    with app.app_context():
+        User.objects(email="alice@example.com").update(set__role="admin")
+    assert client.get("/api/v1/auth/me", headers=bearer(token)).get_json()["role"] == "admin"
+
+
+@pytest.mark.parametrize("header", [None, "Bearer nonsense", "Basic YWxpY2U6c2VjcmV0"])
+def test_me_without_a_valid_token_is_401(client, header):
+    headers = {"Authorization": header} if header else {}
+    response = client.get("/api/v1/auth/me", headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == 401
+
+
+def test_me_with_the_token_of_a_deleted_account_is_401(client, app):
+    register(client)
+    token = login(client).get_json()["access_token"]
+    with app.app_context():
+        User.objects(email="alice@example.com").delete()
+    response = client.get("/api/v1/auth/me", headers=bearer(token))
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].lower().startswith("bearer")

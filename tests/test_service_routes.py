@@ -125,7 +125,7 @@ def test_openapi_lists_every_route_and_method_of_the_app(app, document):
     routed = {
         (re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule), method)
         for rule in app.url_map.iter_rules()
-        if rule.endpoint != "static"
+        if rule.endpoint != "static" and not rule.endpoint.endswith(".static")
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
     assert documented == routed
@@ -136,7 +136,9 @@ def test_openapi_lists_every_route_and_method_of_the_app(app, document):
 def test_openapi_marks_exactly_the_protected_routes_with_bearer_security(document):
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            protected = path.startswith(("/api/v1/tasks", "/api/v1/activity", "/api/v1/admin"))
+            protected = path.startswith(
+                ("/api/v1/tasks", "/api/v1/activity", "/api/v1/admin", "/api/v1/auth/me")
+            )
             assert ("security" in operation) == protected, (method, path)
             if protected:
                 assert operation["responses"]["401"]
@@ -154,7 +156,15 @@ def test_openapi_uses_the_pydantic_schemas_for_bodies_and_responses(document):
     schemas = document["components"]["schemas"]
     assert schemas["TaskCreate"]["properties"]["priority"]["enum"] == ["low", "medium", "high"]
     list_parameters = {p["name"] for p in document["paths"]["/api/v1/tasks"]["get"]["parameters"]}
-    assert list_parameters == {"page", "per_page", "completed"}
+    assert list_parameters == {
+        "page",
+        "per_page",
+        "completed",
+        "priority",
+        "due_before",
+        "due_after",
+        "sort",
+    }
 
 
 def test_openapi_documents_errors_with_the_error_schema(document):
@@ -184,3 +194,52 @@ def test_openapi_refs_all_resolve(document):
     collect(document)
     names = {f"#/components/schemas/{name}" for name in document["components"]["schemas"]}
     assert refs and refs <= names
+
+
+def test_openapi_describes_the_web_client_routes_and_list_parameters(document):
+    assert "get" in document["paths"]["/api/v1/auth/me"]
+    assert document["paths"]["/api/v1/auth/me"]["get"]["security"] == [{"bearerAuth": []}]
+    admin_users = document["paths"]["/api/v1/admin/users"]["get"]
+    assert {p["name"] for p in admin_users["parameters"]} == {"email", "page", "per_page"}
+    assert set(admin_users["responses"]) >= {"200", "401", "403", "422"}
+    parameters = {p["name"]: p for p in document["paths"]["/api/v1/tasks"]["get"]["parameters"]}
+    sort = parameters["sort"]["schema"]
+    assert sort["enum"] == [
+        "-created_at",
+        "created_at",
+        "due_date",
+        "-due_date",
+        "priority",
+        "-priority",
+    ]
+    assert sort["default"] == "-created_at"
+    assert "low < medium < high" in parameters["sort"]["description"]
+    for name in ("due_before", "due_after"):
+        formats = {option.get("format") for option in parameters[name]["schema"]["anyOf"]}
+        assert "date-time" in formats
+        assert parameters[name]["description"]
+    priorities = {tuple(o.get("enum", ())) for o in parameters["priority"]["schema"]["anyOf"]}
+    assert ("low", "medium", "high") in priorities
+    admin_tasks = document["paths"]["/api/v1/admin/users/{user_id}/tasks"]["get"]
+    assert {p["name"] for p in admin_tasks["parameters"]} >= {"sort", "priority"}
+
+
+# /docs
+
+
+def test_docs_is_an_html_page_of_the_document_with_assets_from_this_app(client):
+    response = client.get("/docs")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    html = response.get_data(as_text=True)
+    assert 'url: "openapi.json"' in html
+    assert "http://" not in html and "https://" not in html and "//" not in html.replace("://", "")
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "connect-src 'self'" in policy
+    for asset in re.findall(r'(?:href|src)="([^"]+)"', html):
+        assert asset.startswith("/docs/assets/"), asset
+        fetched = client.get(asset)
+        assert fetched.status_code == 200, asset
+        assert len(fetched.data) > 0
+    assert client.get("/docs/assets/swagger-ui-bundle.js").mimetype.endswith("javascript")
+    assert client.get("/docs/assets/no-such-file.js").status_code == 404

@@ -7,10 +7,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from flask import Blueprint, g
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from werkzeug.exceptions import Forbidden, NotFound
 
 from taskapp.auth import service as accounts
+from taskapp.auth.schemas import AccountOut
 from taskapp.auth.tokens import login_required
 from taskapp.models import User
 from taskapp.openapi import annotate, response
@@ -29,12 +30,25 @@ class RoleUpdate(BaseModel):
     role: Literal["user", "admin"]
 
 
-class AdminUserOut(BaseModel):
-    """A user as an admin sees it."""
+class UserQuery(BaseModel):
+    """Paging of the accounts, or one account by email."""
 
-    id: str
-    email: str
-    role: Literal["user", "admin"]
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None = Field(
+        default=None, min_length=1, max_length=254, description="only the account of this email"
+    )
+    page: int = Field(default=1, ge=1, le=1_000_000)
+    per_page: int = Field(default=10, ge=1, le=100)
+
+
+class AccountPage(BaseModel):
+    """One page of accounts, ordered by email."""
+
+    items: list[AccountOut]
+    page: int
+    per_page: int
+    total: int
 
 
 def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -61,18 +75,29 @@ def existing_user(user_id: str) -> User:
     return user
 
 
+@bp.get("/users")
+@response(AccountPage)
+@admin_required
+@arguments(UserQuery)
+def users(query: UserQuery) -> dict[str, Any]:
+    """List the accounts by email, or find one with ``email`` (admin only)."""
+    found, total = accounts.list_users(query.email, query.page, query.per_page)
+    items = [user.to_dict() for user in found]
+    return {"items": items, "page": query.page, "per_page": query.per_page, "total": total}
+
+
 @bp.get("/users/<user_id>/tasks")
 @response(TaskPage)
 @admin_required
 @arguments(ListQuery)
 def user_tasks(user_id: str, query: ListQuery) -> dict[str, Any]:
-    """List any user's tasks, newest first (admin only)."""
+    """List any user's tasks, with the filters and orders of the task list (admin only)."""
     user = existing_user(user_id)
-    return tasks.list_tasks(str(user.id), query.page, query.per_page, query.completed)
+    return tasks.list_tasks(str(user.id), query)
 
 
 @bp.patch("/users/<user_id>")
-@response(AdminUserOut)
+@response(AccountOut)
 @admin_required
 @body(RoleUpdate)
 def set_role(user_id: str, body: RoleUpdate) -> dict[str, Any]:

@@ -1,14 +1,16 @@
-"""Auth routes: registration and login. Responses here are never cached."""
+"""Auth routes: registration, login and the caller's account. Responses here are never cached."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, g
+from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
 from taskapp.auth import service, tokens
-from taskapp.auth.schemas import Credentials, Registration, TokenOut, UserOut
+from taskapp.auth.schemas import AccountOut, Credentials, Registration, TokenOut, UserOut
+from taskapp.auth.tokens import login_required
 from taskapp.openapi import response
 from taskapp.ratelimit import limit_login, limit_register
 from taskapp.validation import body
@@ -44,3 +46,17 @@ def login(body: Credentials) -> dict[str, Any]:
         raise Unauthorized("wrong email or password")
     token, expires_in = tokens.issue(user)
     return {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}
+
+
+@bp.get("/me")
+@response(AccountOut)
+@login_required
+def me() -> dict[str, Any]:
+    """Your account: id, email and current role (read from MongoDB, never cached)."""
+    user = service.find_user(g.user_id)
+    if user is None:  # a valid token of an account that no longer exists
+        raise Unauthorized(
+            "the account of this token no longer exists",
+            www_authenticate=WWWAuthenticate("bearer"),
+        )
+    return user.to_dict()

@@ -46,6 +46,14 @@ class UserOut(BaseModel):
     email: str
 
 
+class AccountOut(BaseModel):
+    """An account with its current role."""
+
+    id: str
+    email: str
+    role: Literal["user", "admin"]
+
+
 class TokenOut(BaseModel):
     """An access token to send as ``Authorization: Bearer <access_token>``."""
 

@@ -55,6 +55,18 @@ def find_user_by_email(email: str) -> User | None:
     return db.read(lambda: User.objects(email=email).first())
 
 
+def list_users(email: str | None, page: int, per_page: int) -> tuple[list[User], int]:
+    """One page of the accounts by email (the unique index orders them), and their number.
+
+    With ``email`` only that account, if it exists. Read from MongoDB, never cached.
+    """
+    query = User.objects(email=normalise_email(email)) if email else User.objects
+    page_query = query.order_by("email").skip((page - 1) * per_page).limit(per_page)
+    users = db.read(lambda: list(page_query))
+    total = db.read(lambda: query.count())
+    return users, total
+
+
 def set_role(user_id: str, role: str) -> User | None:
     """Give a user ``role`` (effective on their next request); None for an unknown user."""
     if role not in ROLES:

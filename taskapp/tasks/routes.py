@@ -41,8 +41,8 @@ def found(value: T | None) -> T:
 @login_required
 @arguments(ListQuery)
 def list_tasks(query: ListQuery) -> dict[str, Any]:
-    """List your tasks, newest first, one page at a time."""
-    return service.list_tasks(g.user_id, query.page, query.per_page, query.completed)
+    """List your tasks one page at a time: newest first, or filtered and sorted as you ask."""
+    return service.list_tasks(g.user_id, query)
 
 
 @bp.post("/tasks")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic import (
 )
 
 Priority = Literal["low", "medium", "high"]
+Sort = Literal["-created_at", "created_at", "due_date", "-due_date", "priority", "-priority"]
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -34,6 +36,20 @@ def _date_time_text(value: Any) -> Any:
     if isinstance(value, (int, float)):
         raise ValueError("must be an ISO 8601 date-time string")
     return value
+
+
+# A date, optionally a time and an offset; a "+" decoded from a query string as a space is put back.
+_QUERY_DATE = re.compile(
+    r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+ -]\d{2}:?\d{2})?)?"
+)
+_SPACE_OFFSET = re.compile(r"(:\d{2}(?:\.\d+)?) (\d{2}:?\d{2})$")
+
+
+def _query_date_text(value: Any) -> Any:
+    # Only ISO 8601 text: refuse pydantic's lax reading of digits as a Unix timestamp.
+    if not isinstance(value, str) or not _QUERY_DATE.fullmatch(value):
+        raise ValueError("must be an ISO 8601 date or date-time, e.g. 2030-01-31T17:00:00Z")
+    return _SPACE_OFFSET.sub(r"\1+\2", value)
 
 
 # ECMAScript's \s: the whitespace of the JSON Schema pattern below, so the published schema and
@@ -60,6 +76,7 @@ Title = Annotated[
 ]
 Description = Annotated[str, StringConstraints(max_length=5000)]
 DueDate = Annotated[datetime, BeforeValidator(_date_time_text), AfterValidator(_as_utc)]
+QueryDate = Annotated[datetime, BeforeValidator(_query_date_text), AfterValidator(_as_utc)]
 
 
 class TaskCreate(BaseModel):
@@ -102,13 +119,31 @@ class TaskUpdate(BaseModel):
 
 
 class ListQuery(BaseModel):
-    """Paging and filtering of a task list."""
+    """Paging, filtering and ordering of a task list."""
 
     model_config = ConfigDict(extra="forbid")  # a misspelt parameter is an error, not ignored
 
     page: int = Field(default=1, ge=1, le=1_000_000)
     per_page: int = Field(default=10, ge=1, le=100)
     completed: bool | None = Field(default=None, description="only done (true) or open (false)")
+    priority: Priority | None = Field(default=None, description="only tasks of this priority")
+    due_before: QueryDate | None = Field(
+        default=None,
+        description="only tasks due strictly before this ISO 8601 date-time (UTC without an "
+        "offset); tasks without a due date never match",
+    )
+    due_after: QueryDate | None = Field(
+        default=None,
+        description="only tasks due strictly after this ISO 8601 date-time (UTC without an "
+        "offset); tasks without a due date never match",
+    )
+    sort: Sort = Field(
+        default="-created_at",
+        description="order of the items: newest first (-created_at, the default), oldest first, "
+        "by due date (tasks without one come first with due_date, last with -due_date) or by "
+        "priority (low < medium < high); equal values keep the order of creation (reversed "
+        "with a leading -)",
+    )
 
 
 class ActivityQuery(BaseModel):

@@ -22,13 +22,23 @@ from werkzeug.exceptions import ServiceUnavailable
 from taskapp import db, keys
 from taskapp.cache import Unavailable
 from taskapp.extensions import cache
-from taskapp.models import Activity, Task, isoformat, to_bson_datetime, utcnow
-from taskapp.tasks.schemas import TaskCreate, TaskUpdate
+from taskapp.models import PRIORITY_RANK, Activity, Task, isoformat, to_bson_datetime, utcnow
+from taskapp.tasks.schemas import ListQuery, TaskCreate, TaskUpdate
 
 ACTIVITY_MAXLEN = 100  # feed items kept in Redis and read back from MongoDB on a miss
 ACTIVITY_TTL = 3600
 STAGE_ATTEMPTS = 5
 TASK_FIELDS = ("title", "description", "completed", "priority", "due_date", "updated_at")
+# The sort parameter as MongoDB orders; _id breaks ties (tasks created in the same millisecond,
+# equal due dates or priorities), so pages never overlap, and each "-" order is the exact reverse.
+ORDERS: dict[str, tuple[str, str]] = {
+    "-created_at": ("-created_at", "-id"),
+    "created_at": ("created_at", "id"),
+    "due_date": ("due_date", "id"),
+    "-due_date": ("-due_date", "-id"),
+    "priority": ("priority_rank", "id"),
+    "-priority": ("-priority_rank", "-id"),
+}
 log = logging.getLogger("taskapp.tasks")
 
 
@@ -71,12 +81,25 @@ def _current_task(user_id: str, task_id: str) -> dict[str, Any] | None:
     )
 
 
-def list_tasks(user_id: str, page: int, per_page: int, completed: bool | None) -> dict[str, Any]:
-    """One page of the user's tasks, newest first, optionally only done or open ones."""
+def list_tasks(user_id: str, query: ListQuery) -> dict[str, Any]:
+    """One page of the user's tasks, filtered and ordered as ``query`` says (newest first).
+
+    Every page, whatever its filters and order, carries the collection tag: any write to the
+    user's tasks drops them all.
+    """
     result = _read(
         "task_list",
-        keys.task_list(user_id, page, per_page, completed),
-        (user_id, page, per_page, completed),
+        keys.task_list(
+            user_id,
+            query.page,
+            query.per_page,
+            query.completed,
+            priority=query.priority,
+            due_after=isoformat(query.due_after),
+            due_before=isoformat(query.due_before),
+            sort=query.sort,
+        ),
+        (user_id, query),
         ttl=current_app.config["TASK_LIST_CACHE_TTL"],
         tags=[keys.collection_tag(user_id)],
     )
@@ -196,6 +219,8 @@ def _update_in_mongodb(user_id: str, tid: str, data: TaskUpdate) -> dict[str, An
             update["unset__due_date"] = True  # a cleared date is absent, as in a new task
         else:
             update[f"set__{name}"] = _stored_date(value) if name == "due_date" else value
+        if name == "priority":
+            update["set__priority_rank"] = PRIORITY_RANK[value]
     # find-and-modify filtered by owner: a foreign id matches nothing, in one atomic step.
     task = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id)).modify(new=True, **update)
     if task is None:
@@ -384,7 +409,10 @@ def _queue_unavailable() -> ServiceUnavailable:
 
 def apply_pending(task_id: str, state: dict[str, Any]) -> None:
     """Write a pending state to MongoDB unless MongoDB has it or a newer one (idempotent)."""
-    update: dict[str, Any] = {"set__version": state["version"]}
+    update: dict[str, Any] = {
+        "set__version": state["version"],
+        "set__priority_rank": PRIORITY_RANK[state["priority"]],
+    }
     for name in TASK_FIELDS:
         value = state[name]
         if name in ("due_date", "updated_at"):
@@ -425,13 +453,21 @@ def _versioned(task: Task) -> dict[str, Any]:
     return {**task.to_dict(), "version": task.version}
 
 
-def _fetch_page(user_id: str, page: int, per_page: int, completed: bool | None) -> dict[str, Any]:
+def _fetch_page(user_id: str, params: ListQuery) -> dict[str, Any]:
+    # Plain comparisons only (FerretDB 1.x has no $facet nor $cond); $lt/$gt on a date match only
+    # dates, so a task without a due date never passes a due_before or due_after filter.
     filters: dict[str, Any] = {"owner": ObjectId(user_id)}
-    if completed is not None:
-        filters["completed"] = completed
+    if params.completed is not None:
+        filters["completed"] = params.completed
+    if params.priority is not None:
+        filters["priority"] = params.priority
+    if params.due_before is not None:
+        filters["due_date__lt"] = to_bson_datetime(params.due_before)
+    if params.due_after is not None:
+        filters["due_date__gt"] = to_bson_datetime(params.due_after)
     query = Task.objects(**filters)
-    # _id breaks ties between tasks created in the same millisecond, so pages never overlap.
-    page_query = query.order_by("-created_at", "-id").skip((page - 1) * per_page).limit(per_page)
+    page, per_page = params.page, params.per_page
+    page_query = query.order_by(*ORDERS[params.sort]).skip((page - 1) * per_page).limit(per_page)
     items = db.read(lambda: [_versioned(task) for task in page_query])
     total = db.read(lambda: query.count())
     return {"items": items, "page": page, "per_page": per_page, "total": total}

@@ -1,0 +1,66 @@
+"""CORS for browser scripts on the origins of CORS_ORIGINS (flask-cors), on every response.
+
+flask-cors adds its headers in ``after_request``, and Flask runs every ``after_request`` hook on
+every response: a view's, an error's, a 304, and a response the HTTP response cache answered
+from ``before_request``. The hooks here are registered before any other, so they run last and
+see the final headers (``after_request`` hooks run in reverse order of registration).
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, request
+from flask_cors import CORS
+
+#: Request headers a script may send: the token, JSON bodies, and the cache's request directives.
+ALLOWED_HEADERS = ["Authorization", "Content-Type", "If-None-Match", "Cache-Control"]
+#: Response headers a script may read (besides the CORS-safelisted ones).
+EXPOSED_HEADERS = [
+    "ETag",
+    "X-Cache",
+    "Retry-After",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+]
+PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight's answer
+ALLOW_METHODS = "Access-Control-Allow-Methods"
+ALLOW_HEADERS = "Access-Control-Allow-Headers"
+
+
+def init_app(app: Flask) -> None:
+    """Answer the origins of CORS_ORIGINS with CORS headers; with none, send no CORS header."""
+    origins = app.config["CORS_ORIGINS"]
+    if not origins:
+        return
+    app.after_request(_route_methods_and_vary)  # first registered: runs after flask-cors's hook
+    CORS(
+        app,
+        origins=origins,
+        allow_headers=ALLOWED_HEADERS,
+        expose_headers=EXPOSED_HEADERS,
+        max_age=PREFLIGHT_MAX_AGE,
+        supports_credentials=False,  # bearer tokens, never cookies
+        always_send=False,  # no CORS headers for a request without an Origin
+        vary_header=False,  # Vary: Origin is added below, on every response, merged into one
+    )
+
+
+def _route_methods_and_vary(response: Response) -> Response:
+    """Preflights allow the methods of the requested route only; every answer varies by Origin.
+
+    flask-cors allows one fixed list of methods; the route's own are in the ``Allow`` header of
+    Flask's automatic OPTIONS answer (none for an unknown path). It names the allowed request
+    headers only when the preflight asks for some; one that asks for none is told the whole list.
+    ``Vary: Origin`` goes on every response, not only on those to an allowed origin, so that no
+    shared cache hands an answer without CORS headers to an allowed origin or one with them to
+    another origin.
+    """
+    if request.method == "OPTIONS" and ALLOW_METHODS in response.headers:
+        if response.allow:
+            response.headers[ALLOW_METHODS] = ", ".join(sorted(response.allow))
+            if "Access-Control-Request-Headers" not in request.headers:
+                response.headers[ALLOW_HEADERS] = ", ".join(ALLOWED_HEADERS)
+        else:
+            del response.headers[ALLOW_METHODS]
+    response.vary.add("Origin")
+    return response

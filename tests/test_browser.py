@@ -1,0 +1,258 @@
+"""In a real browser: a page on another origin uses the API through CORS, and /docs renders.
+
+Headless Chromium (Debian's ``chromium``, installed by ``.ci/run``) driven by Playwright, against
+the app under gunicorn on the session's redis-server and FerretDB. Nothing is downloaded: the
+browser is the system's, Playwright only drives it.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, sync_playwright
+
+from tests.test_gunicorn import free_port, serve  # noqa: F401  (the fixture)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 30_000
+
+# The web client: plain fetch() calls from the page's origin to the API's, as a browser app makes
+# them. Its outcome is a promise the test awaits; each step keeps what a script can read.
+CLIENT_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>web client</title></head><body>
+<script>
+const API = "%(api)s";
+
+async function call(method, path, {token, body, headers} = {}) {
+  const sent = {...(headers || {})};
+  if (token) sent["Authorization"] = "Bearer " + token;
+  if (body !== undefined) sent["Content-Type"] = "application/json";
+  const response = await fetch(API + path, {
+    method, headers: sent, cache: "no-store",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  return {
+    status: response.status,
+    etag: response.headers.get("ETag"),
+    xcache: response.headers.get("X-Cache"),
+    limit: response.headers.get("X-RateLimit-Limit"),
+    remaining: response.headers.get("X-RateLimit-Remaining"),
+    body: text ? JSON.parse(text) : null,
+  };
+}
+
+async function run() {
+  const steps = {};
+  const credentials = {email: "browser@example.com", password: "correct horse battery"};
+  steps.register = await call("POST", "/api/v1/auth/register", {body: credentials});
+  steps.login = await call("POST", "/api/v1/auth/login", {body: credentials});
+  const token = steps.login.body.access_token;
+  steps.me = await call("GET", "/api/v1/auth/me", {token});
+  steps.create = await call("POST", "/api/v1/tasks", {
+    token, body: {title: "from a browser", priority: "high", due_date: "2030-01-31T17:00:00Z"},
+  });
+  const path = "/api/v1/tasks/" + steps.create.body.id;
+  steps.first = await call("GET", path, {token});
+  steps.second = await call("GET", path, {token});
+  steps.conditional = await call("GET", path, {token, headers: {"If-None-Match": steps.second.etag}});
+  steps.patch = await call("PATCH", path, {token, body: {completed: true}});
+  steps.reread = await call("GET", path, {token});
+  steps.list = await call("GET", "/api/v1/tasks?priority=high&due_before=2031-01-01&sort=-priority", {token});
+  steps.remove = await call("DELETE", path, {token});
+  steps.gone = await call("GET", path, {token});
+  steps.anonymous = await call("GET", "/api/v1/tasks");
+  return steps;
+}
+
+window.outcome = run().then(
+  (steps) => ({ok: true, steps}),
+  (error) => ({ok: false, error: String(error)}),
+);
+</script>
+</body></html>
+"""
+
+
+class PageServer:
+    """A one-page http.server on a loopback port of its own: the web client's origin.
+
+    The page is set after the start, as the API's address is known only once the API (whose
+    CORS_ORIGINS names this origin) is up.
+    """
+
+    def __init__(self) -> None:
+        self.html = b""
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(owner.html)))
+                self.end_headers()
+                self.wfile.write(owner.html)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def serve_client(self, api_base: str) -> str:
+        """Serve the web client calling ``api_base``; its URL."""
+        self.html = (CLIENT_PAGE % {"api": api_base}).encode()
+        return self.origin + "/"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def api(serve, redis_url, key_prefix, mongodb_uri):  # noqa: F811
+    """Start the app under gunicorn (two workers) for a page origin: ``api(origin).base``."""
+
+    def start(cors_origins: str):
+        return serve(
+            REDIS_URL=redis_url,
+            CACHE_KEY_PREFIX=key_prefix,
+            MONGODB_URI=mongodb_uri,
+            SECRET_KEY="browser-test-secret-key-with-32-bytes!!",
+            CORS_ORIGINS=cors_origins,
+            GUNICORN_WORKERS="2",
+        )
+
+    return start
+
+
+@pytest.fixture
+def page_server() -> Iterator[PageServer]:
+    server = PageServer()
+    yield server
+    server.stop()
+
+
+def run_client(browser: Browser, page_url: str) -> dict:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(page_url)
+        return page.evaluate("window.outcome")
+    finally:
+        context.close()
+
+
+def test_a_page_on_another_origin_uses_the_api_with_its_cache_headers(browser, api, page_server):
+    server = api(page_server.origin)
+    outcome = run_client(browser, page_server.serve_client(server.base))
+
+    assert outcome["ok"], outcome
+    steps = outcome["steps"]
+    assert steps["register"]["status"] == 201
+    assert steps["login"]["status"] == 200
+    assert steps["me"]["status"] == 200
+    assert steps["me"]["body"] == {
+        "id": steps["register"]["body"]["id"],
+        "email": "browser@example.com",
+        "role": "user",
+    }
+    task = steps["create"]["body"]
+    assert steps["create"]["status"] == 201
+    # The script reads the cache headers: X-Cache, ETag and the rate limit are exposed to it.
+    first, second = steps["first"], steps["second"]
+    assert (first["status"], first["xcache"]) == (200, "MISS")
+    assert (second["status"], second["xcache"]) == (200, "HIT")
+    assert first["body"] == second["body"] == task
+    assert first["etag"] and first["etag"] == second["etag"]
+    assert int(second["limit"]) > 0 and int(second["remaining"]) >= 0
+    assert steps["conditional"]["status"] == 304
+    assert steps["conditional"]["etag"] == second["etag"]
+    assert (steps["patch"]["status"], steps["patch"]["body"]["completed"]) == (200, True)
+    reread = steps["reread"]
+    assert (reread["status"], reread["body"]["completed"]) == (200, True)
+    assert reread["etag"] != second["etag"]
+    assert [t["id"] for t in steps["list"]["body"]["items"]] == [task["id"]]
+    assert steps["remove"]["status"] == 204
+    assert steps["gone"]["status"] == 404
+    assert steps["anonymous"]["status"] == 401  # an error the script can read, too
+
+
+def test_a_page_on_an_origin_not_listed_cannot_read_the_api(browser, api, page_server):
+    server = api("http://127.0.0.1:1")  # some other origin than the page's
+    outcome = run_client(browser, page_server.serve_client(server.base))
+    assert outcome["ok"] is False
+    assert "Failed to fetch" in outcome["error"]  # the browser refused the cross-origin answer
+
+
+def test_docs_render_every_operation_from_the_packaged_swagger_ui(browser, api):
+    server = api("")
+    context = browser.new_context()
+    requested: list[str] = []
+    problems: list[str] = []
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("request", lambda request: requested.append(request.url))
+        page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.goto(server.base + "/docs")
+        page.wait_for_selector(".opblock-summary-path", state="attached")
+        operations = {
+            (
+                block.locator(".opblock-summary-method").inner_text().strip(),
+                block.locator(".opblock-summary-path").get_attribute("data-path"),
+            )
+            for block in page.locator(".opblock").all()
+        }
+        page.locator("#operations-tasks-tasks_list_tasks .opblock-summary").click()
+        page.wait_for_selector("#operations-tasks-tasks_list_tasks .parameters")
+        parameters = set(
+            page.locator("#operations-tasks-tasks_list_tasks .parameter__name").all_inner_texts()
+        )
+    finally:
+        context.close()
+
+    assert {
+        ("GET", "/api/v1/auth/me"),
+        ("GET", "/api/v1/admin/users"),
+        ("GET", "/api/v1/tasks"),
+        ("POST", "/api/v1/tasks"),
+        ("PATCH", "/api/v1/tasks/{task_id}"),
+        ("DELETE", "/api/v1/tasks/{task_id}"),
+        ("GET", "/api/v1/tasks/stats"),
+        ("GET", "/openapi.json"),
+    } <= operations
+    names = {name.split()[0].rstrip("*") for name in parameters}
+    assert {"page", "per_page", "completed", "priority", "due_before", "due_after", "sort"} <= names
+    assert requested and all(url.startswith(server.base) for url in requested), requested
+    assert problems == []
