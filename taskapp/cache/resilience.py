@@ -177,9 +177,15 @@ class HeldBack:
             self._tags.update(tags)
             self._keys.update(keys)
         self._on_hold()
-        while not self._breaker.is_open:
+        # Each failure counts towards the threshold, so this ends within threshold tries.
+        for _ in range(self._breaker.threshold + 1):
+            if self._breaker.is_open:
+                return
             try:
                 self._run(self._send_all)
+                return
+            except CommandError as exc:  # refused, not unreachable: retrying cannot help
+                log.error("invalidations refused by Redis (%s); kept for the next probe", exc)
                 return
             except Unavailable:
                 continue
