@@ -19,7 +19,7 @@ from flask_caching import Cache as FlaskCache
 from redis.crc import key_slot
 
 from taskapp.cache import metrics, scripts, stats
-from taskapp.cache.client import REDIS_ERRORS, Breaker, Unavailable, connect
+from taskapp.cache.client import REDIS_ERRORS, Breaker, CommandError, Unavailable, connect
 from taskapp.cache.entry import NO_VALUE, Entry, dumps
 from taskapp.cache.flask_caching import init_flask_caching
 from taskapp.cache.keys import Keys
@@ -163,6 +163,9 @@ class _State:
         while not self.breaker.is_open:
             try:
                 self.run(self.send_pending, op="replay")
+                return
+            except CommandError as exc:  # refused, not unreachable: retrying cannot help
+                log.error("Redis refused held-back invalidations (%s); kept for the replay", exc)
                 return
             except Unavailable:
                 continue
