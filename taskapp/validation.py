@@ -43,7 +43,7 @@ def check_query() -> None:
     view = current_app.view_functions.get(request.endpoint or "")
     if view is None:
         return  # no route matched: the routing error answers
-    accepted = getattr(view, "_query_parameters", frozenset())
+    accepted: frozenset[str] = getattr(view, "_query_parameters", frozenset())
     for name in request.args:
         if len(request.args.getlist(name)) > 1:
             raise UnprocessableEntity(f"parameter '{name}': repeated; send it once")
