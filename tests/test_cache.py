@@ -225,11 +225,11 @@ def test_values_are_stored_as_json_never_pickle(cache, key_prefix):
 def test_an_expired_entry_is_served_while_one_caller_refreshes_it(cache, in_thread):
     cache.get_or_set("k", lambda: "old", ttl=0.2)
     time.sleep(0.3)  # expired, still within CACHE_STALE_TTL
-    refreshing = threading.Event()
+    refreshing, served = threading.Event(), threading.Event()
 
     def slow_refresh():
         refreshing.set()
-        time.sleep(0.3)
+        served.wait(5)  # the refresh is still running while the other caller is served
         return "new"
 
     refresher = in_thread(cache.get_or_set, "k", slow_refresh, 10)
@@ -237,6 +237,7 @@ def test_an_expired_entry_is_served_while_one_caller_refreshes_it(cache, in_thre
     started = time.perf_counter()
     assert cache.get_or_set("k", lambda: pytest.fail("a second fetch"), ttl=10) == "old"
     assert time.perf_counter() - started < 0.1  # served at once, not after the refresh
+    served.set()
     refresher.join()
     assert cache.get("k") == "new"
 
