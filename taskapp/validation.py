@@ -81,7 +81,9 @@ def arguments(schema: type[BaseModel]) -> Callable[[View], View]:
             kwargs["query"] = parse_query(schema)
             return view(*args, **kwargs)
 
-        wrapper._query_parameters = frozenset(schema.model_fields)  # type: ignore[attr-defined]
+        wrapper._query_parameters = frozenset(  # type: ignore[attr-defined]
+            field.alias or name for name, field in schema.model_fields.items()
+        )
         annotate(wrapper, query=schema)
         return wrapper
 

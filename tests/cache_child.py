@@ -43,7 +43,7 @@ def main() -> None:
             def fetch():
                 value = raw.get(prefix + "source").decode()
                 emit(event="read", value=value)
-                time.sleep(0.6)
+                sys.stdin.readline()  # held until the parent has written and invalidated
                 return value
 
             emit(event="filled", value=cache.get_or_set("k", fetch, ttl=30, tags=["t"]))
@@ -68,6 +68,17 @@ def main() -> None:
                 t.start()
             for t in pool:
                 t.join()
+        elif mode == "refresh-ahead":
+            # Serve an expired "hot" entry while refreshing it in the background; the refresh
+            # (counted in Redis) is held until the parent releases it, after every process read.
+            def fetch():
+                raw.incr(prefix + "fetches")
+                while not raw.exists(prefix + "release"):
+                    time.sleep(0.005)
+                return "new"
+
+            emit(event="served", value=cache.get_or_set("hot", fetch, ttl=30, refresh_ahead=True))
+            sys.stdin.readline()  # every process has served it: the refresh may end
         elif mode == "watch-l1":
             # Serve "k" from memory in a loop and report when the old value stops being served.
             _ = cache.local  # reaching the state starts the listener

@@ -106,33 +106,35 @@ def test_invalidate_tags_removes_every_tagged_entry_and_only_those(cache):
 
 
 def test_an_invalidation_during_a_fill_keeps_the_fill_out_of_the_cache(cache, in_thread):
-    started = threading.Event()
+    started, invalidated = threading.Event(), threading.Event()
     results = []
 
     def slow_fetch():
         started.set()
-        time.sleep(0.3)
+        invalidated.wait(5)  # the source was read before the write; the fill lands after it
         return "old"
 
     filler = in_thread(lambda: results.append(cache.get_or_set("k", slow_fetch, 10, ["t"])))
     assert started.wait(2)
     cache.invalidate_tags("t")
+    invalidated.set()
     filler.join()
     assert results == ["old"]  # the caller that raced the write still gets an answer
     assert cache.get("k") is NO_VALUE  # but nobody after the invalidation reads it
 
 
 def test_a_delete_during_a_fill_keeps_the_fill_out_of_the_cache(cache, in_thread):
-    started = threading.Event()
+    started, deleted = threading.Event(), threading.Event()
 
     def slow_fetch():
         started.set()
-        time.sleep(0.3)
+        deleted.wait(5)  # the source was read before the delete; the fill lands after it
         return "old"
 
     filler = in_thread(cache.get_or_set, "k", slow_fetch, 10)
     assert started.wait(2)
     cache.delete("k")
+    deleted.set()
     filler.join()
     assert cache.get("k") is NO_VALUE
 
@@ -223,11 +225,11 @@ def test_values_are_stored_as_json_never_pickle(cache, key_prefix):
 def test_an_expired_entry_is_served_while_one_caller_refreshes_it(cache, in_thread):
     cache.get_or_set("k", lambda: "old", ttl=0.2)
     time.sleep(0.3)  # expired, still within CACHE_STALE_TTL
-    refreshing = threading.Event()
+    refreshing, served = threading.Event(), threading.Event()
 
     def slow_refresh():
         refreshing.set()
-        time.sleep(0.3)
+        served.wait(5)  # the refresh is still running while the other caller is served
         return "new"
 
     refresher = in_thread(cache.get_or_set, "k", slow_refresh, 10)
@@ -235,6 +237,7 @@ def test_an_expired_entry_is_served_while_one_caller_refreshes_it(cache, in_thre
     started = time.perf_counter()
     assert cache.get_or_set("k", lambda: pytest.fail("a second fetch"), ttl=10) == "old"
     assert time.perf_counter() - started < 0.1  # served at once, not after the refresh
+    served.set()
     refresher.join()
     assert cache.get("k") == "new"
 
@@ -247,3 +250,17 @@ def test_an_expired_entry_is_gone_after_the_stale_bound(backend, redis_url, key_
         time.sleep(0.5)
         assert ext.client.exists(ext.keys.entry("k")) == 0
         assert ext.get_or_set("k", lambda: "new", ttl=10) == "new"
+
+
+def test_a_waiter_gives_up_after_cache_lock_wait_and_fetches_itself(backend, redis_url, key_prefix):
+    """A holder that hangs (its lock lives CACHE_LOCK_TTL, 30 s here) costs a waiter at most
+    CACHE_LOCK_WAIT."""
+    url = redis_url if backend == "real" else "memory://"
+    app, ext = bare_app(url, key_prefix, CACHE_LOCK_TTL=30, CACHE_LOCK_WAIT=0.3)
+    with running(app, ext):
+        full_key = ext.keys.entry("k")
+        ext.client.set(ext.keys.lock(full_key), "a hung holder", px=30_000)
+        started = time.monotonic()
+        assert ext.get_or_set("k", lambda: "fetched", ttl=10) == "fetched"
+        waited = time.monotonic() - started
+    assert 0.3 <= waited < 1.5

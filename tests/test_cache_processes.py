@@ -22,9 +22,16 @@ def child(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.cache_child", *args],
         cwd=ROOT,
+        stdin=subprocess.PIPE,  # a line on it releases a child held in its fetch
         stdout=subprocess.PIPE,
         text=True,
     )
+
+
+def release(process: subprocess.Popen) -> None:
+    """Let a child held in its fetch go on."""
+    process.stdin.write("go\n")
+    process.stdin.flush()
 
 
 def next_event(process: subprocess.Popen) -> dict:
@@ -72,6 +79,7 @@ def test_a_slow_fill_in_another_process_never_outlives_a_write(redis_url, key_pr
     with running(app, cache):
         source.set(key_prefix + "source", "new")  # the write ...
         cache.invalidate_tags("t")  # ... and its invalidation, while the child still fetches
+        release(filler)
         assert next_event(filler)["value"] == "old"
         filler.wait(5)
         assert cache.get("k") is NO_VALUE
@@ -97,3 +105,23 @@ def test_a_change_reaches_another_process_memory_within_50ms(redis_url, key_pref
             watcher.kill()
     assert changed["event"] == "changed"
     assert changed["t"] - invalidated_at < 0.05
+
+
+def test_one_refresher_per_key_across_processes(redis_url, key_prefix):
+    app, cache = bare_app(redis_url, key_prefix)
+    with running(app, cache):
+        cache.get_or_set("hot", lambda: "old", ttl=0.05)  # expired by the time a child reads it
+    children = [child("refresh-ahead", redis_url, key_prefix) for _ in range(3)]
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        served = [next_event(process) for process in children]
+        raw.set(key_prefix + "release", 1)  # every process served it while one refreshes
+        for process in children:
+            release(process)
+            process.wait(15)
+    finally:
+        for process in children:
+            process.kill()
+    assert [event["value"] for event in served] == ["old"] * 3  # nobody waited for the refresh
+    assert raw.get(key_prefix + "fetches") == b"1"
+    raw.close()

@@ -39,11 +39,11 @@ def test_read_through_without_a_loader_names_the_family(cache):
 
 def test_read_through_loads_are_refused_after_a_racing_invalidation(app_cache):
     app, cache = app_cache
-    started = threading.Event()
+    started, invalidated = threading.Event(), threading.Event()
 
     def slow(n):
         started.set()
-        time.sleep(0.3)
+        invalidated.wait(5)  # read before the invalidation, stored after it
         return n
 
     cache.register_loader("slow", slow)
@@ -56,6 +56,7 @@ def test_read_through_loads_are_refused_after_a_racing_invalidation(app_cache):
     thread.start()
     assert started.wait(2)
     cache.invalidate_tags("t")
+    invalidated.set()
     thread.join()
     assert cache.get("k") is NO_VALUE
 
@@ -110,11 +111,11 @@ def test_write_through_never_replaces_a_newer_write(cache):
 
 def test_write_through_refuses_a_fill_that_read_before_the_write(app_cache):
     app, cache = app_cache
-    started = threading.Event()
+    started, written = threading.Event(), threading.Event()
 
     def slow_fetch():
         started.set()
-        time.sleep(0.3)
+        written.wait(5)  # read before the write, stored after it
         return "before the write"
 
     def reader():
@@ -125,5 +126,6 @@ def test_write_through_refuses_a_fill_that_read_before_the_write(app_cache):
     thread.start()
     assert started.wait(2)
     cache.write_through("item", "written", version=1, ttl=10, tags=["item"], invalidate=["item"])
+    written.set()
     thread.join()
     assert cache.get("item") == "written"

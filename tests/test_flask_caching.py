@@ -96,7 +96,7 @@ def test_memoize_caches_outside_an_app_context(redis_url, key_prefix):
             ext.close()
 
 
-def test_a_refused_command_is_no_outage_and_never_opens_the_breaker(decorated):
+def test_a_refused_command_is_no_outage_and_never_opens_the_breaker(decorated, caplog):
     _, ext, _, _ = decorated
     flask_cache = ext._flask_cache
     flask_cache.set("word", "text")
@@ -104,6 +104,8 @@ def test_a_refused_command_is_no_outage_and_never_opens_the_breaker(decorated):
         assert flask_cache.cache.inc("word") is None  # INCR on a string: an error reply, a miss
     assert not ext.degraded
     assert flask_cache.get("word") == "text"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "refused" in r.message]
+    assert len(warnings) == 1  # logged once while the same refusal repeats
 
 
 def test_set_many_goes_through_the_breaker_when_redis_hangs(private_redis, key_prefix):

@@ -153,10 +153,18 @@ def test_serves_the_api_with_metrics_and_stops_gracefully(serve, real_redis_env)
 
 
 def test_embedded_redis_forces_one_worker(serve, real_redis_env):
-    server = serve(**{**real_redis_env, "REDIS_URL": "memory://", "GUNICORN_WORKERS": "3"})
+    server = serve(
+        **{**real_redis_env, "REDIS_URL": "memory://", "GUNICORN_WORKERS": "3"},
+        EXTRA_ARGS="--log-level debug",
+    )
     assert "workers = 1: embedded data lives in one process" in server.output()
     assert "REDIS_URL=memory://" in server.output()
-    time.sleep(0.5)  # any further worker would have booted by now
+    # The master logs its worker count once it has spawned them all (a debug line).
+    deadline = time.monotonic() + START_TIMEOUT
+    while not (counted := re.search(r"\] (\d+) workers", server.output())):
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.05)
+    assert counted.group(1) == "1"
     assert server.output().count("Booting worker") == 1
 
 

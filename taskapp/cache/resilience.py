@@ -45,6 +45,7 @@ class Breaker:
         self._opened_at: float | None = None  # monotonic time the outage began
         self._retry_at = 0.0
         self._probing = False
+        self._last_refusal = ""
 
     @property
     def is_open(self) -> bool:
@@ -95,10 +96,16 @@ class Breaker:
         self._succeeded()
 
     def _refused(self, exc: BaseException) -> None:
-        """One command refused by a server that answers: counted and logged, not a failure."""
+        """One command refused by a server that answers: counted and logged (once while the same
+        refusal repeats), not a failure."""
         if self.on_error is not None:
             self.on_error()
-        log.warning("Redis refused a command (%s: %s)", type(exc).__name__, exc)
+        refusal = f"{type(exc).__name__}: {exc}"
+        if refusal != self._last_refusal:
+            self._last_refusal = refusal
+            log.warning("Redis refused a command (%s)", refusal)
+        else:
+            log.debug("Redis refused a command again (%s)", refusal)
 
     def _failed(self, exc: BaseException) -> None:
         if self.on_error is not None:

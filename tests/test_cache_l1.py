@@ -1,0 +1,32 @@
+"""The in-process layer: a read that raced an invalidation is not kept; off while its channel is lost."""
+
+from __future__ import annotations
+
+from taskapp.cache.l1 import LocalCache
+from tests.cache_helpers import bare_app, running, wait_until
+
+
+def test_a_read_that_raced_an_invalidation_is_not_kept():
+    l1 = LocalCache(max_items=10, ttl=5)
+    l1.connected = True
+    generation = l1.generation  # a reader notes it, then reads Redis ...
+    l1.discard(["k"])  # ... an invalidation of k arrives while that read is in flight ...
+    l1.put("k", "old", generation, b"1")  # ... and the old value it read comes back
+    assert l1.get("k") is None
+    l1.put("k", "new", l1.generation, b"2")  # a read that began after it is kept
+    assert l1.get("k") == ("new", b"2")
+
+
+def test_the_layer_is_dropped_and_off_while_its_channel_is_lost(private_redis, key_prefix):
+    app, ext = bare_app(private_redis.url, key_prefix)
+    with running(app, ext):
+        wait_until(lambda: ext.local.active)  # subscribed
+        ext.set("k", "v", ttl=30)  # its own invalidation message drops it from memory, then
+        wait_until(lambda: ext.get("k") == "v" and len(ext.local) == 1)  # a read keeps it
+        private_redis.pause()  # the channel goes silent: invalidations could be missed
+        try:
+            wait_until(lambda: not ext.local.active, timeout=5)
+            assert len(ext.local) == 0
+        finally:
+            private_redis.resume()
+        wait_until(lambda: ext.local.active, timeout=5)  # back once subscribed again
