@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from typing import Any
 
 from flask import Flask, current_app, request
 from werkzeug.exceptions import TooManyRequests
@@ -98,6 +99,30 @@ def limit_register() -> None:
         raise RateLimited(limit, reset)
 
 
+#: The environ key of a request's counted user request: (allowed, limit, requests in window, ms
+#: to reset). Set by whichever path counted it first (the response cache's WSGI fast path or
+#: ``limit_user``), so a request handed from one to the other is counted once.
+COUNTED = "taskapp.ratelimit.counted"
+
+
+def count_user_request(environ: dict[str, Any], user_id: str, limit: int) -> tuple[bool, int, int]:
+    """Count a request of ``user_id`` once (reading the user's scope version in the same round
+    trip): (allowed, requests in window, ms to reset), remembered in ``environ``."""
+    counted = environ.get(COUNTED)
+    if counted is None:
+        counted = environ[COUNTED] = _hit(keys.rate_limit(user_id), limit, read_scope=True)
+    return counted  # type: ignore[no-any-return]
+
+
+def header_items(limit: int, count: int, reset_ms: int) -> list[tuple[str, str]]:
+    """The X-RateLimit-* headers of an allowed request (both paths add exactly these)."""
+    return [
+        ("X-RateLimit-Limit", str(limit)),
+        ("X-RateLimit-Remaining", str(max(0, limit - count))),
+        ("X-RateLimit-Reset", str(max(1, math.ceil(reset_ms / 1000)))),
+    ]
+
+
 def init_app(app: Flask) -> None:
     """Limit each authenticated user's requests; add the X-RateLimit-* headers to answers."""
 
@@ -109,17 +134,15 @@ def init_app(app: Flask) -> None:
         user_id = current_user_id() if limit > 0 else None
         if user_id is None:
             return
-        allowed, count, reset = _hit(keys.rate_limit(user_id), limit, read_scope=True)
+        allowed, count, reset = count_user_request(request.environ, user_id, limit)
         if not allowed:
             raise RateLimited(limit, reset)
-        request.environ["taskapp.ratelimit"] = (limit, max(0, limit - count), reset)
+        request.environ["taskapp.ratelimit"] = (limit, count, reset)
 
     @app.after_request
     def headers(response):
         state = request.environ.get("taskapp.ratelimit")
         if state is not None:
-            limit, remaining, reset = state
-            response.headers["X-RateLimit-Limit"] = str(limit)
-            response.headers["X-RateLimit-Remaining"] = str(remaining)
-            response.headers["X-RateLimit-Reset"] = str(max(1, math.ceil(reset / 1000)))
+            for name, value in header_items(*state):
+                response.headers[name] = value
         return response
