@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Response
 
-from taskapp import metrics, ratelimit
+from taskapp import keys, metrics, ratelimit
 from taskapp.auth.tokens import user_id_of
 from taskapp.cache import context
 from taskapp.cache.http import IF_NONE_MATCH, ResponseCache, answer
@@ -90,15 +90,18 @@ class FastPath:
         user = user_id_of(environ.get("HTTP_AUTHORIZATION", ""), self.secret)
         if user is None:
             return None
+        if request.cache_control.no_cache or request.cache_control.no_store:
+            return None  # Flask counts it and answers without the response cache
         with app.app_context(), context.bind(environ):
-            if self.limit > 0:
-                allowed, count, reset = ratelimit.count_user_request(environ, user, self.limit)
-                if not allowed:
-                    return None
-            if request.cache_control.no_cache or request.cache_control.no_store:
-                return None
             key = self.responses.request_key(user, request.path, request.args)
-            entry, lease = self.responses.look_up(environ, user, key)
+            if self.limit > 0:  # the rate limit and the lookup in one round trip
+                window = ratelimit.window_script(keys.rate_limit(user), self.limit)
+                result, entry, lease = self.responses.look_up_after(environ, user, key, window)
+                allowed, count, reset = ratelimit.count_with(environ, result)
+                if not allowed:
+                    return None  # Flask answers the 429 from this count
+            else:
+                entry, lease = self.responses.look_up(environ, user, key)
             if entry is None:
                 self.responses.hand_on(environ, key, entry, lease)
                 return None

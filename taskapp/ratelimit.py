@@ -69,12 +69,21 @@ def _hit(key: str, limit: int, read_scope: bool = False) -> tuple[bool, int, int
     refuse service during an outage. ``read_scope`` also reads the version of the key's scope
     (the user's), so the request's in-process cache reads need no round trip of their own.
     """
-    result = cache.run_script(
-        SLIDING_WINDOW, [key], [WINDOW_MS, limit, uuid.uuid4().hex], None, read_scope=read_scope
-    )
+    result = cache.run_script(*window_script(key, limit), None, read_scope=read_scope)
+    return window_outcome(result)
+
+
+def window_script(key: str, limit: int) -> tuple[str, list[str], list[Any]]:
+    """The script, keys and arguments that count one request in ``key``'s window."""
+    return SLIDING_WINDOW, [key], [WINDOW_MS, limit, uuid.uuid4().hex]
+
+
+def window_outcome(result: list[Any] | None) -> tuple[bool, int, int]:
+    """SLIDING_WINDOW's result as (allowed, requests in window, ms to reset); allowed when Redis
+    was unavailable (None)."""
     if result is None:
         return True, 0, WINDOW_MS
-    allowed, count, reset = (int(x) for x in result)
+    allowed, count, reset = (int(x) for x in result[:3])
     return bool(allowed), count, reset
 
 
@@ -112,6 +121,13 @@ def count_user_request(environ: dict[str, Any], user_id: str, limit: int) -> tup
     if counted is None:
         counted = environ[COUNTED] = _hit(keys.rate_limit(user_id), limit, read_scope=True)
     return counted  # type: ignore[no-any-return]
+
+
+def count_with(environ: dict[str, Any], result: list[Any] | None) -> tuple[bool, int, int]:
+    """Remember a user's request counted by ``window_script(keys.rate_limit(user), limit)`` run
+    in another call (with a cache lookup, say): (allowed, requests in window, ms to reset)."""
+    counted = environ[COUNTED] = window_outcome(result)
+    return counted
 
 
 def header_items(limit: int, count: int, reset_ms: int) -> list[tuple[str, str]]:

@@ -148,16 +148,26 @@ def test_a_request_over_the_limit_is_flasks_429_counted_once(make_app, redis_cli
     assert redis_client.zcard(window) == 2  # a refused request is not added, nor counted twice
 
 
-def test_a_miss_looks_up_and_takes_the_fill_lock_once(app, user, monkeypatch):
-    auth, path = user
+@pytest.mark.parametrize("limit", [0, 1000], ids=["no-rate-limit", "rate-limit"])
+def test_a_miss_looks_up_and_takes_the_fill_lock_once(make_app, limit, monkeypatch):
+    app = make_app(RATE_LIMIT_PER_MINUTE=limit)
+    client = app.test_client()
+    _, auth = account(client)
+    task = client.post(TASKS, json={"title": "fast"}, headers=auth).get_json()
+    path = f"{TASKS}/{task['id']}"
     calls = []
-    lookup = cache.lookup
+    lookup, lookup_after = cache.lookup, cache.lookup_after
 
     def counting(key, tags=()):
         calls.append(key)
         return lookup(key, tags)
 
+    def counting_after(script, keys, args, key, tags=()):
+        calls.append(key)
+        return lookup_after(script, keys, args, key, tags)
+
     monkeypatch.setattr(cache, "lookup", counting)
+    monkeypatch.setattr(cache, "lookup_after", counting_after)
     spy = Spy(app)
     status, headers, _ = wsgi(app.wsgi_app, path, **auth)
     assert (status, dict(headers)["X-Cache"], spy.calls) == ("200 OK", "MISS", 1)
@@ -206,3 +216,54 @@ def test_hits_are_timed_by_route_in_the_request_histogram(app, user):
 def test_the_setting_turns_the_fast_path_off(make_app):
     assert not isinstance(make_app(HTTP_FAST_PATH="0").wsgi_app, FastPath)
     assert isinstance(make_app().wsgi_app, FastPath)
+
+
+@pytest.mark.parametrize("limit", [0, 1000], ids=["no-rate-limit", "rate-limit"])
+@pytest.mark.parametrize("l1", [10000, 0], ids=["in-process", "redis-only"])
+def test_a_hit_costs_one_redis_round_trip(make_app, limit, l1, monkeypatch):
+    app = make_app(RATE_LIMIT_PER_MINUTE=limit, L1_CACHE_MAX_ITEMS=l1)
+    client = app.test_client()
+    _, auth = account(client)
+    task = client.post(TASKS, json={"title": "fast"}, headers=auth).get_json()
+    path = f"{TASKS}/{task['id']}"
+    wsgi(app.wsgi_app, path, **auth)
+    with app.app_context():
+        redis_client = cache.client
+    commands = []
+    execute = redis_client.execute_command
+
+    def counting(*args, **options):
+        if args[0] in ("EVALSHA", "EVAL", "GET", "MGET"):  # not the stats flusher's pipeline
+            commands.append(args[0])
+        return execute(*args, **options)
+
+    monkeypatch.setattr(redis_client, "execute_command", counting)
+    status, headers, _ = wsgi(app.wsgi_app, path, **auth)
+    assert (status, dict(headers)["X-Cache"]) == ("200 OK", "HIT")
+    assert len(commands) == 1, commands
+
+
+def http_lookups() -> float:
+    return sum(
+        REGISTRY.get_sample_value(
+            "taskapp_cache_requests_total", {"layer": "http", "result": result}
+        )
+        or 0.0
+        for result in ("hit", "miss")
+    )
+
+
+@pytest.mark.parametrize("l1", [10000, 0], ids=["in-process", "redis-only"])
+def test_a_request_over_the_limit_neither_looks_up_nor_takes_a_lock(make_app, l1):
+    app = make_app(RATE_LIMIT_PER_MINUTE=2, L1_CACHE_MAX_ITEMS=l1)
+    client = app.test_client()
+    _, auth = account(client)
+    wsgi(app.wsgi_app, TASKS, **auth)
+    wsgi(app.wsgi_app, TASKS, **auth)
+    before = http_lookups()
+    for path in (TASKS, f"{TASKS}?page=2"):  # a cached answer, and one never looked up
+        status, _, _ = wsgi(app.wsgi_app, path, **auth)
+        assert status == "429 TOO MANY REQUESTS"
+    assert http_lookups() == before
+    with app.app_context():
+        assert not list(cache.client.scan_iter(match=cache.keys.prefix + "*lock*"))

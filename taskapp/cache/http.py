@@ -84,6 +84,24 @@ class ResponseCache:
         self.cache.count(stats.HTTP_HIT if entry is not None else stats.HTTP_MISS, "http")
         return entry, lease
 
+    def look_up_after(
+        self,
+        environ: dict[str, Any],
+        user: str,
+        key: str,
+        script: tuple[str, list[str], list[Any]],
+    ) -> tuple[Any, Entry | None, Lease | None]:
+        """``script`` (source, keys, arguments; a rate limit, say) and then ``look_up``, in one
+        round trip: (the script's result, entry, lease). A script that refuses (first value 0)
+        stops the lookup, which is then neither made nor counted; see
+        ``RedisCache.lookup_after``."""
+        source, keys, args = script
+        result, entry, lease = self.cache.lookup_after(source, keys, args, key, self.tags(user))
+        if result is not None and int(result[0]) == 0:
+            return result, None, None
+        self.cache.count(stats.HTTP_HIT if entry is not None else stats.HTTP_MISS, "http")
+        return result, entry, lease
+
     def hand_on(
         self, environ: dict[str, Any], key: str, entry: Entry | None, lease: Lease | None
     ) -> None:
