@@ -39,6 +39,10 @@ COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
         "gunicorn: main loop (poll, accept, keep-alive)",
         ("ThreadWorker.wait_for_and_dispatch_events (gunicorn", "ThreadWorker.run (gunicorn"),
     ),
+    (
+        "taskapp: response-cache fast path before Flask (FastPath)",
+        ("FastPath.__call__ (taskapp",),
+    ),
     ("Flask: the app (wsgi_app)", ("Flask.wsgi_app (flask",)),
     (
         "Flask: session opened on every request",

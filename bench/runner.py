@@ -56,6 +56,8 @@ VENV_BIN = ROOT / ".venv" / "bin"
 LOOPBACK = "127.0.0.1"
 TASK_PATH = "/api/v1/tasks/{id}"
 DB_LATENCY_MS = 50
+#: RATE_LIMIT_PER_MINUTE of the rate-limit-on row: on, and never reached by wrk.
+RATE_LIMIT_ON = "1000000000"
 CONNECTIONS = (1, 32)
 
 
@@ -758,6 +760,11 @@ class Bench:
         task_redis = self.taskapp("taskapp-no-l1", L1_CACHE_MAX_ITEMS="0")
         token_redis, task_id = self.seed(task_redis.base, "bench-redis@example.com")
         url_redis = task_redis.base + TASK_PATH.format(id=task_id)
+        # The per-user rate limit on (its script runs on every request), with a limit wrk never
+        # reaches: the default of 600 a minute would answer most requests 429.
+        task_limited = self.taskapp("taskapp-rate-limit", RATE_LIMIT_PER_MINUTE=RATE_LIMIT_ON)
+        token_limited, task_id = self.seed(task_limited.base, "bench-rl@example.com")
+        url_limited = task_limited.base + TASK_PATH.format(id=task_id)
 
         apps = {
             name: self.bench_app(name)
@@ -805,6 +812,22 @@ class Bench:
                 task_l1,
                 url_l1,
                 token_l1,
+                backend=mongomock,
+            ),
+            Scenario(
+                "taskapp_http_rl",
+                "taskapp: HTTP response layer hit, rate limit on",
+                task_limited,
+                url_limited,
+                token_limited,
+                backend=mongomock,
+            ),
+            Scenario(
+                "taskapp_http_redis",
+                "taskapp: HTTP response layer hit from Redis (L1 off)",
+                task_redis,
+                url_redis,
+                token_redis,
                 backend=mongomock,
             ),
             Scenario(

@@ -49,11 +49,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # A bearer-token API keeps no cookie session: skip Flask's signer on every request.
     app.session_interface = NullSessionInterface()
     app.url_map.converters["objectid"] = ObjectIdConverter
-    if app.config["TRUSTED_PROXIES"]:
-        # The client address (the per-address limits, logs) and scheme as the proxies saw them,
-        # trusting exactly that many hops of X-Forwarded-For/-Proto and no client-sent ones.
-        hops = app.config["TRUSTED_PROXIES"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -84,4 +79,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(tasks_bp, url_prefix="/api/v1")
     app.register_blueprint(admin_bp, url_prefix="/api/v1/admin")
     cli.init_app(app)
+    http_cache.install_fast_path(app)  # in front of Flask's dispatch, behind ProxyFix
+    if app.config["TRUSTED_PROXIES"]:
+        # The client address (the per-address limits, logs) and scheme as the proxies saw them,
+        # trusting exactly that many hops of X-Forwarded-For/-Proto and no client-sent ones.
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     return app

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from taskapp.cache.settings import SETTINGS as CACHE_SETTINGS
-from taskapp.cache.settings import int_at_least
+from taskapp.cache.settings import boolean, int_at_least
 
 EMBEDDED_MONGODB = "mongomock://"
 EMBEDDED_REDIS = "memory://"
@@ -57,6 +57,9 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "TASK_CACHE_TTL": (60, int_at_least(1)),
     "TASK_LIST_CACHE_TTL": (30, int_at_least(1)),
     "HTTP_CACHE_TTL": (30, int_at_least(1)),
+    # Answer response-cache hits in a WSGI layer before Flask's dispatch (taskapp.fastpath);
+    # off sends every request through Flask (same answers, slower hits).
+    "HTTP_FAST_PATH": (True, boolean),
     "TASK_READ_STRATEGY": (
         "cache-aside",
         _one_of("cache-aside", "read-through", "refresh-ahead"),

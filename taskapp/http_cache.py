@@ -25,3 +25,10 @@ cached_response = responses.mark
 def init_app(app: Flask) -> None:
     """Register the response cache's hooks (after authentication and rate limiting)."""
     responses.init_app(app)
+
+
+def install_fast_path(app: Flask) -> None:
+    """Answer response-cache hits in front of Flask's dispatch (HTTP_FAST_PATH, on by default)."""
+    from taskapp import fastpath
+
+    fastpath.install(app, responses)

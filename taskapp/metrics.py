@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, request
 from prometheus_client import Counter, Histogram
 
 DB_READS = Counter("taskapp_db_reads_total", "MongoDB read queries issued")
@@ -15,20 +16,33 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 
+#: The environ key of the moment a request's handling began (``time.perf_counter()``): set by
+#: the first layer that sees it (the response cache's WSGI fast path, else Flask's hook).
+STARTED = "taskapp.started"
+
+
+def start_timer(environ: dict[str, Any]) -> None:
+    """Note when this request's handling began, unless a layer in front already did."""
+    environ.setdefault(STARTED, time.perf_counter())
+
+
+def observe(environ: dict[str, Any], method: str, route: str, status: int) -> None:
+    """Record a request's latency by its route pattern (never the raw path: ids would explode
+    labels), once."""
+    started = environ.pop(STARTED, None)
+    if started is not None:
+        REQUEST_SECONDS.labels(method, route, status).observe(time.perf_counter() - started)
+
 
 def init_app(app: Flask) -> None:
-    """Time every request by its route pattern (never the raw path: ids would explode labels)."""
+    """Time every request by its route pattern."""
 
     @app.before_request
-    def start_timer() -> None:
-        g._started = time.perf_counter()
+    def start() -> None:
+        start_timer(request.environ)
 
     @app.after_request
-    def observe(response):
-        started = g.pop("_started", None)
-        if started is not None:
-            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            REQUEST_SECONDS.labels(request.method, route, response.status_code).observe(
-                time.perf_counter() - started
-            )
+    def finish(response):
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        observe(request.environ, request.method, route, response.status_code)
         return response

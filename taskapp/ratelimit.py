@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from typing import Any
 
 from flask import Flask, current_app, request
 from werkzeug.exceptions import TooManyRequests
@@ -68,12 +69,21 @@ def _hit(key: str, limit: int, read_scope: bool = False) -> tuple[bool, int, int
     refuse service during an outage. ``read_scope`` also reads the version of the key's scope
     (the user's), so the request's in-process cache reads need no round trip of their own.
     """
-    result = cache.run_script(
-        SLIDING_WINDOW, [key], [WINDOW_MS, limit, uuid.uuid4().hex], None, read_scope=read_scope
-    )
+    result = cache.run_script(*window_script(key, limit), None, read_scope=read_scope)
+    return window_outcome(result)
+
+
+def window_script(key: str, limit: int) -> tuple[str, list[str], list[Any]]:
+    """The script, keys and arguments that count one request in ``key``'s window."""
+    return SLIDING_WINDOW, [key], [WINDOW_MS, limit, uuid.uuid4().hex]
+
+
+def window_outcome(result: list[Any] | None) -> tuple[bool, int, int]:
+    """SLIDING_WINDOW's result as (allowed, requests in window, ms to reset); allowed when Redis
+    was unavailable (None)."""
     if result is None:
         return True, 0, WINDOW_MS
-    allowed, count, reset = (int(x) for x in result)
+    allowed, count, reset = (int(x) for x in result[:3])
     return bool(allowed), count, reset
 
 
@@ -98,6 +108,37 @@ def limit_register() -> None:
         raise RateLimited(limit, reset)
 
 
+#: The environ key of a request's counted user request: (allowed, limit, requests in window, ms
+#: to reset). Set by whichever path counted it first (the response cache's WSGI fast path or
+#: ``limit_user``), so a request handed from one to the other is counted once.
+COUNTED = "taskapp.ratelimit.counted"
+
+
+def count_user_request(environ: dict[str, Any], user_id: str, limit: int) -> tuple[bool, int, int]:
+    """Count a request of ``user_id`` once (reading the user's scope version in the same round
+    trip): (allowed, requests in window, ms to reset), remembered in ``environ``."""
+    counted = environ.get(COUNTED)
+    if counted is None:
+        counted = environ[COUNTED] = _hit(keys.rate_limit(user_id), limit, read_scope=True)
+    return counted  # type: ignore[no-any-return]
+
+
+def count_with(environ: dict[str, Any], result: list[Any] | None) -> tuple[bool, int, int]:
+    """Remember a user's request counted by ``window_script(keys.rate_limit(user), limit)`` run
+    in another call (with a cache lookup, say): (allowed, requests in window, ms to reset)."""
+    counted = environ[COUNTED] = window_outcome(result)
+    return counted
+
+
+def header_items(limit: int, count: int, reset_ms: int) -> list[tuple[str, str]]:
+    """The X-RateLimit-* headers of an allowed request (both paths add exactly these)."""
+    return [
+        ("X-RateLimit-Limit", str(limit)),
+        ("X-RateLimit-Remaining", str(max(0, limit - count))),
+        ("X-RateLimit-Reset", str(max(1, math.ceil(reset_ms / 1000)))),
+    ]
+
+
 def init_app(app: Flask) -> None:
     """Limit each authenticated user's requests; add the X-RateLimit-* headers to answers."""
 
@@ -109,17 +150,15 @@ def init_app(app: Flask) -> None:
         user_id = current_user_id() if limit > 0 else None
         if user_id is None:
             return
-        allowed, count, reset = _hit(keys.rate_limit(user_id), limit, read_scope=True)
+        allowed, count, reset = count_user_request(request.environ, user_id, limit)
         if not allowed:
             raise RateLimited(limit, reset)
-        request.environ["taskapp.ratelimit"] = (limit, max(0, limit - count), reset)
+        request.environ["taskapp.ratelimit"] = (limit, count, reset)
 
     @app.after_request
     def headers(response):
         state = request.environ.get("taskapp.ratelimit")
         if state is not None:
-            limit, remaining, reset = state
-            response.headers["X-RateLimit-Limit"] = str(limit)
-            response.headers["X-RateLimit-Remaining"] = str(remaining)
-            response.headers["X-RateLimit-Reset"] = str(max(1, math.ceil(reset / 1000)))
+            for name, value in header_items(*state):
+                response.headers[name] = value
         return response

@@ -43,12 +43,20 @@ def check_query() -> None:
     view = current_app.view_functions.get(request.endpoint or "")
     if view is None:
         return  # no route matched: the routing error answers
+    problem = query_problem(request.args, view)
+    if problem is not None:
+        raise UnprocessableEntity(problem)
+
+
+def query_problem(args: Any, view: Any) -> str | None:
+    """What is wrong with query ``args`` for ``view`` (see ``check_query``), else None."""
     accepted: frozenset[str] = getattr(view, "_query_parameters", frozenset())
-    for name in request.args:
-        if len(request.args.getlist(name)) > 1:
-            raise UnprocessableEntity(f"parameter '{name}': repeated; send it once")
+    for name in args:
+        if len(args.getlist(name)) > 1:
+            return f"parameter '{name}': repeated; send it once"
         if name != CACHE_BUSTER and name not in accepted:
-            raise UnprocessableEntity(f"parameter '{name}': not accepted by this route")
+            return f"parameter '{name}': not accepted by this route"
+    return None
 
 
 def body(

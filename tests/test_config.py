@@ -9,6 +9,7 @@ from taskapp.config import SETTINGS, ConfigError, load
 #: A value each setting refuses, by the kind of its conversion.
 BAD = {
     "REDIS_CLUSTER": "maybe",
+    "HTTP_FAST_PATH": "sometimes",
     "TASK_READ_STRATEGY": "read-around",
     "TASK_WRITE_STRATEGY": "write-sideways",
     "REDIS_SOCKET_TIMEOUT": "0",

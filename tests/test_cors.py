@@ -13,9 +13,12 @@ OTHER = "http://evil.example.test"
 TASKS = "/api/v1/tasks"
 
 
-@pytest.fixture
-def app(make_app):
-    return make_app(CORS_ORIGINS=f"{ORIGIN}, https://second.example.test")
+@pytest.fixture(params=[True, False], ids=["fast-path", "flask-path"])
+def app(make_app, request):
+    """Every CORS test with and without the response cache's fast path (taskapp.fastpath)."""
+    return make_app(
+        CORS_ORIGINS=f"{ORIGIN}, https://second.example.test", HTTP_FAST_PATH=request.param
+    )
 
 
 @pytest.fixture

@@ -18,9 +18,12 @@ PASSWORD = "correct horse battery"
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
-@pytest.fixture
-def app(make_app):
-    return make_app(LOGIN_RATE_LIMIT_PER_MINUTE=3, RATE_LIMIT_PER_MINUTE=5)
+@pytest.fixture(params=[True, False], ids=["fast-path", "flask-path"])
+def app(make_app, request):
+    """Every per-user limit test on both paths of a response-cache hit (taskapp.fastpath)."""
+    return make_app(
+        LOGIN_RATE_LIMIT_PER_MINUTE=3, RATE_LIMIT_PER_MINUTE=5, HTTP_FAST_PATH=request.param
+    )
 
 
 @pytest.fixture

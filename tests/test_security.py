@@ -20,9 +20,10 @@ ACTIVITY = "/api/v1/activity"
 PASSWORD = api.PASSWORD
 
 
-@pytest.fixture
-def app(make_app):
-    return make_app(ADMIN_EMAILS="root@example.com,chief@example.com")
+@pytest.fixture(params=[True, False], ids=["fast-path", "flask-path"])
+def app(make_app, request):
+    """Every security test on both paths of a response-cache hit (taskapp.fastpath)."""
+    return make_app(ADMIN_EMAILS="root@example.com,chief@example.com", HTTP_FAST_PATH=request.param)
 
 
 @pytest.fixture

@@ -35,8 +35,19 @@ def current_user_id() -> str | None:
     """The user id of the request's valid bearer token, else None; memoised per request."""
     memo = g.get("_taskapp_user_id", _UNSET)
     if memo is _UNSET:
-        memo = g._taskapp_user_id = _verify(_bearer_token())
+        memo = g._taskapp_user_id = user_id_of(
+            request.headers.get("Authorization", ""), current_app.config["SECRET_KEY"]
+        )
     return memo  # type: ignore[return-value]
+
+
+def user_id_of(authorization: str, secret: str) -> str | None:
+    """The user id of a valid bearer token in an ``Authorization`` header value, else None.
+
+    Shared by the Flask path and the response cache's WSGI fast path, which has no request
+    context: both see the same header and the same key, so both decide alike.
+    """
+    return _verify(_bearer_token(authorization), secret)
 
 
 def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -56,18 +67,18 @@ def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _bearer_token() -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+def _bearer_token(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
 
 
-def _verify(token: str | None) -> str | None:
+def _verify(token: str | None, secret: str) -> str | None:
     """The user id of a valid token, else None: signature once per token, ``exp`` every time."""
     if token is None:
         return None
-    verified = _signed_claims(token, current_app.config["SECRET_KEY"])
+    verified = _signed_claims(token, secret)
     if verified is None:
         return None
     user_id, expires_at = verified

@@ -27,7 +27,7 @@ from taskapp.cache.l1 import LocalCache
 from taskapp.cache.lists import CappedLists
 from taskapp.cache.lock import FillLock
 from taskapp.cache.notifier import Notifier
-from taskapp.cache.region import Lease, Region, Ttl
+from taskapp.cache.region import Lease, Region, Script, Ttl
 from taskapp.cache.settings import CacheSettings
 from taskapp.cache.store import Store
 from taskapp.cache.writebehind import Flusher, WriteBehind
@@ -188,6 +188,25 @@ class RedisCache:
         """
         state = self._state()
         return state.region.lookup(state.keys.entry(key), list(tags))
+
+    def lookup_after(
+        self,
+        script: str,
+        keys: list[str],
+        args: list[Any],
+        key: str,
+        tags: Iterable[str] = (),
+    ) -> tuple[Any, Entry | None, Lease | None]:
+        """Run ``script`` on prefixed ``keys`` (in ``key``'s hash slot) and then ``lookup(key,
+        tags)``, in one round trip: (the script's result, entry, lease).
+
+        A result whose first value is 0 refuses: nothing is looked up and no lock is taken. Like
+        ``run_script(read_scope=True)``, the script returns the value of one more key last when
+        given one. The result is None when Redis is unavailable.
+        """
+        state = self._state()
+        before = Script(script, [state.keys.entry(k) for k in keys], list(args))
+        return state.region.lookup_after(before, state.keys.entry(key), list(tags))
 
     def store_leased(
         self, lease: Lease, raw_json: bytes, ttl: Ttl = None, meta: dict[str, Any] | None = None

@@ -8,10 +8,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import Flask, Response, current_app, g, request
-from werkzeug.http import unquote_etag
+from werkzeug.http import parse_etags, unquote_etag
 
 from taskapp.cache import stats
+from taskapp.cache.entry import Entry
 from taskapp.cache.extension import RedisCache
+from taskapp.cache.region import Lease
 
 Identity = Callable[[], str | None]
 
@@ -56,25 +58,75 @@ class ResponseCache:
         view._cache_response = True  # type: ignore[attr-defined]
         return view
 
+    @staticmethod
+    def cacheable(view: Callable[..., Any] | None) -> bool:
+        """True for a view marked with ``mark``."""
+        return getattr(view, "_cache_response", False)
+
+    def request_key(self, user: str, path: str, args: Any) -> str:
+        """The cache key of a GET (or HEAD) of ``path`` with query ``args`` by ``user``."""
+        return self.key(user, "GET", path, self._query(args))
+
+    def look_up(
+        self, environ: dict[str, Any], user: str, key: str
+    ) -> tuple[Entry | None, Lease | None]:
+        """The cached entry of ``key``, else a lease to fill it; counted as an http hit or miss.
+
+        Once per request: a layer in front of Flask that looked up and then handed the request
+        on left its answer (and the fill lock it took) in ``environ``, and it is used here.
+        """
+        earlier = environ.pop(LOOKED_UP, None)
+        if earlier is not None and earlier[0] == key:
+            return earlier[1], earlier[2]
+        if earlier is not None:
+            self._release(earlier[2])
+        entry, lease = self.cache.lookup(key, self.tags(user))
+        self.cache.count(stats.HTTP_HIT if entry is not None else stats.HTTP_MISS, "http")
+        return entry, lease
+
+    def look_up_after(
+        self,
+        environ: dict[str, Any],
+        user: str,
+        key: str,
+        script: tuple[str, list[str], list[Any]],
+    ) -> tuple[Any, Entry | None, Lease | None]:
+        """``script`` (source, keys, arguments; a rate limit, say) and then ``look_up``, in one
+        round trip: (the script's result, entry, lease). A script that refuses (first value 0)
+        stops the lookup, which is then neither made nor counted; see
+        ``RedisCache.lookup_after``."""
+        source, keys, args = script
+        result, entry, lease = self.cache.lookup_after(source, keys, args, key, self.tags(user))
+        if result is not None and int(result[0]) == 0:
+            return result, None, None
+        self.cache.count(stats.HTTP_HIT if entry is not None else stats.HTTP_MISS, "http")
+        return result, entry, lease
+
+    def hand_on(
+        self, environ: dict[str, Any], key: str, entry: Entry | None, lease: Lease | None
+    ) -> None:
+        """Leave a lookup's answer in ``environ`` for the Flask path (see ``look_up``)."""
+        environ[LOOKED_UP] = (key, entry, lease)
+
     def _lookup(self) -> Response | None:
         if request.method not in ("GET", "HEAD"):  # HEAD: a GET's answer without its body
             return None
-        view = current_app.view_functions.get(request.endpoint or "")
-        if not getattr(view, "_cache_response", False):
+        if not self.cacheable(current_app.view_functions.get(request.endpoint or "")):
             return None
         user = self.identity()
         if user is None:
             return None
-        key = self.key(user, "GET", request.path, self._query(request.args))
+        key = self.request_key(user, request.path, request.args)
         context = g._response_cache = {"user": user, "hit": False, "lease": None}
         if request.cache_control.no_cache or request.cache_control.no_store:
             return None  # the client asked for a fresh answer: neither looked up nor stored
-        entry, context["lease"] = self.cache.lookup(key, self.tags(user))
+        entry, context["lease"] = self.look_up(request.environ, user, key)
         if entry is not None:
-            self.cache.count(stats.HTTP_HIT, "http")
             context["hit"] = True
-            return self._respond(entry.raw_value, entry.meta["etag"], "HIT")
-        self.cache.count(stats.HTTP_MISS, "http")
+            status, headers, body = answer(
+                entry.raw_value, entry.meta["etag"], "HIT", request.environ.get(IF_NONE_MATCH)
+            )
+            return Response(body, status, headers)
         return None
 
     def _query(self, args: Any) -> str:
@@ -109,10 +161,15 @@ class ResponseCache:
         return response
 
     def _teardown(self, exc: BaseException | None) -> None:
-        """Release a fill lock no answer was stored under (an error, a non-200), so the callers
-        waiting for it retry at once instead of after the lock's TTL."""
+        """Release a fill lock no answer was stored under (an error, a non-200, or a lookup of a
+        layer in front that Flask never reached), so the callers waiting for it retry at once
+        instead of after the lock's TTL."""
         context = g.pop("_response_cache", None)
-        lease = context.get("lease") if context is not None else None
+        self._release(context.get("lease") if context is not None else None)
+        earlier = request.environ.pop(LOOKED_UP, None)
+        self._release(earlier[2] if earlier is not None else None)
+
+    def _release(self, lease: Lease | None) -> None:
         if lease is not None:
             self.cache.release(lease)
 
@@ -121,27 +178,54 @@ class ResponseCache:
         return response.is_json and not response.cache_control.no_store
 
     @staticmethod
-    def _respond(
-        body: bytes, etag: str, outcome: str, response: Response | None = None
-    ) -> Response:
-        """A 200 (or 304 for a matching If-None-Match) with the cache headers."""
-        if response is None:
-            response = Response(body, status=200, mimetype="application/json")
-            response.headers["Vary"] = "Authorization"
-        else:
-            response.vary.add("Authorization")
+    def _respond(body: bytes, etag: str, outcome: str, response: Response) -> Response:
+        """The view's 200 (or a 304 for a matching If-None-Match) with the cache headers."""
+        response.vary.add("Authorization")
         response.headers["X-Cache"] = outcome
         response.headers["ETag"] = etag
-        response.headers["Cache-Control"] = "private, no-cache"
-        # Weak comparison (RFC 9110 13.1.2): W/"x" matches "x", as a proxy that compresses the
-        # body (nginx's gzip) turns the ETag weak; "*" matches any.
-        if "If-None-Match" in request.headers and request.if_none_match.contains_weak(
-            unquote_etag(etag)[0]
-        ):
+        response.headers["Cache-Control"] = CACHE_CONTROL
+        if not_modified(request.environ.get(IF_NONE_MATCH), etag):
             response.status_code = 304
             response.set_data(b"")
             response.headers.pop("Content-Length", None)
         return response
+
+
+#: The environ key of a lookup made before Flask's dispatch: (key, entry, lease).
+LOOKED_UP = "taskapp.http_cache.looked_up"
+IF_NONE_MATCH = "HTTP_IF_NONE_MATCH"
+CACHE_CONTROL = "private, no-cache"
+
+
+def not_modified(if_none_match: str | None, etag: str) -> bool:
+    """True when an If-None-Match header value matches ``etag``.
+
+    Weak comparison (RFC 9110 13.1.2): W/"x" matches "x", as a proxy that compresses the body
+    (nginx's gzip) turns the ETag weak; "*" matches any.
+    """
+    return bool(if_none_match) and parse_etags(if_none_match).contains_weak(unquote_etag(etag)[0])
+
+
+def answer(
+    body: bytes, etag: str, outcome: str, if_none_match: str | None, vary: str = "Authorization"
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """A cached answer as (status, headers, body): a 200 JSON, or a 304 without the body's
+    headers for a matching If-None-Match (what werkzeug sends for a 304). HEAD gets the same
+    headers; the server leaves out the body. Both the Flask path and a WSGI layer in front of
+    it answer a hit with exactly this."""
+    headers = [
+        ("Vary", vary),
+        ("X-Cache", outcome),
+        ("ETag", etag),
+        ("Cache-Control", CACHE_CONTROL),
+    ]
+    if not_modified(if_none_match, etag):
+        return 304, headers, b""
+    return (
+        200,
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers],
+        body,
+    )
 
 
 def _etag(user: str, body: bytes) -> str:

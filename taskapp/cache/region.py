@@ -43,6 +43,23 @@ class Lease(NamedTuple):
     token: str = ""
 
 
+class Script(NamedTuple):
+    """A Lua script to run before a lookup (see ``Region.lookup_after``): source, full keys,
+    arguments."""
+
+    source: str
+    keys: list[str]
+    args: list[Any]
+
+
+class _Refused(Exception):
+    """The script run before a lookup refused (its first value is 0): nothing is looked up."""
+
+
+def _refused(result: list[Any]) -> bool:
+    return int(result[0]) == 0
+
+
 def xfetch_due(entry: Entry, beta: float = 1.0) -> bool:
     """XFetch (Vattani et al., VLDB 2015): refresh early with a probability that grows as the
     expiry nears, scaled by how long the fetch took (a floor of 1 ms for very fast fetches)."""
@@ -154,18 +171,70 @@ class Region:
         fill and get the entry, or after CACHE_LOCK_WAIT a lease without the lock. The read,
         the lease and the lock take one round trip. (None, None) when Redis is unavailable.
         """
+        entry, lease, _ = self._lookup(full_key, tags, None)
+        return entry, lease
+
+    def lookup_after(
+        self, before: Script, full_key: str, tags: list[str]
+    ) -> tuple[Any, Entry | None, Lease | None]:
+        """Run ``before`` and then ``lookup``, in one round trip: (its result, entry, lease).
+
+        ``before`` is a script on keys of the entry's hash slot whose first value 0 refuses:
+        then nothing is looked up (no lock taken) and the answer is (result, None, None). Given
+        one more key, it must return that key's value last (as a rate limit reads the scope
+        version): when memory holds the entry, that is how the memory hit is checked, still in
+        one round trip. The result is None when Redis is unavailable.
+        """
         self.store.check_slots(full_key, tags)
-        entry = self._from_memory(full_key)
+        if self._in_memory(full_key):
+            scope_key = self.keys.scope_version(full_key)
+            try:
+                result = self.store.call(before.source, [*before.keys, scope_key], before.args)
+            except Unavailable:
+                return None, None, None
+            context.note_scope(scope_key, result.pop())
+            if _refused(result):
+                return result, None, None
+            entry, lease, _ = self._lookup(full_key, tags, None)
+            return result, entry, lease
+        entry, lease, result = self._lookup(full_key, tags, before)
+        return result, entry, lease
+
+    def _in_memory(self, full_key: str) -> bool:
+        """True when the in-process layer holds a fresh entry of ``full_key`` (not yet checked
+        against its scope version, nor counted)."""
+        if not self.l1.active or self.store.breaker.is_open:
+            return False
+        found = self.l1.get(full_key)
+        return found is not None and found[0].is_fresh()
+
+    def _lookup(
+        self, full_key: str, tags: list[str], before: Script | None
+    ) -> tuple[Entry | None, Lease | None, Any]:
+        self.store.check_slots(full_key, tags)
+        entry = self._from_memory(full_key) if before is None else None
         if entry is not None:
-            return entry, None
+            return entry, None, None
         scope_key = self.keys.scope_version(full_key)
         keys = [full_key, self.keys.lock(full_key), scope_key, *self._version_keys(full_key, tags)]
+        first: list[Any] = []  # before's result, from the first attempt
 
         def attempt(waited: bool) -> tuple[Entry | None, str, list[bytes]]:
             token, generation = self.lock.token(), self.l1.generation
-            raw, took, scope, *versions = self.store.call(
-                scripts.LOOKUP, keys, [token, self.lock.ttl_ms], op="get"
-            )
+            args = [token, self.lock.ttl_ms]
+            if before is not None and not first:
+                reply = self.store.call(
+                    scripts.before_then_lookup(before.source),
+                    [*before.keys, *keys],
+                    [len(before.keys), len(before.args), *before.args, *args],
+                    op="get",
+                )
+                first.append(reply[0])
+                if len(reply) == 1:
+                    raise _Refused
+                raw, took, scope, *versions = reply[1:]
+            else:
+                raw, took, scope, *versions = self.store.call(scripts.LOOKUP, keys, args, op="get")
             scope = context.note_scope(scope_key, scope)
             if raw is not None or not waited:
                 found = self._from_redis(full_key, raw, generation, scope)
@@ -177,11 +246,13 @@ class Region:
             entry, token, versions = self.lock.fill_or_wait(
                 full_key, attempt, lambda: self.read(full_key)
             )
+        except _Refused:
+            return None, None, first[0]
         except Unavailable:
-            return None, None
+            return None, None, first[0] if first else None
         if entry is not None:
-            return entry, None
-        return None, Lease(full_key, tags, versions, token)
+            return entry, None, first[0] if first else None
+        return None, Lease(full_key, tags, versions, token), first[0] if first else None
 
     def release(self, lease: Lease) -> None:
         """Give up a lease's fill lock without storing (the answer was not cacheable)."""

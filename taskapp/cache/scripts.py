@@ -90,6 +90,34 @@ for i = 4, #KEYS do result[#result + 1] = redis.call('GET', KEYS[i]) or '0' end
 return result
 """
 
+# after_then_lookup(BEFORE): BEFORE (another module's script on keys of the entry's hash slot), then
+# LOOKUP unless BEFORE refused, in one round trip. Each part sees only its own KEYS and ARGV.
+# KEYS BEFORE's keys, then LOOKUP's
+# ARGV[1] how many keys BEFORE takes, ARGV[2] how many arguments, then BEFORE's, then LOOKUP's
+# returns {BEFORE's result} when its first value is 0 (refused: no lookup, no lock taken), else
+# {BEFORE's result, LOOKUP's values...}
+_BEFORE_THEN_LOOKUP = """
+local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
+local first = (function(KEYS, ARGV)
+%s
+end)({unpack(KEYS, 1, nk)}, {unpack(ARGV, 3, 2 + na)})
+if tonumber(first[1]) == 0 then return {first} end
+local second = (function(KEYS, ARGV)
+%s
+end)({unpack(KEYS, nk + 1)}, {unpack(ARGV, 3 + na)})
+return {first, unpack(second)}
+"""
+_COMBINED: dict[str, str] = {}
+
+
+def before_then_lookup(before: str) -> str:
+    """The Lua source running ``before`` and then LOOKUP in one call (made once per script)."""
+    source = _COMBINED.get(before)
+    if source is None:
+        source = _COMBINED[before] = _BEFORE_THEN_LOOKUP % (before, LOOKUP)
+    return source
+
+
 # RELEASE: delete the fill lock only if this caller still owns it, and wake the waiters.
 # KEYS[1] lock
 # ARGV[1] lock token, ARGV[2] fill channel, ARGV[3] the entry key the waiters wait for

@@ -1,0 +1,120 @@
+"""Response-cache hits answered in front of Flask's dispatch (issue 11).
+
+``FastPath`` wraps ``app.wsgi_app``. For a GET or HEAD of a route marked ``cached_response`` with
+a valid token, an allowed rate limit and a cached answer, it answers with the very code the Flask
+path runs (the token check, the rate limit, the key, the lookup, the headers and the metrics are
+the same functions), without Flask's request context, routing hooks or response object. Anything
+else is handed to Flask: other methods and routes, a bad query string, no or an invalid token, a
+request over the limit, ``Cache-Control: no-cache``, a miss, Redis unavailable, any error here,
+and, when ``CORS_ORIGINS`` is set, a request with an ``Origin`` header (flask-cors answers those,
+so CORS headers have one author). What it learned goes with the request in the WSGI environ
+(the counted rate-limit request, the lookup and its fill lock, the user's scope version), so
+Flask neither counts the request twice nor looks it up twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
+from werkzeug.wrappers import Response
+
+from taskapp import keys, metrics, ratelimit
+from taskapp.auth.tokens import user_id_of
+from taskapp.cache import context
+from taskapp.cache.http import IF_NONE_MATCH, ResponseCache, answer
+from taskapp.validation import query_problem
+
+log = logging.getLogger(__name__)
+
+#: The setting that turns the fast path off (every request then goes through Flask).
+SETTING = "HTTP_FAST_PATH"
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+#: Status lines as werkzeug writes them.
+_STATUS = {code: Response(status=code).status for code in (200, 304)}
+
+
+class FastPath:
+    """A WSGI layer answering response-cache hits of ``app`` before Flask's dispatch."""
+
+    def __init__(self, app: Flask, responses: ResponseCache, wsgi_app: WsgiApp) -> None:
+        self.flask = app
+        self.responses = responses
+        self.next = wsgi_app
+        self.secret: str = app.config["SECRET_KEY"]
+        self.limit: int = app.config["RATE_LIMIT_PER_MINUTE"]
+        self.cors = bool(app.config["CORS_ORIGINS"])
+        # taskapp.cors adds Origin to Vary on every response when CORS is configured.
+        self.vary = "Authorization, Origin" if self.cors else "Authorization"
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD")
+        if method == "GET" or method == "HEAD":
+            try:
+                answered = self.answer(environ)
+            except Exception:  # a bug here must cost speed, never an answer: Flask answers
+                log.exception("response cache fast path failed; handing the request to Flask")
+                answered = None
+            if answered is not None:
+                status, headers, body = answered
+                start_response(_STATUS[status], headers)
+                return [body] if body and method == "GET" else []
+        return self.next(environ, start_response)
+
+    def answer(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        """The cached answer to this request, or None to hand it to Flask."""
+        metrics.start_timer(environ)  # the Flask path's latency includes the time spent here
+        if self.cors and "HTTP_ORIGIN" in environ:
+            return None
+        app = self.flask
+        request = app.request_class(environ, populate_request=False)
+        adapter = app.create_url_adapter(request)
+        if adapter is None:
+            return None
+        try:
+            rule, _ = adapter.match(return_rule=True)
+        except (HTTPException, RequestRedirect):
+            return None  # Flask answers the 404, 405 or redirect
+        view = app.view_functions.get(rule.endpoint)
+        if not self.responses.cacheable(view):
+            return None
+        if request.query_string and query_problem(request.args, view) is not None:
+            return None
+        user = user_id_of(environ.get("HTTP_AUTHORIZATION", ""), self.secret)
+        if user is None:
+            return None
+        if request.cache_control.no_cache or request.cache_control.no_store:
+            return None  # Flask counts it and answers without the response cache
+        with app.app_context(), context.bind(environ):
+            key = self.responses.request_key(user, request.path, request.args)
+            if self.limit > 0:  # the rate limit and the lookup in one round trip
+                window = ratelimit.window_script(keys.rate_limit(user), self.limit)
+                result, entry, lease = self.responses.look_up_after(environ, user, key, window)
+                allowed, count, reset = ratelimit.count_with(environ, result)
+                if not allowed:
+                    return None  # Flask answers the 429 from this count
+            else:
+                entry, lease = self.responses.look_up(environ, user, key)
+            if entry is None:
+                self.responses.hand_on(environ, key, entry, lease)
+                return None
+        status, headers, body = answer(
+            entry.raw_value, entry.meta["etag"], "HIT", environ.get(IF_NONE_MATCH), self.vary
+        )
+        if self.limit > 0:
+            headers += ratelimit.header_items(self.limit, count, reset)
+        metrics.observe(environ, environ["REQUEST_METHOD"], rule.rule, status)
+        return status, headers, body
+
+
+def install(app: Flask, responses: ResponseCache) -> None:
+    """Put the fast path in front of ``app``'s dispatch unless HTTP_FAST_PATH is off."""
+    if app.config[SETTING]:
+        app.wsgi_app = FastPath(app, responses, app.wsgi_app)  # type: ignore[method-assign]
