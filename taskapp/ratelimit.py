@@ -108,8 +108,8 @@ def limit_register() -> None:
         raise RateLimited(limit, reset)
 
 
-#: The environ key of a request's counted user request: (allowed, limit, requests in window, ms
-#: to reset). Set by whichever path counted it first (the response cache's WSGI fast path or
+#: The environ key of a request's counted user request: (allowed, requests in window, ms to
+#: reset). Set by whichever path counted it first (the response cache's WSGI fast path or
 #: ``limit_user``), so a request handed from one to the other is counted once.
 COUNTED = "taskapp.ratelimit.counted"
 
@@ -150,15 +150,15 @@ def init_app(app: Flask) -> None:
         user_id = current_user_id() if limit > 0 else None
         if user_id is None:
             return
-        allowed, count, reset = count_user_request(request.environ, user_id, limit)
+        allowed, _, reset = count_user_request(request.environ, user_id, limit)
         if not allowed:
             raise RateLimited(limit, reset)
-        request.environ["taskapp.ratelimit"] = (limit, count, reset)
 
     @app.after_request
     def headers(response):
-        state = request.environ.get("taskapp.ratelimit")
-        if state is not None:
-            for name, value in header_items(*state):
+        counted = request.environ.get(COUNTED)
+        if counted is not None and counted[0]:  # a refused request's 429 carries its own
+            _, count, reset = counted
+            for name, value in header_items(app.config["RATE_LIMIT_PER_MINUTE"], count, reset):
                 response.headers[name] = value
         return response

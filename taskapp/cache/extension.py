@@ -341,16 +341,13 @@ class RedisCache:
         trip a request makes anyway also validates its memory layer).
         """
         state = self._state()
-        full_keys = [state.keys.entry(k) for k in keys]
-        if read_scope:
-            full_keys.append(state.keys.scope_version(full_keys[0]))
+        run = Script(script, [state.keys.entry(k) for k in keys], list(args))
         try:
-            result = state.store.call(script, full_keys, args)
+            if read_scope:
+                return state.region.call_reading_scope(run, run.keys[0])
+            return state.store.call(run.source, run.keys, run.args)
         except Unavailable:
             return default
-        if read_scope:
-            context.note_scope(full_keys[-1], result.pop())
-        return result
 
     # -- request bookkeeping and health -------------------------------------------------
 

@@ -171,6 +171,10 @@ class Region:
         fill and get the entry, or after CACHE_LOCK_WAIT a lease without the lock. The read,
         the lease and the lock take one round trip. (None, None) when Redis is unavailable.
         """
+        self.store.check_slots(full_key, tags)
+        entry = self._from_memory(full_key)
+        if entry is not None:
+            return entry, None
         entry, lease, _ = self._lookup(full_key, tags, None)
         return entry, lease
 
@@ -187,18 +191,28 @@ class Region:
         """
         self.store.check_slots(full_key, tags)
         if self._in_memory(full_key):
-            scope_key = self.keys.scope_version(full_key)
             try:
-                result = self.store.call(before.source, [*before.keys, scope_key], before.args)
+                result = self.call_reading_scope(before, full_key)
             except Unavailable:
                 return None, None, None
-            context.note_scope(scope_key, result.pop())
             if _refused(result):
                 return result, None, None
+            entry = self._from_memory(full_key)  # checked against the version just read
+            if entry is not None:
+                return result, entry, None
             entry, lease, _ = self._lookup(full_key, tags, None)
             return result, entry, lease
         entry, lease, result = self._lookup(full_key, tags, before)
         return result, entry, lease
+
+    def call_reading_scope(self, script: Script, full_key: str) -> Any:
+        """Run ``script`` with the scope version of ``full_key`` as one more key, which the script
+        returns last; the version is kept for this request's memory reads, the rest returned.
+        Raises Unavailable."""
+        scope_key = self.keys.scope_version(full_key)
+        result = self.store.call(script.source, [*script.keys, scope_key], script.args)
+        context.note_scope(scope_key, result.pop())
+        return result
 
     def _in_memory(self, full_key: str) -> bool:
         """True when the in-process layer holds a fresh entry of ``full_key`` (not yet checked
@@ -211,10 +225,8 @@ class Region:
     def _lookup(
         self, full_key: str, tags: list[str], before: Script | None
     ) -> tuple[Entry | None, Lease | None, Any]:
-        self.store.check_slots(full_key, tags)
-        entry = self._from_memory(full_key) if before is None else None
-        if entry is not None:
-            return entry, None, None
+        """Redis's part of a lookup (after the caller checked memory and the slots): LOOKUP,
+        run after ``before`` when given, under the fill lock's wait loop."""
         scope_key = self.keys.scope_version(full_key)
         keys = [full_key, self.keys.lock(full_key), scope_key, *self._version_keys(full_key, tags)]
         first: list[Any] = []  # before's result, from the first attempt

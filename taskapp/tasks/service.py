@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from bson import ObjectId
 from flask import Flask, current_app
@@ -135,7 +135,7 @@ Ttl = int | Callable[[Any], int]
 
 def _read(family: str, key: str, args: tuple, ttl: Ttl, tags: list[str]) -> Any:
     """Read ``key`` by the read strategy; every strategy has the same lock and version checks."""
-    return current_app.extensions[EXTENSION][0].read(family, key, args, ttl, tags)
+    return current_app.extensions[EXTENSION].reads.read(family, key, args, ttl, tags)
 
 
 class CacheAside:
@@ -269,7 +269,7 @@ def _affected_tags(user_id: str, task_id: str) -> list[str]:
 
 
 def _writes() -> Invalidate:
-    return current_app.extensions[EXTENSION][1]
+    return current_app.extensions[EXTENSION].writes
 
 
 class Invalidate:
@@ -350,12 +350,21 @@ class WriteBehind(Invalidate):
 
 
 EXTENSION = "taskapp.tasks"
-READ_STRATEGIES = {
+
+
+class Strategies(NamedTuple):
+    """The app's read and write strategies, chosen once in ``init_app``."""
+
+    reads: CacheAside | ReadThrough
+    writes: Invalidate
+
+
+READ_STRATEGIES: dict[str, type[CacheAside] | type[ReadThrough]] = {
     "cache-aside": CacheAside,
     "read-through": ReadThrough,
     "refresh-ahead": RefreshAhead,
 }
-WRITE_STRATEGIES = {
+WRITE_STRATEGIES: dict[str, type[Invalidate]] = {
     "invalidate": Invalidate,
     "write-through": WriteThrough,
     "write-behind": WriteBehind,
@@ -436,7 +445,7 @@ def init_app(app: Flask) -> None:
         cache.register_loader(family, fetch)
     reads = READ_STRATEGIES[app.config["TASK_READ_STRATEGY"]]()
     writes = WRITE_STRATEGIES[app.config["TASK_WRITE_STRATEGY"]]()
-    app.extensions[EXTENSION] = (reads, writes)
+    app.extensions[EXTENSION] = Strategies(reads, writes)
     writes.start(app)
 
 
