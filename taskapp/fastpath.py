@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask
+from werkzeug.datastructures import ImmutableMultiDict, RequestCacheControl
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_cache_control_header
 from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Response
 
@@ -41,6 +43,18 @@ WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 _STATUS = {code: Response(status=code).status for code in (200, 304)}
 
 
+#: How many paths the route memo keeps before it starts again (task ids make paths many), and
+#: how many (user, path) pairs the key memo keeps.
+ROUTE_MEMO_SIZE = 4096
+KEY_MEMO_SIZE = 4096
+
+_UNKNOWN = object()
+_NO_ARGS: ImmutableMultiDict[str, str] = ImmutableMultiDict()
+
+#: A matched route the response cache may answer: its rule (the metrics' label) and its view.
+Route = tuple[str, Callable[..., Any]]
+
+
 class FastPath:
     """A WSGI layer answering response-cache hits of ``app`` before Flask's dispatch."""
 
@@ -53,6 +67,13 @@ class FastPath:
         self.cors = bool(app.config["CORS_ORIGINS"])
         # taskapp.cors adds Origin to Vary on every response when CORS is configured.
         self.vary = "Authorization, Origin" if self.cors else "Authorization"
+        # Routing is a function of the path alone unless hosts or subdomains take part in it.
+        self.routes: dict[str, Route | None] | None = (
+            None
+            if app.config["SERVER_NAME"] or app.url_map.host_matching or app.subdomain_matching
+            else {}
+        )
+        self.key_memo: dict[tuple[str, str], str] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD")
@@ -73,27 +94,28 @@ class FastPath:
         metrics.start_timer(environ)  # the Flask path's latency includes the time spent here
         if self.cors and "HTTP_ORIGIN" in environ:
             return None
-        app = self.flask
-        request = app.request_class(environ, populate_request=False)
-        adapter = app.create_url_adapter(request)
-        if adapter is None:
+        path_info: str = environ.get("PATH_INFO") or ""
+        if not path_info.isascii():
+            return None  # werkzeug decodes such a path: Flask answers, with the path it sees
+        route = self.route(environ, path_info)
+        if route is None:
             return None
-        try:
-            rule, _ = adapter.match(return_rule=True)
-        except (HTTPException, RequestRedirect):
-            return None  # Flask answers the 404, 405 or redirect
-        view = app.view_functions.get(rule.endpoint)
-        if not self.responses.cacheable(view):
-            return None
-        if request.query_string and query_problem(request.args, view) is not None:
-            return None
+        rule, view = route
+        args = _NO_ARGS
+        if environ.get("QUERY_STRING"):
+            args = self.flask.request_class(environ, populate_request=False).args
+            if query_problem(args, view) is not None:
+                return None
         user = user_id_of(environ.get("HTTP_AUTHORIZATION", ""), self.secret)
         if user is None:
             return None
-        if request.cache_control.no_cache or request.cache_control.no_store:
-            return None  # Flask counts it and answers without the response cache
-        with app.app_context(), context.bind(environ):
-            key = self.responses.request_key(user, request.path, request.args)
+        cache_control = environ.get("HTTP_CACHE_CONTROL")
+        if cache_control:
+            asked = parse_cache_control_header(cache_control, None, RequestCacheControl)
+            if asked.no_cache or asked.no_store:
+                return None  # Flask counts it and answers without the response cache
+        with context.bind(environ, self.flask):
+            key = self.key(user, path_info, args)
             if self.limit > 0:  # the rate limit and the lookup in one round trip
                 window = ratelimit.window_script(keys.rate_limit(user), self.limit)
                 result, entry, lease = self.responses.look_up_after(environ, user, key, window)
@@ -110,8 +132,47 @@ class FastPath:
         )
         if self.limit > 0:
             headers += ratelimit.header_items(self.limit, count, reset)
-        metrics.observe(environ, environ["REQUEST_METHOD"], rule.rule, status)
+        metrics.observe(environ, environ["REQUEST_METHOD"], rule, status)
         return status, headers, body
+
+    def key(self, user: str, path_info: str, args: Any) -> str:
+        """The response cache's key of this request (``ResponseCache.request_key``), remembered
+        for requests without a query string (the hashing is a fair part of a hit's time)."""
+        path = "/" + path_info.lstrip("/")  # request.path
+        if args:
+            return self.responses.request_key(user, path, args)
+        key = self.key_memo.get((user, path))
+        if key is None:
+            if len(self.key_memo) >= KEY_MEMO_SIZE:
+                self.key_memo.clear()
+            key = self.key_memo[(user, path)] = self.responses.request_key(user, path, args)
+        return key
+
+    def route(self, environ: dict[str, Any], path_info: str) -> Route | None:
+        """The route of a GET of this path when its view's answers are cached, else None;
+        remembered by path (werkzeug's matching is a good part of a hit's time)."""
+        routes = self.routes
+        if routes is None:
+            return self._match(environ)
+        found = routes.get(path_info, _UNKNOWN)
+        if found is _UNKNOWN:
+            found = self._match(environ)
+            if len(routes) >= ROUTE_MEMO_SIZE:
+                routes.clear()
+            routes[path_info] = found
+        return found  # type: ignore[return-value]
+
+    def _match(self, environ: dict[str, Any]) -> Route | None:
+        app = self.flask
+        adapter = app.create_url_adapter(app.request_class(environ, populate_request=False))
+        if adapter is None:
+            return None
+        try:
+            rule, _ = adapter.match(method="GET", return_rule=True)
+        except (HTTPException, RequestRedirect):
+            return None  # Flask answers the 404, 405 or redirect
+        view = app.view_functions.get(rule.endpoint)
+        return (rule.rule, view) if view is not None and self.responses.cacheable(view) else None
 
 
 def install(app: Flask, responses: ResponseCache) -> None:

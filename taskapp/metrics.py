@@ -31,7 +31,15 @@ def observe(environ: dict[str, Any], method: str, route: str, status: int) -> No
     labels), once."""
     started = environ.pop(STARTED, None)
     if started is not None:
-        REQUEST_SECONDS.labels(method, route, status).observe(time.perf_counter() - started)
+        labels = (method, route, status)
+        child = _REQUEST_CHILDREN.get(labels)
+        if child is None:  # routes x methods x statuses: a small, bounded set
+            child = _REQUEST_CHILDREN[labels] = REQUEST_SECONDS.labels(*labels)
+        child.observe(time.perf_counter() - started)
+
+
+#: REQUEST_SECONDS's children by labels (``labels()`` builds and checks its key on every call).
+_REQUEST_CHILDREN: dict[tuple[str, str, int], Any] = {}
 
 
 def init_app(app: Flask) -> None:

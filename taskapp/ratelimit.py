@@ -4,7 +4,7 @@ per address on registration."""
 from __future__ import annotations
 
 import math
-import uuid
+import os
 from typing import Any
 
 from flask import Flask, current_app, request
@@ -75,7 +75,7 @@ def _hit(key: str, limit: int, read_scope: bool = False) -> tuple[bool, int, int
 
 def window_script(key: str, limit: int) -> tuple[str, list[str], list[Any]]:
     """The script, keys and arguments that count one request in ``key``'s window."""
-    return SLIDING_WINDOW, [key], [WINDOW_MS, limit, uuid.uuid4().hex]
+    return SLIDING_WINDOW, [key], [WINDOW_MS, limit, os.urandom(8).hex()]
 
 
 def window_outcome(result: list[Any] | None) -> tuple[bool, int, int]:

@@ -7,6 +7,7 @@ import redis
 from prometheus_client import REGISTRY
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
+from taskapp.cache.extension import state_of
 from taskapp.extensions import cache
 from taskapp.fastpath import FastPath
 from tests.api import account
@@ -229,15 +230,21 @@ def test_a_hit_costs_one_redis_round_trip(make_app, limit, l1, monkeypatch):
     wsgi(app.wsgi_app, path, **auth)
     with app.app_context():
         redis_client = cache.client
+    direct = state_of(app).store.direct  # the request path's own connections
+    assert direct is not None
     commands = []
-    execute = redis_client.execute_command
+    client_execute, direct_execute = redis_client.execute_command, direct.execute
 
-    def counting(*args, **options):
-        if args[0] in ("EVALSHA", "EVAL", "GET", "MGET"):  # not the stats flusher's pipeline
-            commands.append(args[0])
-        return execute(*args, **options)
+    def counting(execute):
+        def wrapper(*args, **options):
+            if args[0] in ("EVALSHA", "EVAL", "GET", "MGET"):  # not the stats flusher's pipeline
+                commands.append(args[0])
+            return execute(*args, **options)
 
-    monkeypatch.setattr(redis_client, "execute_command", counting)
+        return wrapper
+
+    monkeypatch.setattr(redis_client, "execute_command", counting(client_execute))
+    monkeypatch.setattr(direct, "execute", counting(direct_execute))
     status, headers, _ = wsgi(app.wsgi_app, path, **auth)
     assert (status, dict(headers)["X-Cache"]) == ("200 OK", "HIT")
     assert len(commands) == 1, commands

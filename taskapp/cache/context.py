@@ -11,29 +11,39 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from flask import g, has_app_context, has_request_context, request
+from flask import Flask, g, has_app_context, has_request_context, request
 
 #: The environ key of the scope versions this request learned (scope key -> version).
 SCOPES = "taskapp.cache.scopes"
 
-#: The environ of a request being answered before Flask's dispatch (no request context yet).
-_bound: ContextVar[dict[str, Any] | None] = ContextVar("taskapp_cache_environ", default=None)
+#: The environ and the app of a request answered before Flask's dispatch (no Flask context yet).
+_bound: ContextVar[tuple[dict[str, Any], Flask] | None] = ContextVar(
+    "taskapp_cache_request", default=None
+)
 
 
 @contextmanager
-def bind(environ: dict[str, Any]) -> Iterator[None]:
-    """Keep this request's cache state in ``environ`` while no Flask request context exists."""
-    token = _bound.set(environ)
+def bind(environ: dict[str, Any], app: Flask) -> Iterator[None]:
+    """Keep this request's cache state in ``environ``, and use ``app``'s cache, while no Flask
+    context exists (a WSGI layer in front of Flask's dispatch pushes none)."""
+    token = _bound.set((environ, app))
     try:
         yield
     finally:
         _bound.reset(token)
 
 
+def bound_app() -> Flask | None:
+    """The app of a request bound by ``bind``, else None (then ``current_app`` is the app)."""
+    bound = _bound.get()
+    return bound[1] if bound is not None else None
+
+
 def _environ() -> dict[str, Any] | None:
     if has_request_context():
         return request.environ
-    return _bound.get()
+    bound = _bound.get()
+    return bound[0] if bound is not None else None
 
 
 def mark_source_read() -> None:

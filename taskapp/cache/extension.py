@@ -132,8 +132,10 @@ class RedisCache:
 
     @staticmethod
     def _state() -> CacheState:
-        """The cache state of the current app in this process (made anew after a fork)."""
-        return state_of(current_app)
+        """The cache state of the current app in this process (made anew after a fork): the app
+        of a request answered before Flask's dispatch (``context.bind``), else ``current_app``."""
+        app = context.bound_app()
+        return state_of(app if app is not None else current_app)
 
     @property
     def client(self) -> Any:

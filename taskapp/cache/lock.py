@@ -9,8 +9,8 @@ fetches for itself (takeover), so no caller waits for a dead holder longer than 
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -46,8 +46,8 @@ class FillLock:
 
     @staticmethod
     def token() -> str:
-        """A new owner token."""
-        return uuid.uuid4().hex
+        """A new owner token (random: unique across threads, processes and hosts)."""
+        return os.urandom(16).hex()
 
     def acquire(self, full_key: str) -> str:
         """Take the lock of ``full_key`` now: its token, or "" when another caller holds it.

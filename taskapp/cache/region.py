@@ -33,6 +33,9 @@ log = logging.getLogger("taskapp.cache")
 Ttl = int | float | Callable[[Any], float] | None
 
 
+_LOOK = object()  # _from_memory's default: look in memory first
+
+
 class Lease(NamedTuple):
     """The versions an entry's key and tags had before its source was read, and the fill
     lock's token when this caller holds it."""
@@ -116,22 +119,21 @@ class Region:
             return None
         return self._from_redis(full_key, raw, generation, context.note_scope(scope_key, scope))
 
-    def _from_memory(self, full_key: str) -> Entry | None:
-        """The fresh entry in the in-process layer, counted as an l1 hit or miss.
+    def _from_memory(self, full_key: str, found: Any = _LOOK) -> Entry | None:
+        """The fresh entry in the in-process layer, counted as an l1 hit or miss (``found``: what
+        ``_in_memory`` returned, when the caller already looked).
 
         An entry counts only while its scope version is still Redis's: learned once per request
         (from the first Redis call that returns it, such as the rate limit's, or one GET), so a
         write answered by any process is never followed by this memory's older answer.
         """
-        if not self.l1.active or self.store.breaker.is_open:
-            return None
-        found = self.l1.get(full_key)
-        if found is not None:
-            entry, scope = found
-            if entry.is_fresh() and scope == self._scope_version(full_key):
-                self.counter.count(stats.L1_HIT, full_key)
-                return entry
-        self.counter.count(stats.L1_MISS, full_key)
+        if found is _LOOK:
+            found = self._in_memory(full_key)
+        if found is not None and found[1] == self._scope_version(full_key):
+            self.counter.count(stats.L1_HIT, full_key)
+            return found[0]  # type: ignore[no-any-return]
+        if self.l1.active and not self.store.breaker.is_open:
+            self.counter.count(stats.L1_MISS, full_key)
         return None
 
     def _scope_version(self, full_key: str) -> bytes | None:
@@ -141,7 +143,7 @@ class Region:
         if known is not None:
             return known
         try:
-            raw = self.store.run(lambda: self.store.client.get(scope_key), op="scope")
+            raw = self.store.get(scope_key, op="scope")
         except Unavailable:
             return None
         return context.note_scope(scope_key, raw)
@@ -190,14 +192,15 @@ class Region:
         one round trip. The result is None when Redis is unavailable.
         """
         self.store.check_slots(full_key, tags)
-        if self._in_memory(full_key):
+        found = self._in_memory(full_key)
+        if found is not None:
             try:
                 result = self.call_reading_scope(before, full_key)
             except Unavailable:
                 return None, None, None
             if _refused(result):
                 return result, None, None
-            entry = self._from_memory(full_key)  # checked against the version just read
+            entry = self._from_memory(full_key, found)  # checked against the version just read
             if entry is not None:
                 return result, entry, None
             entry, lease, _ = self._lookup(full_key, tags, None)
@@ -214,13 +217,13 @@ class Region:
         context.note_scope(scope_key, result.pop())
         return result
 
-    def _in_memory(self, full_key: str) -> bool:
-        """True when the in-process layer holds a fresh entry of ``full_key`` (not yet checked
-        against its scope version, nor counted)."""
+    def _in_memory(self, full_key: str) -> tuple[Entry, bytes] | None:
+        """The fresh entry of ``full_key`` in the in-process layer and its scope version, not yet
+        checked against Redis's version nor counted; None when memory has none to offer."""
         if not self.l1.active or self.store.breaker.is_open:
-            return False
+            return None
         found = self.l1.get(full_key)
-        return found is not None and found[0].is_fresh()
+        return found if found is not None and found[0].is_fresh() else None
 
     def _lookup(
         self, full_key: str, tags: list[str], before: Script | None

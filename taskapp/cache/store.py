@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import redis
 from redis.crc import key_slot
 
 from taskapp.cache import metrics, scripts, stats
@@ -59,6 +61,13 @@ class Store:
             on_hold=on_outage,
         )
         self._scripts: dict[str, Any] = {}
+        # Scripts run on each thread's own connection, off Cluster and the embedded server.
+        self.direct = (
+            None
+            if settings.cluster or settings.redis_url.startswith("memory://")
+            else Direct(self.client)
+        )
+        self._timers: dict[str, Any] = {}
         for name in self.SCRIPTS:
             self.script(getattr(scripts, name))
         log.info("cache on %s (prefix %r)", redacted(settings.redis_url), keys.prefix)
@@ -69,7 +78,10 @@ class Store:
         try:
             return self.breaker.call(fn)
         finally:
-            metrics.CACHE_OP_SECONDS.labels(op).observe(time.perf_counter() - started)
+            timer = self._timers.get(op)
+            if timer is None:
+                timer = self._timers[op] = metrics.CACHE_OP_SECONDS.labels(op)
+            timer.observe(time.perf_counter() - started)
 
     def script(self, source: str) -> Any:
         """The registered script of this Lua source (registered on first use)."""
@@ -81,7 +93,15 @@ class Store:
     def call(self, source: str, keys: list[str], args: list[Any], op: str = "script") -> Any:
         """Run a script through the breaker; raises Unavailable."""
         script = self.script(source)
+        if self.direct is not None:
+            return self.run(partial(self.direct.evalsha, script, keys, args), op=op)
         return self.run(lambda: script(keys=keys, args=args), op=op)
+
+    def get(self, key: str, op: str = "get") -> Any:
+        """GET ``key`` through the breaker; raises Unavailable."""
+        if self.direct is not None:
+            return self.run(partial(self.direct.execute, "GET", key), op=op)
+        return self.run(lambda: self.client.get(key), op=op)
 
     # -- invalidation ---------------------------------------------------------------------
 
@@ -150,4 +170,56 @@ class Store:
                 )
 
     def close(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
         self.client.close()
+
+
+class Direct:
+    """Connections to the client's Redis for the commands of the request path.
+
+    A call takes an idle connection (or makes one), writes once, reads once and puts it back: no
+    pool lock, no poll of the socket before each use, no command wrappers. Taking and putting
+    back are single list operations, atomic between threads, so the process holds as many of
+    these as calls ever ran at once, besides the client's own pool. The connections have the
+    client's settings (timeouts, health checks, TLS, name), and a call fails as a client call
+    does (redis-py's errors, the connection dropped), so the breaker in front of it sees no
+    difference. A connection dropped under a call is replaced and the call sent once more, as
+    the client's retry does.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        pool = client.connection_pool
+        self._make = partial(pool.connection_class, **pool.connection_kwargs)
+        self._idle: list[Any] = []
+        self._made: list[Any] = []
+
+    def execute(self, *args: Any) -> Any:
+        """One command's reply (no response callbacks: bytes, integers and lists as sent)."""
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            connection = self._make()
+            self._made.append(connection)
+        try:
+            command = connection.pack_command(*args)
+            try:
+                connection.send_packed_command(command)
+                return connection.read_response()
+            except redis.exceptions.ConnectionError:  # dropped (and disconnected): once more
+                connection.send_packed_command(command)
+                return connection.read_response()
+        finally:
+            self._idle.append(connection)
+
+    def evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """A registered script's reply; loaded first when the server does not know it."""
+        try:
+            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self.execute("SCRIPT", "LOAD", script.script)
+            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def close(self) -> None:
+        for connection in self._made:
+            connection.disconnect()
