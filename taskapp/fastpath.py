@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask
-from werkzeug.datastructures import ImmutableMultiDict, RequestCacheControl
+from werkzeug.datastructures import ImmutableMultiDict, MultiDict, RequestCacheControl
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_cache_control_header
 from werkzeug.routing import RequestRedirect
@@ -101,7 +101,7 @@ class FastPath:
         if route is None:
             return None
         rule, view = route
-        args = _NO_ARGS
+        args: MultiDict[str, str] = _NO_ARGS
         if environ.get("QUERY_STRING"):
             args = self.flask.request_class(environ, populate_request=False).args
             if query_problem(args, view) is not None:
