@@ -19,6 +19,7 @@ from flask_caching import Cache as FlaskCache
 
 from taskapp.cache import context, stats
 from taskapp.cache.client import REDIS_ERRORS, Unavailable, connect
+from taskapp.cache.coherence import Coherence
 from taskapp.cache.counting import Counter
 from taskapp.cache.entry import NO_VALUE, Entry
 from taskapp.cache.flask_caching import init_flask_caching
@@ -48,11 +49,14 @@ class CacheState:
         self.counter = Counter(self.keys)
         self.l1 = LocalCache(settings.l1_max_items, settings.l1_ttl)
         self.store = Store(settings, self.keys, self.counter, on_outage=self.l1.clear)
-        self.notifier = Notifier(self.store.client, self.keys, self.l1, on_tick=self.flush_stats)
+        self.coherence = Coherence(self.store, self.keys, settings.l1_acked)
+        self.notifier = Notifier(
+            self.store.client, self.keys, self.l1, self.coherence, on_tick=self.flush_stats
+        )
         self.lock = FillLock(
             self.store, self.notifier, self.counter, settings.lock_ttl, settings.lock_wait
         )
-        self.region = Region(settings, self.store, self.lock, self.l1, self.counter)
+        self.region = Region(settings, self.store, self.lock, self.l1, self.counter, self.coherence)
         self.lists = CappedLists(self.store, self.counter)
         self.flushers: list[Flusher] = []
         self._write_behind: WriteBehind | None = None

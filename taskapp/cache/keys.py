@@ -21,6 +21,9 @@ class Keys:
         self.prefix = prefix
         self.fill_channel = f"{prefix}ch:fill"
         self.invalidation_channel = f"{prefix}ch:inv"
+        self.scope_channel = f"{prefix}ch:sv"  # scripts.SCOPE derives the same name in Lua
+        self.sync_channel = f"{prefix}ch:sync"
+        self.members = f"{prefix}members"
         self.stats = f"{prefix}stats"
 
     def entry(self, key: str) -> str:
@@ -57,6 +60,10 @@ class Keys:
         if close_at > open_at + 1:
             return f"{self.prefix}sv:{full_key[open_at : close_at + 1]}"
         return f"{self.prefix}sv:{{{full_key}}}"
+
+    def ack(self, sync_id: str) -> str:
+        """The list the members push their ids to when they have applied a change (coherence)."""
+        return f"{self.prefix}ack:{sync_id}"
 
     def tag_set(self, tag: str) -> str:
         """The sorted set of the entries a tag holds, scored by their expiry."""

@@ -19,6 +19,10 @@ class LocalCache:
     ``generation`` counts invalidations seen; a reader records it before reading Redis and stores
     the result only if it is unchanged, so an invalidation that arrives while the read is in
     flight is never overwritten by the old value.
+
+    It also keeps the scope versions announced on the scope channel since it was last cleared
+    (``announce``), returned with each entry, so that a process whose channel is proven current
+    (coherence.py) can check an entry's scope version without asking Redis.
     """
 
     def __init__(self, max_items: int, ttl: float) -> None:
@@ -26,6 +30,8 @@ class LocalCache:
         self.connected = False
         self.generation = 0
         self._items: TTLCache = TTLCache(maxsize=max(max_items, 1), ttl=ttl)
+        self._announced: dict[str, bytes] = {}  # scope version key -> the latest version announced
+        self._max_announced = max(10 * max_items, 1000)
         self._lock = threading.Lock()
 
     @property
@@ -33,12 +39,26 @@ class LocalCache:
         """True when entries may be served from memory."""
         return self.enabled and self.connected
 
-    def get(self, key: str) -> tuple[Any, bytes] | None:
-        """The entry under ``key`` and its scope version, or None."""
+    def get(self, key: str, scope_key: str) -> tuple[Any, bytes, bytes | None] | None:
+        """The entry under ``key``, the scope version it was read under, and the latest version
+        of its scope (``scope_key``) announced since this layer was last cleared (None when none
+        was), all read at one moment; None when there is no entry."""
         if not self.active:
             return None
         with self._lock:
-            return self._items.get(key)
+            found = self._items.get(key)
+            if found is None:
+                return None
+            return found[0], found[1], self._announced.get(scope_key)
+
+    def announce(self, versions: dict[str, bytes]) -> None:
+        """Note scope versions announced on the channel (in the order they were published)."""
+        with self._lock:
+            self._announced.update(versions)
+            if len(self._announced) > self._max_announced:  # bounded: start again, entries too
+                self.generation += 1
+                self._items.clear()
+                self._announced.clear()
 
     def put(self, key: str, entry: Any, generation: int, scope_version: bytes) -> None:
         """Keep ``entry`` (read under ``scope_version``) unless an invalidation arrived since
@@ -61,6 +81,7 @@ class LocalCache:
         with self._lock:
             self.generation += 1
             self._items.clear()
+            self._announced.clear()
 
     def __len__(self) -> int:
         return len(self._items)

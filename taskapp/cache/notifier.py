@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskapp.cache.client import REDIS_ERRORS
+from taskapp.cache.coherence import HEARTBEAT_EVERY, Coherence
 from taskapp.cache.keys import Keys
 from taskapp.cache.l1 import LocalCache
 
@@ -30,12 +31,24 @@ class Notifier:
     """
 
     def __init__(
-        self, client: Any, keys: Keys, l1: LocalCache, on_tick: Callable[[], None] | None = None
+        self,
+        client: Any,
+        keys: Keys,
+        l1: LocalCache,
+        coherence: Coherence,
+        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self._on_tick = on_tick
         self._keys = keys
         self._l1 = l1
+        self._coherence = coherence
+        self._channels = (
+            keys.fill_channel,
+            keys.invalidation_channel,
+            keys.scope_channel,
+            keys.sync_channel,
+        )
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -66,11 +79,12 @@ class Notifier:
             self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop the listener thread and wait for it."""
+        """Stop the listener thread, wait for it, and leave the members (no more heartbeats)."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread.is_alive() and self._pid == os.getpid():
             thread.join(timeout)
+            self._coherence.leave()
         self._thread = None
 
     def waiter(self, full_key: str) -> threading.Event:
@@ -99,7 +113,7 @@ class Notifier:
             pubsub = None
             try:
                 pubsub = self._client.pubsub()
-                pubsub.subscribe(self._keys.fill_channel, self._keys.invalidation_channel)
+                pubsub.subscribe(*self._channels)
                 self._listen(pubsub)
                 delay = 0.05
             except (*REDIS_ERRORS, ChannelSilent) as exc:
@@ -114,8 +128,8 @@ class Notifier:
                         log.debug("closing a broken pub/sub connection failed", exc_info=True)
 
     def _listen(self, pubsub: Any) -> None:
-        last_heard = last_ping = time.monotonic()
-        pending_subscriptions = 2
+        last_heard = last_ping = last_heartbeat = time.monotonic()
+        pending_subscriptions = len(self._channels)
         while not self._stop.is_set():
             message = pubsub.get_message(timeout=0.1)
             now = time.monotonic()
@@ -124,10 +138,15 @@ class Notifier:
                 kind = message["type"]
                 if kind == "message":
                     self._handle(message["channel"], message["data"])
+                elif kind == "pong":
+                    self._coherence.pong(message["data"])
                 elif kind == "subscribe":
                     pending_subscriptions -= 1
                     if pending_subscriptions == 0:
                         self._connected()
+            if pending_subscriptions == 0 and now - last_heartbeat >= HEARTBEAT_EVERY:
+                self._coherence.heartbeat(pubsub)  # only with L1_CACHE_COHERENCE=acked
+                last_heartbeat = now
             if now - last_ping >= PING_EVERY:
                 pubsub.ping()
                 last_ping = now
@@ -137,11 +156,19 @@ class Notifier:
                 raise ChannelSilent(f"no message for {now - last_heard:.1f}s")
 
     def _handle(self, channel: bytes, data: bytes) -> None:
-        if channel.decode() == self._keys.fill_channel:
+        name = channel.decode()
+        if name == self._keys.fill_channel:
             self._wake(data.decode())
-        else:
-            keys = data.decode().split("\n")
-            self._l1.discard(keys)
+        elif name == self._keys.invalidation_channel:
+            self._l1.discard(data.decode().split("\n"))
+        elif name == self._keys.scope_channel:
+            versions = {}
+            for line in data.decode().split("\n"):
+                scope_key, _, version = line.rpartition(" ")
+                versions[scope_key] = version.encode()
+            self._l1.announce(versions)
+        elif name == self._keys.sync_channel:
+            self._coherence.acknowledge(data)
 
     def _connected(self) -> None:
         # Invalidations may have been missed while unsubscribed: start the memory layer afresh.
@@ -152,6 +179,7 @@ class Notifier:
         log.info("cache channel subscribed (pid %s)", os.getpid())
 
     def _lost(self, exc: BaseException) -> None:
+        self._coherence.lost()
         was_subscribed = self.subscribed.is_set()
         self._l1.connected = False
         self._l1.clear()

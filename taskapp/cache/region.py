@@ -21,6 +21,7 @@ from flask import current_app
 
 from taskapp.cache import context, metrics, scripts, stats
 from taskapp.cache.client import Unavailable
+from taskapp.cache.coherence import Coherence
 from taskapp.cache.counting import Counter
 from taskapp.cache.entry import Entry, dumps
 from taskapp.cache.l1 import LocalCache
@@ -88,6 +89,7 @@ class Region:
         lock: FillLock,
         l1: LocalCache,
         counter: Counter,
+        coherence: Coherence,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -95,6 +97,7 @@ class Region:
         self.lock = lock
         self.l1 = l1
         self.counter = counter
+        self.coherence = coherence
         # Refresh-ahead work: a small bounded pool, shut down with the cache (never a thread per key).
         self.refresher = ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="taskapp-cache-refresh"
@@ -123,15 +126,18 @@ class Region:
         """The fresh entry in the in-process layer, counted as an l1 hit or miss (``found``: what
         ``_in_memory`` returned, when the caller already looked).
 
-        An entry counts only while its scope version is still Redis's: learned once per request
-        (from the first Redis call that returns it, such as the rate limit's, or one GET), so a
-        write answered by any process is never followed by this memory's older answer.
+        An entry counts only while its scope version is still Redis's (read-your-writes across
+        processes; see coherence.py): known from the versions the scope channel announced while
+        this process holds its lease, else learned once per request from the first Redis call
+        that returns it (such as the rate limit's), else from one GET.
         """
         if found is _LOOK:
             found = self._in_memory(full_key)
-        if found is not None and found[1] == self._scope_version(full_key):
-            self.counter.count(stats.L1_HIT, full_key)
-            return found[0]  # type: ignore[no-any-return]
+        if found is not None:
+            entry, version, current = found
+            if current or version == self._scope_version(full_key):
+                self.counter.count(stats.L1_HIT, full_key)
+                return entry  # type: ignore[no-any-return]
         if self.l1.active and not self.store.breaker.is_open:
             self.counter.count(stats.L1_MISS, full_key)
         return None
@@ -217,13 +223,19 @@ class Region:
         context.note_scope(scope_key, result.pop())
         return result
 
-    def _in_memory(self, full_key: str) -> tuple[Entry, bytes] | None:
-        """The fresh entry of ``full_key`` in the in-process layer and its scope version, not yet
-        checked against Redis's version nor counted; None when memory has none to offer."""
+    def _in_memory(self, full_key: str) -> tuple[Entry, bytes, bool] | None:
+        """The fresh entry of ``full_key`` in the in-process layer, the scope version it was read
+        under, and whether that is known to be current without asking Redis (the announced
+        version, under a lease taken before looking); None when memory has none to offer. Not
+        counted."""
         if not self.l1.active or self.store.breaker.is_open:
             return None
-        found = self.l1.get(full_key)
-        return found if found is not None and found[0].is_fresh() else None
+        trusted = self.coherence.trusted()  # first: the lease must cover the look
+        found = self.l1.get(full_key, self.keys.scope_version(full_key))
+        if found is None or not found[0].is_fresh():
+            return None
+        entry, version, announced = found
+        return entry, version, trusted and (announced is None or announced == version)
 
     def _lookup(
         self, full_key: str, tags: list[str], before: Script | None
@@ -284,9 +296,11 @@ class Region:
         seconds = self.ttl(ttl, value)
         entry = Entry(dumps(value), time.time() + seconds, tags, meta=meta)
         self.l1.discard([full_key])  # other processes drop it when the announcement arrives
-        return self.store_entry(
+        stored = self.store_entry(
             full_key, entry, seconds, None, announce=self.keys.invalidation_channel
         )
+        self.coherence.sync()
+        return stored
 
     def store_entry(
         self,
@@ -349,13 +363,16 @@ class Region:
     def delete(self, full_keys: list[str]) -> int:
         """Delete entries everywhere (Redis and every process's memory); fills in flight lose."""
         self.l1.discard(full_keys)
-        return self.store.delete(full_keys)
+        existed = self.store.delete(full_keys)
+        self.coherence.sync()
+        return existed
 
     def invalidate_tags(self, tags: list[str]) -> int:
         """Remove every entry stored with any of ``tags``, including fills already in flight."""
         deleted = self.store.invalidate(tags)
         # Our own memory layer is cleared now, not when our own message comes back.
         self.l1.discard(deleted)
+        self.coherence.sync()
         return len(deleted)
 
     def write_through(
@@ -394,8 +411,10 @@ class Region:
             )
         except Unavailable:
             self.store.held_back.hold(tags=dropped, keys=[full_key])
+            self.coherence.sync()
             return False
         self.l1.discard([k.decode() for k in deleted])
+        self.coherence.sync()
         return bool(stored)
 
     # -- get or set ---------------------------------------------------------------------

@@ -8,7 +8,9 @@ those keys in one hash slot (see ``keys.py``).
 # SCOPE: a Lua function (prepended to the scripts that change entries) naming the scope version
 # of an entry key. A key's scope is its hash tag ({u:42}), else the key itself; the scope version
 # grows with every change of an entry of the scope, and the in-process layer of every process
-# trusts an entry only while its scope version is the one Redis has (read-your-writes).
+# trusts an entry only while its scope version is the one Redis has (read-your-writes). Each bump
+# is announced on the scope channel ("<scope version key> <version>" lines), for the processes
+# that learn versions from the channel (see coherence.py).
 SCOPE = """
 local function scope_version(prefix, key)
   local open = string.find(key, '{', 1, true)
@@ -20,14 +22,16 @@ local function scope_version(prefix, key)
 end
 local function bump_scopes(prefix, keys, ttl)
   local seen = {}
+  local bumped = {}
   for _, key in ipairs(keys) do
     local version = scope_version(prefix, key)
     if not seen[version] then
       seen[version] = true
-      redis.call('INCR', version)
+      bumped[#bumped + 1] = version .. ' ' .. redis.call('INCR', version)
       redis.call('PEXPIRE', version, ttl)
     end
   end
+  if #bumped > 0 then redis.call('PUBLISH', prefix .. 'ch:sv', table.concat(bumped, '\\n')) end
 end
 """
 
@@ -229,3 +233,31 @@ table.insert(deleted, 1, stored)
 return deleted
 """
 )
+
+
+# HEARTBEAT: renew a process's lease on its in-process layer (see coherence.py): the process is a
+# member until its lease ends, by the server's clock; ended leases are dropped.
+# KEYS[1] the members (a sorted set scored by the end of each lease, in ms)
+# ARGV[1] lease length in ms, ARGV[2] the process's member id
+# returns the server's time in ms
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 60000)
+return now
+"""
+
+# SYNC: after a change, ask every member whose lease has not ended to acknowledge once it has
+# applied everything published before (pub/sub keeps each subscriber's messages in order).
+# KEYS[1] the members
+# ARGV[1] sync channel, ARGV[2] the key the members push their ids to
+# returns {the server's time in ms, then member id and lease end (ms) of each member}
+SYNC = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+if #members > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return {now, unpack(members)}
+"""

@@ -42,6 +42,7 @@ class Store:
         """``on_outage`` runs when the breaker opens and when an invalidation is held back."""
         self.keys = keys
         self.cluster = settings.cluster
+        self.socket_timeout = settings.socket_timeout
         self.version_ttl_ms = settings.version_ttl_ms
         self.client = connect(
             settings.redis_url, cluster=settings.cluster, timeout=settings.socket_timeout
@@ -99,9 +100,14 @@ class Store:
 
     def get(self, key: str, op: str = "get") -> Any:
         """GET ``key`` through the breaker; raises Unavailable."""
+        return self.run(partial(self.command, "GET", key), op=op)
+
+    def command(self, *args: Any) -> Any:
+        """One command on the request path's connections, its reply as Redis sent it (no
+        breaker: for callers inside ``run``)."""
         if self.direct is not None:
-            return self.run(partial(self.direct.execute, "GET", key), op=op)
-        return self.run(lambda: self.client.get(key), op=op)
+            return self.direct.execute(*args)
+        return self.client.execute_command(*args)
 
     # -- invalidation ---------------------------------------------------------------------
 
