@@ -113,11 +113,14 @@ def components(path: Path) -> list[list]:
 def top_frames(path: Path, top: int = 12) -> dict:
     """The top functions by self and by total share of the samples, for results.json."""
     samples, own, total, packages = _count(path)
-    share = lambda counter, n: (
-        [[name, round(100 * count / samples, 1)] for name, count in counter.most_common(n)]
-        if samples
-        else []
-    )
+
+    def share(counter, n):
+        return (
+            [[name, round(100 * count / samples, 1)] for name, count in counter.most_common(n)]
+            if samples
+            else []
+        )
+
     return {
         "samples": samples,
         "top_self": share(own, top),

@@ -14,6 +14,9 @@ RESULTS_JSON = BENCH / "out" / "results.json"
 RESULTS_MD = BENCH / "results.md"
 RESULTS_PNG = BENCH / "results.png"
 
+#: The second number of connections of every figure (the first is 1); runner.CONNECTIONS.
+MANY = 16
+
 #: Rows of the one-worker table, in order: (key in results["runs"], what the row measures).
 ROWS = [
     ("raw", "a WSGI callable, no Flask: the same bytes and headers; the server's ceiling"),
@@ -22,14 +25,24 @@ ROWS = [
     ("nocache", "a 50 ms read on every request (the bench's own app)"),
     ("flask_caching", "`@cache.cached` with `CACHE_TYPE=RedisCache`, defaults"),
     ("seed_lock", "the seed lesson's `getOrSet` (SET NX lock, 100 ms polls)"),
-    ("taskapp_http", "GET /api/v1/tasks/<id> answered by the HTTP response layer"),
     (
         "taskapp_http_rl",
-        "the same with the per-user rate limit on (RATE_LIMIT_PER_MINUTE=10^9: on, never reached)",
+        "GET /api/v1/tasks/<id> answered by the HTTP response layer, with the default settings: the "
+        "per-user rate limit on (RATE_LIMIT_PER_MINUTE=10^9: on, never reached) and the in-process "
+        "layer checked against the scope version the rate limit's call returns",
+    ),
+    (
+        "taskapp_http",
+        "the same with the rate limit off: memory checked against the scope version in one GET",
+    ),
+    (
+        "taskapp_http_l1",
+        "the same, rate limit off, L1_CACHE_COHERENCE=acked: memory checked against the versions "
+        "announced on the channel, no Redis round trip",
     ),
     (
         "taskapp_http_redis",
-        "the same GET, L1_CACHE_MAX_ITEMS=0: the HTTP response layer answers from Redis",
+        "the same GET, rate limit off, L1_CACHE_MAX_ITEMS=0: the HTTP response layer answers from Redis",
     ),
     (
         "taskapp_redis",
@@ -45,7 +58,9 @@ MULTI_ROWS = [
     ("raw", "as the one-worker row"),
     ("bare", "as the one-worker row: the reference of the ratios"),
     ("jwt", "as the one-worker row"),
-    ("taskapp_http", "GET /api/v1/tasks/<id> answered by the HTTP response layer"),
+    ("taskapp_http_rl", "as the one-worker row (the defaults, rate limit on)"),
+    ("taskapp_http", "as the one-worker row (rate limit off)"),
+    ("taskapp_http_l1", "as the one-worker row (rate limit off, acked coherence)"),
     ("taskapp_redis", "`Cache-Control: no-cache`, L1_CACHE_MAX_ITEMS=0: answered from Redis"),
     ("taskapp_l1", "`Cache-Control: no-cache`, L1 on: answered from memory"),
     (
@@ -54,7 +69,14 @@ MULTI_ROWS = [
     ),
     ("taskapp_uncached50", "the same + SIMULATED_DB_LATENCY_MS=50"),
 ]
-HIT_ROWS = ("taskapp_http", "taskapp_http_rl", "taskapp_http_redis", "taskapp_redis", "taskapp_l1")
+HIT_ROWS = (
+    "taskapp_http_rl",
+    "taskapp_http",
+    "taskapp_http_l1",
+    "taskapp_http_redis",
+    "taskapp_redis",
+    "taskapp_l1",
+)
 
 
 def workers_multi(results: dict[str, Any]) -> int:
@@ -70,6 +92,12 @@ def multi_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 STAMPEDE = ("flask_caching", "seed_lock", "taskapp")
+
+
+def stampede_keys(results: dict[str, Any]) -> list[str]:
+    """The stampedes of this run, in order: the comparison apps, taskapp on 1 and on N workers."""
+    keys = [*STAMPEDE, f"taskapp_w{workers_multi(results)}"]
+    return [key for key in keys if key in results["stampede"]]
 
 
 def ms(us: float | None, digits: int = 2) -> str:
@@ -91,37 +119,41 @@ def figure(results: dict[str, Any], key: str, connections: int) -> dict[str, Any
 def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """(target, what was measured, passed) for every target of the issue."""
     rows = []
-    bare = {c: figure(results, "bare", c)["rps"] for c in (1, 32)}
+    n = workers_multi(results)
     for key, name, goal in (
-        ("taskapp_http", "cached task GET (HTTP layer hit)", 1.0),
-        ("taskapp_http_rl", "HTTP layer hit, rate limit on", 1.0),
-        ("taskapp_http_redis", "HTTP layer hit from Redis (L1 off)", 0.9),
-        ("taskapp_l1", "in-process (L1) hit, no-cache", 1.2),
-        ("taskapp_redis", "Redis hit (L1 off), no-cache", 0.9),
+        ("taskapp_http_rl", "HTTP-layer hit, rate limit on (the defaults)", 1.0),
+        ("taskapp_http_l1", "in-process hit (HTTP layer, acked coherence, rate limit off)", 1.2),
+        ("taskapp_http_redis", "Redis-only hit (HTTP layer, L1 off, rate limit off)", 0.9),
     ):
-        if key not in results["runs"]:
-            continue
-        for c in (1, 32):
-            ratio = figure(results, key, c)["rps"] / bare[c]
-            rows.append(
-                (
-                    f"{name} ≥ {goal:.2f} × bare throughput, {c} connection{'s' if c > 1 else ''}",
-                    f"{ratio:.2f} ({figure(results, key, c)['rps']:.0f} vs {bare[c]:.0f} req/s)",
-                    ratio >= goal,
+        for suffix, workers, base in (("", 1, "bare"), (f"_w{n}", n, f"bare_w{n}")):
+            if key + suffix not in results["runs"] or base not in results["runs"]:
+                continue
+            for c in (1, MANY):
+                ratio = figure(results, key + suffix, c)["rps"] / figure(results, base, c)["rps"]
+                rows.append(
+                    (
+                        f"{name} ≥ {goal:.2f} × bare Flask, {workers} worker"
+                        f"{'s' if workers > 1 else ''}, {c} connection{'s' if c > 1 else ''}",
+                        f"{ratio:.2f} ({figure(results, key + suffix, c)['rps']:.0f} vs "
+                        f"{figure(results, base, c)['rps']:.0f} req/s)",
+                        ratio >= goal,
+                    )
                 )
-            )
     for key in HIT_ROWS:
         if key not in results["runs"]:
             continue
         p50 = figure(results, key, 1)["p50_us"]
         label = results["runs"][key]["label"].removeprefix("taskapp: ")
         rows.append((f"a hit's p50 < 1 ms at 1 connection: {label}", f"{ms(p50)} ms", p50 < 1000))
-    s = results["stampede"].get("taskapp")
-    if s:
+    for key in ("taskapp", f"taskapp_w{n}"):
+        s = results["stampede"].get(key)
+        if not s:
+            continue
+        workers = "1 worker" if key == "taskapp" else f"{n} workers"
         fills = s["fills_per_round"]
         rows.append(
             (
-                "stampede: exactly one fill per cold key (100 requests)",
+                f"stampede, {workers}: exactly one fill per cold key (100 requests)",
                 f"fills per round: {', '.join(str(f) for f in fills)}",
                 all(f == 1 for f in fills),
             )
@@ -130,7 +162,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         worst = max(gaps) if gaps else None
         rows.append(
             (
-                "stampede: waiters' p99 within 15 ms of the fill time (every round)",
+                f"stampede, {workers}: waiters' p99 within 15 ms of the fill time (every round)",
                 "waiters' p99 minus the filler's latency, per round: "
                 + ", ".join(f"{g * 1000:+.0f} ms" for g in gaps),
                 worst is not None and worst <= 0.015,
@@ -172,24 +204,24 @@ def main_table(
     """Every figure of ``rows``; ratios to ``bare_key`` (the bare Flask route, same workers)."""
     lines = [
         (
-            "| row | what it measures | req/s, 1 conn | p50 / p99 ms, 1 conn | req/s, 32 conn | p50 / p99 ms, 32 conn "
-            "| × bare (1 / 32) | CPU µs per request, all workers (1 / 32) | DB reads per 1,000 | non-2xx |"
+            f"| row | what it measures | req/s, 1 conn | p50 / p99 ms, 1 conn | req/s, {MANY} conn | p50 / p99 ms, {MANY} conn "
+            f"| × bare (1 / {MANY}) | CPU µs per request, all workers (1 / {MANY}) | DB reads per 1,000 | non-2xx |"
         ),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    bare = {c: figure(results, bare_key, c)["rps"] for c in (1, 32)}
+    bare = {c: figure(results, bare_key, c)["rps"] for c in (1, MANY)}
     for key, what in rows:
         if key not in results["runs"]:
             continue
         run = results["runs"][key]
-        one, many = figure(results, key, 1), figure(results, key, 32)
+        one, many = figure(results, key, 1), figure(results, key, MANY)
         reads = (
             (one["db_reads"] + many["db_reads"]) * 1000 / max(one["requests"] + many["requests"], 1)
         )
         lines.append(
             f"| {run['label']} | {what} | {one['rps']:.0f} | {ms(one['p50_us'])} / {ms(one['p99_us'])} "
             f"| {many['rps']:.0f} | {ms(many['p50_us'], 1)} / {ms(many['p99_us'], 1)} "
-            f"| {one['rps'] / bare[1]:.2f} / {many['rps'] / bare[32]:.2f} "
+            f"| {one['rps'] / bare[1]:.2f} / {many['rps'] / bare[MANY]:.2f} "
             f"| {one.get('cpu_us_per_request', 0):.0f} / {many.get('cpu_us_per_request', 0):.0f} | {reads:.2f} "
             f"| {one['non_2xx_3xx'] + many['non_2xx_3xx']} |"
         )
@@ -198,12 +230,12 @@ def main_table(
 
 def spread_table(results: dict[str, Any]) -> list[str]:
     lines = [
-        "| row | req/s of each slice, 1 conn | req/s of each slice, 32 conn |",
+        f"| row | req/s of each slice, 1 conn | req/s of each slice, {MANY} conn |",
         "|---|---|---|",
     ]
     for key, _ in ROWS + multi_rows(results):
         if key in results["runs"]:
-            one, many = figure(results, key, 1), figure(results, key, 32)
+            one, many = figure(results, key, 1), figure(results, key, MANY)
             lines.append(
                 f"| {row_label(results, key)} | {', '.join(f'{x:.0f}' for x in one['rps_slices'])} "
                 f"| {', '.join(f'{x:.0f}' for x in many['rps_slices'])} |"
@@ -225,27 +257,29 @@ def side_by_side(results: dict[str, Any]) -> list[str]:
         return []
     lines = [
         (
-            f"| row | 1 worker: req/s, 1 / 32 conn | × bare Flask, 1 worker | {n} workers: req/s, "
-            f"1 / 32 conn | × bare Flask, {n} workers | {n} workers ÷ 1 worker, 1 / 32 conn |"
+            f"| row | 1 worker: req/s, 1 / {MANY} conn | × bare Flask, 1 worker | {n} workers: req/s, "
+            f"1 / {MANY} conn | × bare Flask, {n} workers | {n} workers ÷ 1 worker, 1 / {MANY} conn |"
         ),
         "|---|---:|---:|---:|---:|---:|",
     ]
-    bare1 = {c: figure(results, "bare", c)["rps"] for c in (1, 32)}
-    baren = {c: figure(results, f"bare_w{n}", c)["rps"] for c in (1, 32)}
+    bare1 = {c: figure(results, "bare", c)["rps"] for c in (1, MANY)}
+    baren = {c: figure(results, f"bare_w{n}", c)["rps"] for c in (1, MANY)}
     for key, _ in MULTI_ROWS:
         many = f"{key}_w{n}"
         if many not in results["runs"]:
             continue
-        b = {c: figure(results, many, c)["rps"] for c in (1, 32)}
+        b = {c: figure(results, many, c)["rps"] for c in (1, MANY)}
         if key in results["runs"]:
-            a = {c: figure(results, key, c)["rps"] for c in (1, 32)}
-            one = f"{a[1]:.0f} / {a[32]:.0f} | {a[1] / bare1[1]:.2f} / {a[32] / bare1[32]:.2f}"
-            scale = f"{b[1] / a[1]:.2f} / {b[32] / a[32]:.2f}"
+            a = {c: figure(results, key, c)["rps"] for c in (1, MANY)}
+            one = (
+                f"{a[1]:.0f} / {a[MANY]:.0f} | {a[1] / bare1[1]:.2f} / {a[MANY] / bare1[MANY]:.2f}"
+            )
+            scale = f"{b[1] / a[1]:.2f} / {b[MANY] / a[MANY]:.2f}"
         else:
             one, scale = "– | –", "–"
         lines.append(
-            f"| {results['runs'][many]['label']} | {one} | {b[1]:.0f} / {b[32]:.0f} "
-            f"| {b[1] / baren[1]:.2f} / {b[32] / baren[32]:.2f} | {scale} |"
+            f"| {results['runs'][many]['label']} | {one} | {b[1]:.0f} / {b[MANY]:.0f} "
+            f"| {b[1] / baren[1]:.2f} / {b[MANY] / baren[MANY]:.2f} | {scale} |"
         )
     return lines
 
@@ -258,7 +292,7 @@ def stampede_table(results: dict[str, Any]) -> list[str]:
         ),
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for key in STAMPEDE:
+    for key in stampede_keys(results):
         s = results["stampede"].get(key)
         if not s:
             continue
@@ -322,7 +356,7 @@ def profile_section(results: dict[str, Any]) -> list[str]:
         for label in labels:
             cells = []
             for k in cpu:
-                share = {l: v for l, v in profiles[k]["components"]}.get(label, 0.0)
+                share = dict(profiles[k]["components"]).get(label, 0.0)
                 us = f" ≈ {share * per_request[k] / 100:.0f} µs" if per_request[k] and share else ""
                 cells.append(f"{share:.1f}%{us}")
             if any(not c.startswith("0.0%") for c in cells):
@@ -341,12 +375,12 @@ def profile_section(results: dict[str, Any]) -> list[str]:
                 "",
             ]
             lines += [f"- {share:.1f}% {name}" for name, share in top["top_self"][:12]]
-    wall = profiles.get("taskapp_http_c32_wall")
+    wall = profiles.get(f"taskapp_http_c{MANY}_wall")
     if wall:
         lines += [
             "",
             (
-                "Where threads are at 32 connections (py-spy without `--gil`: every thread not idle, so "
+                f"Where threads are at {MANY} connections (py-spy without `--gil`: every thread not idle, so "
                 "also threads waiting for a lock or the GIL), HTTP-layer hit:"
             ),
             "",
@@ -357,7 +391,7 @@ def profile_section(results: dict[str, Any]) -> list[str]:
 
 def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
-    bare32 = figure(results, "bare", 32)["rps"]
+    bare_many = figure(results, "bare", MANY)["rps"]
     out = [
         "# taskapp benchmark results",
         "",
@@ -380,7 +414,7 @@ def markdown(results: dict[str, Any]) -> str:
         "## Throughput and latency",
         "",
         (
-            f"wrk `-t1 -c1` and `-t2 -c32`, {env['slices']} slices of {env['slice_seconds']} s each "
+            f"wrk `-t1 -c1` and `-t2 -c{MANY}`, {env['slices']} slices of {env['slice_seconds']} s each "
             f"({env['slices'] * env['slice_seconds']} s per figure), after a {env['warmup_s']} s warm-up. "
             "req/s is all requests over all slices; p50 and p99 are the median slice's. "
             "DB reads per 1,000 requests: `taskapp_db_reads_total` from `/metrics` before and after each "
@@ -463,7 +497,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         (
             f"The bench redis-server is stopped with SIGSTOP (it keeps its sockets, so connections and "
-            f"writes succeed and nothing ever answers) for the {env['hung_seconds']} s of a wrk run at 32 "
+            f"writes succeed and nothing ever answers) for the {env['hung_seconds']} s of a wrk run at {MANY} "
             f"connections (`--timeout {env['hung_timeout']}s`), then resumed with SIGCONT (always, in a "
             "`finally`). The same task GET as the HTTP-layer rows. References, under the same wrk "
             "settings: the no-cache app (the uncached route of the targets), and a taskapp server whose "
@@ -565,7 +599,7 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         (
             f"- Throughput ratios use the bare Flask route with the same number of workers at the "
-            f"same number of connections ({bare32:.0f} req/s at 32 with one worker)."
+            f"same number of connections ({bare_many:.0f} req/s at {MANY} with one worker)."
         ),
     ]
     return "\n".join(out) + "\n"
@@ -595,18 +629,20 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ys = range(len(keys))
     height = 0.38
     one = [figure(results, k, 1)["rps"] for k in keys]
-    many = [figure(results, k, 32)["rps"] for k in keys]
+    many = [figure(results, k, MANY)["rps"] for k in keys]
     ax.barh([y - height / 2 for y in ys], one, height, label="1 connection", color="#8fb3d9")
-    ax.barh([y + height / 2 for y in ys], many, height, label="32 connections", color="#1f5f99")
-    for y, (a, b) in enumerate(zip(one, many)):
+    ax.barh(
+        [y + height / 2 for y in ys], many, height, label=f"{MANY} connections", color="#1f5f99"
+    )
+    for y, (a, b) in enumerate(zip(one, many, strict=False)):
         ax.text(a, y - height / 2, f" {a:.0f}", va="center", fontsize=8)
         ax.text(b, y + height / 2, f" {b:.0f}", va="center", fontsize=8)
     ax.axvline(
-        figure(results, "bare", 32)["rps"],
+        figure(results, "bare", MANY)["rps"],
         color="#c0392b",
         ls="--",
         lw=1,
-        label="bare Flask, 1 worker (32 conn)",
+        label=f"bare Flask, 1 worker ({MANY} conn)",
     )
     ax.set_yticks(list(ys), labels, fontsize=8)
     ax.invert_yaxis()
@@ -621,7 +657,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     p99 = [figure(results, k, 1)["p99_us"] / 1000 for k in keys]
     ax.barh([y - height / 2 for y in ys], p50, height, label="p50", color="#7fbf7f")
     ax.barh([y + height / 2 for y in ys], p99, height, label="p99", color="#2e7d32")
-    for y, (a, b) in enumerate(zip(p50, p99)):
+    for y, (a, b) in enumerate(zip(p50, p99, strict=False)):
         ax.text(a, y - height / 2, f" {a:.2f}", va="center", fontsize=8)
         ax.text(b, y + height / 2, f" {b:.2f}", va="center", fontsize=8)
     ax.axvline(1.0, color="#c0392b", ls="--", lw=1, label="1 ms (hit p50 target)")
@@ -635,7 +671,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     # (c) stampede
     ax = axes[1][0]
-    names = [k for k in STAMPEDE if k in results["stampede"]]
+    names = stampede_keys(results)
     st = [results["stampede"][k] for k in names]
     xs = range(len(names))
     width = 0.25
@@ -651,8 +687,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         fills = s["fills_per_round"]
         span = f"{min(fills)}" if min(fills) == max(fills) else f"{min(fills)}–{max(fills)}"
         ticks.append(f"{s['label']}\n{span} fill{'' if span == '1' else 's'} (DB reads)\nper round")
-    for x, values in zip(xs, zip(fill, w50, w99)):
-        for dx, v in zip((-width, 0, width), values):
+    for x, values in zip(xs, zip(fill, w50, w99, strict=False), strict=False):
+        for dx, v in zip((-width, 0, width), values, strict=False):
             ax.text(x + dx, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylim(0, top * 1.12)
     ax.set_xticks(list(xs), ticks, fontsize=9)
@@ -675,7 +711,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ax.bar([x - 0.2 for x in xs], med, 0.4, label="p50", color="#5dade2")
     ax.bar([x + 0.2 for x in xs], p99h, 0.4, label="p99", color="#1b4f72")
     ax.set_yscale("log")
-    for x, h, m, p in zip(xs, hs, med, p99h):
+    for x, h, m, p in zip(xs, hs, med, p99h, strict=False):
         ax.text(x - 0.2, max(m, 1), f"{m:.0f}", ha="center", va="bottom", fontsize=8)
         ax.text(x + 0.2, max(p, 1), f"{p:.0f}", ha="center", va="bottom", fontsize=8)
         note = f"{h['requests']} responses\n{h['status_5xx']} × 5xx"
@@ -691,7 +727,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ax.set_xticks(list(xs), [ticks[k] for k in names], fontsize=9)
     ax.set_ylabel("latency, ms (log scale)")
     ax.set_ylim(1, max(p99h + [100]) * 8)
-    ax.set_title(f"Redis hung (SIGSTOP) for {results['environment']['hung_seconds']} s, wrk -c32")
+    ax.set_title(
+        f"Redis hung (SIGSTOP) for {results['environment']['hung_seconds']} s, wrk -c{MANY}"
+    )
     ax.legend(fontsize=8, loc="upper left")
 
     fig.tight_layout(rect=(0, 0, 1, 0.96))

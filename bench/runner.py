@@ -12,7 +12,7 @@ It starts its own redis-server and FerretDB (a MongoDB wire-protocol server on S
 
 Then, in phases:
 
-1. throughput and latency: wrk at 1 and 32 connections against every scenario, in short slices
+1. throughput and latency: wrk at 1 and 16 connections against every scenario, in short slices
    taken in turn (scenario after scenario, several rounds), so that a noisy moment on the machine
    lands on every scenario instead of on one;
 2. cold-key stampedes: 100 simultaneous GETs of a key never cached, on fresh connections;
@@ -58,7 +58,8 @@ TASK_PATH = "/api/v1/tasks/{id}"
 DB_LATENCY_MS = 50
 #: RATE_LIMIT_PER_MINUTE of the rate-limit-on row: on, and never reached by wrk.
 RATE_LIMIT_ON = "1000000000"
-CONNECTIONS = (1, 32)
+CONNECTIONS = (1, 16)
+MANY = CONNECTIONS[1]
 
 
 def log(message: str) -> None:
@@ -414,7 +415,7 @@ class Bench:
         done = subprocess.run(
             argv, check=False, env=env, capture_output=True, text=True, timeout=seconds + 60
         )
-        line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
         if done.returncode != 0 or line is None:
             raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
         result = json.loads(line.removeprefix("BENCH_JSON "))
@@ -425,9 +426,9 @@ class Bench:
     # -- phase 1: throughput and latency ------------------------------------------------------
 
     def throughput(self, scenarios: list[Scenario]) -> None:
-        """Warm every scenario, then ``slices`` rounds of wrk at 1 and 32 connections, in turn."""
+        """Warm every scenario, then ``slices`` rounds of wrk at 1 and 16 connections, in turn."""
         for s in scenarios:
-            self.wrk(s.url, 32, self.args.warmup, s.token, s.cache_control)
+            self.wrk(s.url, MANY, self.args.warmup, s.token, s.cache_control)
         slices: dict[tuple[str, int], list[dict[str, Any]]] = {
             (s.key, c): [] for s in scenarios for c in CONNECTIONS
         }
@@ -537,7 +538,7 @@ class Bench:
 
         ``gil``: sample only the thread holding the GIL, i.e. where the CPU time of a request goes
         (at one connection, the cost of one request); without it every thread that is not idle is
-        sampled, which shows where threads wait (at 32 connections, the contention).
+        sampled, which shows where threads wait (at MANY connections, the contention).
         """
         py_spy = VENV_BIN / "py-spy"
         if not py_spy.exists():
@@ -595,7 +596,7 @@ class Bench:
     def hung_wrk(self, url: str, token: str = "") -> dict[str, Any]:
         return self.wrk(
             url,
-            32,
+            MANY,
             self.args.hung_seconds,
             token,
             count_status=True,
@@ -660,6 +661,17 @@ class Bench:
         task_l1 = self.taskapp(f"taskapp-w{n}", **self.multi(f"taskapp-w{n}"))
         token_l1, task_id = self.seed(task_l1.base, f"bench-l1-w{n}@example.com")
         url_l1 = task_l1.base + TASK_PATH.format(id=task_id)
+        self.multi_taskapp = (task_l1, token_l1)  # phase 2 stampedes it too
+        extra = {}
+        for name, settings in (
+            ("rl", {"RATE_LIMIT_PER_MINUTE": RATE_LIMIT_ON}),
+            ("acked", {"L1_CACHE_COHERENCE": "acked"}),
+        ):
+            server = self.taskapp(
+                f"taskapp-{name}-w{n}", **self.multi(f"taskapp-{name}-w{n}", **settings)
+            )
+            tok, task_id = self.seed(server.base, f"bench-{name}-w{n}@example.com")
+            extra[name] = (server, server.base + TASK_PATH.format(id=task_id), tok)
         task_redis = self.taskapp(
             f"taskapp-no-l1-w{n}", **self.multi(f"taskapp-no-l1-w{n}", L1_CACHE_MAX_ITEMS="0")
         )
@@ -667,11 +679,25 @@ class Bench:
         url_redis = task_redis.base + TASK_PATH.format(id=task_id)
         found += [
             Scenario(
+                f"taskapp_http_rl_w{n}",
+                "taskapp: HTTP-layer hit, rate limit on (the defaults)",
+                *extra["rl"],
+                workers=n,
+                backend=ferret,
+            ),
+            Scenario(
                 f"taskapp_http_w{n}",
-                "taskapp: HTTP response layer hit",
+                "taskapp: HTTP-layer hit, rate limit off",
                 task_l1,
                 url_l1,
                 token_l1,
+                workers=n,
+                backend=ferret,
+            ),
+            Scenario(
+                f"taskapp_http_l1_w{n}",
+                "taskapp: in-process hit (HTTP layer, acked coherence)",
+                *extra["acked"],
                 workers=n,
                 backend=ferret,
             ),
@@ -757,6 +783,10 @@ class Bench:
         self.task_json = body.decode()  # the payload every comparison app serves
         self.results["payload_bytes"] = len(body)
 
+        # Memory checked against the versions announced on the scope channel: no round trip.
+        task_acked = self.taskapp("taskapp-acked", L1_CACHE_COHERENCE="acked")
+        token_acked, task_id = self.seed(task_acked.base, "bench-acked@example.com")
+        url_acked = task_acked.base + TASK_PATH.format(id=task_id)
         task_redis = self.taskapp("taskapp-no-l1", L1_CACHE_MAX_ITEMS="0")
         token_redis, task_id = self.seed(task_redis.base, "bench-redis@example.com")
         url_redis = task_redis.base + TASK_PATH.format(id=task_id)
@@ -807,24 +837,32 @@ class Bench:
                 apps["seed_lock"].base + fixed,
             ),
             Scenario(
-                "taskapp_http",
-                "taskapp: HTTP response layer hit",
-                task_l1,
-                url_l1,
-                token_l1,
-                backend=mongomock,
-            ),
-            Scenario(
                 "taskapp_http_rl",
-                "taskapp: HTTP response layer hit, rate limit on",
+                "taskapp: HTTP-layer hit, rate limit on (the defaults)",
                 task_limited,
                 url_limited,
                 token_limited,
                 backend=mongomock,
             ),
             Scenario(
+                "taskapp_http",
+                "taskapp: HTTP-layer hit, rate limit off",
+                task_l1,
+                url_l1,
+                token_l1,
+                backend=mongomock,
+            ),
+            Scenario(
+                "taskapp_http_l1",
+                "taskapp: in-process hit (HTTP layer, acked coherence)",
+                task_acked,
+                url_acked,
+                token_acked,
+                backend=mongomock,
+            ),
+            Scenario(
                 "taskapp_http_redis",
-                "taskapp: HTTP response layer hit from Redis (L1 off)",
+                "taskapp: Redis-only hit (HTTP layer, L1 off)",
                 task_redis,
                 url_redis,
                 token_redis,
@@ -867,6 +905,14 @@ class Bench:
             lambda: task_l1.base + TASK_PATH.format(id=self.create_task(task_l1.base, token_l1)),
             token_l1,
         )
+        multi, token_multi = self.multi_taskapp
+        self.stampede(
+            f"taskapp_w{self.args.workers}",
+            f"taskapp, {self.args.workers} workers (FerretDB)",
+            multi,
+            lambda: multi.base + TASK_PATH.format(id=self.create_task(multi.base, token_multi)),
+            token_multi,
+        )
         for name, label in (
             ("flask_caching", "Flask-Caching"),
             ("seed_lock", "seed getOrSet lock"),
@@ -880,14 +926,16 @@ class Bench:
             )
 
         if not self.args.no_profile:
-            log("phase 3: py-spy profiles (CPU per request at one connection; waits at 32)")
+            log(f"phase 3: py-spy profiles (CPU per request at one connection; waits at {MANY})")
             by_key = {s.key: s for s in scenarios}
             for key in ("taskapp_http", "taskapp_l1", "taskapp_redis", "bare"):
                 self.profile(key, by_key[key])
-            self.profile("taskapp_http_c32_wall", by_key["taskapp_http"], connections=32, gil=False)
+            self.profile(
+                f"taskapp_http_c{MANY}_wall", by_key["taskapp_http"], connections=MANY, gil=False
+            )
 
         log(
-            f"phase 4: Redis hung for {self.args.hung_seconds:g}s under wrk -c32 (timeout "
+            f"phase 4: Redis hung for {self.args.hung_seconds:g}s under wrk -c{MANY} (timeout "
             f"{self.args.hung_timeout:g}s)"
         )
         reference = self.hung_wrk(apps["nocache"].base + fixed)
@@ -902,7 +950,7 @@ class Bench:
         down = self.taskapp("taskapp-redis-down", REDIS_URL=f"redis://{LOOPBACK}:{free_port()}/0")
         token_down, task_id = self.seed(down.base, "bench-down@example.com")
         url_down = down.base + TASK_PATH.format(id=task_id)
-        self.wrk(url_down, 32, self.args.warmup, token_down)  # warm: the breaker opens
+        self.wrk(url_down, MANY, self.args.warmup, token_down)  # warm: the breaker opens
         result = self.hung_wrk(url_down, token_down)
         self.results["hung"]["taskapp_down"] = {
             "label": "taskapp, Redis refusing connections",

@@ -65,7 +65,9 @@ def l1_staleness(redis_url: str, prefix: str, rounds: int = 20) -> list[float]:
             cache.set("k", "old", ttl=30, tags=["t"])
             watcher = subprocess.Popen(
                 [sys.executable, "-m", "tests.cache_child", "watch-l1", redis_url, prefix],
-                cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             json.loads(watcher.stdout.readline())  # ready: "k" is in its memory
             invalidated = time.time()
@@ -79,8 +81,9 @@ def l1_staleness(redis_url: str, prefix: str, rounds: int = 20) -> list[float]:
 
 def hot_key(redis_url: str, prefix: str, strategy: str, seconds: float = 5.0) -> list[float]:
     """Latencies of back-to-back reads of one task whose entry lives 1 s (50 ms reads)."""
-    app = make(redis_url, prefix, TASK_READ_STRATEGY=strategy, TASK_CACHE_TTL=1,
-               SIMULATED_DB_LATENCY_MS=50)
+    app = make(
+        redis_url, prefix, TASK_READ_STRATEGY=strategy, TASK_CACHE_TTL=1, SIMULATED_DB_LATENCY_MS=50
+    )
     client = app.test_client()
     headers = login(client)
     task = client.post("/api/v1/tasks", json={"title": "hot"}, headers=headers).get_json()
@@ -123,17 +126,29 @@ def main() -> None:
     prefix = f"bench-strategies:{uuid.uuid4().hex[:8]}:"
     rows = []
     try:
-        rows.append(("in-process layer: staleness in another process after an invalidation",
-                     percentiles(l1_staleness(args.redis_url, prefix))))
+        rows.append(
+            (
+                "in-process layer: staleness in another process after an invalidation",
+                percentiles(l1_staleness(args.redis_url, prefix)),
+            )
+        )
         for strategy in ("cache-aside", "refresh-ahead"):
-            rows.append((f"hot task read, {strategy} (TTL 1 s, 50 ms query)",
-                         percentiles(hot_key(args.redis_url, prefix, strategy))))
+            rows.append(
+                (
+                    f"hot task read, {strategy} (TTL 1 s, 50 ms query)",
+                    percentiles(hot_key(args.redis_url, prefix, strategy)),
+                )
+            )
         for strategy in ("invalidate", "write-behind"):
             latencies, flushed = patches(args.redis_url, prefix, strategy)
             rows.append((f"PATCH latency, {strategy}", percentiles(latencies)))
             if strategy == "write-behind":
-                rows.append(("write-behind flush delay (PATCH answered to MongoDB has it)",
-                             percentiles(flushed)))
+                rows.append(
+                    (
+                        "write-behind flush delay (PATCH answered to MongoDB has it)",
+                        percentiles(flushed),
+                    )
+                )
     finally:
         client = redis.Redis.from_url(args.redis_url)
         for key in client.scan_iter(match=prefix + "*", count=1000):
