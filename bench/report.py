@@ -481,12 +481,16 @@ def markdown(results: dict[str, Any]) -> str:
         "## Cold-key stampede",
         "",
         (
-            f"{env['stampede_requests']} threads, each on its own new connection (opened before a "
-            f"barrier), send one GET at the same moment for a key that was never cached; {env['stampede_rounds']} "
+            f"{env['stampede_requests']} connections, opened first, each send one GET for a key that "
+            "was never cached, written back to back by one client thread (about 10 µs apart; answers "
+            f"read through a selector, so the client adds no queueing of its own); {env['stampede_rounds']} "
             "rounds per app, a new key each round (taskapp: a task just created through the API; the "
-            "others: a new id). A fill is a read of the database, counted on the server. The filler is the "
-            "response marked `X-Cache: MISS`; the others are the waiters. Latencies are measured by the "
-            "client, from sending to the last byte."
+            "others: a new id), after one burst that is not counted (a fresh gunicorn worker starts a "
+            "thread per request in flight on its first burst). A fill is a read of the database, "
+            "counted on the server. The filler is the response marked `X-Cache: MISS`; the others are "
+            "the waiters. Latencies are measured by the client, from sending to the last byte; a "
+            "waiter can be answered before the filler (the fill is stored before the filler's answer "
+            "is written)."
         ),
         "",
     ]
