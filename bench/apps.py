@@ -1,7 +1,7 @@
 """The comparison apps of the benchmark, each one route shaped like taskapp's task GET.
 
 Served exactly like taskapp (``gunicorn -c gunicorn.conf.py 'bench.apps:create_app("bare")'``) so
-every figure shares the server, its worker and thread settings, and its access log:
+every figure shares the server and its worker, thread and access-log settings:
 
 - ``raw``: no Flask at all, a plain WSGI callable answering the task's JSON bytes with the same
   headers as ``bare``; the ceiling of the server itself.

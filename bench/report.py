@@ -335,7 +335,11 @@ def profile_section(results: dict[str, Any]) -> list[str]:
     if not profiles:
         return ["No profile in this run (py-spy missing or `--no-profile`)."]
     lines = []
-    cpu = [k for k in ("taskapp_http", "taskapp_l1", "taskapp_redis", "bare") if k in profiles]
+    cpu = [
+        k
+        for k in ("taskapp_http_rl", "taskapp_http_l1", "taskapp_http_redis", "bare", "raw")
+        if k in profiles
+    ]
     if cpu:
         lines += [
             (
@@ -367,21 +371,22 @@ def profile_section(results: dict[str, Any]) -> list[str]:
             + " |"
         )
         lines.append("| samples | " + " | ".join(str(profiles[k]["samples"]) for k in cpu) + " |")
-        top = profiles.get("taskapp_http")
+        top = profiles.get("taskapp_http_rl")
         if top:
             lines += [
                 "",
-                "Top functions by own CPU time, HTTP-layer hit (`bench/out/profile-taskapp_http.txt` has more):",
+                "Top functions by own CPU time, HTTP-layer hit with the rate limit on "
+                "(`bench/out/profile-taskapp_http_rl.txt` has more):",
                 "",
             ]
             lines += [f"- {share:.1f}% {name}" for name, share in top["top_self"][:12]]
-    wall = profiles.get(f"taskapp_http_c{MANY}_wall")
+    wall = profiles.get(f"taskapp_http_rl_c{MANY}_wall")
     if wall:
         lines += [
             "",
             (
                 f"Where threads are at {MANY} connections (py-spy without `--gil`: every thread not idle, so "
-                "also threads waiting for a lock or the GIL), HTTP-layer hit:"
+                "also threads waiting for a lock or the GIL), HTTP-layer hit, rate limit on:"
             ),
             "",
         ]
@@ -539,7 +544,8 @@ def markdown(results: dict[str, Any]) -> str:
         (
             f"- Servers: each app is served by `gunicorn -c gunicorn.conf.py` (gthread) with "
             f"GUNICORN_THREADS={env['gunicorn_threads']} (GUNICORN_WORKERS=1 in the one-worker table), "
-            "and the configuration file's access log to stdout (written to `bench/out/<app>.log`). "
+            "and the access log off (`GUNICORN_ACCESSLOG=off`, as a deployment behind a proxy that logs; "
+            "with it on, formatting the line is about a sixth of a hit's time, in every row alike). "
             "taskapp runs with `MONGODB_URI=mongomock://localhost/bench`, the embedded store, which "
             "keeps its data in one process, so gunicorn.conf.py forces one worker: the comparison apps "
             "get one worker too. Enough threads that all requests of a stampede are in flight at once. "

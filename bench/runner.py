@@ -305,6 +305,7 @@ class Bench:
             MONGODB_URI="mongomock://localhost/bench",
             SIMULATED_DB_LATENCY_MS=str(DB_LATENCY_MS),
             RATE_LIMIT_PER_MINUTE="0",
+            GUNICORN_ACCESSLOG="off",  # as the issue measured; errors still go to the log
             PROMETHEUS_MULTIPROC_DIR=str(OUT / f"prometheus-{name}"),
             PYTHONPATH=str(ROOT),
         )
@@ -932,7 +933,7 @@ class Bench:
         if not self.args.no_profile:
             log(f"phase 3: py-spy profiles (CPU per request at one connection; waits at {MANY})")
             by_key = {s.key: s for s in scenarios}
-            for key in ("taskapp_http", "taskapp_l1", "taskapp_redis", "bare"):
+            for key in ("taskapp_http_rl", "taskapp_http_l1", "taskapp_http_redis", "bare", "raw"):
                 self.profile(key, by_key[key])
             self.profile(
                 f"taskapp_http_c{MANY}_wall", by_key["taskapp_http"], connections=MANY, gil=False
