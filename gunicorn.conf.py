@@ -6,6 +6,7 @@ This file runs in the master before any worker exists, and the app is imported o
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -51,8 +52,10 @@ graceful_timeout = 20
 keepalive = 5
 # GUNICORN_ACCESSLOG: a path, "-" for stdout (the default), or "off" (e.g. behind a proxy that
 # logs requests already: the log costs each request a write under a lock).
-accesslog = None if os.environ.get("GUNICORN_ACCESSLOG", "-") == "off" else os.environ.get(
-    "GUNICORN_ACCESSLOG", "-"
+accesslog = (
+    None
+    if os.environ.get("GUNICORN_ACCESSLOG", "-") == "off"
+    else os.environ.get("GUNICORN_ACCESSLOG", "-")
 )
 errorlog = "-"
 # Not preloaded: each worker imports the app after the fork, so its Redis and MongoDB
@@ -132,6 +135,16 @@ def nworkers_changed(server, new_value, old_value):
             ", ".join(_EMBEDDED),
         )
         server.num_workers = 1
+
+
+def post_worker_init(worker):
+    """Put what loading the app made out of the cyclic collector's sight (``gc.freeze``).
+
+    A full collection otherwise walks every object of Flask, the app and its libraries: 30 to 50
+    ms with every thread stopped, measured under a 100-request stampede, which then lands on
+    whichever requests are in flight. Frozen, it walks only what requests allocated.
+    """
+    gc.freeze()
 
 
 def child_exit(server, worker):
