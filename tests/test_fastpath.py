@@ -160,13 +160,13 @@ def test_a_miss_looks_up_and_takes_the_fill_lock_once(make_app, limit, monkeypat
     calls = []
     lookup, lookup_after = cache.lookup, cache.lookup_after
 
-    def counting(key, tags=()):
+    def counting(key, tags=(), **options):
         calls.append(key)
-        return lookup(key, tags)
+        return lookup(key, tags, **options)
 
-    def counting_after(script, keys, args, key, tags=()):
+    def counting_after(script, keys, args, key, tags=(), **options):
         calls.append(key)
-        return lookup_after(script, keys, args, key, tags)
+        return lookup_after(script, keys, args, key, tags, **options)
 
     monkeypatch.setattr(cache, "lookup", counting)
     monkeypatch.setattr(cache, "lookup_after", counting_after)

@@ -98,12 +98,7 @@ class Coherence:
         if not self.acked:
             return
         try:
-            self.store.call(
-                "redis.call('RPUSH', KEYS[1], ARGV[1]) redis.call('PEXPIRE', KEYS[1], 10000)",
-                [ack_key.decode()],
-                [self.member],
-                op="ack",
-            )
+            self.store.call(scripts.ACK, [ack_key.decode()], [self.member], op="ack")
         except Unavailable:
             log.debug("sync not acknowledged: Redis unavailable (the writer waits for the lease)")
 
@@ -114,7 +109,8 @@ class Coherence:
             return
         try:
             self.store.run(
-                lambda: self.store.client.zrem(self.keys.members, self.member), op="heartbeat"
+                partial(self.store.command, "ZREM", self.keys.members, self.member),
+                op="heartbeat",
             )
         except Unavailable:
             pass  # the registration ends with its lease

@@ -28,7 +28,7 @@ from taskapp.cache.l1 import LocalCache
 from taskapp.cache.lists import CappedLists
 from taskapp.cache.lock import FillLock
 from taskapp.cache.notifier import Notifier
-from taskapp.cache.region import Lease, Region, Script, Ttl
+from taskapp.cache.region import Lease, Region, Script, Ttl, refused
 from taskapp.cache.settings import CacheSettings
 from taskapp.cache.store import Store
 from taskapp.cache.writebehind import Flusher, WriteBehind
@@ -183,17 +183,23 @@ class RedisCache:
         state = self._state()
         return state.region.get_or_set(state.keys.entry(key), fetch, ttl, list(tags), refresh_ahead)
 
-    def lookup(self, key: str, tags: Iterable[str] = ()) -> tuple[Entry | None, Lease | None]:
+    def lookup(
+        self, key: str, tags: Iterable[str] = (), layer: str | None = None
+    ) -> tuple[Entry | None, Lease | None]:
         """The fresh entry of ``key``; on a miss, a lease to produce and store it.
 
         For callers that produce the value themselves (the HTTP response cache). One caller
         across processes gets a lease holding the fill lock (store with ``store_leased``, or
         ``release`` it); the others wait for that fill and get the entry, as in
         ``get_or_set``, or after CACHE_LOCK_WAIT a lease without the lock. (None, None) when
-        Redis is unavailable: store nothing.
+        Redis is unavailable: store nothing. With ``layer`` (``"http"``), the outcome is also
+        counted as that layer's hit or miss.
         """
         state = self._state()
-        return state.region.lookup(state.keys.entry(key), list(tags))
+        entry, lease = state.region.lookup(state.keys.entry(key), list(tags))
+        if layer is not None:
+            state.counter.count(stats.outcome(layer, entry is not None), family=layer)
+        return entry, lease
 
     def lookup_after(
         self,
@@ -202,17 +208,21 @@ class RedisCache:
         args: list[Any],
         key: str,
         tags: Iterable[str] = (),
+        layer: str | None = None,
     ) -> tuple[Any, Entry | None, Lease | None]:
         """Run ``script`` on prefixed ``keys`` (in ``key``'s hash slot) and then ``lookup(key,
-        tags)``, in one round trip: (the script's result, entry, lease).
+        tags, layer)``, in one round trip: (the script's result, entry, lease).
 
-        A result whose first value is 0 refuses: nothing is looked up and no lock is taken. Like
+        A result whose first value is 0 refuses: nothing is looked up, counted or locked. Like
         ``run_script(read_scope=True)``, the script returns the value of one more key last when
         given one. The result is None when Redis is unavailable.
         """
         state = self._state()
         before = Script(script, [state.keys.entry(k) for k in keys], list(args))
-        return state.region.lookup_after(before, state.keys.entry(key), list(tags))
+        result, entry, lease = state.region.lookup_after(before, state.keys.entry(key), list(tags))
+        if layer is not None and not refused(result):
+            state.counter.count(stats.outcome(layer, entry is not None), family=layer)
+        return result, entry, lease
 
     def store_leased(
         self, lease: Lease, raw_json: bytes, ttl: Ttl = None, meta: dict[str, Any] | None = None
@@ -356,10 +366,6 @@ class RedisCache:
             return default
 
     # -- request bookkeeping and health -------------------------------------------------
-
-    def count(self, event: str, family: str) -> None:
-        """Count a cache event of another layer (the HTTP cache)."""
-        self._state().counter.count(event, family=family)
 
     mark_source_read = staticmethod(context.mark_source_read)
     source_was_read = staticmethod(context.source_was_read)

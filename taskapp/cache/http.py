@@ -10,7 +10,6 @@ from urllib.parse import urlencode
 from flask import Flask, Response, current_app, g, request
 from werkzeug.http import parse_etags, unquote_etag
 
-from taskapp.cache import stats
 from taskapp.cache.entry import Entry
 from taskapp.cache.extension import RedisCache
 from taskapp.cache.region import Lease
@@ -80,9 +79,7 @@ class ResponseCache:
             return earlier[1], earlier[2]
         if earlier is not None:
             self._release(earlier[2])
-        entry, lease = self.cache.lookup(key, self.tags(user))
-        self.cache.count(stats.HTTP_HIT if entry is not None else stats.HTTP_MISS, "http")
-        return entry, lease
+        return self.cache.lookup(key, self.tags(user), layer=LAYER)
 
     def look_up_after(
         self,
@@ -96,11 +93,7 @@ class ResponseCache:
         stops the lookup, which is then neither made nor counted; see
         ``RedisCache.lookup_after``."""
         source, keys, args = script
-        result, entry, lease = self.cache.lookup_after(source, keys, args, key, self.tags(user))
-        if result is not None and int(result[0]) == 0:
-            return result, None, None
-        self.cache.count(stats.HTTP_HIT if entry is not None else stats.HTTP_MISS, "http")
-        return result, entry, lease
+        return self.cache.lookup_after(source, keys, args, key, self.tags(user), layer=LAYER)
 
     def hand_on(
         self, environ: dict[str, Any], key: str, entry: Entry | None, lease: Lease | None
@@ -190,6 +183,9 @@ class ResponseCache:
             response.headers.pop("Content-Length", None)
         return response
 
+
+#: The layer the response cache's lookups are counted in (taskapp_cache_requests_total).
+LAYER = "http"
 
 #: The environ key of a lookup made before Flask's dispatch: (key, entry, lease).
 LOOKED_UP = "taskapp.http_cache.looked_up"

@@ -60,8 +60,10 @@ class _Refused(Exception):
     """The script run before a lookup refused (its first value is 0): nothing is looked up."""
 
 
-def _refused(result: list[Any]) -> bool:
-    return int(result[0]) == 0
+def refused(result: list[Any] | None) -> bool:
+    """True when a ``lookup_after`` script refused (its first value 0): nothing was looked up.
+    None (Redis unavailable) is no refusal."""
+    return result is not None and int(result[0]) == 0
 
 
 def xfetch_due(entry: Entry, beta: float = 1.0) -> bool:
@@ -204,7 +206,7 @@ class Region:
                 result = self.call_reading_scope(before, full_key)
             except Unavailable:
                 return None, None, None
-            if _refused(result):
+            if refused(result):
                 return result, None, None
             entry = self._from_memory(full_key, found)  # checked against the version just read
             if entry is not None:

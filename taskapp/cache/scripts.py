@@ -249,6 +249,13 @@ redis.call('PEXPIRE', KEYS[1], 60000)
 return now
 """
 
+# ACK: a member has applied everything published before a sync message (the writer pops it).
+# KEYS[1] the sync's list, ARGV[1] the member id
+ACK = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 10000)
+"""
+
 # SYNC: after a change, ask every member whose lease has not ended to acknowledge once it has
 # applied everything published before (pub/sub keeps each subscriber's messages in order).
 # KEYS[1] the members

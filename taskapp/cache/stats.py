@@ -29,6 +29,13 @@ from taskapp.cache.keys import HASH_TAG
 L1_HIT, L1_MISS = "l1.hit", "l1.miss"
 REDIS_HIT, REDIS_MISS = "redis.hit", "redis.miss"
 HTTP_HIT, HTTP_MISS = "http.hit", "http.miss"
+
+
+def outcome(layer: str, hit: bool) -> str:
+    """The hit or miss event of a layer (``outcome("http", True)`` is HTTP_HIT)."""
+    return f"{layer}.hit" if hit else f"{layer}.miss"
+
+
 LOCK_WAIT = "lock_wait"
 ERROR = "error"
 STALE_SERVED = "stale_served"
