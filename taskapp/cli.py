@@ -25,7 +25,7 @@ from taskapp.auth.schemas import Registration
 from taskapp.auth.service import find_user_by_email, register, set_role
 from taskapp.cache import stats as cache_stats
 from taskapp.cache.client import REDIS_ERRORS, redacted
-from taskapp.cache.entry import Entry
+from taskapp.cache.entry import Entry, stored_payload
 from taskapp.config import EMBEDDED_MONGODB, EMBEDDED_REDIS
 from taskapp.extensions import cache
 from taskapp.models import ROLES
@@ -304,7 +304,7 @@ def cache_keys(pattern: str) -> None:
 def _echo_entry(raw: bytes, pttl: int) -> bool:
     """Print a cache entry; False when ``raw`` is not one."""
     try:
-        entry = Entry.decode(raw)
+        entry = Entry.decode(stored_payload(raw))
         value = entry.value
     except (ValueError, KeyError, TypeError):
         return False
@@ -380,7 +380,7 @@ def cache_ttl(key: str) -> None:
     click.echo(_ttl_text(client.pttl(full_key)))
     if kind == "string":
         try:
-            entry = Entry.decode(client.get(full_key) or b"")
+            entry = Entry.decode(stored_payload(client.get(full_key) or b""))
         except (ValueError, KeyError, TypeError):
             return
         left = entry.expires_at - time.time()
@@ -392,14 +392,9 @@ def cache_ttl(key: str) -> None:
 @backend_command
 @shared_backends("REDIS_URL")
 def cache_tags(tag: str) -> None:
-    """Show the entries a tag holds (with their expiry) and the tag's version."""
-    client, keys = _client(), cache.keys
-    members = client.zrange(keys.tag_set(tag), 0, -1, withscores=True)
-    version = client.get(keys.tag_version(tag))
-    version_text = _text(version) if version is not None else "0"
-    click.echo(f"tag {tag}: version {version_text}, {len(members)} entries")
-    for member, score in members:
-        click.echo(f"  {keys.strip(_text(member))}  expires {_when(score / 1000)}")
+    """Show the tag's version: entries stored under another version of it are never served."""
+    version = _client().get(cache.keys.tag_version(tag))
+    click.echo(f"tag {tag}: version {_text(version) if version is not None else '(none yet)'}")
 
 
 # -- cache: changes -------------------------------------------------------------------------
@@ -412,15 +407,13 @@ def cache_tags(tag: str) -> None:
 def cache_invalidate(tags: tuple[str, ...]) -> None:
     """Remove every entry stored with any of TAGS, in every process."""
     _client()  # fail loudly: the extension would only hold the tags back for a replay
-    deleted = cache.invalidate_tags(*tags)
-    click.echo(f"invalidated {deleted} {'entry' if deleted == 1 else 'entries'}")
+    count = cache.invalidate_tags(*tags)
+    click.echo(f"invalidated {count} {'tag' if count == 1 else 'tags'}")
 
 
 def _unlink_batch(client: Any, batch: list[bytes]) -> int:
-    """UNLINK a batch and tell every process to drop those keys from its memory layer."""
-    removed = client.unlink(*batch)
-    client.publish(cache.keys.invalidation_channel, b"\n".join(batch))
-    return int(removed)
+    """UNLINK a batch (every process's memory layer then finds its scope versions gone)."""
+    return int(client.unlink(*batch))
 
 
 @cache_cli.command("flush")

@@ -11,19 +11,10 @@ from typing import Any
 import click
 
 from taskapp.cache.settings import SETTINGS as CACHE_SETTINGS
-from taskapp.cache.settings import boolean, int_at_least
+from taskapp.cache.settings import boolean, choice, int_at_least
 
 EMBEDDED_MONGODB = "mongomock://"
 EMBEDDED_REDIS = "memory://"
-
-
-def _one_of(*choices: str) -> Callable[[str], str]:
-    def convert(raw: str) -> str:
-        if raw not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return raw
-
-    return convert
 
 
 def _email_list(raw: str) -> list[str]:
@@ -62,9 +53,9 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "HTTP_FAST_PATH": (True, boolean),
     "TASK_READ_STRATEGY": (
         "cache-aside",
-        _one_of("cache-aside", "read-through", "refresh-ahead"),
+        choice("cache-aside", "read-through", "refresh-ahead"),
     ),
-    "TASK_WRITE_STRATEGY": ("invalidate", _one_of("invalidate", "write-through", "write-behind")),
+    "TASK_WRITE_STRATEGY": ("invalidate", choice("invalidate", "write-through", "write-behind")),
     "RATE_LIMIT_PER_MINUTE": (600, int_at_least(0)),
     "LOGIN_RATE_LIMIT_PER_MINUTE": (10, int_at_least(0)),
     "REGISTER_RATE_LIMIT_PER_MINUTE": (10, int_at_least(0)),

@@ -19,10 +19,9 @@ WINDOW_MS = 60_000
 # SLIDING_WINDOW: count a request in a sliding window (a sorted set scored by time) and say
 # whether it is allowed. Members are unique (time plus a caller-made nonce), so two requests in
 # the same millisecond both count.
-# KEYS[1] window, KEYS[2] (optional) a scope version to read in the same round trip
+# KEYS[1] window
 # ARGV[1] window length in ms, ARGV[2] limit, ARGV[3] nonce
-# returns {allowed (1/0), requests in the window, ms until the oldest request leaves the window,
-# the scope version ('0' when unset) when KEYS[2] is given}
+# returns {allowed (1/0), requests in the window, ms until the oldest request leaves the window}
 SLIDING_WINDOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -39,7 +38,6 @@ redis.call('PEXPIRE', KEYS[1], window)
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local reset = window
 if #oldest == 2 then reset = tonumber(oldest[2]) + window - now end
-if KEYS[2] then return {allowed, count, reset, redis.call('GET', KEYS[2]) or '0'} end
 return {allowed, count, reset}
 """
 
@@ -66,8 +64,9 @@ def _hit(key: str, limit: int, read_scope: bool = False) -> tuple[bool, int, int
     """Count one request in ``key``'s window: (allowed, requests in window, ms to reset).
 
     When Redis is unavailable the request is allowed: a limit is a protection, not a reason to
-    refuse service during an outage. ``read_scope`` also reads the version of the key's scope
-    (the user's), so the request's in-process cache reads need no round trip of their own.
+    refuse service during an outage. ``read_scope`` has the cache read the version of the key's
+    scope (the user's) in the same round trip, so the request's in-process cache reads need no
+    round trip of their own.
     """
     result = cache.run_script(*window_script(key, limit), None, read_scope=read_scope)
     return window_outcome(result)

@@ -85,11 +85,11 @@ def main() -> None:
             deadline = time.monotonic() + 10
             while not cache._state().notifier.subscribed.is_set():
                 time.sleep(0.005)
-            first = cache.get("k")
-            assert cache.get("k") == first and len(cache.local) == 1, "k should be in memory"
+            first = cache.get("{s}:k")
+            assert cache.get("{s}:k") == first and len(cache.local) == 1, "k should be in memory"
             emit(event="ready", value=first)
             while time.monotonic() < deadline:
-                if cache.get("k") != first:
+                if cache.get("{s}:k") != first:
                     emit(event="changed")
                     break
                 time.sleep(0.001)

@@ -35,9 +35,10 @@ def test_an_entry_its_lock_version_and_tags_share_one_slot(cache):
             full,
             keys.lock(full),
             keys.version(full),
-            keys.write_version(full),
-            keys.tag_set("{u:1}:tasks"),
+            keys.list_mark(full),
+            keys.scope_version(full),
             keys.tag_version("{u:1}:tasks"),
+            keys.scope_version(keys.tag_version("{u:1}:tasks")),
         )
     }
     assert len(slots) == 1
@@ -104,8 +105,9 @@ def test_memory_layer_is_invalidated_through_cluster_pubsub(cache):
 
 
 def test_write_through_and_lists_on_a_cluster(cache):
+    lease = cache.write_lease("{u:1}:t")
     assert cache.write_through(
-        "{u:1}:t", {"v": 1}, version=1, ttl=10, tags=["{u:1}:t"], invalidate=["{u:1}:all"]
+        "{u:1}:t", {"v": 1}, lease, ttl=10, tags=["{u:1}:t"], invalidate=["{u:1}:all"]
     )
     assert cache.get("{u:1}:t") == {"v": 1}
     assert cache.list_get("{u:1}:feed", 5, lambda: [1, 2], maxlen=5, ttl=10) == [1, 2]

@@ -13,13 +13,13 @@ def test_derived_keys_carry_the_prefix_once():
     full = keys.entry("{u:42}:activity")
     assert keys.version(full) == "taskapp:v:{u:42}:activity"
     assert keys.lock(full) == "taskapp:lock:{u:42}:activity"
-    assert keys.write_version(full) == "taskapp:wv:{u:42}:activity"
+    assert keys.list_mark(full) == "taskapp:lm:{u:42}:activity"
 
 
 def test_a_key_without_a_hash_tag_keeps_its_slot():
     keys = Keys("app:")
     full = keys.entry("report")
-    for derived in (keys.version(full), keys.lock(full), keys.write_version(full)):
+    for derived in (keys.version(full), keys.lock(full), keys.list_mark(full)):
         assert key_slot(derived.encode()) == key_slot(full.encode()), derived
 
 

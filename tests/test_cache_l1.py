@@ -1,54 +1,62 @@
-"""The in-process layer: a read that raced an invalidation is not kept; off while its channel is lost."""
+"""The in-process layer: served only while the scope version it was read under is Redis's."""
 
 from __future__ import annotations
 
-from taskapp.cache.l1 import LocalCache
-from tests.cache_helpers import bare_app, running, wait_until
+from taskapp.cache import NO_VALUE, context
+from tests.cache_helpers import bare_app, running
 
 
-def test_a_read_that_raced_an_invalidation_is_not_kept():
-    l1 = LocalCache(max_items=10, ttl=5)
-    l1.connected = True
-    generation = l1.generation  # a reader notes it, then reads Redis ...
-    l1.discard(["k"])  # ... an invalidation of k arrives while that read is in flight ...
-    l1.put("k", "old", generation, b"1")  # ... and the old value it read comes back
-    assert l1.get("k", "sv") is None
-    l1.put("k", "new", l1.generation, b"2")  # a read that began after it is kept
-    assert l1.get("k", "sv") == ("new", b"2", None)
+def _memory_hit(ext, key: str) -> bool:
+    """Whether ``get(key)`` in a new request would be answered by this process's memory."""
+    state = ext._state()
+    full_key = state.keys.entry(key)
+    context.forget_scopes()
+    return state.region._from_memory(full_key) is not None
 
 
-def test_an_entry_comes_with_the_last_version_announced_for_its_scope():
-    l1 = LocalCache(max_items=10, ttl=5)
-    l1.connected = True
-    l1.put("k", "v", l1.generation, b"2")
-    assert l1.get("k", "sv") == ("v", b"2", None)  # nothing announced since the layer began
-    l1.announce({"sv": b"3", "other": b"9"})
-    assert l1.get("k", "sv") == ("v", b"2", b"3")  # the caller sees the entry is behind
-    l1.clear()  # a lost channel forgets entries and announcements together
-    l1.put("k", "v", l1.generation, b"3")
-    assert l1.get("k", "sv") == ("v", b"3", None)
+def test_an_entry_read_from_redis_is_kept_and_served_from_memory(redis_url, key_prefix):
+    app, ext = bare_app(redis_url, key_prefix)
+    with running(app, ext), app.test_request_context():
+        ext.set("{s}:k", "v", ttl=30, tags=["{s}:t"])
+        assert ext.get("{s}:k") == "v"
+        assert _memory_hit(ext, "{s}:k")
+        ext.set("k", "v", ttl=30)  # no hash tag: the key is its own scope
+        assert ext.get("k") == "v"
+        assert _memory_hit(ext, "k")
 
 
-def test_announcements_are_bounded_and_forgotten_with_the_entries():
-    l1 = LocalCache(max_items=10, ttl=5)  # keeps at most 1000 announced scopes
-    l1.connected = True
-    l1.put("k", "v", l1.generation, b"1")
-    generation = l1.generation
-    l1.announce({f"sv{i}": b"1" for i in range(1001)})
-    assert l1.get("k", "sv0") is None and len(l1) == 0
-    assert l1.generation > generation  # a read in flight is not kept either
+def test_a_change_in_another_process_is_seen_at_the_next_request(redis_url, key_prefix):
+    reader, reader_ext = bare_app(redis_url, key_prefix)
+    writer, writer_ext = bare_app(redis_url, key_prefix)  # another app: its own memory layer
+    with running(reader, reader_ext), reader.test_request_context():
+        reader_ext.set("{s}:k", "old", ttl=30, tags=["{s}:t"])
+        assert reader_ext.get("{s}:k") == "old" and _memory_hit(reader_ext, "{s}:k")
+        with writer.app_context():
+            writer_ext.invalidate_tags("{s}:t")
+            writer_ext.close()
+        assert not _memory_hit(reader_ext, "{s}:k")
+        assert reader_ext.get("{s}:k") is NO_VALUE
 
 
-def test_the_layer_is_dropped_and_off_while_its_channel_is_lost(private_redis, key_prefix):
-    app, ext = bare_app(private_redis.url, key_prefix)
-    with running(app, ext):
-        wait_until(lambda: ext.local.active)  # subscribed
-        ext.set("k", "v", ttl=30)  # its own invalidation message drops it from memory, then
-        wait_until(lambda: ext.get("k") == "v" and len(ext.local) == 1)  # a read keeps it
-        private_redis.pause()  # the channel goes silent: invalidations could be missed
-        try:
-            wait_until(lambda: not ext.local.active, timeout=5)
-            assert len(ext.local) == 0
-        finally:
-            private_redis.resume()
-        wait_until(lambda: ext.local.active, timeout=5)  # back once subscribed again
+def test_an_entry_is_not_served_from_memory_after_redis_lost_its_versions(redis_url, key_prefix):
+    """A FLUSHALL (or a restart, an eviction) loses the scope version; the next one made is a
+    new value, never the one the memory entry was read under (a counter would start again at the
+    same number)."""
+    app, ext = bare_app(redis_url, key_prefix)
+    with running(app, ext), app.test_request_context():
+        ext.set("{s}:k", "v", ttl=30)
+        assert ext.get("{s}:k") == "v" and _memory_hit(ext, "{s}:k")
+        client = ext.client
+        for key in client.scan_iter(match=key_prefix + "*"):
+            client.delete(key)  # only this test's keys: the session's Redis is shared
+        assert not _memory_hit(ext, "{s}:k")
+
+
+def test_an_entry_with_a_tag_outside_its_scope_is_served_from_redis_only(redis_url, key_prefix):
+    app, ext = bare_app(redis_url, key_prefix)
+    with running(app, ext), app.test_request_context():
+        ext.set("{a}:k", "v", ttl=30, tags=["{b}:t"])  # invalidating {b}:t bumps {b}, not {a}
+        assert ext.get("{a}:k") == "v"
+        assert not _memory_hit(ext, "{a}:k")
+        ext.invalidate_tags("{b}:t")
+        assert ext.get("{a}:k") is NO_VALUE

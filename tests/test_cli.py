@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from taskapp.cache import NO_VALUE
 from taskapp.cache import stats as cache_stats
 from taskapp.extensions import cache
 from taskapp.models import User
@@ -117,13 +118,13 @@ def test_cache_keys_lists_keys_without_the_prefix(runner, stored):
     result = runner.invoke(args=["cache", "keys"])
     assert result.exit_code == 0, result.output
     assert TASK_KEY in lines(result)
-    assert f"tag:{TAG}" in lines(result)
+    assert f"tagv:{TAG}" in lines(result)
 
 
 def test_cache_keys_matches_a_pattern_after_the_prefix(runner, stored):
-    result = runner.invoke(args=["cache", "keys", "tag:*"])
+    result = runner.invoke(args=["cache", "keys", "tagv:*"])
     assert result.exit_code == 0, result.output
-    assert lines(result) == [f"tag:{TAG}"]
+    assert lines(result) == [f"tagv:{TAG}"]
 
 
 def test_cache_get_shows_value_ttl_and_tags(runner, stored):
@@ -140,9 +141,10 @@ def test_cache_get_shows_other_types_by_content(runner, stored, raw, key_prefix)
     assert result.exit_code == 0, result.output
     assert "type: list (2 items)" in result.output
     assert '"n": 2' in result.output
-    result = runner.invoke(args=["cache", "get", f"tag:{TAG}"])
+    raw.zadd(key_prefix + "ranks", {"first": 1})
+    result = runner.invoke(args=["cache", "get", "ranks"])
     assert "type: zset (1 items)" in result.output
-    assert key_prefix + TASK_KEY in result.output
+    assert "first" in result.output
 
 
 def test_cache_get_of_a_missing_key_fails_in_one_line(runner):
@@ -159,19 +161,21 @@ def test_cache_ttl_shows_the_remaining_seconds(runner, stored):
     assert_one_line_error(runner.invoke(args=["cache", "ttl", "nope"]), "no such key: nope")
 
 
-def test_cache_tags_lists_members_with_expiry_and_version(runner, stored):
+def test_cache_tags_shows_the_tags_version(runner, stored):
     result = runner.invoke(args=["cache", "tags", TAG])
     assert result.exit_code == 0, result.output
-    assert f"tag {TAG}: version 0, 1 entries" in result.output
-    assert TASK_KEY in result.output and "expires" in result.output
+    assert result.output.startswith(f"tag {TAG}: version ")
+    assert "(none yet)" in runner.invoke(args=["cache", "tags", "{u:abc}:other"]).output
 
 
-def test_cache_invalidate_removes_the_tagged_entries(runner, stored):
+def test_cache_invalidate_removes_the_tagged_entries(app, runner, stored):
+    before = runner.invoke(args=["cache", "tags", TAG]).output
     result = runner.invoke(args=["cache", "invalidate", TAG, "{u:abc}:other"])
     assert result.exit_code == 0, result.output
-    assert "invalidated 1 entry" in result.output
-    assert runner.invoke(args=["cache", "get", TASK_KEY]).exit_code == 1
-    assert f"tag {TAG}: version 1, 0 entries" in runner.invoke(args=["cache", "tags", TAG]).output
+    assert "invalidated 2 tags" in result.output
+    assert runner.invoke(args=["cache", "tags", TAG]).output != before
+    with app.test_request_context():
+        assert cache.get(TASK_KEY) is NO_VALUE  # the entry is stored under the old version
 
 
 def test_cache_flush_deletes_only_the_apps_prefix(runner, stored, raw, key_prefix):
@@ -180,7 +184,7 @@ def test_cache_flush_deletes_only_the_apps_prefix(runner, stored, raw, key_prefi
     try:
         result = runner.invoke(args=["cache", "flush", "--yes"])
         assert result.exit_code == 0, result.output
-        assert "deleted 2 keys" in result.output  # the entry and its tag set
+        assert "deleted 4 keys" in result.output  # the entry, its, its tag's and scope's versions
         assert list(raw.scan_iter(match=key_prefix + "*", count=1000)) == []
         assert raw.get(foreign) == b"mine"
     finally:
@@ -210,7 +214,7 @@ def test_cache_stats_shows_layers_families_and_keys(app, runner, stored):
     assert rows["http"] == ["0", "0", "-"]
     assert "task" in rows and rows["task"] == ["redis", "3", "1", "75.0%"]
     assert "errors:         1" in result.output
-    assert "keys: 3" in result.output  # the entry, its tag set, the stats hash
+    assert "keys: 5" in result.output  # the entry, 3 versions (its, its tag's, its scope's), stats
     assert "redis memory used: " in result.output
     assert "in-process layer: 7 entries in 1 processes" in result.output
 
@@ -273,11 +277,11 @@ def test_keys_stats_and_flush_cover_every_primary_of_a_cluster(make_app, redis_c
     assert sorted(listed) == sorted(f"{{u:{user}}}:task:1" for user in users)
     result = runner.invoke(args=["cache", "stats"])
     assert result.exit_code == 0, result.output
-    assert "keys: 12" in result.output
+    assert "keys: 36" in result.output  # each entry, its version and its scope's
     assert "over 3 primaries" in result.output
     result = runner.invoke(args=["cache", "flush", "--yes"])
     assert result.exit_code == 0, result.output
-    assert "deleted 12 keys" in result.output
+    assert "deleted 36 keys" in result.output
     assert lines(runner.invoke(args=["cache", "keys"])) == []
 
 

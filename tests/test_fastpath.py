@@ -11,7 +11,6 @@ from taskapp.cache.extension import state_of
 from taskapp.extensions import cache
 from taskapp.fastpath import FastPath
 from tests.api import account
-from tests.cache_helpers import wait_until
 
 TASKS = "/api/v1/tasks"
 ORIGIN = "https://app.example.test"
@@ -221,35 +220,22 @@ def test_the_setting_turns_the_fast_path_off(make_app):
 
 
 @pytest.mark.parametrize(
-    ("limit", "l1", "coherence", "round_trips"),
-    [
-        (0, 10000, "version", 1),  # memory, checked against the scope version in Redis
-        (1000, 10000, "version", 1),  # the rate limit's call returns that version
-        (0, 0, "version", 1),
-        (1000, 0, "version", 1),  # the rate limit and the lookup in one call
-        (0, 10000, "acked", 0),  # memory, checked against the announced version
-        (1000, 10000, "acked", 1),  # the rate limit's call alone
-    ],
+    ("limit", "l1"),
+    [(0, 10000), (1000, 10000), (0, 0), (1000, 0)],
     ids=[
-        "in-process-no-rate-limit",
-        "in-process-rate-limit",
+        "in-process-no-rate-limit",  # memory, checked against the scope version in Redis
+        "in-process-rate-limit",  # the rate limit and that version in one round trip
         "redis-only-no-rate-limit",
-        "redis-only-rate-limit",
-        "in-process-acked-no-rate-limit",
-        "in-process-acked-rate-limit",
+        "redis-only-rate-limit",  # the rate limit and the lookup in one round trip
     ],
 )
-def test_the_round_trips_of_a_hit(make_app, limit, l1, coherence, round_trips, monkeypatch):
-    app = make_app(RATE_LIMIT_PER_MINUTE=limit, L1_CACHE_MAX_ITEMS=l1, L1_CACHE_COHERENCE=coherence)
+def test_a_hit_makes_one_round_trip(make_app, limit, l1, monkeypatch):
+    app = make_app(RATE_LIMIT_PER_MINUTE=limit, L1_CACHE_MAX_ITEMS=l1)
     client = app.test_client()
     _, auth = account(client)
     task = client.post(TASKS, json={"title": "fast"}, headers=auth).get_json()
     path = f"{TASKS}/{task['id']}"
     wsgi(app.wsgi_app, path, **auth)
-    state = state_of(app)
-    if coherence == "acked":
-        wait_until(state.coherence.trusted)
-        wsgi(app.wsgi_app, path, **auth)  # kept in memory again under the lease
     with app.app_context():
         redis_client = cache.client
     direct = state_of(app).store.direct  # the request path's own connections
@@ -265,11 +251,17 @@ def test_the_round_trips_of_a_hit(make_app, limit, l1, coherence, round_trips, m
 
         return wrapper
 
+    def pipelined(calls):
+        commands.append("PIPELINE")
+        return pipeline(calls)
+
+    pipeline = direct.evalsha_many
     monkeypatch.setattr(redis_client, "execute_command", counting(client_execute))
     monkeypatch.setattr(direct, "execute", counting(direct_execute))
+    monkeypatch.setattr(direct, "evalsha_many", pipelined)
     status, headers, _ = wsgi(app.wsgi_app, path, **auth)
     assert (status, dict(headers)["X-Cache"]) == ("200 OK", "HIT")
-    assert len(commands) == round_trips, commands
+    assert len(commands) == 1, commands
 
 
 def http_lookups() -> float:
@@ -283,7 +275,7 @@ def http_lookups() -> float:
 
 
 @pytest.mark.parametrize("l1", [10000, 0], ids=["in-process", "redis-only"])
-def test_a_request_over_the_limit_neither_looks_up_nor_takes_a_lock(make_app, l1):
+def test_a_request_over_the_limit_is_not_counted_as_a_lookup_and_keeps_no_lock(make_app, l1):
     app = make_app(RATE_LIMIT_PER_MINUTE=2, L1_CACHE_MAX_ITEMS=l1)
     client = app.test_client()
     _, auth = account(client)

@@ -15,8 +15,10 @@ TASKS = "/api/v1/tasks"
 
 
 def http_keys(app) -> list[bytes]:
+    """The cached responses (entries, not the versions and locks derived from their keys)."""
     with app.app_context():
-        return [k for k in cache.client.scan_iter(match=cache.keys.prefix + "*:http:*")]
+        entries = cache.keys.prefix + "{u:*}:http:*"
+        return [k for k in cache.client.scan_iter(match=entries)]
 
 
 @pytest.fixture

@@ -66,9 +66,8 @@ def known_scope(scope_key: str) -> bytes | None:
     return known.get(scope_key) if known is not None else None
 
 
-def note_scope(scope_key: str, raw: bytes | None) -> bytes:
+def note_scope(scope_key: str, version: bytes) -> bytes:
     """Remember a scope version Redis returned, for the rest of this request; the version."""
-    version = raw if raw is not None else b"0"
     environ = _environ()
     if environ is not None:
         known = environ.get(SCOPES)
@@ -76,3 +75,11 @@ def note_scope(scope_key: str, raw: bytes | None) -> bytes:
             known = environ[SCOPES] = {}
         known[scope_key] = version
     return version
+
+
+def forget_scopes() -> None:
+    """Forget the scope versions this request learned (it changed something: the next memory
+    read asks Redis again)."""
+    environ = _environ()
+    if environ is not None:
+        environ.pop(SCOPES, None)

@@ -32,6 +32,13 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def stored_payload(stored: bytes) -> bytes:
+    """The entry's bytes of a value as Redis stores it: after the versions it was stored under
+    (see scripts.VERSIONS) and the empty line that ends them. For tools that read Redis
+    directly; the scripts check the versions before they return an entry."""
+    return stored.partition(b"\n\n")[2]
+
+
 class Entry:
     """A decoded cache entry: the value's JSON bytes and what the cache knows about it."""
 

@@ -19,7 +19,6 @@ from flask_caching import Cache as FlaskCache
 
 from taskapp.cache import context, stats
 from taskapp.cache.client import REDIS_ERRORS, Unavailable, connect
-from taskapp.cache.coherence import Coherence
 from taskapp.cache.counting import Counter
 from taskapp.cache.entry import NO_VALUE, Entry
 from taskapp.cache.flask_caching import init_flask_caching
@@ -49,14 +48,11 @@ class CacheState:
         self.counter = Counter(self.keys)
         self.l1 = LocalCache(settings.l1_max_items, settings.l1_ttl)
         self.store = Store(settings, self.keys, self.counter, on_outage=self.l1.clear)
-        self.coherence = Coherence(self.store, self.keys, settings.l1_acked)
-        self.notifier = Notifier(
-            self.store.client, self.keys, self.l1, self.coherence, on_tick=self.flush_stats
-        )
+        self.notifier = Notifier(self.store.client, self.keys, on_tick=self.flush_stats)
         self.lock = FillLock(
             self.store, self.notifier, self.counter, settings.lock_ttl, settings.lock_wait
         )
-        self.region = Region(settings, self.store, self.lock, self.l1, self.counter, self.coherence)
+        self.region = Region(settings, self.store, self.lock, self.l1, self.counter)
         self.lists = CappedLists(self.store, self.counter)
         self.flushers: list[Flusher] = []
         self._write_behind: WriteBehind | None = None
@@ -213,9 +209,8 @@ class RedisCache:
         """Run ``script`` on prefixed ``keys`` (in ``key``'s hash slot) and then ``lookup(key,
         tags, layer)``, in one round trip: (the script's result, entry, lease).
 
-        A result whose first value is 0 refuses: nothing is looked up, counted or locked. Like
-        ``run_script(read_scope=True)``, the script returns the value of one more key last when
-        given one. The result is None when Redis is unavailable.
+        A result whose first value is 0 refuses: nothing is looked up, counted or locked. The
+        result is None when Redis is unavailable.
         """
         state = self._state()
         before = Script(script, [state.keys.entry(k) for k in keys], list(args))
@@ -256,11 +251,13 @@ class RedisCache:
         return state.region.delete([state.keys.entry(k) for k in keys])
 
     def invalidate_tags(self, *tags: str) -> int:
-        """Remove every entry stored with any of ``tags``, including fills already in flight.
+        """Remove every entry stored with any of ``tags``, including fills already in flight;
+        the number of tags Redis took now (0 when held back).
 
-        Each tag's version is bumped in the same script that deletes its entries, so a fill that
-        read the source before this call cannot store its result after it. When Redis cannot be
-        reached the tags are kept and replayed before the cache is used again.
+        Each tag's version is bumped: an entry records the versions of its tags and is served
+        only while they are current, and a fill that read the source before this call cannot
+        store its result after it. The cost does not grow with the entries a tag holds. When
+        Redis cannot be reached the tags are kept and replayed before the cache is used again.
         """
         if not tags:
             return 0
@@ -291,24 +288,31 @@ class RedisCache:
             raise LookupError(f"no loader registered for the key family {family!r}") from None
         return self.get_or_set(key, partial(loader, *args), ttl, tags, refresh_ahead)
 
+    def write_lease(self, key: str) -> str:
+        """Read before a write to the source that ``write_through`` will follow (its lease)."""
+        state = self._state()
+        return state.region.write_lease(state.keys.entry(key))
+
     def write_through(
         self,
         key: str,
         value: Any,
-        version: int,
+        lease: str,
         ttl: Ttl = None,
         tags: Iterable[str] = (),
         invalidate: Iterable[str] = (),
     ) -> bool:
         """After a write to the source: invalidate ``invalidate`` and store ``value``, atomically.
 
-        ``version`` grows with each write of the entry (a counter kept by the source), so a slow
-        writer never replaces a newer value stored by a faster one. Fills that read the source
+        ``lease`` is what ``write_lease(key)`` returned before the write. The value is stored
+        only when no other change of the entry came in between; writers that overlap delete it
+        instead (the next reader fills it from the source), so a slow writer never replaces a
+        newer value, whatever order the writers reach Redis in. Fills that read the source
         before the write are refused, as after any invalidation.
         """
         state = self._state()
         return state.region.write_through(
-            state.keys.entry(key), value, version, ttl, list(tags), list(invalidate)
+            state.keys.entry(key), value, lease, ttl, list(tags), list(invalidate)
         )
 
     # -- write-behind -------------------------------------------------------------------
@@ -352,9 +356,9 @@ class RedisCache:
     ) -> Any:
         """Run a Lua script on prefixed ``keys`` through the breaker; ``default`` on failure.
 
-        With ``read_scope`` the scope version of ``keys[0]`` is passed as one more key; the script
-        returns its value last, and it is kept for this request's in-process reads (the round
-        trip a request makes anyway also validates its memory layer).
+        With ``read_scope`` the scope version of ``keys[0]`` is read in the same round trip and
+        kept for this request's in-process reads (the round trip a request makes anyway also
+        checks its memory layer).
         """
         state = self._state()
         run = Script(script, [state.keys.entry(k) for k in keys], list(args))

@@ -20,10 +20,6 @@ class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.fill_channel = f"{prefix}ch:fill"
-        self.invalidation_channel = f"{prefix}ch:inv"
-        self.scope_channel = f"{prefix}ch:sv"  # scripts.SCOPE derives the same name in Lua
-        self.sync_channel = f"{prefix}ch:sync"
-        self.members = f"{prefix}members"
         self.stats = f"{prefix}stats"
 
     def entry(self, key: str) -> str:
@@ -45,32 +41,27 @@ class Keys:
         return self._derived("lock", full_key)
 
     def version(self, full_key: str) -> str:
-        """The entry's own version, bumped when it is deleted."""
+        """The entry's own version, bumped when it is deleted or overwritten."""
         return self._derived("v", full_key)
 
-    def write_version(self, full_key: str) -> str:
-        """The version of the last write stored by write-through."""
-        return self._derived("wv", full_key)
+    def list_mark(self, full_key: str) -> str:
+        """The version a capped list was last made or extended under (see lists.py)."""
+        return self._derived("lm", full_key)
 
     def scope_version(self, full_key: str) -> str:
-        """The version of an entry's scope (its hash tag, else the key itself), bumped by every
-        change of an entry of the scope; scripts.SCOPE derives the same name in Lua."""
+        """The version of a key's scope (its hash tag, else the key itself), bumped by every
+        change of an entry of the scope: the in-process layer's check (see region.py)."""
         open_at = full_key.find("{")
         close_at = full_key.find("}", open_at + 1) if open_at >= 0 else -1
         if close_at > open_at + 1:
             return f"{self.prefix}sv:{full_key[open_at : close_at + 1]}"
         return f"{self.prefix}sv:{{{full_key}}}"
 
-    def ack(self, sync_id: str) -> str:
-        """The list the members push their ids to when they have applied a change (coherence)."""
-        return f"{self.prefix}ack:{sync_id}"
-
-    def tag_set(self, tag: str) -> str:
-        """The sorted set of the entries a tag holds, scored by their expiry."""
-        return f"{self.prefix}tag:{tag}"
-
     def tag_version(self, tag: str) -> str:
-        """The version of a tag, bumped when it is invalidated."""
+        """The version of a tag, bumped when it is invalidated (scripts.VERSIONS derives the
+        same name in Lua from the tags an entry records)."""
+        if "\n" in tag:
+            raise ValueError("cache tags cannot contain newlines")
         return f"{self.prefix}tagv:{tag}"
 
     def strip(self, full_key: str) -> str:

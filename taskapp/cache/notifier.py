@@ -1,4 +1,4 @@
-"""One pub/sub subscription per process: wakes fill waiters and drops invalidated memory entries."""
+"""One pub/sub subscription per process: wakes the callers waiting for a fill."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskapp.cache.client import REDIS_ERRORS
-from taskapp.cache.coherence import HEARTBEAT_EVERY, Coherence
 from taskapp.cache.keys import Keys
-from taskapp.cache.l1 import LocalCache
 
 log = logging.getLogger("taskapp.cache")
 
@@ -21,34 +19,19 @@ SILENCE_LIMIT = 1.5  # seconds without any message (not even a pong) before the 
 
 
 class Notifier:
-    """A daemon thread that listens on the fill and invalidation channels of one app.
+    """A daemon thread that listens on the fill channel of one app.
 
     Waiters register a ``threading.Event`` for the key they wait on; a fill message sets it, so
     a waiter wakes within a round trip of the fill landing instead of sleeping a fixed interval.
-    Invalidation messages drop entries from the in-process layer. When the subscription is lost
-    (a disconnect, or a hung server that stops answering pings) the in-process layer is cleared
-    and switched off until the subscription is back, and every waiter is woken to poll instead.
+    When the subscription is lost (a disconnect, or a hung server that stops answering pings)
+    every waiter is woken to poll instead, until the subscription is back.
     """
 
-    def __init__(
-        self,
-        client: Any,
-        keys: Keys,
-        l1: LocalCache,
-        coherence: Coherence,
-        on_tick: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, client: Any, keys: Keys, on_tick: Callable[[], None] | None = None) -> None:
         self._client = client
         self._on_tick = on_tick
         self._keys = keys
-        self._l1 = l1
-        self._coherence = coherence
-        self._channels = (
-            keys.fill_channel,
-            keys.invalidation_channel,
-            keys.scope_channel,
-            keys.sync_channel,
-        )
+        self._channels = (keys.fill_channel,)
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -79,12 +62,11 @@ class Notifier:
             self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop the listener thread, wait for it, and leave the members (no more heartbeats)."""
+        """Stop the listener thread and wait for it."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread.is_alive() and self._pid == os.getpid():
             thread.join(timeout)
-            self._coherence.leave()
         self._thread = None
 
     def waiter(self, full_key: str) -> threading.Event:
@@ -128,7 +110,7 @@ class Notifier:
                         log.debug("closing a broken pub/sub connection failed", exc_info=True)
 
     def _listen(self, pubsub: Any) -> None:
-        last_heard = last_ping = last_heartbeat = time.monotonic()
+        last_heard = last_ping = time.monotonic()
         pending_subscriptions = len(self._channels)
         while not self._stop.is_set():
             message = pubsub.get_message(timeout=0.1)
@@ -137,16 +119,11 @@ class Notifier:
                 last_heard = now
                 kind = message["type"]
                 if kind == "message":
-                    self._handle(message["channel"], message["data"])
-                elif kind == "pong":
-                    self._coherence.pong(message["data"])
+                    self._wake(message["data"].decode())
                 elif kind == "subscribe":
                     pending_subscriptions -= 1
                     if pending_subscriptions == 0:
                         self._connected()
-            if pending_subscriptions == 0 and now - last_heartbeat >= HEARTBEAT_EVERY:
-                self._coherence.heartbeat(pubsub)  # only with L1_CACHE_COHERENCE=acked
-                last_heartbeat = now
             if now - last_ping >= PING_EVERY:
                 pubsub.ping()
                 last_ping = now
@@ -155,38 +132,17 @@ class Notifier:
             if now - last_heard > SILENCE_LIMIT:
                 raise ChannelSilent(f"no message for {now - last_heard:.1f}s")
 
-    def _handle(self, channel: bytes, data: bytes) -> None:
-        name = channel.decode()
-        if name == self._keys.fill_channel:
-            self._wake(data.decode())
-        elif name == self._keys.invalidation_channel:
-            self._l1.discard(data.decode().split("\n"))
-        elif name == self._keys.scope_channel:
-            versions = {}
-            for line in data.decode().split("\n"):
-                scope_key, _, version = line.rpartition(" ")
-                versions[scope_key] = version.encode()
-            self._l1.announce(versions)
-        elif name == self._keys.sync_channel:
-            self._coherence.acknowledge(data)
-
     def _connected(self) -> None:
-        # Invalidations may have been missed while unsubscribed: start the memory layer afresh.
-        self._l1.clear()
-        self._l1.connected = True
         self.subscribed.set()
         self._wake_all()
         log.info("cache channel subscribed (pid %s)", os.getpid())
 
     def _lost(self, exc: BaseException) -> None:
-        self._coherence.lost()
         was_subscribed = self.subscribed.is_set()
-        self._l1.connected = False
-        self._l1.clear()
         self.subscribed.clear()
         self._wake_all()
         if was_subscribed:
-            log.warning("cache channel lost (%s); in-process layer off until it is back", exc)
+            log.warning("cache fill channel lost (%s); waiters poll until it is back", exc)
 
 
 class ChannelSilent(Exception):

@@ -1,8 +1,10 @@
 """The region: get, set, get-or-set with refresh-ahead, leases, and the in-process layer.
 
 Reads look in the in-process layer, then Redis. Every write either bumps the versions a fill
-read before its fetch (so a fill that began before the write is refused) or is itself a fill
-checked against them. The in-process layer serves an entry only while its scope version is the
+read before its fetch (so a fill that began before the write is refused, and an entry stored
+before it is never served again) or is itself a fill checked against them. Versions are unique
+per change and per Redis server run (scripts.VERSIONS), so no check is satisfied by state made
+before Redis lost it. The in-process layer serves an entry only while its scope version is the
 one Redis has (read-your-writes across processes).
 """
 
@@ -21,7 +23,6 @@ from flask import current_app
 
 from taskapp.cache import context, metrics, scripts, stats
 from taskapp.cache.client import Unavailable
-from taskapp.cache.coherence import Coherence
 from taskapp.cache.counting import Counter
 from taskapp.cache.entry import Entry, dumps
 from taskapp.cache.l1 import LocalCache
@@ -57,7 +58,7 @@ class Script(NamedTuple):
 
 
 class _Refused(Exception):
-    """The script run before a lookup refused (its first value is 0): nothing is looked up."""
+    """``before`` refused in a lookup's first attempt: the lookup stops, nothing to wait for."""
 
 
 def refused(result: list[Any] | None) -> bool:
@@ -91,7 +92,6 @@ class Region:
         lock: FillLock,
         l1: LocalCache,
         counter: Counter,
-        coherence: Coherence,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -99,7 +99,6 @@ class Region:
         self.lock = lock
         self.l1 = l1
         self.counter = counter
-        self.coherence = coherence
         # Refresh-ahead work: a small bounded pool, shut down with the cache (never a thread per key).
         self.refresher = ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="taskapp-cache-refresh"
@@ -114,30 +113,30 @@ class Region:
         entry = self._from_memory(full_key)
         if entry is not None:
             return entry
-        generation = self.l1.generation
-        scope_key = self.keys.scope_version(full_key)
         try:
-            raw, scope = self.store.run(
-                lambda: self.store.client.mget([full_key, scope_key]), op="get"
+            payload, _, scope, *_ = self.store.call(
+                scripts.LOOKUP,
+                self._lookup_keys(full_key, []),
+                self.store.versioned("", 0),
+                op="get",
             )
         except Unavailable:
             return None
-        return self._from_redis(full_key, raw, generation, context.note_scope(scope_key, scope))
+        return self._from_redis(full_key, payload, self._note_scope(full_key, scope))
 
     def _from_memory(self, full_key: str, found: Any = _LOOK) -> Entry | None:
         """The fresh entry in the in-process layer, counted as an l1 hit or miss (``found``: what
         ``_in_memory`` returned, when the caller already looked).
 
         An entry counts only while its scope version is still Redis's (read-your-writes across
-        processes; see coherence.py): known from the versions the scope channel announced while
-        this process holds its lease, else learned once per request from the first Redis call
-        that returns it (such as the rate limit's), else from one GET.
+        processes): learned once per request from the first Redis call that returns it (such as
+        the rate limit's round trip), else from one call of its own.
         """
         if found is _LOOK:
             found = self._in_memory(full_key)
         if found is not None:
-            entry, version, current = found
-            if current or version == self._scope_version(full_key):
+            entry, version = found
+            if version == self._scope_version(full_key):
                 self.counter.count(stats.L1_HIT, full_key)
                 return entry  # type: ignore[no-any-return]
         if self.l1.active and not self.store.breaker.is_open:
@@ -151,14 +150,15 @@ class Region:
         if known is not None:
             return known
         try:
-            raw = self.store.get(scope_key, op="scope")
+            version = self.store.read_version(scope_key, op="scope")
         except Unavailable:
             return None
-        return context.note_scope(scope_key, raw)
+        return context.note_scope(scope_key, version)
 
-    def _from_redis(
-        self, full_key: str, raw: bytes | None, generation: int, scope: bytes
-    ) -> Entry | None:
+    def _note_scope(self, full_key: str, version: bytes) -> bytes:
+        return context.note_scope(self.keys.scope_version(full_key), version)
+
+    def _from_redis(self, full_key: str, raw: bytes | None, scope: bytes) -> Entry | None:
         """Decode what Redis returned, count it, and keep a fresh entry in memory."""
         entry = None
         if raw is not None:
@@ -171,8 +171,16 @@ class Region:
             return None
         self.counter.count(stats.REDIS_HIT, full_key)
         if entry.is_fresh():
-            self.l1.put(full_key, entry, generation, scope)
+            self._remember(full_key, entry, scope)
         return entry
+
+    def _remember(self, full_key: str, entry: Entry, scope: bytes) -> None:
+        """Keep an entry in memory under the scope version Redis returned with it, when its
+        tags are in its scope (an invalidation of a tag outside it would not bump that scope,
+        so such an entry is served from Redis only)."""
+        own = self.keys.scope_version(full_key)
+        if all(self.keys.scope_version(self.keys.tag_version(t)) == own for t in entry.tags):
+            self.l1.put(full_key, entry, scope)
 
     def lookup(self, full_key: str, tags: list[str]) -> tuple[Entry | None, Lease | None]:
         """The fresh entry of ``full_key``; on a miss, a lease to produce and store it.
@@ -193,11 +201,10 @@ class Region:
     ) -> tuple[Any, Entry | None, Lease | None]:
         """Run ``before`` and then ``lookup``, in one round trip: (its result, entry, lease).
 
-        ``before`` is a script on keys of the entry's hash slot whose first value 0 refuses:
-        then nothing is looked up (no lock taken) and the answer is (result, None, None). Given
-        one more key, it must return that key's value last (as a rate limit reads the scope
-        version): when memory holds the entry, that is how the memory hit is checked, still in
-        one round trip. The result is None when Redis is unavailable.
+        ``before`` is a script (a rate limit, say) whose first value 0 refuses: then nothing is
+        looked up, no lock is kept, and the answer is (result, None, None). When memory holds the
+        entry, the scope version that checks it is read in the same round trip. The result is
+        None when Redis is unavailable.
         """
         self.store.check_slots(full_key, tags)
         found = self._in_memory(full_key)
@@ -217,56 +224,66 @@ class Region:
         return result, entry, lease
 
     def call_reading_scope(self, script: Script, full_key: str) -> Any:
-        """Run ``script`` with the scope version of ``full_key`` as one more key, which the script
-        returns last; the version is kept for this request's memory reads, the rest returned.
-        Raises Unavailable."""
+        """Run ``script`` and read the scope version of ``full_key`` in the same round trip; the
+        version is kept for this request's memory reads, the script's result returned. Raises
+        Unavailable."""
         scope_key = self.keys.scope_version(full_key)
-        result = self.store.call(script.source, [*script.keys, scope_key], script.args)
-        context.note_scope(scope_key, result.pop())
+        result, version = self.store.call_many(
+            [
+                (script.source, script.keys, script.args),
+                (scripts.SCOPE_READ, [scope_key], self.store.versioned()),
+            ]
+        )
+        context.note_scope(scope_key, version)
         return result
 
-    def _in_memory(self, full_key: str) -> tuple[Entry, bytes, bool] | None:
-        """The fresh entry of ``full_key`` in the in-process layer, the scope version it was read
-        under, and whether that is known to be current without asking Redis (the announced
-        version, under a lease taken before looking); None when memory has none to offer. Not
-        counted."""
+    def _in_memory(self, full_key: str) -> tuple[Entry, bytes] | None:
+        """The fresh entry of ``full_key`` in the in-process layer and the scope version it was
+        read under; None when memory has none to offer. Not counted, not yet checked."""
         if not self.l1.active or self.store.breaker.is_open:
             return None
-        trusted = self.coherence.trusted()  # first: the lease must cover the look
-        found = self.l1.get(full_key, self.keys.scope_version(full_key))
+        found = self.l1.get(full_key)
         if found is None or not found[0].is_fresh():
             return None
-        entry, version, announced = found
-        return entry, version, trusted and (announced is None or announced == version)
+        return found
+
+    def _lookup_keys(self, full_key: str, tags: Iterable[str]) -> list[str]:
+        """LOOKUP's keys: the entry, its lock, its scope version, its own and its tags' versions."""
+        keys = self.keys
+        return [
+            full_key,
+            keys.lock(full_key),
+            keys.scope_version(full_key),
+            *self._version_keys(full_key, tags),
+        ]
 
     def _lookup(
         self, full_key: str, tags: list[str], before: Script | None
     ) -> tuple[Entry | None, Lease | None, Any]:
         """Redis's part of a lookup (after the caller checked memory and the slots): LOOKUP,
-        run after ``before`` when given, under the fill lock's wait loop."""
-        scope_key = self.keys.scope_version(full_key)
-        keys = [full_key, self.keys.lock(full_key), scope_key, *self._version_keys(full_key, tags)]
-        first: list[Any] = []  # before's result, from the first attempt
+        sent with ``before`` when given, under the fill lock's wait loop; (entry, lease,
+        ``before``'s result)."""
+        keys = self._lookup_keys(full_key, tags)
+        outcome: dict[str, Any] = {}  # before's result, from the first attempt
 
         def attempt(waited: bool) -> tuple[Entry | None, str, list[bytes]]:
-            token, generation = self.lock.token(), self.l1.generation
-            args = [token, self.lock.ttl_ms]
-            if before is not None and not first:
-                reply = self.store.call(
-                    scripts.before_then_lookup(before.source),
-                    [*before.keys, *keys],
-                    [len(before.keys), len(before.args), *before.args, *args],
+            token = self.lock.token()
+            args = self.store.versioned(token, self.lock.ttl_ms)
+            if before is not None and "before" not in outcome:
+                outcome["before"], reply = self.store.call_many(
+                    [(before.source, before.keys, before.args), (scripts.LOOKUP, keys, args)],
                     op="get",
                 )
-                first.append(reply[0])
-                if len(reply) == 1:
+                if refused(outcome["before"]):
+                    if reply[1]:  # a refused request keeps no lock
+                        self.lock.release(full_key, token)
                     raise _Refused
-                raw, took, scope, *versions = reply[1:]
             else:
-                raw, took, scope, *versions = self.store.call(scripts.LOOKUP, keys, args, op="get")
-            scope = context.note_scope(scope_key, scope)
-            if raw is not None or not waited:
-                found = self._from_redis(full_key, raw, generation, scope)
+                reply = self.store.call(scripts.LOOKUP, keys, args, op="get")
+            payload, took, scope, *versions = reply
+            scope = self._note_scope(full_key, scope)
+            if payload is not None or not waited:
+                found = self._from_redis(full_key, payload, scope)
                 if found is not None and found.is_fresh():
                     return found, "", versions
             return None, token if took else "", versions
@@ -275,13 +292,11 @@ class Region:
             entry, token, versions = self.lock.fill_or_wait(
                 full_key, attempt, lambda: self.read(full_key)
             )
-        except _Refused:
-            return None, None, first[0]
-        except Unavailable:
-            return None, None, first[0] if first else None
+        except (Unavailable, _Refused):  # nothing to wait for: no lease
+            return None, None, outcome.get("before")
         if entry is not None:
-            return entry, None, first[0] if first else None
-        return None, Lease(full_key, tags, versions, token), first[0] if first else None
+            return entry, None, outcome.get("before")
+        return None, Lease(full_key, tags, versions, token), outcome.get("before")
 
     def release(self, lease: Lease) -> None:
         """Give up a lease's fill lock without storing (the answer was not cacheable)."""
@@ -294,15 +309,11 @@ class Region:
         self, full_key: str, value: Any, ttl: Ttl, tags: list[str], meta: dict[str, Any] | None
     ) -> bool:
         """Store ``value`` for ``ttl`` seconds, a member of ``tags``, atomically (an overwrite:
-        every process drops its copy)."""
+        fills in flight are refused and no process's memory serves the old value)."""
         seconds = self.ttl(ttl, value)
         entry = Entry(dumps(value), time.time() + seconds, tags, meta=meta)
-        self.l1.discard([full_key])  # other processes drop it when the announcement arrives
-        stored = self.store_entry(
-            full_key, entry, seconds, None, announce=self.keys.invalidation_channel
-        )
-        self.coherence.sync()
-        return stored
+        self.l1.discard([full_key])
+        return self.store_entry(full_key, entry, seconds, None, announce=self.keys.fill_channel)
 
     def store_entry(
         self,
@@ -314,38 +325,35 @@ class Region:
         stale_ttl: float = 0.0,
         announce: str = "",
     ) -> bool:
-        """Run FILL: store unless a version read before the fetch has changed since.
-
-        ``announce`` is the channel to publish the key on: the fill channel when callers may
-        wait for it, the invalidation channel when an existing value is overwritten.
-        """
+        """Run FILL: store under the current versions, unless ``versions`` (read before the
+        fetch) changed since; without ``versions``, an overwrite. ``announce`` is the channel to
+        publish the key on (the fill channel wakes the callers waiting for it)."""
         keys = self.keys
         self.store.check_slots(full_key, entry.tags)
-        version_keys = self._version_keys(full_key, entry.tags) if versions is not None else []
-        generation = self.l1.generation
         try:
             stored, scope = self.store.call(
                 scripts.FILL,
-                keys=[full_key, keys.lock(full_key), *version_keys]
-                + [keys.tag_set(t) for t in entry.tags],
-                args=[
+                keys=[
+                    full_key,
+                    keys.lock(full_key),
+                    keys.scope_version(full_key),
+                    *self._version_keys(full_key, entry.tags),
+                ],
+                args=self.store.versioned(
                     entry.encode(),
                     max(1, int((seconds + stale_ttl) * 1000)),
                     token,
                     announce,
-                    len(version_keys),
                     len(entry.tags),
-                    keys.prefix,
-                    self.settings.version_ttl_ms,
+                    *entry.tags,
                     *(versions or []),
-                ],
+                ),
                 op="fill",
             )
         except Unavailable:
             return False
         if stored:
-            scope = context.note_scope(keys.scope_version(full_key), scope)
-            self.l1.put(full_key, entry, generation, scope)
+            self._remember(full_key, entry, self._note_scope(full_key, scope))
         return bool(stored)
 
     def store_leased(
@@ -366,57 +374,62 @@ class Region:
         """Delete entries everywhere (Redis and every process's memory); fills in flight lose."""
         self.l1.discard(full_keys)
         existed = self.store.delete(full_keys)
-        self.coherence.sync()
+        context.forget_scopes()
         return existed
 
     def invalidate_tags(self, tags: list[str]) -> int:
-        """Remove every entry stored with any of ``tags``, including fills already in flight."""
-        deleted = self.store.invalidate(tags)
-        # Our own memory layer is cleared now, not when our own message comes back.
-        self.l1.discard(deleted)
-        self.coherence.sync()
-        return len(deleted)
+        """Invalidate every entry stored with any of ``tags``, fills in flight included; the
+        number of tags Redis took now (0 when they were held back, to be sent before the cache
+        is used again)."""
+        sent = self.store.invalidate(tags)
+        context.forget_scopes()
+        return len(tags) if sent else 0
+
+    def write_lease(self, full_key: str) -> str:
+        """The entry's own version, read before a write to the source (see ``write_through``);
+        "" when Redis is unavailable (the write-through then only invalidates)."""
+        try:
+            return self.store.read_version(self.keys.version(full_key), op="write_through").decode()
+        except Unavailable:
+            return ""
 
     def write_through(
         self,
         full_key: str,
         value: Any,
-        version: int,
+        lease: str,
         ttl: Ttl,
         tags: list[str],
         dropped: list[str],
     ) -> bool:
-        """After a write to the source: invalidate ``dropped`` and store ``value``, atomically;
-        ``version`` grows with each write, so a slower writer never replaces a newer value."""
+        """After a write to the source: invalidate ``dropped`` and store ``value``, atomically,
+        when no other change of the entry came since ``lease`` was read (before the write);
+        otherwise the entry is deleted and the next reader fills it from the source."""
         keys = self.keys
         self.store.check_slots(full_key, tags + dropped)
         seconds = self.ttl(ttl, value)
         entry = Entry(dumps(value), time.time() + seconds, tags)
+        dropped_versions = [keys.tag_version(t) for t in dropped]
         try:
-            stored, *deleted = self.store.call(
+            stored = self.store.call(
                 scripts.WRITE_THROUGH,
-                keys=[full_key, keys.version(full_key), keys.write_version(full_key)]
-                + [keys.tag_set(t) for t in tags]
-                + [keys.tag_set(t) for t in dropped]
-                + [keys.tag_version(t) for t in dropped],
-                args=[
-                    entry.encode(),
-                    int(seconds * 1000),
-                    version,
-                    self.settings.version_ttl_ms,
-                    keys.invalidation_channel,
-                    len(tags),
-                    len(dropped),
-                    keys.prefix,
+                keys=[
+                    full_key,
+                    keys.scope_version(full_key),
+                    *self._version_keys(full_key, tags),
+                    *dropped_versions,
+                    *(keys.scope_version(v) for v in dropped_versions),
                 ],
+                args=self.store.versioned(
+                    entry.encode(), int(seconds * 1000), lease, len(tags), len(dropped), *tags
+                ),
                 op="write_through",
             )
         except Unavailable:
             self.store.held_back.hold(tags=dropped, keys=[full_key])
-            self.coherence.sync()
-            return False
-        self.l1.discard([k.decode() for k in deleted])
-        self.coherence.sync()
+            stored = 0
+        self.l1.discard([full_key])
+        context.forget_scopes()
         return bool(stored)
 
     # -- get or set ---------------------------------------------------------------------
@@ -508,10 +521,12 @@ class Region:
         force: bool = False,
     ) -> Any:
         """Holder of the fill lock: read versions, fetch, store if nothing was invalidated."""
-        version_keys = self._version_keys(full_key, tags)
         try:
-            current, *versions = self.store.run(
-                lambda: self.store.client.mget([full_key, *version_keys]), op="lease"
+            current, _, _, *versions = self.store.call(
+                scripts.LOOKUP,
+                self._lookup_keys(full_key, tags),
+                self.store.versioned("", 0),
+                op="lease",
             )
         except Unavailable:
             self.lock.release(full_key, token)
@@ -521,7 +536,6 @@ class Region:
             if entry.is_fresh():
                 self.lock.release(full_key, token)
                 return entry.value
-        versions = [v if v is not None else b"0" for v in versions]
         try:
             value, seconds = fetch_source(fetch)
         except BaseException:

@@ -70,7 +70,6 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "REDIS_SOCKET_TIMEOUT": (0.25, seconds),
     "L1_CACHE_MAX_ITEMS": (10000, int_at_least(0)),
     "L1_CACHE_TTL": (5, seconds),
-    "L1_CACHE_COHERENCE": ("version", choice("version", "acked")),
     "WRITE_BEHIND_FLUSH_MS": (1000, int_at_least(10)),
     "WRITE_BEHIND_CLAIM_IDLE_MS": (5000, int_at_least(100)),
 }
@@ -93,7 +92,6 @@ class CacheSettings:
     socket_timeout: float
     l1_max_items: int
     l1_ttl: float
-    l1_acked: bool
     flush_ms: int
     claim_idle_ms: int
 
@@ -110,11 +108,6 @@ class CacheSettings:
                 values[name] = convert(raw)
             except (TypeError, ValueError) as exc:
                 raise RuntimeError(f"setting {name}={raw!r} is invalid: {exc}") from None
-        if values["L1_CACHE_COHERENCE"] == "acked" and values["REDIS_CLUSTER"]:
-            raise RuntimeError(
-                "setting L1_CACHE_COHERENCE='acked' needs one Redis server (its pub/sub order); "
-                "use 'version' with REDIS_CLUSTER"
-            )
         return cls(
             redis_url=values["REDIS_URL"],
             cluster=values["REDIS_CLUSTER"],
@@ -129,7 +122,6 @@ class CacheSettings:
             socket_timeout=values["REDIS_SOCKET_TIMEOUT"],
             l1_max_items=values["L1_CACHE_MAX_ITEMS"],
             l1_ttl=values["L1_CACHE_TTL"],
-            l1_acked=values["L1_CACHE_COHERENCE"] == "acked",
             flush_ms=values["WRITE_BEHIND_FLUSH_MS"],
             claim_idle_ms=values["WRITE_BEHIND_CLAIM_IDLE_MS"],
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from functools import partial
@@ -20,6 +21,9 @@ from taskapp.cache.settings import CacheSettings
 
 log = logging.getLogger("taskapp.cache")
 
+#: A script to run: its Lua source, its full keys and its arguments.
+Call = tuple[str, list[str], list[Any]]
+
 
 class Store:
     """One app's Redis in one process, behind a circuit breaker.
@@ -30,7 +34,7 @@ class Store:
     did not take are held back and replayed before the cache is used again.
     """
 
-    SCRIPTS = ("FILL", "LOOKUP", "RELEASE", "INVALIDATE", "DELETE", "WRITE_THROUGH")
+    SCRIPTS = ("FILL", "LOOKUP", "SCOPE_READ", "RELEASE", "INVALIDATE", "DELETE", "WRITE_THROUGH")
 
     def __init__(
         self,
@@ -98,6 +102,24 @@ class Store:
             return self.run(partial(self.direct.evalsha, script, keys, args), op=op)
         return self.run(lambda: script(keys=keys, args=args), op=op)
 
+    def call_many(self, calls: list[Call], op: str = "script") -> list[Any]:
+        """Run scripts one after the other through the breaker, their replies in order; in one
+        round trip on the request path's connections (a pipeline: each script atomic on its own,
+        not the group). Raises Unavailable."""
+        if self.direct is not None:
+            scripts = [(self.script(source), keys, args) for source, keys, args in calls]
+            return self.run(partial(self.direct.evalsha_many, scripts), op=op)  # type: ignore[no-any-return]
+        return [self.call(source, keys, args, op=op) for source, keys, args in calls]
+
+    def versioned(self, *args: Any) -> list[Any]:
+        """The arguments of a script that reads or changes versions (see scripts.VERSIONS): the
+        prefix, a nonce unique to this call and the versions' time to live, then ``args``."""
+        return [self.keys.prefix, os.urandom(8).hex(), self.version_ttl_ms, *args]
+
+    def read_version(self, key: str, op: str = "version") -> bytes:
+        """The current value of a version key (made anew when missing); raises Unavailable."""
+        return self.call(scripts.SCOPE_READ, [key], self.versioned(), op=op)  # type: ignore[no-any-return]
+
     def get(self, key: str, op: str = "get") -> Any:
         """GET ``key`` through the breaker; raises Unavailable."""
         return self.run(partial(self.command, "GET", key), op=op)
@@ -111,13 +133,15 @@ class Store:
 
     # -- invalidation ---------------------------------------------------------------------
 
-    def invalidate(self, tags: list[str]) -> list[str]:
-        """Run INVALIDATE for ``tags``; the keys of the entries deleted ([] when held back)."""
+    def invalidate(self, tags: list[str]) -> bool:
+        """Run INVALIDATE for ``tags``; False when held back (sent before the cache is used
+        again)."""
         try:
-            return self.run(lambda: self.send_invalidate(tags), op="invalidate")
-        except Unavailable:  # kept, and sent before the cache is used again
+            self.run(lambda: self.send_invalidate(tags), op="invalidate")
+            return True
+        except Unavailable:
             self.held_back.hold(tags=tags)
-            return []
+            return False
 
     def delete(self, full_keys: list[str]) -> int:
         """Run DELETE for ``full_keys``; how many existed (0 when held back)."""
@@ -127,24 +151,25 @@ class Store:
             self.held_back.hold(keys=full_keys)
             return 0
 
-    def send_invalidate(self, tags: list[str]) -> list[str]:
-        """INVALIDATE ``tags`` (one call per hash slot); the keys of deleted entries."""
-        deleted: list[bytes] = []
-        for group in self.by_slot(tags, self.keys.tag_set):
-            deleted += self.script(scripts.INVALIDATE)(
-                keys=[self.keys.tag_set(t) for t in group]
-                + [self.keys.tag_version(t) for t in group],
-                args=[self.version_ttl_ms, self.keys.invalidation_channel, self.keys.prefix],
+    def send_invalidate(self, tags: list[str]) -> None:
+        """INVALIDATE ``tags`` (one call per hash slot)."""
+        keys = self.keys
+        for group in self.by_slot(tags, keys.tag_version):
+            versions = [keys.tag_version(t) for t in group]
+            self.script(scripts.INVALIDATE)(
+                keys=versions + [keys.scope_version(v) for v in versions], args=self.versioned()
             )
-        return [k.decode() for k in deleted]
 
     def send_delete(self, full_keys: list[str]) -> int:
         """DELETE ``full_keys`` (one call per hash slot); how many existed."""
         existed = 0
+        keys = self.keys
         for group in self.by_slot(full_keys, lambda k: k):
             existed += self.script(scripts.DELETE)(
-                keys=group + [self.keys.version(k) for k in group],
-                args=[self.version_ttl_ms, self.keys.invalidation_channel, self.keys.prefix],
+                keys=group
+                + [keys.version(k) for k in group]
+                + [keys.scope_version(k) for k in group],
+                args=self.versioned(),
             )
         return existed
 
@@ -169,7 +194,7 @@ class Store:
             return
         slot = key_slot(full_key.encode())
         for tag in tags:
-            if key_slot(self.keys.tag_set(tag).encode()) != slot:
+            if key_slot(self.keys.tag_version(tag).encode()) != slot:
                 raise ValueError(
                     f"tag {tag!r} is not in the hash slot of key {self.keys.strip(full_key)!r}: "
                     "on Redis Cluster give a key and its tags the same hash tag, like {u:42}"
@@ -225,6 +250,43 @@ class Direct:
         except redis.exceptions.NoScriptError:
             self.execute("SCRIPT", "LOAD", script.script)
             return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def evalsha_many(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """The replies of registered scripts sent in one write and read in order (a pipeline);
+        a script the server does not know is loaded and sent again on its own."""
+        commands = [
+            ("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls
+        ]
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            connection = self._make()
+            self._made.append(connection)
+        try:
+            packed = connection.pack_commands(commands)
+            try:
+                connection.send_packed_command(packed)
+                replies = [self._reply(connection) for _ in commands]
+            except redis.exceptions.ConnectionError:  # dropped (and disconnected): once more
+                connection.send_packed_command(packed)
+                replies = [self._reply(connection) for _ in commands]
+        finally:
+            self._idle.append(connection)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                replies[i] = self.evalsha(*calls[i])
+            elif isinstance(reply, redis.exceptions.ResponseError):
+                raise reply
+        return replies
+
+    @staticmethod
+    def _reply(connection: Any) -> Any:
+        """The next reply on ``connection``, or the error Redis answered (every reply of a
+        pipeline is read, whatever one of them says)."""
+        try:
+            return connection.read_response()
+        except redis.exceptions.ResponseError as error:
+            return error
 
     def close(self) -> None:
         for connection in self._made:

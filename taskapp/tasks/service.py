@@ -197,9 +197,10 @@ def create_task(user_id: str, data: TaskCreate) -> dict[str, Any]:
     now = utcnow()
     fields = data.model_dump()
     fields["due_date"] = _stored_date(fields["due_date"])
-    task = Task(owner=ObjectId(user_id), created_at=now, updated_at=now, **fields)
-    task.save()
-    _changed(user_id, "created", _versioned(task))
+    task = Task(id=ObjectId(), owner=ObjectId(user_id), created_at=now, updated_at=now, **fields)
+    lease = _writes().lease(user_id, str(task.id))
+    task.save(force_insert=True)
+    _changed(user_id, "created", _versioned(task), lease)
     return task.to_dict()
 
 
@@ -211,8 +212,10 @@ def update_task(user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] 
     return _writes().update(user_id, tid, data)
 
 
-def _update_in_mongodb(user_id: str, tid: str, data: TaskUpdate) -> dict[str, Any] | None:
-    """PATCH straight to MongoDB (invalidate and write-through)."""
+def _update_in_mongodb(
+    user_id: str, tid: str, data: TaskUpdate, lease: str = ""
+) -> dict[str, Any] | None:
+    """PATCH straight to MongoDB (invalidate and write-through, with its lease)."""
     update: dict[str, Any] = {"set__updated_at": utcnow(), "inc__version": 1}
     for name, value in data.changes().items():
         if name == "due_date" and value is None:
@@ -225,7 +228,7 @@ def _update_in_mongodb(user_id: str, tid: str, data: TaskUpdate) -> dict[str, An
     task = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id)).modify(new=True, **update)
     if task is None:
         return None
-    _changed(user_id, "updated", _versioned(task))
+    _changed(user_id, "updated", _versioned(task), lease)
     return task.to_dict()
 
 
@@ -242,20 +245,20 @@ def delete_task(user_id: str, task_id: str) -> bool:
     return True
 
 
-def _changed(user_id: str, action: str, task: dict[str, Any]) -> None:
+def _changed(user_id: str, action: str, task: dict[str, Any], lease: str = "") -> None:
     """Record the action, bring the cache up to date by TASK_WRITE_STRATEGY, extend the feed.
 
     Runs after the MongoDB write succeeded, so a reader that refills the cache sees the change.
     ``task`` is the task as written with its version (as it was, for a deletion). invalidate:
     drop every entry the change affects. write-through: the same, and store the task as written
-    in the same atomic step, so the next read of it is a hit.
+    in the same atomic step, so the next read of it is a hit (``lease``: read before the write).
     """
     task_id = task["id"]
     entry = Activity(
         user=ObjectId(user_id), action=action, task_id=ObjectId(task_id), title=task["title"]
     )
     entry.save()
-    _writes().changed(user_id, action, task)
+    _writes().changed(user_id, action, task, lease)
     cache.list_push(keys.activity(user_id), entry.to_dict(), maxlen=ACTIVITY_MAXLEN)
 
 
@@ -284,12 +287,16 @@ class Invalidate:
         return items
 
     def update(self, user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] | None:
-        return _update_in_mongodb(user_id, task_id, data)
+        return _update_in_mongodb(user_id, task_id, data, self.lease(user_id, task_id))
+
+    def lease(self, user_id: str, task_id: str) -> str:
+        """Read before a write to MongoDB (write-through's lease)."""
+        return ""
 
     def before_delete(self, user_id: str, task_id: str) -> None:
         """Run before a task is deleted from MongoDB."""
 
-    def changed(self, user_id: str, action: str, task: dict[str, Any]) -> None:
+    def changed(self, user_id: str, action: str, task: dict[str, Any], lease: str = "") -> None:
         """Bring the cache up to date after MongoDB has the change."""
         cache.invalidate_tags(*_affected_tags(user_id, task["id"]))
 
@@ -299,16 +306,21 @@ class Invalidate:
 
 class WriteThrough(Invalidate):
     """write-through: the same drops, and the task as written is stored in the same atomic step,
-    so the next read of it is a hit."""
+    so the next read of it is a hit. The task's own cache version is read before the MongoDB
+    write (the lease): when another change came in between, the entry is dropped instead, so
+    writers that overlap never store an older task over a newer one."""
 
-    def changed(self, user_id: str, action: str, task: dict[str, Any]) -> None:
+    def lease(self, user_id: str, task_id: str) -> str:
+        return cache.write_lease(keys.task(user_id, task_id))
+
+    def changed(self, user_id: str, action: str, task: dict[str, Any], lease: str = "") -> None:
         if action == "deleted":
             return super().changed(user_id, action, task)
         task_id = task["id"]
         cache.write_through(
             keys.task(user_id, task_id),
             task,
-            version=task["version"],
+            lease,
             ttl=current_app.config["TASK_CACHE_TTL"],
             tags=[keys.task_tag(user_id, task_id)],
             invalidate=_affected_tags(user_id, task_id),
