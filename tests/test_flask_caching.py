@@ -206,3 +206,39 @@ def test_a_memoized_tuple_is_returned_as_a_tuple(decorated):
 def test_flask_caching_connection_settings_are_refused_not_ignored(redis_url, key_prefix, setting):
     with pytest.raises(RuntimeError, match=next(iter(setting))):
         bare_app(redis_url, key_prefix, **setting)
+
+
+def test_a_serializer_other_than_json_is_refused_at_start_up(redis_url, key_prefix):
+    from cachelib.serializers import RedisSerializer  # cachelib's default: pickle
+
+    with pytest.raises(RuntimeError, match="CACHE_SERIALIZER"):
+        bare_app(redis_url, key_prefix, CACHE_SERIALIZER=RedisSerializer)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"CACHE_REDIS_URL": "redis://elsewhere:6379/0"},
+        {"CACHE_REDIS_PASSWORD": "secret"},
+        {"CACHE_OPTIONS": {"socket_timeout": 5}},
+        {"CACHE_ARGS": ["elsewhere"]},
+        {"CACHE_SERIALIZER": "cachelib.serializers.RedisSerializer"},
+    ],
+)
+def test_settings_given_to_a_cache_object_are_refused_as_in_the_app_config(
+    redis_url, key_prefix, setting
+):
+    from cachelib.serializers import RedisSerializer
+    from flask_caching import Cache
+
+    from taskapp.cache.flask_caching import BACKEND
+
+    if "CACHE_SERIALIZER" in setting:
+        setting = {"CACHE_SERIALIZER": RedisSerializer}
+    app, ext = bare_app(redis_url, key_prefix)
+    try:
+        with pytest.raises(RuntimeError, match=next(iter(setting))):
+            Cache(app, config={"CACHE_TYPE": BACKEND, **setting})
+    finally:
+        with app.app_context():
+            ext.close()

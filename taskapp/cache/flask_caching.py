@@ -44,6 +44,24 @@ CONNECTION_SETTINGS = (
 )
 
 
+def refused_settings(config: dict[str, Any]) -> None:
+    """Refuse the settings this backend cannot honour, wherever they were given (the app's
+    config or ``Cache(config=...)``, which Flask-Caching merges before building the backend)."""
+    if config.get("CACHE_SERIALIZER") is not None:
+        raise RuntimeError(
+            "CACHE_SERIALIZER: the taskapp cache's Flask-Caching backend stores JSON only "
+            "(a value read back from Redis must never run code); remove the setting, or "
+            "choose another CACHE_TYPE"
+        )
+    given = [name for name in CONNECTION_SETTINGS if config.get(name)]
+    if given:
+        raise RuntimeError(
+            f"{', '.join(given)}: not used by the taskapp cache's Flask-Caching backend, "
+            "which shares the cache's Redis connection; set REDIS_URL (and "
+            "REDIS_SOCKET_TIMEOUT) instead, or choose another CACHE_TYPE"
+        )
+
+
 def round_trips(value: Any) -> bool:
     """True when ``json.loads(json.dumps(value))`` gives back ``value`` exactly, types included."""
     try:
@@ -170,6 +188,7 @@ class JSONRedisCache(FlaskCachingRedisCache):
 
     @classmethod
     def factory(cls, app: Flask, config: dict[str, Any], args: list[Any], kwargs: dict[str, Any]):
+        refused_settings(config)
         kwargs.update(
             host=_GuardedClient(app),
             key_prefix=config["CACHE_KEY_PREFIX"] + "fc:",
@@ -200,14 +219,5 @@ def init_flask_caching(app: Flask, flask_cache: Any) -> None:
     Settings of Flask-Caching's own Redis connection are refused rather than silently ignored:
     this backend uses the extension's connection.
     """
-    config = app.config
-    config.setdefault("CACHE_TYPE", BACKEND)
-    if config["CACHE_TYPE"] == BACKEND:
-        given = [name for name in CONNECTION_SETTINGS if config.get(name)]
-        if given:
-            raise RuntimeError(
-                f"{', '.join(given)}: not used by the taskapp cache's Flask-Caching backend, "
-                "which shares the cache's Redis connection; set REDIS_URL (and "
-                "REDIS_SOCKET_TIMEOUT) instead, or choose another CACHE_TYPE"
-            )
-    flask_cache.init_app(app)
+    app.config.setdefault("CACHE_TYPE", BACKEND)
+    flask_cache.init_app(app)  # the backend's factory refuses settings it cannot honour
