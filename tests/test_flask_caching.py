@@ -399,3 +399,30 @@ def test_clear_during_an_outage_fails_loudly(fc_app, outage):
             ext._flask_cache.clear()
     finally:
         back()
+
+
+def test_a_delete_redis_refuses_fails_loudly_rather_than_being_held_for_ever(
+    private_redis, key_prefix
+):
+    import redis
+
+    admin = redis.Redis(port=private_redis.port)
+    admin.acl_setuser(
+        "nodel",
+        enabled=True,
+        nopass=True,
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-del", "-unlink"],
+    )
+    admin.close()
+    url = f"redis://nodel:any@127.0.0.1:{private_redis.port}/0"
+    app, ext = bare_app(url, key_prefix)
+    with running(app, ext):
+        fc = ext._flask_cache
+        assert fc.set("k", "old")
+        with pytest.raises(RuntimeError, match="refused"):
+            fc.delete("k")
+        with pytest.raises(RuntimeError, match="refused"):
+            fc.delete_many("k")
+        assert not ext.degraded  # a refusal is no outage: reads go on, so it could not be held

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 from flask_caching.backends.rediscache import RedisCache as FlaskCachingRedisCache
 
-from taskapp.cache.client import Unavailable
+from taskapp.cache.client import CommandError, Unavailable
 
 if TYPE_CHECKING:
     from taskapp.cache.store import Store
@@ -278,11 +278,14 @@ class JSONRedisCache(FlaskCachingRedisCache):
         Held back like the extension's own deletes (``Store.delete``): while the breaker is open
         every read and write of this process is refused (a miss, nothing stored), and its probe
         sends the deletes before closing it, so no read answers a deleted value and no write
-        made after the replay is deleted by it.
+        made after the replay is deleted by it. A delete the server refuses (an ACL without DEL)
+        raises: the replay would be refused too, and the breaker stays closed meanwhile.
         """
         store = self._write_client.store
         try:
             return int(store.run(lambda: store.client.delete(*full_keys), op="flask_caching"))
+        except CommandError as exc:
+            raise RuntimeError(f"Flask-Caching delete refused by Redis ({exc})") from exc
         except Unavailable:
             store.held_back.hold(keys=full_keys)
             return None
