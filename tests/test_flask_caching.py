@@ -426,3 +426,56 @@ def test_a_delete_redis_refuses_fails_loudly_rather_than_being_held_for_ever(
         with pytest.raises(RuntimeError, match="refused"):
             fc.delete_many("k")
         assert not ext.degraded  # a refusal is no outage: reads go on, so it could not be held
+
+
+def test_a_history_of_reads_and_writes_around_a_held_back_delete(fc_app, outage):
+    """Real threads read and write one key while it is deleted during an outage: no read begun
+    after the delete was answered returns the value before it, and the last write stored after
+    the outage is the value that stays (the replay never deletes it)."""
+    import threading
+
+    app, ext, calls, report, counted = fc_app
+    _, away, back = outage
+    fc = ext._flask_cache
+    assert fc.set("k", "old")
+    stop = threading.Event()
+    reads, writes = [], []
+
+    def reader():
+        while not stop.is_set():
+            began = time.monotonic()
+            reads.append((began, fc.get("k")))
+            time.sleep(0.001)
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            writes.append((f"w{i}", bool(fc.set("k", f"w{i}"))))
+            time.sleep(0.003)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    delete_answered = None
+    try:
+        away()
+        try:
+            _open_the_breaker(ext)
+            fc.delete("k")
+            delete_answered = time.monotonic()
+            threads += [threading.Thread(target=writer)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.1)
+        finally:
+            back()
+        _no_old_answer_until_back(ext)
+        time.sleep(0.2)  # reads and writes with the cache back in use
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+    after = [value for began, value in reads if began > delete_answered]
+    assert after and "old" not in after
+    stored = [value for value, ok in writes if ok]
+    assert stored, "no write was stored once the cache was back in use"
+    assert fc.get("k") == stored[-1]
