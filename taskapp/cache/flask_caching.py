@@ -269,6 +269,7 @@ class JSONRedisCache(FlaskCachingRedisCache):
         return True
 
     def _full_keys(self, keys: Any) -> list[str]:
+        """The Redis keys of Flask-Caching's ``keys`` (under this backend's prefix)."""
         prefix = self._get_prefix()
         return [prefix + key for key in keys]
 
