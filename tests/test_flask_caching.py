@@ -206,3 +206,276 @@ def test_a_memoized_tuple_is_returned_as_a_tuple(decorated):
 def test_flask_caching_connection_settings_are_refused_not_ignored(redis_url, key_prefix, setting):
     with pytest.raises(RuntimeError, match=next(iter(setting))):
         bare_app(redis_url, key_prefix, **setting)
+
+
+def test_a_serializer_other_than_json_is_refused_at_start_up(redis_url, key_prefix):
+    from cachelib.serializers import RedisSerializer  # cachelib's default: pickle
+
+    with pytest.raises(RuntimeError, match="CACHE_SERIALIZER"):
+        bare_app(redis_url, key_prefix, CACHE_SERIALIZER=RedisSerializer)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"CACHE_REDIS_URL": "redis://elsewhere:6379/0"},
+        {"CACHE_REDIS_PASSWORD": "secret"},
+        {"CACHE_OPTIONS": {"socket_timeout": 5}},
+        {"CACHE_ARGS": ["elsewhere"]},
+        {"CACHE_SERIALIZER": "cachelib.serializers.RedisSerializer"},
+    ],
+)
+def test_settings_given_to_a_cache_object_are_refused_as_in_the_app_config(
+    redis_url, key_prefix, setting
+):
+    from cachelib.serializers import RedisSerializer
+    from flask_caching import Cache
+
+    from taskapp.cache.flask_caching import BACKEND
+
+    if "CACHE_SERIALIZER" in setting:
+        setting = {"CACHE_SERIALIZER": RedisSerializer}
+    app, ext = bare_app(redis_url, key_prefix)
+    try:
+        with pytest.raises(RuntimeError, match=next(iter(setting))):
+            Cache(app, config={"CACHE_TYPE": BACKEND, **setting})
+    finally:
+        with app.app_context():
+            ext.close()
+
+
+# -- deletes while Redis hangs or is down: held back, replayed before the cache is read again --
+
+
+@pytest.fixture(params=["paused", "killed"])
+def outage(request):
+    """A private Redis with an append-only file, and how to take it away and bring it back:
+    paused (SIGSTOP, then SIGCONT) or killed (SIGKILL, then restarted from its file)."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer("--appendonly", "yes")
+    if request.param == "paused":
+        away, back = server.pause, server.resume
+    else:
+        away, back = server.kill, server.start
+    yield server, away, back
+    server.stop()
+
+
+@pytest.fixture
+def fc_app(outage, key_prefix):
+    server, _, _ = outage
+    app, ext = bare_app(server.url, key_prefix, CACHE_BREAKER_COOLDOWN=0.3)
+    calls = []
+
+    @app.get("/report")
+    @ext.cached(timeout=300)
+    def report():
+        calls.append("view")
+        return {"view": len(calls)}
+
+    @ext.memoize(timeout=300)
+    def counted(n):
+        calls.append(n)
+        return {"n": n, "call": len(calls)}
+
+    with running(app, ext):
+        yield app, ext, calls, report, counted
+
+
+def _cached_before_the_outage(app, ext, report, counted):
+    """Store a plain key, a view and a memoized value; the answers they give from the cache."""
+    fc = ext._flask_cache
+    assert fc.set("plain", "old")
+    client = app.test_client()
+    view = client.get("/report").get_json()
+    memo = counted(4)
+    assert client.get("/report").get_json() == view and counted(4) == memo  # cached
+    return view, memo
+
+
+def _open_the_breaker(ext):
+    """Calls that fail until the breaker opens: later calls are refused without reaching Redis
+    (so a delete made now is never received by Redis, paused or not)."""
+    for _ in range(10):
+        ext._flask_cache.get("other")
+        if ext.degraded:
+            return
+    raise AssertionError("the breaker did not open")
+
+
+def _no_old_answer_until_back(ext, is_old=lambda: False):
+    """Read until the cache is back in use (a read starts the breaker's probe): no read, before
+    or after the replay, is old.
+
+    The reads must not write: a memoized call writes its function's version, which would replace
+    the old version by chance when the probe closes the breaker between its read and its write.
+    """
+    reads = 0
+    deadline = time.monotonic() + 10
+    while ext.degraded or reads == 0:
+        ext._flask_cache.get("a read")
+        assert not is_old(), f"an old value was answered after {reads} reads"
+        reads += 1
+        assert time.monotonic() < deadline, "the cache was not used again within 10 s"
+        time.sleep(0.005)
+    assert not is_old(), "an old value was answered once the cache was back in use"
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["delete", "delete_many", "unlink", "view_key", "delete_cached"],
+)
+def test_a_delete_made_during_an_outage_is_replayed_before_the_key_is_read(fc_app, outage, how):
+    app, ext, calls, report, counted = fc_app
+    _, away, back = outage
+    fc = ext._flask_cache
+    view, _ = _cached_before_the_outage(app, ext, report, counted)
+    away()
+    try:
+        _open_the_breaker(ext)
+        if how == "delete":
+            assert fc.delete("plain") is True  # taken: held back, not forgotten
+            assert fc.delete(report.make_cache_key(path="/report")) is True
+        elif how == "delete_many":
+            assert fc.delete_many("plain", report.make_cache_key(path="/report")) == [
+                "plain",
+                report.make_cache_key(path="/report"),
+            ]
+        elif how == "unlink":
+            fc.unlink("plain", report.make_cache_key(path="/report"))
+        elif how == "view_key":
+            fc.delete(report.make_cache_key(path="/report"))
+            fc.delete("plain")
+        else:
+            fc.delete_cached(report, path="/report")
+            fc.delete("plain")
+        # A write after the delete, before the replay: refused (nothing stored), never lost later.
+        assert not fc.set("plain", "during the outage")
+        assert fc.get("plain") is None
+    finally:
+        back()
+    client = app.test_client()
+    _no_old_answer_until_back(ext, lambda: fc.get("plain") == "old")
+    assert client.get("/report").get_json() != view
+    # A write after the replay is kept: the replay ran before it, never after.
+    assert fc.set("plain", "after")
+    assert fc.get("plain") == "after"
+
+
+@pytest.mark.parametrize("how", ["all_arguments", "one_call", "verhash"])
+def test_delete_memoized_during_an_outage_is_replayed_before_the_function_is_called(
+    fc_app, outage, how
+):
+    app, ext, calls, report, counted = fc_app
+    _, away, back = outage
+    fc = ext._flask_cache
+    _, memo = _cached_before_the_outage(app, ext, report, counted)
+    away()
+    try:
+        _open_the_breaker(ext)
+        if how == "all_arguments":
+            fc.delete_memoized(counted)  # resets the function's version: a set_many
+        elif how == "one_call":
+            fc.delete_memoized(counted, 4)
+        else:
+            fc.delete_memoized_verhash(counted)
+        assert counted(4) != memo  # computed again: the cache is not read during the outage
+    finally:
+        back()
+    _no_old_answer_until_back(ext)  # (plain reads: see its docstring)
+    again = counted(4)
+    assert again != memo
+    assert counted(4) == again  # and memoized again once the cache is back
+
+
+def test_clear_during_an_outage_fails_loudly(fc_app, outage):
+    app, ext, calls, report, counted = fc_app
+    _, away, back = outage
+    away()
+    try:
+        _open_the_breaker(ext)
+        with pytest.raises(RuntimeError, match="nothing cleared"):
+            ext._flask_cache.clear()
+    finally:
+        back()
+
+
+def test_a_delete_redis_refuses_fails_loudly_rather_than_being_held_for_ever(
+    private_redis, key_prefix
+):
+    import redis
+
+    admin = redis.Redis(port=private_redis.port)
+    admin.acl_setuser(
+        "nodel",
+        enabled=True,
+        nopass=True,
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-del", "-unlink"],
+    )
+    admin.close()
+    url = f"redis://nodel:any@127.0.0.1:{private_redis.port}/0"
+    app, ext = bare_app(url, key_prefix)
+    with running(app, ext):
+        fc = ext._flask_cache
+        assert fc.set("k", "old")
+        with pytest.raises(RuntimeError, match="refused"):
+            fc.delete("k")
+        with pytest.raises(RuntimeError, match="refused"):
+            fc.delete_many("k")
+        assert not ext.degraded  # a refusal is no outage: reads go on, so it could not be held
+
+
+def test_a_history_of_reads_and_writes_around_a_held_back_delete(fc_app, outage):
+    """Real threads read and write one key while it is deleted during an outage: no read begun
+    after the delete was answered returns the value before it, and the last write stored after
+    the outage is the value that stays (the replay never deletes it)."""
+    import threading
+
+    app, ext, calls, report, counted = fc_app
+    _, away, back = outage
+    fc = ext._flask_cache
+    assert fc.set("k", "old")
+    stop = threading.Event()
+    reads, writes = [], []
+
+    def reader():
+        while not stop.is_set():
+            began = time.monotonic()
+            reads.append((began, fc.get("k")))
+            time.sleep(0.001)
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            writes.append((f"w{i}", bool(fc.set("k", f"w{i}"))))
+            time.sleep(0.003)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    delete_answered = None
+    try:
+        away()
+        try:
+            _open_the_breaker(ext)
+            fc.delete("k")
+            delete_answered = time.monotonic()
+            threads += [threading.Thread(target=writer)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.1)
+        finally:
+            back()
+        _no_old_answer_until_back(ext)
+        time.sleep(0.2)  # reads and writes with the cache back in use
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+    after = [value for began, value in reads if began > delete_answered]
+    assert after and "old" not in after
+    stored = [value for value, ok in writes if ok]
+    assert stored, "no write was stored once the cache was back in use"
+    assert fc.get("k") == stored[-1]

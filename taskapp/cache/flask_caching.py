@@ -5,6 +5,12 @@ here stores JSON (a value read back from Redis can never run code), shares this 
 connection and key prefix, and goes through its circuit breaker, so a hung Redis costs a
 decorated view nothing but the cache.
 
+Deletes Redis does not take are held back with the extension's own invalidations and replayed
+before this process reads the cache again (the breaker stays open until they are sent), so a
+delete made during an outage is never forgotten: ``delete``, ``delete_many``, ``unlink``, a
+cached view's delete and ``delete_memoized`` (whose reset of a function's version is a
+``set_many``, held back as a delete of the version key when Redis does not take it).
+
 Only values that JSON gives back exactly are stored: ``None``, ``bool``, ``int``, finite
 ``float``, ``str``, and lists and string-keyed dicts of those. Anything else (a tuple such as a
 view's ``("created", 201)``, bytes, a ``Response``, an exception) is not cached at all, so it can
@@ -16,12 +22,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from flask_caching.backends.rediscache import RedisCache as FlaskCachingRedisCache
 
-from taskapp.cache.client import Unavailable
+from taskapp.cache.client import CommandError, Unavailable
+
+if TYPE_CHECKING:
+    from taskapp.cache.store import Store
 
 log = logging.getLogger("taskapp.cache")
 
@@ -42,6 +51,24 @@ CONNECTION_SETTINGS = (
     "CACHE_OPTIONS",
     "CACHE_ARGS",
 )
+
+
+def refused_settings(config: dict[str, Any]) -> None:
+    """Refuse the settings this backend cannot honour, wherever they were given (the app's
+    config or ``Cache(config=...)``, which Flask-Caching merges before building the backend)."""
+    if config.get("CACHE_SERIALIZER") is not None:
+        raise RuntimeError(
+            "CACHE_SERIALIZER: the taskapp cache's Flask-Caching backend stores JSON only "
+            "(a value read back from Redis must never run code); remove the setting, or "
+            "choose another CACHE_TYPE"
+        )
+    given = [name for name in CONNECTION_SETTINGS if config.get(name)]
+    if given:
+        raise RuntimeError(
+            f"{', '.join(given)}: not used by the taskapp cache's Flask-Caching backend, "
+            "which shares the cache's Redis connection; set REDIS_URL (and "
+            "REDIS_SOCKET_TIMEOUT) instead, or choose another CACHE_TYPE"
+        )
 
 
 def round_trips(value: Any) -> bool:
@@ -103,14 +130,15 @@ class _GuardedClient:
     def __init__(self, app: Flask) -> None:
         self._app = app
 
-    def _state(self) -> Any:
-        """The app's Redis store (its client, and ``run`` through the breaker)."""
+    @property
+    def store(self) -> Store:
+        """The app's Redis store (its client, ``run`` through the breaker, the held-back deletes)."""
         from taskapp.cache.extension import state_of
 
         return state_of(self._app).store
 
     def __getattr__(self, name: str) -> Any:
-        state = self._state()
+        state = self.store
         command = getattr(state.client, name)
         if name == "pipeline":
             return lambda *args, **kwargs: _GuardedPipeline(state, command(*args, **kwargs))
@@ -164,12 +192,15 @@ class JSONRedisCache(FlaskCachingRedisCache):
 
     ``set``, ``add`` and ``set_many`` store only values that JSON gives back exactly (see
     ``round_trips``); another value is not stored (False), so it is never replayed altered.
+    Deletes that Redis does not take are held back (see the module's docstring).
     """
 
     serializer = JSONSerializer()  # type: ignore[assignment]
+    _write_client: _GuardedClient
 
     @classmethod
     def factory(cls, app: Flask, config: dict[str, Any], args: list[Any], kwargs: dict[str, Any]):
+        refused_settings(config)
         kwargs.update(
             host=_GuardedClient(app),
             key_prefix=config["CACHE_KEY_PREFIX"] + "fc:",
@@ -190,8 +221,75 @@ class JSONRedisCache(FlaskCachingRedisCache):
         return super().add(key, value, timeout)
 
     def set_many(self, mapping: dict[str, Any], timeout: Any = None) -> list[Any]:
+        """Store what JSON gives back exactly; what Redis did not take is held back as deletes.
+
+        Flask-Caching's ``delete_memoized(f)`` is a ``set_many`` of ``f``'s new version and
+        ignores its result: left as it is, the old version (and every value memoized under it)
+        would be answered again once Redis returns. So a key Redis did not take is deleted before
+        the cache is read again; a version made while Redis was away is then made anew.
+        """
         storable = {k: v for k, v in mapping.items() if round_trips(v)}
-        return super().set_many(storable, timeout) if storable else []
+        if not storable:
+            return []
+        stored = super().set_many(storable, timeout)
+        missed = [k for k in storable if k not in stored]
+        if missed:
+            self._write_client.store.held_back.hold(keys=self._full_keys(missed))
+        return stored
+
+    # -- deletes: sent, or held back and replayed before the cache is read again ------------
+
+    def delete(self, key: str) -> bool:
+        """True when ``key`` existed, or when its delete is held back (it will not be read)."""
+        existed = self._delete(self._full_keys([key]))
+        return existed is None or existed > 0
+
+    def delete_many(self, *keys: str) -> list[Any]:
+        """All of ``keys``: deleted, or their delete held back (no later read finds them)."""
+        if keys:
+            self._delete(self._full_keys(keys))
+        return list(keys)
+
+    def unlink(self, *keys: str) -> Any:
+        """``delete_many`` for Flask-Caching's ``unlink`` (a DEL: the values are small)."""
+        return self.delete_many(*keys) if keys else None
+
+    def clear(self) -> bool:
+        """Delete every key of this backend; raises when Redis cannot list them (nothing to hold)."""
+        store = self._write_client.store
+        pattern = self._get_prefix() + "*"
+        try:
+            found = store.run(lambda: store.client.keys(pattern), op="flask_caching")
+        except Unavailable as exc:
+            raise RuntimeError(
+                f"Flask-Caching clear: Redis unavailable ({exc}); nothing cleared"
+            ) from exc
+        if found:
+            self._delete([k.decode() if isinstance(k, bytes) else k for k in found])
+        return True
+
+    def _full_keys(self, keys: Any) -> list[str]:
+        """The Redis keys of Flask-Caching's ``keys`` (under this backend's prefix)."""
+        prefix = self._get_prefix()
+        return [prefix + key for key in keys]
+
+    def _delete(self, full_keys: list[str]) -> int | None:
+        """DEL through the breaker: how many existed, or None when held back.
+
+        Held back like the extension's own deletes (``Store.delete``): while the breaker is open
+        every read and write of this process is refused (a miss, nothing stored), and its probe
+        sends the deletes before closing it, so no read answers a deleted value and no write
+        made after the replay is deleted by it. A delete the server refuses (an ACL without DEL)
+        raises: the replay would be refused too, and the breaker stays closed meanwhile.
+        """
+        store = self._write_client.store
+        try:
+            return int(store.run(lambda: store.client.delete(*full_keys), op="flask_caching"))
+        except CommandError as exc:
+            raise RuntimeError(f"Flask-Caching delete refused by Redis ({exc})") from exc
+        except Unavailable:
+            store.held_back.hold(keys=full_keys)
+            return None
 
 
 def init_flask_caching(app: Flask, flask_cache: Any) -> None:
@@ -200,14 +298,5 @@ def init_flask_caching(app: Flask, flask_cache: Any) -> None:
     Settings of Flask-Caching's own Redis connection are refused rather than silently ignored:
     this backend uses the extension's connection.
     """
-    config = app.config
-    config.setdefault("CACHE_TYPE", BACKEND)
-    if config["CACHE_TYPE"] == BACKEND:
-        given = [name for name in CONNECTION_SETTINGS if config.get(name)]
-        if given:
-            raise RuntimeError(
-                f"{', '.join(given)}: not used by the taskapp cache's Flask-Caching backend, "
-                "which shares the cache's Redis connection; set REDIS_URL (and "
-                "REDIS_SOCKET_TIMEOUT) instead, or choose another CACHE_TYPE"
-            )
-    flask_cache.init_app(app)
+    app.config.setdefault("CACHE_TYPE", BACKEND)
+    flask_cache.init_app(app)  # the backend's factory refuses settings it cannot honour
