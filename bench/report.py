@@ -28,6 +28,7 @@ def verdict(values: list[float]) -> str:
 
 
 def throughput(runs: dict[str, dict[str, list[dict]]]) -> list[str]:
+    """The rows' table, what the run resolves, and each setting against the defaults."""
     bare, defaults = list(runs)[0], list(runs)[2]
     lines = [
         "| row | req/s, 1 conn | × bare Flask, 1 conn | req/s, 16 conn | × bare Flask, 16 conn | p50 ms, 1 conn |",
@@ -79,6 +80,7 @@ def throughput(runs: dict[str, dict[str, list[dict]]]) -> list[str]:
 
 
 def writes(results: dict[str, list[dict]]) -> list[str]:
+    """The write-cost table: one line per page count."""
     lines = [
         "| cached list pages of the user | keys in Redis | PATCH ms | Redis busy during the PATCH, µs "
         "| its longest command, µs | that command |",
@@ -97,6 +99,7 @@ def writes(results: dict[str, list[dict]]) -> list[str]:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """The whole of results.md."""
     args = results["args"]
     title = "Smoke run (not a measurement)" if args["smoke"] else "Results"
     stampede = results["stampede"]

@@ -18,6 +18,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -67,10 +68,12 @@ SCRIPTS = {
 
 
 def log(message: str) -> None:
+    """A progress line on stdout."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def free_port() -> int:
+    """A loopback port free right now."""
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
@@ -104,6 +107,7 @@ class Processes:
         self.started: list[subprocess.Popen] = []
 
     def start(self, name: str, argv: list[str], **env: str) -> subprocess.Popen:
+        """Start ``argv`` in its own session, its output in bench/out/NAME.log."""
         with open(OUT / f"{name}.log", "wb") as logfile:
             proc = subprocess.Popen(
                 argv,
@@ -117,6 +121,7 @@ class Processes:
         return proc
 
     def stop_all(self) -> None:
+        """SIGTERM every process group (SIGCONT first), SIGKILL what is left after 20 s."""
         for proc in reversed(self.started):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGCONT)  # a paused redis-server would hold the others
@@ -162,6 +167,8 @@ def wait_for(check: Any, what: str, proc: subprocess.Popen, seconds: float = 60)
 
 
 class Bench:
+    """The servers of one run and the measurements taken on them."""
+
     def __init__(self, args: argparse.Namespace, procs: Processes) -> None:
         self.args, self.procs = args, procs
         self.secret = secrets.token_urlsafe(32)
@@ -224,6 +231,7 @@ class Bench:
 
     @staticmethod
     def new_task(base: str, token: str) -> str:
+        """Create a task through the API; its URL."""
         task = {"title": "Benchmark task", "priority": "high", "due_date": "2030-01-01T00:00:00Z"}
         status, _, body = http("POST", base + "/api/v1/tasks", task, token)
         assert status == 201, body
@@ -238,6 +246,7 @@ class Bench:
     def wrk(
         self, url: str, connections: int, seconds: float, token: str = "", timeout: int = 5
     ) -> dict:
+        """One wrk slice: requests, req/s, latency percentiles, failed answers."""
         options = f"-t{min(connections, 2)} -c{connections} -d{seconds:g}s --timeout={timeout}s"
         argv = ["wrk", *options.split(), "-s", str(ROOT / "bench/wrk.lua"), url]
         done = subprocess.run(
@@ -342,6 +351,7 @@ class Bench:
         return result
 
     def run(self) -> dict[str, Any]:
+        """Start everything, check every row answers alike, then measure in turn."""
         self.start_backends()
         served = {}  # label: (url, token)
         for i, (label, target, settings) in enumerate(ROWS[2:], 2):
@@ -368,6 +378,7 @@ class Bench:
 
 
 def main() -> None:
+    """``bench/run``: measure, then write results.json and results.md, stopping every server."""
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
     for flag, default, meaning in OPTIONS:
         parser.add_argument(
@@ -376,7 +387,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="label the results a smoke run")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: exit(143))  # so that the servers are stopped
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # exit through the finally below
+        signal.signal(signum, lambda n, _: sys.exit(128 + n))
     procs = Processes()
     bench = Bench(args, procs)  # held until the end: its FerretDB folder goes when it does
     try:
