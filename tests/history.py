@@ -35,6 +35,12 @@ class History:
 
     ops: list[Op] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    faults: list[float] = field(default_factory=list)  # when each fault was over
+
+    def hits_after_faults(self) -> int:
+        """Reads begun after the last fault and answered from a cache (X-Cache: HIT)."""
+        last = max(self.faults, default=float("-inf"))
+        return sum(1 for op in self.reads() if op.start > last and op.cache == "HIT")
 
     def add(self, op: Op) -> None:
         with self.lock:
@@ -89,7 +95,7 @@ def summary(history: History, stale: list[Stale]) -> str:
         f"{len(reads)} reads checked ({len(history.ops) - len(writes) - len(reads)} not answered 200), "
         f"{len(answered)} of {len(writes)} writes answered; statuses {dict(statuses)}; "
         f"stale reads: {len(stale)} {dict(by_kind)} by X-Cache {dict(by_cache)} "
-        f"over {len(by_pid)} worker(s)"
+        f"over {len(by_pid)} worker(s); {history.hits_after_faults()} HITs after the last fault"
     )
 
 
