@@ -22,7 +22,6 @@ import json
 import re
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from urllib.parse import urlsplit
