@@ -16,6 +16,7 @@ Each run prints one summary line (reads checked, stale reads by X-Cache and work
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import itertools
 import json
@@ -143,7 +144,7 @@ def with_pids(history: History, log: str) -> History:
     pids = {rid: int(pid) for pid, rid, _ in ACCESS_LINE.findall(log)}
     found = History()
     for op in history.ops:
-        found.add(Op(**{**op.__dict__, "pid": pids.get(op.request_id)}))
+        found.add(dataclasses.replace(op, pid=pids.get(op.request_id)))
     found.faults = history.faults
     return found
 
