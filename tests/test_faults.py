@@ -16,6 +16,7 @@ Each run prints one summary line (reads checked, stale reads by X-Cache and work
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import itertools
@@ -82,6 +83,7 @@ class Load:
         self.next_value = first + 1
         self.history = History()
         self.stop = threading.Event()
+        self.write_lock = threading.Lock()  # held by each PATCH, and by ``quiet``
         self.threads = [threading.Thread(target=self.write, daemon=True)] + [
             threading.Thread(target=self.read, args=(n,), daemon=True) for n in range(READERS)
         ]
@@ -99,13 +101,20 @@ class Load:
     def write(self) -> None:
         """PATCH the title to the next integer, again and again (one writer: values rise)."""
         while not self.stop.is_set():
-            value, self.next_value = self.next_value, self.next_value + 1
-            start = clock()
-            status, _, _, rid = send(
-                self.port, "PATCH", self.path, {"title": str(value)}, self.headers
-            )
-            self.history.add(Op("write", start, clock(), status, value, rid))
+            with self.write_lock:
+                value, self.next_value = self.next_value, self.next_value + 1
+                start = clock()
+                status, _, _, rid = send(
+                    self.port, "PATCH", self.path, {"title": str(value)}, self.headers
+                )
+                self.history.add(Op("write", start, clock(), status, value, rid))
             time.sleep(WRITE_GAP)
+
+    @contextlib.contextmanager
+    def quiet(self):
+        """No write meanwhile (the one in flight is answered first): only reads, as is common."""
+        with self.write_lock:
+            yield
 
     def read(self, n: int) -> None:
         """GET the task, then the list page, and so on."""
@@ -188,7 +197,7 @@ def start(serve, key_prefix):  # noqa: F811
 
 
 def run_with_fault(
-    server, headers, task_id: str, fault: Callable[[], None], repeats: int = 1
+    server, headers, task_id: str, fault: Callable[[Load], None], repeats: int = 1
 ) -> History:
     """Load before, during and after ``fault`` (``repeats`` times, GAP apart); the history with
     each answer's worker."""
@@ -197,7 +206,7 @@ def run_with_fault(
         for n in range(repeats):
             if n:
                 time.sleep(GAP)
-            fault()
+            fault(load)
             load.history.faults.append(clock())
         time.sleep(AFTER)
     time.sleep(0.3)  # gunicorn writes the access-log line after the response
@@ -257,18 +266,18 @@ def private_ferretdb():
 # Redis faults
 
 
-def restart_empty(server) -> Callable[[], None]:
+def restart_empty(server) -> Callable[[Load], None]:
     """kill -9 and start again: no persistence, so every key is gone."""
 
-    def fault() -> None:
+    def fault(load: Load) -> None:
         server.kill()
         server.start()
 
     return fault
 
 
-def flushall(server) -> Callable[[], None]:
-    def fault() -> None:
+def flushall(server) -> Callable[[Load], None]:
+    def fault(load: Load) -> None:
         client = redis.Redis(port=server.port)
         client.flushall()
         client.close()
@@ -276,34 +285,40 @@ def flushall(server) -> Callable[[], None]:
     return fault
 
 
-def restart_from_snapshot(server) -> Callable[[], None]:
-    """SAVE, keep writing, then kill -9 and start from the snapshot: older entries come back."""
+def restart_from_snapshot(server) -> Callable[[Load], None]:
+    """SAVE, keep writing, then kill -9 and start from the snapshot: older entries come back.
 
-    def fault() -> None:
+    The writer stays quiet from the kill until 2 s after the start: a write right after the
+    restart would hide what the snapshot brought back.
+    """
+
+    def fault(load: Load) -> None:
         client = redis.Redis(port=server.port)
         client.save()
         client.close()
         time.sleep(0.8)  # answered writes after the snapshot: the snapshot is older than them
-        server.kill()
-        server.start()  # loads dump.rdb from its directory
+        with load.quiet():
+            server.kill()
+            server.start()  # loads dump.rdb from its directory
+            time.sleep(2.0)
 
     return fault
 
 
-def restart_from_aof(server) -> Callable[[], None]:
+def restart_from_aof(server) -> Callable[[Load], None]:
     """kill -9 and start from the append-only file (appendonly yes)."""
 
-    def fault() -> None:
+    def fault(load: Load) -> None:
         server.kill()
         server.start()
 
     return fault
 
 
-def evict(server) -> Callable[[], None]:
+def evict(server) -> Callable[[Load], None]:
     """maxmemory just above what is used, allkeys-lru, then fill it: the app's keys are evicted."""
 
-    def fault() -> None:
+    def fault(load: Load) -> None:
         client = redis.Redis(port=server.port)
         used = int(client.info("memory")["used_memory"])
         client.config_set("maxmemory-policy", "allkeys-lru")
@@ -321,12 +336,12 @@ def evict(server) -> Callable[[], None]:
     return fault
 
 
-REDIS_FAULTS = {
-    "redis-restarted-empty": ((), restart_empty),
-    "redis-flushall": ((), flushall),
-    "redis-restarted-from-rdb-snapshot": ((), restart_from_snapshot),
-    "redis-restarted-from-aof": (("--appendonly", "yes"), restart_from_aof),
-    "redis-evicts": ((), evict),
+REDIS_FAULTS = {  # name: (redis-server arguments, the fault, how many times)
+    "redis-restarted-empty": ((), restart_empty, REPEATS),
+    "redis-flushall": ((), flushall, REPEATS),
+    "redis-restarted-from-rdb-snapshot": ((), restart_from_snapshot, 1),
+    "redis-restarted-from-aof": (("--appendonly", "yes"), restart_from_aof, REPEATS),
+    "redis-evicts": ((), evict, REPEATS),
 }
 
 
@@ -334,10 +349,10 @@ REDIS_FAULTS = {
 def test_no_read_is_older_than_an_answered_write_through_a_redis_fault(
     make_redis, start, mongodb_uri, name
 ):
-    args, make_fault = REDIS_FAULTS[name]
+    args, make_fault, repeats = REDIS_FAULTS[name]
     redis_server = make_redis(*args)
     server, _, headers, task_id = start(redis_server.url, mongodb_uri)
-    history = run_with_fault(server, headers, task_id, make_fault(redis_server), REPEATS)
+    history = run_with_fault(server, headers, task_id, make_fault(redis_server), repeats)
     check(name, history)
 
 
@@ -350,8 +365,34 @@ def cluster_with_replicas():
     from tests.redis_server import RedisClusterServers
 
     cluster = RedisClusterServers(masters=3, replicas=1)
-    yield cluster
-    cluster.stop()
+    try:
+        wait_replicated(cluster)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def wait_replicated(cluster, timeout: float = 30.0) -> None:
+    """Until every slot range names a replica and every replica's link to its master is up."""
+    deadline = time.monotonic() + timeout
+    seed = redis.Redis(port=cluster.nodes[0].port, decode_responses=True)
+    try:
+        while True:
+            ranges = seed.execute_command("CLUSTER SLOTS")
+            replicas = [entry[3] for entry in ranges if len(entry) > 3]
+            up = len(replicas) == len(ranges) and all(
+                redis.Redis(port=int(r[1]), decode_responses=True)
+                .info("replication")
+                .get("master_link_status")
+                == "up"
+                for r in replicas
+            )
+            if up:
+                return
+            assert time.monotonic() < deadline, ranges
+            time.sleep(0.2)
+    finally:
+        seed.close()
 
 
 def master_and_replica(cluster, user_id: str):
@@ -366,6 +407,20 @@ def master_and_replica(cluster, user_id: str):
     finally:
         client.close()
     raise AssertionError(f"no master serves slot {slot}")
+
+
+def fill_replication_link(master, user_id: str) -> None:
+    """32 MB written in the user's slot: more than the socket buffers between master and replica
+    hold, so what the master answers next waits in its own memory (lost when it dies)."""
+    client = redis.Redis(port=master.port)
+    try:
+        blob = b"x" * (1024 * 1024)
+        pipe = client.pipeline(transaction=False)
+        for n in range(32):
+            pipe.set(f"filler:{{u:{user_id}}}:{n}", blob)
+        pipe.execute()
+    finally:
+        client.close()
 
 
 def wait_promoted(replica, timeout: float = 20.0) -> None:
@@ -387,19 +442,24 @@ def wait_promoted(replica, timeout: float = 20.0) -> None:
 def test_no_read_is_older_than_an_answered_write_through_a_cluster_failover(
     start, mongodb_uri, cluster_with_replicas
 ):
-    """The replica lags (paused for a second, as a slow link would), its master is killed, and
-    the replica is promoted without the master's last writes: replication is asynchronous."""
+    """The replica lags (paused, and 32 MB queued for it: the kernel's socket buffers would
+    otherwise deliver everything sent before the kill), its master is killed, and
+    the replica is promoted without the master's last writes: replication is asynchronous. The
+    writer stays quiet from the kill until 2 s after the promotion."""
     server, user_id, headers, task_id = start(
         cluster_with_replicas.url, mongodb_uri, REDIS_CLUSTER="1"
     )
     master, replica = master_and_replica(cluster_with_replicas, user_id)
 
-    def fault() -> None:
+    def fault(load: Load) -> None:
         replica.pause()
+        fill_replication_link(master, user_id)
         time.sleep(1.0)  # answered writes reach the master only
-        master.kill()
-        replica.resume()
-        wait_promoted(replica)
+        with load.quiet():  # as after a snapshot restart: no write right after hides the loss
+            master.kill()
+            replica.resume()
+            wait_promoted(replica)
+            time.sleep(2.0)
 
     history = run_with_fault(server, headers, task_id, fault)
     check("redis-cluster-failover", history)
@@ -408,8 +468,8 @@ def test_no_read_is_older_than_an_answered_write_through_a_cluster_failover(
 # MongoDB faults
 
 
-def pause_mongodb(ferretdb) -> Callable[[], None]:
-    def fault() -> None:
+def pause_mongodb(ferretdb) -> Callable[[Load], None]:
+    def fault(load: Load) -> None:
         ferretdb.pause()
         time.sleep(2.0)
         ferretdb.resume()
@@ -417,8 +477,8 @@ def pause_mongodb(ferretdb) -> Callable[[], None]:
     return fault
 
 
-def kill_mongodb(ferretdb) -> Callable[[], None]:
-    def fault() -> None:
+def kill_mongodb(ferretdb) -> Callable[[Load], None]:
+    def fault(load: Load) -> None:
         ferretdb.kill()
         time.sleep(1.0)
         ferretdb.start()
