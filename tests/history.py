@@ -46,11 +46,17 @@ class History:
         with self.lock:
             self.ops.append(op)
 
+    def snapshot(self) -> list[Op]:
+        """The operations so far (the threads may still be adding)."""
+        with self.lock:
+            return list(self.ops)
+
     def writes(self) -> list[Op]:
-        return [op for op in self.ops if op.kind == "write"]
+        return [op for op in self.snapshot() if op.kind == "write"]
 
     def reads(self) -> list[Op]:
-        return [op for op in self.ops if op.kind.startswith("read") and op.status == 200]
+        """The reads answered 200: the ones that show a value to check."""
+        return [op for op in self.snapshot() if op.kind.startswith("read") and op.status == 200]
 
     def answered_writes(self) -> list[Op]:
         return [op for op in self.writes() if 200 <= op.status < 300]

@@ -49,6 +49,7 @@ AFTER = 2.0  # seconds of load after it: long enough for a lost version to come 
 # versions count again from the same numbers, within the in-process layer's 5 s lifetime.
 REPEATS = 3
 GAP = 1.0
+RECOVERY = 10.0  # longest wait for the first cache hit after the last fault
 WRITE_GAP = 0.05  # between writes, so readers see each value for a while
 REQUEST_TIMEOUT = 8.0
 _ids = itertools.count()
@@ -208,6 +209,9 @@ def run_with_fault(
                 time.sleep(GAP)
             fault(load)
             load.history.faults.append(clock())
+        recovered = time.monotonic() + RECOVERY
+        while load.history.hits_after_faults() == 0 and time.monotonic() < recovered:
+            time.sleep(0.1)  # the cache in use again (the breaker closed) before AFTER counts
         time.sleep(AFTER)
     time.sleep(0.3)  # gunicorn writes the access-log line after the response
     return with_pids(load.history, server.output())
@@ -288,13 +292,16 @@ def flushall(server) -> Callable[[Load], None]:
 def restart_from_snapshot(server) -> Callable[[Load], None]:
     """SAVE, keep writing, then kill -9 and start from the snapshot: older entries come back.
 
-    The writer stays quiet from the kill until 2 s after the start: a write right after the
-    restart would hide what the snapshot brought back.
+    The writer stays quiet while the snapshot is taken (so it holds the entries), and from the
+    kill until 2 s after the start: a write right after the restart would hide what the
+    snapshot brought back.
     """
 
     def fault(load: Load) -> None:
         client = redis.Redis(port=server.port)
-        client.save()
+        with load.quiet():
+            time.sleep(0.3)  # the readers fill every layer: the snapshot has the entries
+            client.save()
         client.close()
         time.sleep(0.8)  # answered writes after the snapshot: the snapshot is older than them
         with load.quiet():
@@ -445,14 +452,17 @@ def test_no_read_is_older_than_an_answered_write_through_a_cluster_failover(
     """The replica lags (paused, and 32 MB queued for it: the kernel's socket buffers would
     otherwise deliver everything sent before the kill), its master is killed, and
     the replica is promoted without the master's last writes: replication is asynchronous. The
-    writer stays quiet from the kill until 2 s after the promotion."""
+    writer stays quiet before the replica stops (so it holds the entries) and from the kill
+    until 2 s after the promotion."""
     server, user_id, headers, task_id = start(
         cluster_with_replicas.url, mongodb_uri, REDIS_CLUSTER="1"
     )
     master, replica = master_and_replica(cluster_with_replicas, user_id)
 
     def fault(load: Load) -> None:
-        replica.pause()
+        with load.quiet():
+            time.sleep(0.3)  # the readers fill every layer, and the replica has the entries
+            replica.pause()
         fill_replication_link(master, user_id)
         time.sleep(1.0)  # answered writes reach the master only
         with load.quiet():  # as after a snapshot restart: no write right after hides the loss
