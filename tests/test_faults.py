@@ -562,7 +562,17 @@ def test_a_write_answered_during_a_slow_fill_is_seen_by_every_worker_after_redis
     fill, begun at 0, passes its check after the loss (an ABA) and the old title is a HIT.
     """
     redis_server = make_redis()
-    lose = flushall(redis_server) if loss == "flushall" else restart_empty(redis_server)
+
+    def lose() -> None:
+        """Every key gone: FLUSHALL, or kill -9 and start without persistence."""
+        if loss == "flushall":
+            client = redis.Redis(port=redis_server.port)
+            client.flushall()
+            client.close()
+        else:
+            redis_server.kill()
+            redis_server.start()
+
     server, _, headers, _ = start(redis_server.url, mongodb_uri, SIMULATED_DB_LATENCY_MS="1500")
     seen = []
     for round_ in range(3):
