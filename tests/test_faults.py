@@ -8,7 +8,7 @@ gunicorn's access log gives for the request id each request sends). Meanwhile a 
 injected: Redis restarted empty or from its own files, flushed, made to evict, failed over (a
 Redis Cluster replica promoted), MongoDB paused or killed. ``tests/history.py`` then checks that
 no read showed a value older than a write answered before that read began and, for write-behind
-on a Redis with ``appendonly yes``, that MongoDB has every answered write in the end.
+on a Redis with ``appendonly yes``, that MongoDB holds the newest answered write in the end.
 
 Each run prints one summary line (reads checked, stale reads by X-Cache and worker); run with
 ``-s`` to see the ones that pass.
@@ -36,7 +36,7 @@ from redis.crc import key_slot
 
 from tests.history import History, Op, clock, stale_reads, summary
 from tests.test_deployment import WORKERS, login, register
-from tests.test_gunicorn import ROOT, call, serve  # noqa: F401  (the fixture)
+from tests.test_gunicorn import call, serve  # noqa: F401  (the fixture)
 
 SECRET_KEY = "faults-test-secret-key-with-32-bytes!!!!"
 # The request id each request sends, logged with the pid of the worker that answered it.
@@ -447,7 +447,7 @@ def wait_promoted(replica, timeout: float = 20.0) -> None:
 
 
 def test_no_read_is_older_than_an_answered_write_through_a_cluster_failover(
-    start, mongodb_uri, cluster_with_replicas
+    cluster_with_replicas, start, mongodb_uri
 ):
     """The replica lags (paused, and 32 MB queued for it: the kernel's socket buffers would
     otherwise deliver everything sent before the kill), its master is killed, and
@@ -501,7 +501,7 @@ MONGODB_FAULTS = {"mongodb-paused": pause_mongodb, "mongodb-killed-and-restarted
 
 @pytest.mark.parametrize("name", list(MONGODB_FAULTS))
 def test_no_read_is_older_than_an_answered_write_through_a_mongodb_fault(
-    start, redis_url, private_ferretdb, name
+    private_ferretdb, start, redis_url, name
 ):
     server, _, headers, task_id = start(redis_url, private_ferretdb.url + "taskapp_faults")
     history = run_with_fault(server, headers, task_id, MONGODB_FAULTS[name](private_ferretdb))
