@@ -98,9 +98,10 @@ class RedisServer:
 
 
 class RedisClusterServers:
-    """A Redis Cluster of three masters on loopback ports, made with ``redis-cli --cluster create``."""
+    """A Redis Cluster of three masters on loopback ports, made with ``redis-cli --cluster create``;
+    ``replicas`` per master (asynchronous copies, promoted when their master fails)."""
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
         self.nodes = [
             RedisServer(
                 "--cluster-enabled",
@@ -110,7 +111,7 @@ class RedisClusterServers:
                 "--cluster-node-timeout",
                 "2000",
             )
-            for _ in range(masters)
+            for _ in range(masters * (1 + replicas))
         ]
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(
@@ -120,7 +121,7 @@ class RedisClusterServers:
                 "create",
                 *addresses,
                 "--cluster-replicas",
-                "0",
+                str(replicas),
                 "--cluster-yes",
             ],
             check=True,
