@@ -70,11 +70,34 @@ def test_an_invalidation_made_during_a_hang_is_replayed_before_reads(cache_on, p
         for _ in range(5):
             cache_on.get("other")  # the breaker opens
         assert cache_on.degraded
-        cache_on.invalidate_tags("t")  # refused at once: Redis never receives it now
+        cache_on.invalidate_tags("t")  # one try past the breaker times out: held back
     finally:
         private_redis.resume()
     back_in_use(cache_on)
     assert cache_on.get("k") is NO_VALUE
+
+
+def test_a_write_while_the_breaker_is_open_but_redis_is_back_sends_its_invalidation_at_once(
+    private_redis, key_prefix
+):
+    """Redis restarts; another process reaches it first and caches a value read before a write;
+    this process, its breaker still open (cool-down), makes the write: the invalidation must
+    reach Redis before the write is answered, not wait for this process's probe."""
+    writer_app, writer = bare_app(private_redis.url, key_prefix, CACHE_BREAKER_COOLDOWN=30)
+    reader_app, reader = bare_app(private_redis.url, key_prefix)
+    with running(writer_app, writer):
+        private_redis.kill()
+        for _ in range(5):
+            writer.get("other")  # the breaker opens; its probe waits 30 s
+        assert writer.degraded
+        private_redis.start()  # restarted empty
+        with reader_app.app_context():
+            assert reader.set("{u:1}:k", "read before the write", ttl=30, tags=["{u:1}:t"])
+        writer.invalidate_tags("{u:1}:t")  # the write's invalidation, then its answer
+        with reader_app.app_context():
+            assert reader.get("{u:1}:k") is NO_VALUE
+            reader.close()
+        assert not writer.degraded  # the send proved Redis back: the breaker closed
 
 
 def test_a_killed_redis_is_served_around_and_used_again_after_restart(cache_on, private_redis):

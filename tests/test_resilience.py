@@ -61,6 +61,8 @@ def test_the_probe_closes_the_breaker_only_after_sending_what_a_writer_held_back
     pinging, answer = threading.Event(), threading.Event()
 
     def slow_ping() -> bool:
+        if threading.current_thread() is not probe:
+            raise redis.ConnectionError("not yet")  # the writer's own try finds Redis away
         pinging.set()
         assert answer.wait(5)  # Redis answers only now: the probe is in flight until then
         return True

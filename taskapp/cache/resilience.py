@@ -179,11 +179,12 @@ class HeldBack:
         self._keys: set[str] = set()
 
     def hold(self, tags: Iterable[str] = (), keys: Iterable[str] = ()) -> None:
-        """Keep invalidations that failed; send them now unless the breaker is open.
+        """Keep invalidations that failed and try to send them before the write is answered.
 
-        While the breaker is open nothing reads the cache and its probe sends them. While it is
-        closed (a failure below the threshold, or the probe closed it meanwhile) they are sent
-        before the write is answered, retrying until they go through or the breaker opens.
+        While the breaker is closed (a failure below the threshold, or the probe closed it
+        meanwhile) they are sent, retrying until they go through or the breaker opens. While it
+        is open, one try past it (Redis may be back before the probe); then this process reads
+        nothing from the cache until its probe sends them.
         """
         with self._lock:
             self._tags.update(tags)
@@ -192,6 +193,7 @@ class HeldBack:
         # Each failure counts towards the threshold, so this ends within threshold tries.
         for _ in range(self._breaker.threshold + 1):
             if self._breaker.is_open:
+                self._try_now()
                 return
             try:
                 self._run(self._send_all)
@@ -201,6 +203,17 @@ class HeldBack:
                 return
             except Unavailable:
                 continue
+
+    def _try_now(self) -> None:
+        """With the breaker open: send everything held back once, past the breaker, before the
+        write is answered. Redis may be back already (restarted) while this process's probe
+        waits for its cool-down, and other processes that probed first read from it: a write
+        answered with its invalidation still held here would let them answer the older value.
+        Costs at most one connect or read timeout while Redis is really down."""
+        try:
+            self.replay()
+        except REDIS_ERRORS as exc:
+            log.debug("invalidations kept for the probe: Redis still unavailable (%s)", exc)
 
     def replay(self) -> None:
         """The breaker's probe: Redis answers, everything held back is sent, the breaker closes."""
