@@ -51,6 +51,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     **CACHE_SETTINGS,
     "CACHE_KEY_PREFIX": ("taskapp:", str),
     "MONGODB_URI": ("mongomock://localhost/taskapp", str),
+    "MONGODB_TIMEOUT_MS": (3000, int_at_least(1)),
     "SECRET_KEY": (None, str),
     "ADMIN_EMAILS": ([], _email_list),
     "CORS_ORIGINS": ([], _origin_list),
