@@ -54,7 +54,12 @@ class CacheState:
             self.store.client, self.keys, self.l1, self.coherence, on_tick=self.flush_stats
         )
         self.lock = FillLock(
-            self.store, self.notifier, self.counter, settings.lock_ttl, settings.lock_wait
+            self.store,
+            self.notifier,
+            self.counter,
+            settings.lock_ttl,
+            settings.lock_wait,
+            settings.fill_timeout,
         )
         self.region = Region(settings, self.store, self.lock, self.l1, self.counter, self.coherence)
         self.lists = CappedLists(self.store, self.counter)
