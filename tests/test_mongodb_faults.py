@@ -89,9 +89,7 @@ class Writers:
             thread.join(30)
 
 
-def test_a_paused_mongodb_costs_a_bounded_wait_and_cached_reads_stay_instant(
-    deployment, ferretdb
-):
+def test_a_paused_mongodb_costs_a_bounded_wait_and_cached_reads_stay_instant(deployment, ferretdb):
     server = deployment
     _, email = register(server)
     headers = login(server, email)
@@ -129,7 +127,9 @@ def test_a_paused_mongodb_costs_a_bounded_wait_and_cached_reads_stay_instant(
 
     # MongoDB is back: every worker serves writes and uncached reads again at once.
     for i in range(3 * WORKERS):
-        status, _, body, took = timed("PATCH", server.base, uncached, {"title": f"back {i}"}, headers)
+        status, _, body, took = timed(
+            "PATCH", server.base, uncached, {"title": f"back {i}"}, headers
+        )
         assert status == 200, body
         assert took < DEADLINE, took
     status, _, body = call(server.base, "GET", uncached, headers=headers)
