@@ -207,19 +207,30 @@ return 0
                 if not held_now:
                     self._renewer = None
                     return
-            for full_key, token in held_now:
-                if not self._renew(full_key, token):
+            for (full_key, token), renewed in zip(held_now, self._renew(held_now), strict=True):
+                if not renewed:
                     self.done(full_key, token)
 
-    def _renew(self, full_key: str, token: str) -> bool:
-        """Extend one lock's TTL if ``token`` still owns it; False when it does not."""
+    def _renew(self, held: list[tuple[str, str]]) -> list[bool]:
+        """Extend each lock's TTL while its token still owns it, in one round trip (one per
+        lock on a cluster, whose locks live on several nodes): whether each still is its
+        token's. A fill that stored its value released its lock in the same script, so here it
+        shows as no longer owned and is dropped."""
+        script = self.store.script(self.RENEW)
+
+        def renew_all() -> list[Any]:
+            if self.store.cluster:
+                return [self._renew_one(script, key, token) for key, token in held]
+            pipe = self.store.client.pipeline(transaction=False)
+            for key, token in held:
+                script(keys=[self.store.keys.lock(key)], args=[token, self.ttl_ms], client=pipe)
+            return pipe.execute()  # type: ignore[no-any-return]
+
         try:
-            renewed = self.store.call(
-                self.RENEW,
-                keys=[self.store.keys.lock(full_key)],
-                args=[token, self.ttl_ms],
-                op="lock",
-            )
+            return [bool(renewed) for renewed in self.store.run(renew_all, op="lock")]
         except Unavailable:
-            return True  # try again next round; the lock expires meanwhile if Redis stays away
-        return bool(renewed)
+            # Kept for the next round; a lock expires meanwhile if Redis stays away.
+            return [True] * len(held)
+
+    def _renew_one(self, script: Any, full_key: str, token: str) -> Any:
+        return script(keys=[self.store.keys.lock(full_key)], args=[token, self.ttl_ms])
