@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from time import monotonic  # not through ``time``: tests replace db.time's sleep
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -50,26 +51,31 @@ def unavailable(exc: BaseException) -> bool:
 
 
 class Gate(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
-    """Fails requests at once while MongoDB is known not to answer; one request per process
-    probes it meanwhile.
+    """Fails requests at once while MongoDB does not answer; one request per process probes it.
 
     Without it a hung MongoDB keeps every thread that needs it for the whole deadline, and
-    cached reads queue behind them. A request that finds MongoDB unavailable closes the gate;
-    any command or heartbeat that succeeds opens it again, so requests succeed as soon as
-    MongoDB answers (the probe in flight is usually the first to see it).
+    cached reads queue behind them. The gate shuts when a request finds MongoDB unavailable
+    (a timeout), or sooner, when this process's oldest command in flight has waited a third of
+    the deadline and no command has succeeded since it was sent (a hung server, not one slow
+    query among quick ones). Any command or heartbeat that succeeds opens it again, so requests
+    succeed as soon as MongoDB answers (the probe in flight is usually the first to see it).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
         self.closed = False
+        self.stall = timeout / 3
         self._probe = threading.Lock()
+        self._lock = threading.Lock()  # over _sent: pymongo's threads and ours change it
+        self._sent: dict[int, float] = {}  # request id -> when, of the commands in flight
+        self._answered = 0.0  # when a command last succeeded
 
     def enter(self) -> None:
         """Before a request's MongoDB operation: pass, probe, or raise Unavailable."""
-        if not self.closed or g.get("_mongodb_probe"):
+        if not (self.closed or self._stalled()) or g.get("_mongodb_probe"):
             return
         if self._probe.acquire(blocking=False):
             g._mongodb_probe = True  # released at the end of the request
-            log.debug("MongoDB gate closed: this request probes it")
+            log.debug("MongoDB gate shut: this request probes it")
             return
         raise Unavailable("the database did not answer in time; try again")
 
@@ -84,20 +90,36 @@ class Gate(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
             log.warning("MongoDB unavailable (%s): failing requests fast until it answers", exc)
         self.closed = True
 
+    def _stalled(self) -> bool:
+        """True when the oldest command in flight was sent over ``stall`` ago and none has
+        succeeded since."""
+        with self._lock:
+            oldest = min(self._sent.values(), default=None)
+        return oldest is not None and oldest > self._answered and monotonic() - oldest > self.stall
+
     def _open(self) -> None:
+        self._answered = monotonic()
         if self.closed:
             self.closed = False
             log.warning("MongoDB answers again")
 
-    # pymongo's listener callbacks (called on its threads and ours; they must not block)
+    # pymongo's listener callbacks, for commands and for heartbeats (called on pymongo's
+    # threads and ours; they must not block)
+    def started(self, event: Any) -> None:
+        if isinstance(event, monitoring.CommandStartedEvent):
+            with self._lock:
+                self._sent[event.request_id] = monotonic()
+
     def succeeded(self, event: Any) -> None:
+        if isinstance(event, monitoring.CommandSucceededEvent):
+            with self._lock:
+                self._sent.pop(event.request_id, None)
         self._open()
 
-    def started(self, event: Any) -> None:
-        pass
-
     def failed(self, event: Any) -> None:
-        pass
+        if isinstance(event, monitoring.CommandFailedEvent):
+            with self._lock:
+                self._sent.pop(event.request_id, None)
 
 
 class Database:
@@ -110,7 +132,7 @@ class Database:
     def __init__(self, uri: str, timeout_ms: int = 3000) -> None:
         self.uri = uri
         self.timeout = timeout_ms / 1000
-        self.gate = Gate()
+        self.gate = Gate(self.timeout)
         self.client: Any
         if uri.startswith(EMBEDDED_MONGODB):
             name = urlsplit(uri).path.lstrip("/") or "taskapp"

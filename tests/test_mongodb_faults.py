@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from tests.api import account
 from tests.ferretdb import FerretDBServer
 from tests.test_deployment import (
     ACCESS_FORMAT,
@@ -115,13 +116,14 @@ def test_a_paused_mongodb_costs_a_bounded_wait_and_cached_reads_stay_instant(dep
             assert status == 503, body
             assert body["error"]["code"] == 503
             assert int(head["Retry-After"]) >= 1
-            assert took < DEADLINE + 3, took
+            assert took < 2 * DEADLINE + 2, took
         assert ready[0] == 503 and ready[2]["checks"]["mongodb"] is False, ready
         assert ready[3] < DEADLINE, ready[3]
         assert writers.answers, "no writer was answered while MongoDB was paused"
         assert {status for status, _, _ in writers.answers} == {503}
         assert all(retry for _, retry, _ in writers.answers)
-        assert max(took for _, _, took in writers.answers) < DEADLINE + 3
+        # At most one deadline queued behind the first writers, one waiting as a probe.
+        assert max(took for _, _, took in writers.answers) < 2 * DEADLINE + 2
     finally:
         ferretdb.process.send_signal(signal.SIGCONT)
 
@@ -135,3 +137,37 @@ def test_a_paused_mongodb_costs_a_bounded_wait_and_cached_reads_stay_instant(dep
     status, _, body = call(server.base, "GET", uncached, headers=headers)
     assert (status, body["title"]) == (200, f"back {3 * WORKERS - 1}")
     assert call(server.base, "GET", "/readyz")[0] == 200
+
+
+def test_a_request_that_meets_a_stalled_mongodb_is_answered_503_at_once(make_app, ferretdb):
+    """One process: once its oldest MongoDB command has waited a third of the deadline with no
+    answer, one more request probes and the others are answered 503 at once, before any
+    timeout, instead of taking a thread each for the whole deadline."""
+    app = make_app(MONGODB_URI=f"{ferretdb.url}taskapp_stall", MONGODB_TIMEOUT_MS=3000)
+    _, headers = account(app.test_client())
+    answers: dict[str, tuple[int, float]] = {}
+
+    def post(name: str) -> None:
+        started = time.monotonic()
+        response = app.test_client().post(TASKS, json={"title": name}, headers=headers)
+        answers[name] = (response.status_code, time.monotonic() - started)
+
+    ferretdb.process.send_signal(signal.SIGSTOP)
+    try:
+        first = threading.Thread(target=post, args=("first",))
+        first.start()
+        time.sleep(1.0 + 0.3)  # past a third of the deadline: MongoDB has stalled
+        probe = threading.Thread(target=post, args=("probe",))
+        probe.start()
+        time.sleep(0.2)
+        post("third")
+        status, took = answers["third"]
+        assert status == 503
+        assert took < 0.5, took
+        assert "first" not in answers and "probe" not in answers  # both still waiting
+    finally:
+        ferretdb.process.send_signal(signal.SIGCONT)
+    first.join(10)
+    probe.join(10)
+    response = app.test_client().post(TASKS, json={"title": "after"}, headers=headers)
+    assert response.status_code == 201
