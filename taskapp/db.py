@@ -183,9 +183,13 @@ class Database:
                 return
             self._indexed = True  # model.ensure_indexes() below comes back through collection()
             # An index build on a large collection may take longer than a request may wait,
-            # at start-up; a request that comes here keeps its own bound.
+            # at start-up; a request that comes here keeps its own bound. The ping first: a
+            # CSOT block also bounds server selection, so an unreachable MongoDB must fail
+            # within the ordinary bound, not the long one.
             seconds = self.timeout if has_request_context() else INDEX_TIMEOUT_S
             try:
+                with pymongo.timeout(self.timeout):
+                    self.client.admin.command("ping")
                 with pymongo.timeout(seconds):
                     for model in MODELS:
                         model.ensure_indexes()
