@@ -171,3 +171,16 @@ def test_a_request_that_meets_a_stalled_mongodb_is_answered_503_at_once(make_app
     probe.join(10)
     response = app.test_client().post(TASKS, json={"title": "after"}, headers=headers)
     assert response.status_code == 201
+
+
+def test_a_write_past_the_deadline_is_answered_503_with_retry_after(make_app):
+    """mongoengine re-raises pymongo's time limit on a save as its own OperationError; the
+    answer is still a JSON 503, not a 500. (1 ms: no insert on FerretDB is that quick.)"""
+    app = make_app(MONGODB_TIMEOUT_MS=1)
+    response = app.test_client().post(
+        "/api/v1/auth/register",
+        json={"email": "late@example.com", "password": "correct horse battery"},
+    )
+    assert response.status_code == 503, response.get_json()
+    assert response.get_json()["error"]["code"] == 503
+    assert int(response.headers["Retry-After"]) >= 1
