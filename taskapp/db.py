@@ -62,7 +62,7 @@ class Gate(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
     """
 
     def __init__(self, timeout: float) -> None:
-        self.closed = False
+        self.down = False  # a request found MongoDB unavailable, and nothing answered since
         self.stall = timeout / 3
         self._probe = threading.Lock()
         self._lock = threading.Lock()  # over _sent: pymongo's threads and ours change it
@@ -71,7 +71,7 @@ class Gate(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
 
     def enter(self) -> None:
         """Before a request's MongoDB operation: pass, probe, or raise Unavailable."""
-        if not (self.closed or self._stalled()) or g.get("_mongodb_probe"):
+        if not (self.down or self._stalled()) or g.get("_mongodb_probe"):
             return
         if self._probe.acquire(blocking=False):
             g._mongodb_probe = True  # released at the end of the request
@@ -84,11 +84,11 @@ class Gate(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
         if g.pop("_mongodb_probe", False):
             self._probe.release()
 
-    def close(self, exc: BaseException) -> None:
+    def mark_down(self, exc: BaseException) -> None:
         """MongoDB did not answer: fail other requests fast until it does."""
-        if not self.closed:
+        if not self.down:
             log.warning("MongoDB unavailable (%s): failing requests fast until it answers", exc)
-        self.closed = True
+        self.down = True
 
     def _stalled(self) -> bool:
         """True when the oldest command in flight was sent over ``stall`` ago and none has
@@ -97,10 +97,10 @@ class Gate(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
             oldest = min(self._sent.values(), default=None)
         return oldest is not None and oldest > self._answered and monotonic() - oldest > self.stall
 
-    def _open(self) -> None:
+    def _mark_up(self) -> None:
         self._answered = monotonic()
-        if self.closed:
-            self.closed = False
+        if self.down:
+            self.down = False
             log.warning("MongoDB answers again")
 
     # pymongo's listener callbacks, for commands and for heartbeats (called on pymongo's
@@ -114,7 +114,7 @@ class Gate(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
         if isinstance(event, monitoring.CommandSucceededEvent):
             with self._lock:
                 self._sent.pop(event.request_id, None)
-        self._open()
+        self._mark_up()
 
     def failed(self, event: Any) -> None:
         if isinstance(event, monitoring.CommandFailedEvent):
@@ -213,9 +213,9 @@ def init_app(app: Flask) -> None:
 
 
 def request_unavailable(exc: BaseException) -> None:
-    """A request found MongoDB unavailable: close the gate (see ``Gate``)."""
+    """A request found MongoDB unavailable: shut the gate (see ``Gate``)."""
     if has_app_context() and not isinstance(exc, Unavailable):
-        current().gate.close(exc)
+        current().gate.mark_down(exc)
 
 
 def current() -> Database:
