@@ -11,10 +11,14 @@ from typing import Any
 import click
 
 from taskapp.cache.settings import SETTINGS as CACHE_SETTINGS
-from taskapp.cache.settings import boolean, choice, int_at_least
+from taskapp.cache.settings import boolean, choice, int_at_least, seconds
 
 EMBEDDED_MONGODB = "mongomock://"
 EMBEDDED_REDIS = "memory://"
+# The most MongoDB reads one cache fill makes (a page: its items and its count; the stats: two
+# aggregations). Each is bounded by MONGODB_TIMEOUT_MS, so a fill takes at most this many
+# of them: the longest a caller waits for another caller's fill (CACHE_FILL_TIMEOUT).
+FILL_READS = 2
 
 
 def _email_list(raw: str) -> list[str]:
@@ -42,6 +46,9 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     **CACHE_SETTINGS,
     "CACHE_KEY_PREFIX": ("taskapp:", str),
     "MONGODB_URI": ("mongomock://localhost/taskapp", str),
+    "MONGODB_TIMEOUT_MS": (3000, int_at_least(1)),
+    # Unset: derived from MONGODB_TIMEOUT_MS in _validate (see FILL_READS).
+    "CACHE_FILL_TIMEOUT": (None, seconds),
     "SECRET_KEY": (None, str),
     "ADMIN_EMAILS": ([], _email_list),
     "CORS_ORIGINS": ([], _origin_list),
@@ -102,6 +109,9 @@ def _convert(name: str, raw: Any, convert: Callable[[str], Any]) -> Any:
 
 
 def _validate(values: dict[str, Any]) -> None:
+    if values["CACHE_FILL_TIMEOUT"] is None:
+        read_ms = values["MONGODB_TIMEOUT_MS"] + values["SIMULATED_DB_LATENCY_MS"]
+        values["CACHE_FILL_TIMEOUT"] = FILL_READS * read_ms / 1000
     redis_url = values["REDIS_URL"]
     if not redis_url.startswith((EMBEDDED_REDIS, "redis://", "rediss://", "unix://")):
         raise ConfigError(

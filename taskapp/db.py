@@ -1,4 +1,5 @@
-"""MongoDB: one client per app, its indexes, and the one gateway every read goes through."""
+"""MongoDB: one client per app, its indexes, the one gateway every read goes through, and the
+bound on each request's wait for it (``MONGODB_TIMEOUT_MS``)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from time import monotonic  # not through ``time``: tests replace db.time's sleep
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import mongomock
 import pymongo
-from flask import Flask, current_app, has_app_context
+from flask import Flask, current_app, g, has_app_context, has_request_context
+from pymongo import monitoring
 from pymongo.database import Database as PyMongoDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from taskapp.config import EMBEDDED_MONGODB
@@ -25,8 +28,98 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# A dead MongoDB must fail a request (and /readyz) within seconds, not pymongo's default 30 s.
-SERVER_SELECTION_TIMEOUT_MS = 2000
+# /readyz answers within this even when the request deadline is longer: probes time out fast.
+READY_TIMEOUT_S = 1.0
+# Index builds at start-up may take longer than a request may wait (a large collection).
+INDEX_TIMEOUT_S = 600.0
+
+
+class Unavailable(ConnectionFailure):
+    """MongoDB did not answer within the deadline lately and another request is probing it:
+    this one is answered 503 at once instead of taking a thread for the whole deadline."""
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` (or the error it was raised from, as mongoengine wraps pymongo's)
+    means MongoDB could not be reached or did not answer in time."""
+    for err in (exc, exc.__cause__, exc.__context__):
+        if isinstance(err, ConnectionFailure):
+            return True
+        if isinstance(err, PyMongoError) and err.timeout:
+            return True
+    return False
+
+
+class Gate(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
+    """Fails requests at once while MongoDB does not answer; one request per process probes it.
+
+    Without it a hung MongoDB keeps every thread that needs it for the whole deadline, and
+    cached reads queue behind them. The gate shuts when a request finds MongoDB unavailable
+    (a timeout), or sooner, when this process's oldest command in flight has waited a third of
+    the deadline and no command has succeeded since it was sent (a hung server, not one slow
+    query among quick ones). Any command or heartbeat that succeeds opens it again, so requests
+    succeed as soon as MongoDB answers (the probe in flight is usually the first to see it).
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.down = False  # a request found MongoDB unavailable, and nothing answered since
+        self.stall = timeout / 3
+        self._probe = threading.Lock()
+        self._lock = threading.Lock()  # over _sent: pymongo's threads and ours change it
+        self._sent: dict[int, float] = {}  # request id -> when, of the commands in flight
+        self._answered = 0.0  # when a command last succeeded
+
+    def enter(self) -> None:
+        """Before a request's MongoDB operation: pass, probe, or raise Unavailable."""
+        if not (self.down or self._stalled()) or g.get("_mongodb_probe"):
+            return
+        if self._probe.acquire(blocking=False):
+            g._mongodb_probe = True  # released at the end of the request
+            log.debug("MongoDB gate shut: this request probes it")
+            return
+        raise Unavailable("the database did not answer in time; try again")
+
+    def leave(self) -> None:
+        """At the end of a request: give up the probe it held."""
+        if g.pop("_mongodb_probe", False):
+            self._probe.release()
+
+    def mark_down(self, exc: BaseException) -> None:
+        """MongoDB did not answer: fail other requests fast until it does."""
+        if not self.down:
+            log.warning("MongoDB unavailable (%s): failing requests fast until it answers", exc)
+        self.down = True
+
+    def _stalled(self) -> bool:
+        """True when the oldest command in flight was sent over ``stall`` ago and none has
+        succeeded since."""
+        with self._lock:
+            oldest = min(self._sent.values(), default=None)
+        return oldest is not None and oldest > self._answered and monotonic() - oldest > self.stall
+
+    def _mark_up(self) -> None:
+        self._answered = monotonic()
+        if self.down:
+            self.down = False
+            log.warning("MongoDB answers again")
+
+    # pymongo's listener callbacks, for commands and for heartbeats (called on pymongo's
+    # threads and ours; they must not block)
+    def started(self, event: Any) -> None:
+        if isinstance(event, monitoring.CommandStartedEvent):
+            with self._lock:
+                self._sent[event.request_id] = monotonic()
+
+    def succeeded(self, event: Any) -> None:
+        if isinstance(event, monitoring.CommandSucceededEvent):
+            with self._lock:
+                self._sent.pop(event.request_id, None)
+        self._mark_up()
+
+    def failed(self, event: Any) -> None:
+        if isinstance(event, monitoring.CommandFailedEvent):
+            with self._lock:
+                self._sent.pop(event.request_id, None)
 
 
 class Database:
@@ -36,18 +129,27 @@ class Database:
     ``mongomock://host/name`` is the embedded store: a database inside this process only.
     """
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, timeout_ms: int = 3000) -> None:
         self.uri = uri
+        self.timeout = timeout_ms / 1000
+        self.gate = Gate(self.timeout)
         self.client: Any
         if uri.startswith(EMBEDDED_MONGODB):
             name = urlsplit(uri).path.lstrip("/") or "taskapp"
             self.client = mongomock.MongoClient()
         else:
             name = parse_uri(uri).get("database") or "taskapp"
+            # timeoutMS (pymongo's client-side operation timeout) bounds each operation as a
+            # whole: server selection, connection checkout and the query. A deadline per
+            # operation rather than per request: time a request spends elsewhere (hashing a
+            # password on a busy host, waiting for a fill) must not fail its next query.
             self.client = pymongo.MongoClient(
                 uri,
                 connect=False,
-                serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+                timeoutMS=timeout_ms,
+                serverSelectionTimeoutMS=timeout_ms,
+                connectTimeoutMS=timeout_ms,
+                event_listeners=[self.gate],
                 uuidRepresentation="standard",
             )
         self.database: PyMongoDatabase = self.client[name]
@@ -56,7 +158,12 @@ class Database:
         self._lock = threading.Lock()
 
     def collection(self, model: type[AppDocument]) -> Any:
-        """The collection of ``model``; the first use also ensures every model's indexes."""
+        """The collection of ``model``; the first use also ensures every model's indexes.
+
+        Every model query comes through here, so a request meets the gate here.
+        """
+        if has_request_context():
+            self.gate.enter()
         found = self._collections.get(model)
         if found is None:
             found = self._collections[model] = self.database[model._get_collection_name()]
@@ -75,10 +182,18 @@ class Database:
             if self._indexed:
                 return
             self._indexed = True  # model.ensure_indexes() below comes back through collection()
+            # An index build on a large collection may take longer than a request may wait,
+            # at start-up; a request that comes here keeps its own bound. The ping first: a
+            # CSOT block also bounds server selection, so an unreachable MongoDB must fail
+            # within the ordinary bound, not the long one.
+            seconds = self.timeout if has_request_context() else INDEX_TIMEOUT_S
             try:
-                for model in MODELS:
-                    model.ensure_indexes()
-                Task.backfill_priority_rank()
+                with pymongo.timeout(self.timeout):
+                    self.client.admin.command("ping")
+                with pymongo.timeout(seconds):
+                    for model in MODELS:
+                        model.ensure_indexes()
+                    Task.backfill_priority_rank()
             except PyMongoError as exc:
                 self._indexed = False
                 log.warning("could not ensure MongoDB indexes now (%s); retried on next use", exc)
@@ -90,10 +205,17 @@ class Database:
 
 def init_app(app: Flask) -> None:
     """Give the app a MongoDB client of its own and ensure the models' indexes."""
-    database = Database(app.config["MONGODB_URI"])
+    database = Database(app.config["MONGODB_URI"], app.config["MONGODB_TIMEOUT_MS"])
     app.extensions[DB_EXTENSION] = database
+    app.teardown_request(lambda exc: database.gate.leave())
     with app.app_context():
         database.ensure_indexes()
+
+
+def request_unavailable(exc: BaseException) -> None:
+    """A request found MongoDB unavailable: shut the gate (see ``Gate``)."""
+    if has_app_context() and not isinstance(exc, Unavailable):
+        current().gate.mark_down(exc)
 
 
 def current() -> Database:
@@ -118,9 +240,10 @@ def read(fn: Callable[[], T]) -> T:
 
 
 def ping() -> bool:
-    """True when MongoDB answers a ping (for /readyz); never raises."""
+    """True when MongoDB answers a ping within READY_TIMEOUT_S (for /readyz); never raises."""
     try:
-        current().client.admin.command("ping")
+        with pymongo.timeout(min(READY_TIMEOUT_S, current().timeout)):
+            current().client.admin.command("ping")
     except PyMongoError as exc:
         log.debug("MongoDB ping failed: %s", exc)  # /readyz reports it; probes would flood the log
         return False

@@ -94,14 +94,26 @@ def handle_validation_error(exc: ValidationError) -> Response:
     return error_response(422, validation_message(exc))
 
 
-def handle_database_unavailable(exc: ConnectionFailure) -> Response:
-    """MongoDB unreachable: 503, so clients retry instead of reading a server bug."""
-    log.error("MongoDB unavailable: %s", exc)
+def handle_database_unavailable(exc: Exception) -> Response:
+    """MongoDB unreachable or past the request's deadline (MONGODB_TIMEOUT_MS): 503 with
+    Retry-After, so clients retry instead of reading a server bug."""
+    from taskapp import db
+
+    db.request_unavailable(exc)  # logs once per episode, not once per request
+    log.debug("MongoDB unavailable: %s", exc)
     return _json_error(ServiceUnavailable("the database is unavailable; try again", retry_after=1))
 
 
 def handle_unexpected_error(exc: Exception) -> Response:
-    """A bug: log the traceback, answer 500 without leaking any detail."""
+    """A bug: log the traceback, answer 500 without leaking any detail.
+
+    A MongoDB timeout that is no ConnectionFailure (the server's own time limit, or one that
+    mongoengine re-raised as its OperationError) is an outage, not a bug: 503.
+    """
+    from taskapp import db
+
+    if db.unavailable(exc):
+        return handle_database_unavailable(exc)
     log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
     return error_response(500, InternalServerError.description)
 

@@ -263,15 +263,67 @@ def test_an_expired_entry_is_gone_after_the_stale_bound(backend, redis_url, key_
         assert ext.get_or_set("k", lambda: "new", ttl=10) == "new"
 
 
-def test_a_waiter_gives_up_after_cache_lock_wait_and_fetches_itself(backend, redis_url, key_prefix):
+def test_a_waiter_gives_up_after_cache_fill_timeout_and_fetches_itself(
+    backend, redis_url, key_prefix
+):
     """A holder that hangs (its lock lives CACHE_LOCK_TTL, 30 s here) costs a waiter at most
-    CACHE_LOCK_WAIT."""
+    CACHE_FILL_TIMEOUT, however often it looks at the lock again (CACHE_LOCK_WAIT)."""
     url = redis_url if backend == "real" else "memory://"
-    app, ext = bare_app(url, key_prefix, CACHE_LOCK_TTL=30, CACHE_LOCK_WAIT=0.3)
+    app, ext = bare_app(
+        url, key_prefix, CACHE_LOCK_TTL=30, CACHE_LOCK_WAIT=0.1, CACHE_FILL_TIMEOUT=0.6
+    )
     with running(app, ext):
         full_key = ext.keys.entry("k")
         ext.client.set(ext.keys.lock(full_key), "a hung holder", px=30_000)
         started = time.monotonic()
         assert ext.get_or_set("k", lambda: "fetched", ttl=10) == "fetched"
         waited = time.monotonic() - started
-    assert 0.3 <= waited < 1.5
+    assert 0.6 <= waited < 1.8
+
+
+def test_a_fill_slower_than_the_lock_wait_and_ttl_is_still_one_fetch(
+    backend, redis_url, key_prefix
+):
+    """The holder renews its lock while it fetches, so the waiter keeps waiting for its fill
+    (it looks at the lock every 0.1 s; the lock would expire after 0.3 s without renewal)."""
+    url = redis_url if backend == "real" else "memory://"
+    app, ext = bare_app(url, key_prefix, CACHE_LOCK_TTL=0.3, CACHE_LOCK_WAIT=0.1)
+    fetches: list[str] = []
+    fetching = threading.Event()
+
+    def slow_fetch(name: str):
+        def fetch():
+            fetches.append(name)
+            fetching.set()
+            time.sleep(1.2)
+            return name
+
+        return fetch
+
+    with running(app, ext):
+
+        def holder():
+            with app.app_context():
+                assert ext.get_or_set("k", slow_fetch("holder"), ttl=10) == "holder"
+
+        thread = threading.Thread(target=holder)
+        thread.start()
+        assert fetching.wait(5)
+        assert ext.get_or_set("k", slow_fetch("waiter"), ttl=10) == "holder"
+        thread.join(5)
+    assert fetches == ["holder"]
+
+
+def test_renewal_never_extends_a_lock_that_passed_to_another_caller(redis_url, key_prefix, raw):
+    app, ext = bare_app(redis_url, key_prefix, CACHE_LOCK_TTL=0.3)
+    with running(app, ext):
+        lock = ext._state().lock
+        full_key = ext.keys.entry("k")
+        token = lock.acquire(full_key)
+        assert token
+        time.sleep(0.5)  # renewed past its 0.3 s TTL while held
+        assert raw.get(ext.keys.lock(full_key)) == token.encode()
+        raw.set(ext.keys.lock(full_key), "another caller", px=200)  # as after an expiry
+        time.sleep(0.4)  # a renewal of the old token would have made it live past 0.2 s
+        assert raw.get(ext.keys.lock(full_key)) is None
+        lock.release(full_key, token)

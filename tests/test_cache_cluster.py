@@ -113,3 +113,17 @@ def test_write_through_and_lists_on_a_cluster(cache):
     assert cache.list_get("{u:1}:feed", 5, lambda: [1, 2], maxlen=5, ttl=10) == [1, 2]
     cache.list_push("{u:1}:feed", 0, maxlen=5)
     assert cache.list_get("{u:1}:feed", 5, list, maxlen=5, ttl=10) == [0, 1, 2]
+
+
+def test_held_locks_on_every_master_are_renewed_past_their_ttl(redis_cluster, key_prefix):
+    app, ext = bare_app(redis_cluster.url, key_prefix, REDIS_CLUSTER=True, CACHE_LOCK_TTL=0.3)
+    with running(app, ext):
+        lock = ext._state().lock
+        full_keys = [ext.keys.entry(f"{{u:{user}}}:k") for user in range(6)]  # every master
+        tokens = [lock.acquire(full_key) for full_key in full_keys]
+        assert all(tokens)
+        time.sleep(0.7)  # over twice the TTL: alive only if renewed
+        owners = [ext.client.get(ext.keys.lock(full_key)) for full_key in full_keys]
+        assert owners == [token.encode() for token in tokens]
+        for full_key, token in zip(full_keys, tokens, strict=True):
+            lock.release(full_key, token)

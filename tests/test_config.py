@@ -77,3 +77,13 @@ def test_write_behind_on_a_cluster_is_refused_naming_both_settings():
                 "SECRET_KEY": "x" * 32,
             }
         )
+
+
+def test_a_waiter_waits_at_most_as_long_as_a_fill_can_take_unless_told_otherwise(monkeypatch):
+    """CACHE_FILL_TIMEOUT follows the MongoDB bound: two reads, each of at most
+    MONGODB_TIMEOUT_MS (plus the simulated latency)."""
+    monkeypatch.setenv("MONGODB_TIMEOUT_MS", "1500")
+    monkeypatch.setenv("SIMULATED_DB_LATENCY_MS", "250")
+    assert load()["CACHE_FILL_TIMEOUT"] == 3.5
+    monkeypatch.setenv("CACHE_FILL_TIMEOUT", "20")
+    assert load()["CACHE_FILL_TIMEOUT"] == 20.0

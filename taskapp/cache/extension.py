@@ -50,7 +50,12 @@ class CacheState:
         self.store = Store(settings, self.keys, self.counter, on_outage=self.l1.clear)
         self.notifier = Notifier(self.store.client, self.keys, on_tick=self.flush_stats)
         self.lock = FillLock(
-            self.store, self.notifier, self.counter, settings.lock_ttl, settings.lock_wait
+            self.store,
+            self.notifier,
+            self.counter,
+            settings.lock_ttl,
+            settings.lock_wait,
+            settings.fill_timeout,
         )
         self.region = Region(settings, self.store, self.lock, self.l1, self.counter)
         self.lists = CappedLists(self.store, self.counter)
@@ -168,7 +173,8 @@ class RedisCache:
         On a miss one caller (across threads, processes and hosts) takes the fill lock and
         fetches; the others wait for the fill message and read the stored value, or, when an
         expired entry is still at hand, are served it at once (stale-while-revalidate, bounded
-        by CACHE_STALE_TTL). A waiter gives up after CACHE_LOCK_WAIT and fetches for itself.
+        by CACHE_STALE_TTL). A waiter keeps waiting while the holder renews its lock, and gives
+        up after CACHE_FILL_TIMEOUT and fetches for itself.
         When Redis is unavailable every caller fetches: correctness over speed.
 
         With ``refresh_ahead`` a hit may start a background refresh shortly before the entry
@@ -187,7 +193,7 @@ class RedisCache:
         For callers that produce the value themselves (the HTTP response cache). One caller
         across processes gets a lease holding the fill lock (store with ``store_leased``, or
         ``release`` it); the others wait for that fill and get the entry, as in
-        ``get_or_set``, or after CACHE_LOCK_WAIT a lease without the lock. (None, None) when
+        ``get_or_set``, or after CACHE_FILL_TIMEOUT a lease without the lock. (None, None) when
         Redis is unavailable: store nothing. With ``layer`` (``"http"``), the outcome is also
         counted as that layer's hit or miss.
         """

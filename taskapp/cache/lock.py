@@ -1,15 +1,22 @@
 """The fill lock: one caller fills a key across threads, processes and hosts; the others wait.
 
 ``SET lock token NX PX`` takes it; a compare-and-delete script releases it only for its owner
-and announces the key on the fill channel, so waiters wake on the message instead of polling. A
-holder that dies leaves a lock that expires after ``ttl``; a waiter gives up after ``wait`` and
-fetches for itself (takeover), so no caller waits for a dead holder longer than that.
+and announces the key on the fill channel, so waiters wake on the message instead of polling.
+
+A holder keeps its lock alive while it works: a renewer thread (one per process) extends every
+lock this process holds, every ``ttl / 3``, for as long as the owner token still owns it, up to
+``fill_timeout`` after it was taken. So a fill slower than the lock's TTL or the waiters' wait is
+still one fill: waiters look at the lock again every ``wait`` (at most) and keep waiting while it
+is held. A holder that dies stops renewing: its lock expires after ``ttl`` and the next waiter to
+look takes it over and fills. No caller waits longer than ``fill_timeout``, then it fetches for
+itself.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,14 +38,37 @@ Attempt = Callable[[bool], tuple[Entry | None, str, Any]]
 class FillLock:
     """The fill lock of one app's cache."""
 
+    # RENEW: extend the lock's expiry only while this caller's token still owns it (a lock that
+    # expired and passed to another caller is never extended for it).
+    # KEYS[1] lock
+    # ARGV[1] lock token, ARGV[2] time to live in ms
+    # returns 1 when extended, 0 when the lock is gone or another caller's
+    RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
     def __init__(
-        self, store: Store, notifier: Notifier, counter: Counter, ttl: float, wait: float
+        self,
+        store: Store,
+        notifier: Notifier,
+        counter: Counter,
+        ttl: float,
+        wait: float,
+        fill_timeout: float = 10.0,
     ) -> None:
         self.store = store
         self.notifier = notifier
         self.counter = counter
         self.ttl = ttl
         self.wait = wait
+        self.fill_timeout = fill_timeout
+        # (full key, token) -> the monotonic time its renewal ends: the locks this process holds
+        self._held: dict[tuple[str, str], float] = {}
+        self._held_lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
 
     @property
     def ttl_ms(self) -> int:
@@ -61,10 +91,14 @@ class FillLock:
             ),
             op="lock",
         )
-        return token if taken else ""
+        if not taken:
+            return ""
+        self.hold(full_key, token)
+        return token
 
     def release(self, full_key: str, token: str) -> None:
         """Release the lock if ``token`` still owns it, and wake the waiters (never raises)."""
+        self.done(full_key, token)
         try:
             self.store.call(
                 scripts.RELEASE,
@@ -90,14 +124,16 @@ class FillLock:
         this caller holds the lock and must fill; (None, "", extra) when the wait ran out and
         the caller fetches without the lock. Raises Unavailable from ``attempt``.
         """
-        deadline = time.monotonic() + self.wait
+        deadline = time.monotonic() + self.fill_timeout
         waited = False
         while True:
             entry, token, extra = attempt(waited)
             if entry is not None:
                 return entry, "", extra
             if token:
+                # Taken at once, or taken over from a holder whose lock expired (it died).
                 log.debug("fill lock for %s taken", full_key)
+                self.hold(full_key, token)
                 return None, token, extra
             if stale is not None:
                 log.debug("serving stale %s while another caller refreshes it", full_key)
@@ -110,8 +146,11 @@ class FillLock:
             if entry is not None:
                 return entry, "", extra
             if time.monotonic() >= deadline:
-                log.debug("waited %.1fs for %s; fetching without the lock", self.wait, full_key)
+                log.debug(
+                    "waited %.1fs for %s; fetching without the lock", self.fill_timeout, full_key
+                )
                 return None, "", extra
+            # Still held (the next attempt takes it if not): the holder is alive and renewing.
 
     def _wait_for_fill(
         self, full_key: str, deadline: float, read: Callable[[], Entry | None]
@@ -126,11 +165,72 @@ class FillLock:
         if remaining <= 0:
             return None
         if event is not None:
-            # Woken by the fill, or after a slice to retry the lock of a holder that died.
-            if event.wait(min(remaining, max(self.ttl / 5, 0.05))):
+            # Woken by the fill, or after a slice to look at the lock again: a holder that died
+            # is taken over within a slice of its lock's expiry.
+            if event.wait(min(remaining, self.wait, max(self.ttl / 5, 0.05))):
                 entry = read()  # the fill landed: read it at once
                 if entry is not None and entry.is_fresh():
                     return entry
         else:
             time.sleep(min(remaining, 0.005))
         return None
+
+    # -- renewal --------------------------------------------------------------------------
+
+    def hold(self, full_key: str, token: str) -> None:
+        """Keep renewing the lock ``token`` took until ``done``, it is lost, or fill_timeout."""
+        with self._held_lock:
+            self._held[(full_key, token)] = time.monotonic() + self.fill_timeout
+            if self._renewer is None:
+                self._renewer = threading.Thread(
+                    target=self._renew_loop, name="taskapp-cache-lock-renewer", daemon=True
+                )
+                self._renewer.start()
+
+    def done(self, full_key: str, token: str) -> None:
+        """Stop renewing that lock (its fill stored or released it)."""
+        with self._held_lock:
+            self._held.pop((full_key, token), None)
+
+    def _renew_loop(self) -> None:
+        """Renew every held lock each ttl/3 until none is held (then the thread ends; the next
+        ``hold`` starts another)."""
+        while True:
+            time.sleep(self.ttl / 3)
+            with self._held_lock:
+                now = time.monotonic()
+                for held, until in list(self._held.items()):
+                    if until <= now:
+                        log.debug("lock of %s left to expire: held past fill_timeout", held[0])
+                        del self._held[held]
+                held_now = list(self._held)
+                if not held_now:
+                    self._renewer = None
+                    return
+            for (full_key, token), renewed in zip(held_now, self._renew(held_now), strict=True):
+                if not renewed:
+                    self.done(full_key, token)
+
+    def _renew(self, held: list[tuple[str, str]]) -> list[bool]:
+        """Extend each lock's TTL while its token still owns it, in one round trip (one per
+        lock on a cluster, whose locks live on several nodes): whether each still is its
+        token's. A fill that stored its value released its lock in the same script, so here it
+        shows as no longer owned and is dropped."""
+        script = self.store.script(self.RENEW)
+
+        def renew_all() -> list[Any]:
+            if self.store.cluster:
+                return [self._renew_one(script, key, token) for key, token in held]
+            pipe = self.store.client.pipeline(transaction=False)
+            for key, token in held:
+                script(keys=[self.store.keys.lock(key)], args=[token, self.ttl_ms], client=pipe)
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        try:
+            return [bool(renewed) for renewed in self.store.run(renew_all, op="lock")]
+        except Unavailable:
+            # Kept for the next round; a lock expires meanwhile if Redis stays away.
+            return [True] * len(held)
+
+    def _renew_one(self, script: Any, full_key: str, token: str) -> Any:
+        return script(keys=[self.store.keys.lock(full_key)], args=[token, self.ttl_ms])

@@ -64,6 +64,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "CACHE_STALE_TTL": (10, seconds),
     "CACHE_LOCK_TTL": (5, seconds),
     "CACHE_LOCK_WAIT": (5, seconds),
+    "CACHE_FILL_TIMEOUT": (10, seconds),
     "CACHE_VERSION_TTL": (3600, seconds),
     "CACHE_BREAKER_THRESHOLD": (3, int_at_least(1)),
     "CACHE_BREAKER_COOLDOWN": (1.0, seconds),
@@ -86,6 +87,7 @@ class CacheSettings:
     stale_ttl: float
     lock_ttl: float
     lock_wait: float
+    fill_timeout: float
     version_ttl_ms: int
     breaker_threshold: int
     breaker_cooldown: float
@@ -116,6 +118,7 @@ class CacheSettings:
             stale_ttl=values["CACHE_STALE_TTL"],
             lock_ttl=values["CACHE_LOCK_TTL"],
             lock_wait=values["CACHE_LOCK_WAIT"],
+            fill_timeout=values["CACHE_FILL_TIMEOUT"],
             version_ttl_ms=int(values["CACHE_VERSION_TTL"] * 1000),
             breaker_threshold=values["CACHE_BREAKER_THRESHOLD"],
             breaker_cooldown=values["CACHE_BREAKER_COOLDOWN"],

@@ -1,0 +1,186 @@
+"""A hung MongoDB through HTTP: gunicorn with 3 workers on FerretDB and Redis, FerretDB paused.
+
+Each test starts a FerretDB of its own, so pausing it (SIGSTOP) cannot stall another test's
+database; it is resumed in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+
+from tests.api import account
+from tests.ferretdb import FerretDBServer
+from tests.test_deployment import (
+    ACCESS_FORMAT,
+    SECRET_KEY,
+    WORKERS,
+    login,
+    register,
+    wait_for_workers,
+)
+from tests.test_gunicorn import call, serve  # noqa: F401  (the fixture)
+
+TIMEOUT_MS = 2000
+DEADLINE = TIMEOUT_MS / 1000
+TASKS = "/api/v1/tasks"
+
+
+@pytest.fixture
+def ferretdb():
+    server = FerretDBServer()
+    yield server
+    server.process.send_signal(signal.SIGCONT)  # in case a test failed between pause and resume
+    server.stop()
+
+
+@pytest.fixture
+def deployment(serve, ferretdb, redis_url, key_prefix):  # noqa: F811
+    """gunicorn with 3 workers on this test's FerretDB and the test Redis."""
+    server = serve(
+        REDIS_URL=redis_url,
+        MONGODB_URI=f"{ferretdb.url}taskapp_faults",
+        CACHE_KEY_PREFIX=key_prefix,
+        SECRET_KEY=SECRET_KEY,
+        GUNICORN_WORKERS=str(WORKERS),
+        EXTRA_ARGS=f"--access-logformat '{ACCESS_FORMAT}'",
+        MONGODB_TIMEOUT_MS=str(TIMEOUT_MS),
+        RATE_LIMIT_PER_MINUTE="0",
+    )
+    wait_for_workers(server, WORKERS)
+    return server
+
+
+def timed(method: str, base: str, path: str, body=None, headers=None):
+    """(status, headers, body, seconds) of one request."""
+    started = time.monotonic()
+    status, head, answer = call(base, method, path, body, headers)
+    return status, head, answer, time.monotonic() - started
+
+
+class Writers:
+    """Threads that PATCH a task over and over until stopped, each answer recorded."""
+
+    def __init__(self, base: str, path: str, headers: dict[str, str], count: int) -> None:
+        self.stop = threading.Event()
+        self.answers: list[tuple[int, str | None, float]] = []
+        self._lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._run, args=(base, path, headers)) for _ in range(count)
+        ]
+
+    def _run(self, base: str, path: str, headers: dict[str, str]) -> None:
+        while not self.stop.is_set():
+            status, head, _, took = timed("PATCH", base, path, {"title": uuid.uuid4().hex}, headers)
+            with self._lock:
+                self.answers.append((status, head.get("Retry-After"), took))
+
+    def __enter__(self) -> Writers:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+
+def test_a_paused_mongodb_costs_a_bounded_wait_and_cached_reads_stay_instant(deployment, ferretdb):
+    server = deployment
+    _, email = register(server)
+    headers = login(server, email)
+    tasks = [call(server.base, "POST", TASKS, {"title": f"t{i}"}, headers)[2] for i in range(2)]
+    cached, uncached = (f"{TASKS}/{task['id']}" for task in tasks)
+    assert call(server.base, "GET", cached, headers=headers)[0] == 200
+    assert call(server.base, "GET", cached, headers=headers)[1]["X-Cache"] == "HIT"
+
+    ferretdb.process.send_signal(signal.SIGSTOP)
+    try:
+        # More writers than the 6 threads of 3 workers x 2 threads: without a bound they would
+        # hold every thread for as long as MongoDB is paused.
+        with Writers(server.base, cached, headers, count=4 * WORKERS) as writers:
+            time.sleep(DEADLINE * 1.5)  # the first writers have met the deadline by now
+            hits = [timed("GET", server.base, cached, headers=headers) for _ in range(10)]
+            miss = timed("GET", server.base, uncached, headers=headers)
+            write = timed("POST", server.base, TASKS, {"title": "while paused"}, headers)
+            ready = timed("GET", server.base, "/readyz")
+        for status, head, body, took in hits:
+            assert (status, head["X-Cache"], body) == (200, "HIT", tasks[0])
+            assert took < DEADLINE / 2, [h[3] for h in hits]
+        for status, head, body, took in (miss, write):
+            assert status == 503, body
+            assert body["error"]["code"] == 503
+            assert int(head["Retry-After"]) >= 1
+            assert took < 2 * DEADLINE + 2, took
+        assert ready[0] == 503 and ready[2]["checks"]["mongodb"] is False, ready
+        assert ready[3] < DEADLINE, ready[3]
+        assert writers.answers, "no writer was answered while MongoDB was paused"
+        assert {status for status, _, _ in writers.answers} == {503}
+        assert all(retry for _, retry, _ in writers.answers)
+        # At most one deadline queued behind the first writers, one waiting as a probe.
+        assert max(took for _, _, took in writers.answers) < 2 * DEADLINE + 2
+    finally:
+        ferretdb.process.send_signal(signal.SIGCONT)
+
+    # MongoDB is back: every worker serves writes and uncached reads again at once.
+    for i in range(3 * WORKERS):
+        status, _, body, took = timed(
+            "PATCH", server.base, uncached, {"title": f"back {i}"}, headers
+        )
+        assert status == 200, body
+        assert took < DEADLINE, took
+    status, _, body = call(server.base, "GET", uncached, headers=headers)
+    assert (status, body["title"]) == (200, f"back {3 * WORKERS - 1}")
+    assert call(server.base, "GET", "/readyz")[0] == 200
+
+
+def test_a_request_that_meets_a_stalled_mongodb_is_answered_503_at_once(make_app, ferretdb):
+    """One process: once its oldest MongoDB command has waited a third of the deadline with no
+    answer, one more request probes and the others are answered 503 at once, before any
+    timeout, instead of taking a thread each for the whole deadline."""
+    app = make_app(MONGODB_URI=f"{ferretdb.url}taskapp_stall", MONGODB_TIMEOUT_MS=3000)
+    _, headers = account(app.test_client())
+    answers: dict[str, tuple[int, float]] = {}
+
+    def post(name: str) -> None:
+        started = time.monotonic()
+        response = app.test_client().post(TASKS, json={"title": name}, headers=headers)
+        answers[name] = (response.status_code, time.monotonic() - started)
+
+    ferretdb.process.send_signal(signal.SIGSTOP)
+    try:
+        first = threading.Thread(target=post, args=("first",))
+        first.start()
+        time.sleep(1.0 + 0.3)  # past a third of the deadline: MongoDB has stalled
+        probe = threading.Thread(target=post, args=("probe",))
+        probe.start()
+        time.sleep(0.2)
+        post("third")
+        status, took = answers["third"]
+        assert status == 503
+        assert took < 0.5, took
+        assert "first" not in answers and "probe" not in answers  # both still waiting
+    finally:
+        ferretdb.process.send_signal(signal.SIGCONT)
+    first.join(10)
+    probe.join(10)
+    response = app.test_client().post(TASKS, json={"title": "after"}, headers=headers)
+    assert response.status_code == 201
+
+
+def test_a_write_past_the_deadline_is_answered_503_with_retry_after(make_app):
+    """mongoengine re-raises pymongo's time limit on a save as its own OperationError; the
+    answer is still a JSON 503, not a 500. (1 ms: no insert on FerretDB is that quick.)"""
+    app = make_app(MONGODB_TIMEOUT_MS=1)
+    response = app.test_client().post(
+        "/api/v1/auth/register",
+        json={"email": "late@example.com", "password": "correct horse battery"},
+    )
+    assert response.status_code == 503, response.get_json()
+    assert response.get_json()["error"]["code"] == 503
+    assert int(response.headers["Retry-After"]) >= 1
