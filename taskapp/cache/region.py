@@ -186,8 +186,9 @@ class Region:
         """The fresh entry of ``full_key``; on a miss, a lease to produce and store it.
 
         One caller across processes gets a lease holding the fill lock; the others wait for that
-        fill and get the entry, or after CACHE_LOCK_WAIT a lease without the lock. The read,
-        the lease and the lock take one round trip. (None, None) when Redis is unavailable.
+        fill and get the entry (while the holder renews its lock), or after CACHE_FILL_TIMEOUT a
+        lease without the lock. The read, the lease and the lock take one round trip. (None,
+        None) when Redis is unavailable.
         """
         self.store.check_slots(full_key, tags)
         entry = self._from_memory(full_key)
@@ -352,6 +353,9 @@ class Region:
             )
         except Unavailable:
             return False
+        finally:
+            if token:
+                self.lock.done(full_key, token)  # FILL released it: no more renewals
         if stored:
             self._remember(full_key, entry, self._note_scope(full_key, scope))
         return bool(stored)
