@@ -1,8 +1,9 @@
 """The two reference apps of the bench, served like taskapp (``gunicorn -c gunicorn.conf.py``).
 
-Both answer every GET with the bytes of taskapp's task answer (``BENCH_TASK_JSON``, set by the
-runner): ``bare`` is a bare Flask route, the reference of every ratio; ``raw`` is a WSGI callable
-without Flask, the server's own ceiling.
+``bare`` and ``raw`` answer every GET with the bytes of taskapp's task answer
+(``BENCH_TASK_JSON``, set by the runner): ``bare`` is a bare Flask route, the reference of every
+ratio; ``raw`` is a WSGI callable without Flask, the server's own ceiling. ``pooled`` is taskapp
+with one mechanism taken out, to show what it buys.
 """
 
 from __future__ import annotations
@@ -36,3 +37,13 @@ def raw() -> Callable[..., Iterable[bytes]]:
         return [BODY]
 
     return app
+
+
+def pooled() -> Flask:
+    """taskapp whose request path sends its Redis calls through redis-py's connection pool, as
+    every other call does (``Direct`` off: ``taskapp/cache/store.py``)."""
+    from taskapp import create_app
+    from taskapp.cache import store
+
+    store.Direct = lambda client: None  # type: ignore[assignment,misc,return-value]
+    return create_app()

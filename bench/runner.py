@@ -46,6 +46,7 @@ ROWS: list[tuple[str, str, dict[str, str]]] = [
     ("taskapp, rate limit off", "wsgi:app", {"RATE_LIMIT_PER_MINUTE": "0"}),
     ("taskapp, in-process layer off", "wsgi:app", {"L1_CACHE_MAX_ITEMS": "0"}),
     ("taskapp, HTTP_FAST_PATH=0", "wsgi:app", {"HTTP_FAST_PATH": "0"}),
+    ("taskapp, request path on redis-py's pool (no Direct)", "bench.apps:pooled()", {}),
     # Redis refuses connections and memory is off: every GET checks the token and reads FerretDB.
     ("taskapp, uncached read (50 ms)", "wsgi:app", {"L1_CACHE_MAX_ITEMS": "0", "REDIS_URL": "-"}),
 ]
