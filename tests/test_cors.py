@@ -82,7 +82,7 @@ def test_list_pages_and_stats_carry_the_cors_headers_when_cached(client, alice):
         ("GET", "/no/such/route", 404),
         ("DELETE", TASKS, 405),
         ("GET", f"{TASKS}?sort=sideways", 422),
-        ("POST", "/api/v1/auth/login", 400),
+        ("POST", "/api/v1/auth/login", 422),
     ],
 )
 def test_errors_carry_the_cors_headers(client, alice, method, path, status):
