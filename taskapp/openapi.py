@@ -89,7 +89,7 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         "name": "If-None-Match",
         "in": "header",
         "required": False,
-        "description": "ETags of representations you hold (weak comparison: W/\"...\" "
+        "description": 'ETags of representations you hold (weak comparison: W/"..." '
         "matches too; * matches any): answered 304 without a body while one is current.",
         "schema": {"type": "string"},
     },
@@ -98,7 +98,7 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         "in": "header",
         "required": False,
         "description": "ETags the task must still have (strong comparison, RFC 9110 "
-        "section 13.1.1: a weak W/\"...\" never matches; * matches any existing task): "
+        'section 13.1.1: a weak W/"..." never matches; * matches any existing task): '
         "otherwise 412 and nothing is changed.",
         "schema": {"type": "string"},
     },

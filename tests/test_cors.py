@@ -148,7 +148,9 @@ def test_a_preflight_is_204_whatever_the_query_string_or_path_id(client, alice, 
     assert response.data == b"" and "Content-Type" not in response.headers
     assert_cors(response)
     assert set(response.headers["Access-Control-Allow-Methods"].split(", ")) == methods
-    real = client.open(path, method=method, json={"title": "x"}, headers={**alice, "Origin": ORIGIN})
+    real = client.open(
+        path, method=method, json={"title": "x"}, headers={**alice, "Origin": ORIGIN}
+    )
     assert real.status_code in (404, 422)
     assert_cors(real)
 

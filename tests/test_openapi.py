@@ -158,7 +158,14 @@ def test_shared_enums_are_named_schemas_with_names_for_generated_code(document):
     schemas = document["components"]["schemas"]
     assert schemas["Priority"]["enum"] == ["low", "medium", "high"]
     sort = schemas["TaskSort"]
-    assert sort["enum"] == ["-created_at", "created_at", "due_date", "-due_date", "priority", "-priority"]
+    assert sort["enum"] == [
+        "-created_at",
+        "created_at",
+        "due_date",
+        "-due_date",
+        "priority",
+        "-priority",
+    ]
     assert sort["x-enum-varnames"] == [
         "CREATED_AT_DESC",
         "CREATED_AT",
@@ -440,7 +447,10 @@ def test_a_generated_client_registers_logs_in_and_edits_a_task_with_if_match(ser
     assert [item.id for item in page.items] == [task.id]
 
     patched = api.tasks_update_task.sync_detailed(
-        task.id, client=client, body=models.TaskUpdate(completed=True), if_match=read.headers["ETag"]
+        task.id,
+        client=client,
+        body=models.TaskUpdate(completed=True),
+        if_match=read.headers["ETag"],
     )
     assert patched.status_code == 200 and patched.parsed.completed is True
     stale = api.tasks_update_task.sync_detailed(

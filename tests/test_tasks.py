@@ -430,9 +430,7 @@ def test_if_match_star_matches_any_existing_task_only(writer):
 
 
 @pytest.mark.parametrize("strategy", ["invalidate", "write-through"])
-def test_a_change_landing_between_the_if_match_check_and_the_write_makes_it_412(
-    make_app, strategy
-):
+def test_a_change_landing_between_the_if_match_check_and_the_write_makes_it_412(make_app, strategy):
     """The check and the write are one step in MongoDB: the write is filtered by the version
     that was checked, so a change made in between (here, by the check itself) is never lost."""
     from taskapp.tasks import service

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -22,7 +22,10 @@ Email = Annotated[
 
 
 #: The example account of the document: "Try it out" registers it, then logs in with it.
-EXAMPLE_CREDENTIALS = {"email": "ada@example.com", "password": "correct horse battery"}
+EXAMPLE_CREDENTIALS: dict[str, Any] = {
+    "email": "ada@example.com",
+    "password": "correct horse battery",
+}
 
 
 class Registration(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, current_app, g, request, url_for
+from flask import Blueprint, Response, g, jsonify, request, url_for
 from werkzeug.exceptions import NotFound
 from werkzeug.http import parse_etags, unquote_etag
 
@@ -39,7 +39,7 @@ def found(value: T | None) -> T:
 
 def task_response(task: dict[str, Any], status: int = 200) -> Response:
     """``task`` as JSON with its ETag: the bytes and the ETag a GET of the task answers."""
-    resp = current_app.json.response(task)
+    resp = jsonify(task)
     resp.status_code = status
     resp.headers["ETag"] = etag_of(task)
     return resp
@@ -47,7 +47,7 @@ def task_response(task: dict[str, Any], status: int = 200) -> Response:
 
 def etag_of(task: dict[str, Any]) -> str:
     """The caller's ETag of ``task``: the response cache's, over the bytes a GET would send."""
-    return user_etag(g.user_id, current_app.json.response(task).get_data())
+    return user_etag(g.user_id, jsonify(task).get_data())
 
 
 def if_match() -> service.Precondition | None:

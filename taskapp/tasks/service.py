@@ -263,7 +263,8 @@ def _update_in_mongodb(
         new=True, **update
     )
     if task is None:
-        return _gone_or_changed(user_id, tid, current)
+        _gone_or_changed(user_id, tid, current)
+        return None
     _changed(user_id, "updated", _versioned(task))
     return task.to_dict()
 
