@@ -281,7 +281,10 @@ def _same(current: dict[str, Any]) -> dict[str, Any]:
 def _gone_or_changed(user_id: str, tid: str, current: dict[str, Any]) -> None:
     """After a filtered write matched nothing: None when the task is gone, else 412 (it changed
     since the check)."""
-    if _same(current) and Task.objects(id=ObjectId(tid), owner=ObjectId(user_id)).count():
+    if not _same(current):
+        return
+    query = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id))
+    if db.read(lambda: query.count()):
         raise _precondition_failed()
 
 
