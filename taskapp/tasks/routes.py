@@ -41,7 +41,7 @@ def task_response(task: dict[str, Any], status: int = 200) -> Response:
     """``task`` as JSON with its ETag: the bytes and the ETag a GET of the task answers."""
     resp = jsonify(task)
     resp.status_code = status
-    resp.headers["ETag"] = etag_of(task)
+    resp.headers["ETag"] = user_etag(g.user_id, resp.get_data())
     return resp
 
 
