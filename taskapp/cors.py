@@ -8,16 +8,21 @@ see the final headers (``after_request`` hooks run in reverse order of registrat
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+import re
+
+from flask import Flask, Response, current_app, request
 from flask_cors import CORS
 
-#: Request headers a script may send: the token, JSON bodies, and the cache's request directives.
-ALLOWED_HEADERS = ["Authorization", "Content-Type", "If-None-Match", "Cache-Control"]
+#: Request headers a script may send: the token, JSON bodies, the cache's request directives
+#: and the conditions of conditional requests.
+ALLOWED_HEADERS = ["Authorization", "Content-Type", "If-None-Match", "If-Match", "Cache-Control"]
 #: Response headers a script may read (besides the CORS-safelisted ones).
 EXPOSED_HEADERS = [
     "ETag",
     "X-Cache",
+    "Location",
     "Retry-After",
+    "WWW-Authenticate",
     "X-RateLimit-Limit",
     "X-RateLimit-Remaining",
     "X-RateLimit-Reset",
@@ -25,6 +30,8 @@ EXPOSED_HEADERS = [
 PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight's answer
 ALLOW_METHODS = "Access-Control-Allow-Methods"
 ALLOW_HEADERS = "Access-Control-Allow-Headers"
+_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
+_SOME_ID = "0" * 24
 
 
 def init_app(app: Flask) -> None:
@@ -33,6 +40,7 @@ def init_app(app: Flask) -> None:
     if not origins:
         return
     app.after_request(_route_methods_and_vary)  # first registered: runs after flask-cors's hook
+    app.before_request(_preflight)  # first registered: runs before any check of the request
     CORS(
         app,
         origins=origins,
@@ -43,6 +51,40 @@ def init_app(app: Flask) -> None:
         always_send=False,  # no CORS headers for a request without an Origin
         vary_header=False,  # Vary: Origin is added below, on every response, merged into one
     )
+
+
+def _preflight() -> Response | None:
+    """Answer a preflight 204 before anything checks the request it announces.
+
+    The query string (an unknown or repeated parameter) and the path's id (``/tasks/nope``) are
+    for the real request to judge: it gets its JSON 422 or 404, which a script can read only if
+    its preflight passed. A path that names no route at all is left to the routing 404.
+    """
+    if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+        return None
+    methods = _route_methods()
+    if not methods:
+        return None
+    response = Response(status=204)
+    del response.headers["Content-Type"]  # no body, so no type (never an HTML page)
+    response.allow.update(methods)
+    return response
+
+
+def _route_methods() -> set[str]:
+    """The methods of the route the request's path names, also when an id in it is malformed."""
+    adapter = current_app.create_url_adapter(request)
+    if adapter is None:
+        return set()
+    methods = set(adapter.allowed_methods())
+    segments = request.path.split("/")
+    for i, segment in enumerate(segments):
+        if methods:
+            break
+        if segment and not _OBJECT_ID.fullmatch(segment):
+            candidate = "/".join([*segments[:i], _SOME_ID, *segments[i + 1 :]])
+            methods = set(adapter.allowed_methods(candidate))
+    return methods
 
 
 def _route_methods_and_vary(response: Response) -> Response:

@@ -90,9 +90,9 @@ def test_register_gives_the_admin_role_to_admin_emails_only(make_app):
         ({"email": "alice@example.com", "password": PASSWORD, "role": "admin"}, "role"),
     ],
 )
-def test_register_with_invalid_fields_is_400_naming_the_field(client, payload, field):
+def test_register_with_invalid_fields_is_422_naming_the_field(client, payload, field):
     response = client.post("/api/v1/auth/register", json=payload)
-    assert response.status_code == 400
+    assert response.status_code == 422  # a JSON object, well-formed but invalid: as on /tasks
     assert f"'{field}'" in response.get_json()["error"]["message"]
 
 
@@ -156,10 +156,10 @@ def test_login_with_a_wrong_password_or_an_unknown_email_is_the_same_401(client)
         {"email": "alice@example.com", "password": None},
     ],
 )
-def test_login_with_missing_or_mistyped_fields_is_400(client, payload):
+def test_login_with_missing_or_mistyped_fields_is_422(client, payload):
     response = client.post("/api/v1/auth/login", json=payload)
-    assert response.status_code == 400
-    assert response.get_json()["error"]["code"] == 400
+    assert response.status_code == 422
+    assert response.get_json()["error"]["code"] == 422
 
 
 def test_login_attempts_over_the_limit_are_429_with_retry_after(make_app):

@@ -8,13 +8,16 @@ browser is the system's, Playwright only drives it.
 from __future__ import annotations
 
 import http.server
+import json
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
+from taskapp.auth.schemas import EXAMPLE_CREDENTIALS
 from tests.test_gunicorn import free_port, serve  # noqa: F401  (the fixture)
 
 CHROMIUM = "/usr/bin/chromium"
@@ -141,8 +144,9 @@ def browser() -> Iterator[Browser]:
 def api(serve, redis_url, key_prefix, mongodb_uri):  # noqa: F811
     """Start the app under gunicorn (two workers) for a page origin: ``api(origin).base``."""
 
-    def start(cors_origins: str):
+    def start(cors_origins: str, **settings: str):
         return serve(
+            **settings,
             REDIS_URL=redis_url,
             CACHE_KEY_PREFIX=key_prefix,
             MONGODB_URI=mongodb_uri,
@@ -256,3 +260,83 @@ def test_docs_render_every_operation_from_the_packaged_swagger_ui(browser, api):
     assert {"page", "per_page", "completed", "priority", "due_before", "due_after", "sort"} <= names
     assert requested and all(url.startswith(server.base) for url in requested), requested
     assert problems == []
+
+
+# Swagger UI's "Try it out" on /docs, for every operation, with the examples it prefills
+
+#: Operations tried first (an account, its token, a task to address) and last (they end what
+#: the others need: the admin role, the task).
+FIRST = ["auth_register", "auth_login", "tasks_create_task"]
+LAST = ["admin_set_role", "tasks_delete_task"]
+
+
+def try_it_out(page: Page, operation: dict, ids: dict[str, str]) -> tuple[int, str]:
+    """Open an operation, press "Try it out", fill in only its path ids, press "Execute":
+    (the status and the body Swagger UI shows). Every other field keeps what Swagger UI
+    prefilled from the document (the body's example, the parameters' defaults)."""
+    block = page.locator(f"#operations-{operation['tags'][0]}-{operation['operationId']}")
+    block.locator(".opblock-summary").first.click()
+    block.locator(".try-out__btn").click()
+    for name, value in ids.items():
+        field = block.locator(f'tr[data-param-name="{name}"][data-param-in="path"] input')
+        if field.count():
+            field.fill(value)
+    if "requestBody" in operation:  # prefilled with the example, sent as it stands
+        assert block.locator("textarea.body-param__text").input_value().strip()
+    block.locator("button.execute").click()
+    cell = block.locator(".live-responses-table tbody .response-col_status").first
+    cell.wait_for()
+    shown = block.locator(".live-responses-table tbody .response-col_description pre.microlight")
+    return int(cell.inner_text().strip()), shown.first.inner_text() if shown.count() else ""
+
+
+def authorize(page: Page, token: str) -> None:
+    """Swagger UI's Authorize dialog, with a real token."""
+    page.locator(".auth-wrapper button.authorize").click()
+    dialog = page.locator(".modal-ux")
+    dialog.locator("input").first.fill(token)
+    dialog.locator("button.authorize").click()
+    dialog.locator("button.btn-done").click()
+
+
+def test_swagger_ui_try_it_out_succeeds_for_every_operation_with_its_example(browser, api):
+    """No 4xx caused by the document's own examples: each operation answers its success status
+    to what Swagger UI sends from the document, once authorized with a real token (the example
+    account registers and logs in through the page; ADMIN_EMAILS makes it an admin)."""
+    server = api("", ADMIN_EMAILS=EXAMPLE_CREDENTIALS["email"])
+    with urllib.request.urlopen(server.base + "/openapi.json", timeout=10) as response:
+        document = json.load(response)
+    operations = {
+        operation["operationId"]: operation
+        for methods in document["paths"].values()
+        for operation in methods.values()
+    }
+    middle = [name for name in operations if name not in FIRST + LAST]
+    context = browser.new_context()
+    answered: list[tuple[int, str]] = []
+    statuses: dict[str, int] = {}
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("response", lambda r: answered.append((r.status, r.url)))
+        page.goto(server.base + "/docs")
+        page.wait_for_selector(".opblock-summary-path", state="attached")
+        ids: dict[str, str] = {}
+        for name in FIRST + middle + LAST:
+            status, shown = try_it_out(page, operations[name], ids)
+            statuses[name] = status
+            if name == "auth_register" and status == 201:
+                ids["user_id"] = json.loads(shown)["id"]
+            elif name == "auth_login" and status == 200:
+                authorize(page, json.loads(shown)["access_token"])
+            elif name == "tasks_create_task" and status == 201:
+                ids["task_id"] = json.loads(shown)["id"]
+    finally:
+        context.close()
+
+    expected = {
+        name: min(int(code) for code in operation["responses"] if code.startswith("2"))
+        for name, operation in operations.items()
+    }
+    assert statuses == expected
+    assert [(status, url) for status, url in answered if status >= 400] == []

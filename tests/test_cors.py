@@ -82,7 +82,7 @@ def test_list_pages_and_stats_carry_the_cors_headers_when_cached(client, alice):
         ("GET", "/no/such/route", 404),
         ("DELETE", TASKS, 405),
         ("GET", f"{TASKS}?sort=sideways", 422),
-        ("POST", "/api/v1/auth/login", 400),
+        ("POST", "/api/v1/auth/login", 422),
     ],
 )
 def test_errors_carry_the_cors_headers(client, alice, method, path, status):
@@ -127,6 +127,50 @@ def test_a_preflight_allows_the_token_json_and_the_methods_of_the_route(client):
     assert methods == {"GET", "HEAD", "PATCH", "DELETE", "OPTIONS"}
     assert methods == set(response.headers["Allow"].split(", "))
     assert int(response.headers["Access-Control-Max-Age"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("path", "methods"),
+    [
+        (f"{TASKS}?bogus=1", {"GET", "HEAD", "OPTIONS", "POST"}),
+        (f"{TASKS}?page=1&page=2", {"GET", "HEAD", "OPTIONS", "POST"}),
+        (f"{TASKS}/nope", {"GET", "HEAD", "PATCH", "DELETE", "OPTIONS"}),
+        (f"{TASKS}/nope?bogus=1", {"GET", "HEAD", "PATCH", "DELETE", "OPTIONS"}),
+        ("/healthz?x=1", {"GET", "HEAD", "OPTIONS"}),
+    ],
+)
+def test_a_preflight_is_204_whatever_the_query_string_or_path_id(client, alice, path, methods):
+    """The real request gets its JSON 422 or 404, which the script can only read once its
+    preflight passed."""
+    method = "PATCH" if "nope" in path else "GET"
+    response = preflight(client, path, method, headers="authorization, if-match")
+    assert response.status_code == 204, response.get_data(as_text=True)
+    assert response.data == b"" and "Content-Type" not in response.headers
+    assert_cors(response)
+    assert set(response.headers["Access-Control-Allow-Methods"].split(", ")) == methods
+    real = client.open(
+        path, method=method, json={"title": "x"}, headers={**alice, "Origin": ORIGIN}
+    )
+    assert real.status_code in (404, 422)
+    assert_cors(real)
+
+
+def test_a_preflight_of_a_path_that_names_no_route_is_still_404(client):
+    response = preflight(client, "/no/such/route", "GET")
+    assert response.status_code == 404
+    assert "Access-Control-Allow-Methods" not in response.headers
+
+
+def test_scripts_may_send_if_match_and_read_location_and_www_authenticate(client, alice):
+    response = preflight(client, f"{TASKS}/0123456789abcdef01234567", "DELETE", headers="if-match")
+    assert response.headers["Access-Control-Allow-Headers"].lower() == "if-match"
+    exposed = {h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"Location", "WWW-Authenticate", "ETag"} <= exposed
+    created = client.post(TASKS, json={"title": "x"}, headers={**alice, "Origin": ORIGIN})
+    assert created.headers["Location"] and created.headers["ETag"]
+    refused = client.get(TASKS, headers={"Origin": ORIGIN})
+    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"]
+    assert_cors(refused)
 
 
 def test_a_preflight_lists_only_the_methods_of_its_own_route(client):

@@ -1,4 +1,4 @@
-"""Operational routes: /healthz, /readyz, /metrics and /openapi.json."""
+"""Operational routes: /healthz, /readyz, /metrics and /docs (/openapi.json: test_openapi.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-import schemathesis
 
 from taskapp import create_app
 from taskapp.extensions import cache
@@ -99,129 +98,6 @@ def test_metrics_sum_every_worker_when_prometheus_multiproc_dir_is_set(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     text = client.get("/metrics").get_data(as_text=True)
     assert "taskapp_db_reads_total 6.0" in text.splitlines()
-
-
-# /openapi.json
-
-
-@pytest.fixture
-def document(client) -> dict:
-    response = client.get("/openapi.json")
-    assert response.status_code == 200
-    return response.get_json()
-
-
-def test_openapi_is_a_valid_openapi_3_1_document(app, document):
-    assert document["openapi"].startswith("3.1")
-    schemathesis.openapi.from_dict(document).validate()  # raises on any schema error
-
-
-def test_openapi_lists_every_route_and_method_of_the_app(app, document):
-    documented = {
-        (path, method.upper())
-        for path, operations in document["paths"].items()
-        for method in operations
-    }
-    routed = {
-        (re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule), method)
-        for rule in app.url_map.iter_rules()
-        if rule.endpoint != "static" and not rule.endpoint.endswith(".static")
-        for method in rule.methods - {"HEAD", "OPTIONS"}
-    }
-    assert documented == routed
-    assert ("/api/v1/tasks/{task_id}", "PATCH") in documented
-    assert ("/api/v1/admin/users/{user_id}", "PATCH") in documented
-
-
-def test_openapi_marks_exactly_the_protected_routes_with_bearer_security(document):
-    for path, operations in document["paths"].items():
-        for method, operation in operations.items():
-            protected = path.startswith(
-                ("/api/v1/tasks", "/api/v1/activity", "/api/v1/admin", "/api/v1/auth/me")
-            )
-            assert ("security" in operation) == protected, (method, path)
-            if protected:
-                assert operation["responses"]["401"]
-    schemes = document["components"]["securitySchemes"]
-    assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-
-
-def test_openapi_uses_the_pydantic_schemas_for_bodies_and_responses(document):
-    create = document["paths"]["/api/v1/tasks"]["post"]
-    body_ref = create["requestBody"]["content"]["application/json"]["schema"]["$ref"]
-    assert body_ref == "#/components/schemas/TaskCreate"
-    assert set(create["responses"]) >= {"201", "400", "401", "413", "415", "422"}
-    created = create["responses"]["201"]["content"]["application/json"]["schema"]["$ref"]
-    assert created == "#/components/schemas/TaskOut"
-    schemas = document["components"]["schemas"]
-    assert schemas["TaskCreate"]["properties"]["priority"]["enum"] == ["low", "medium", "high"]
-    list_parameters = {p["name"] for p in document["paths"]["/api/v1/tasks"]["get"]["parameters"]}
-    assert list_parameters == {
-        "page",
-        "per_page",
-        "completed",
-        "priority",
-        "due_before",
-        "due_after",
-        "sort",
-    }
-
-
-def test_openapi_documents_errors_with_the_error_schema(document):
-    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
-    for operations in document["paths"].values():
-        for operation in operations.values():
-            for status, response in operation["responses"].items():
-                if status.startswith("4"):
-                    assert response["content"]["application/json"]["schema"] == error_ref
-    error = document["components"]["schemas"]["ErrorResponse"]
-    assert error["required"] == ["error"]
-
-
-def test_openapi_refs_all_resolve(document):
-    refs = set()
-
-    def collect(node):
-        if isinstance(node, dict):
-            if isinstance(node.get("$ref"), str):
-                refs.add(node["$ref"])
-            for value in node.values():
-                collect(value)
-        elif isinstance(node, list):
-            for value in node:
-                collect(value)
-
-    collect(document)
-    names = {f"#/components/schemas/{name}" for name in document["components"]["schemas"]}
-    assert refs and refs <= names
-
-
-def test_openapi_describes_the_web_client_routes_and_list_parameters(document):
-    assert "get" in document["paths"]["/api/v1/auth/me"]
-    assert document["paths"]["/api/v1/auth/me"]["get"]["security"] == [{"bearerAuth": []}]
-    admin_users = document["paths"]["/api/v1/admin/users"]["get"]
-    assert {p["name"] for p in admin_users["parameters"]} == {"email", "page", "per_page"}
-    assert set(admin_users["responses"]) >= {"200", "401", "403", "422"}
-    parameters = {p["name"]: p for p in document["paths"]["/api/v1/tasks"]["get"]["parameters"]}
-    sort = parameters["sort"]["schema"]
-    assert sort["enum"] == [
-        "-created_at",
-        "created_at",
-        "due_date",
-        "-due_date",
-        "priority",
-        "-priority",
-    ]
-    assert sort["default"] == "-created_at"
-    assert "low < medium < high" in parameters["sort"]["description"]
-    for name in ("due_before", "due_after"):
-        formats = {option.get("format") for option in parameters[name]["schema"]["anyOf"]}
-        assert "date-time" in formats
-        assert parameters[name]["description"]
-    priorities = {tuple(o.get("enum", ())) for o in parameters["priority"]["schema"]["anyOf"]}
-    assert ("low", "medium", "high") in priorities
-    admin_tasks = document["paths"]["/api/v1/admin/users/{user_id}/tasks"]["get"]
-    assert {p["name"] for p in admin_tasks["parameters"]} >= {"sort", "priority"}
 
 
 # /docs

@@ -323,6 +323,7 @@ def test_delete_answers_204_with_an_empty_body_and_the_task_is_gone(client, alic
     response = client.delete(f"{TASKS}/{task['id']}", headers=alice)
     assert response.status_code == 204
     assert response.data == b""
+    assert "Content-Type" not in response.headers  # no content, so no type of it
     assert client.get(f"{TASKS}/{task['id']}", headers=alice).status_code == 404
     assert client.delete(f"{TASKS}/{task['id']}", headers=alice).status_code == 404
 
@@ -330,6 +331,130 @@ def test_delete_answers_204_with_an_empty_body_and_the_task_is_gone(client, alic
 @pytest.mark.parametrize("task_id", [str(ObjectId()), "not-an-id"])
 def test_delete_of_an_unknown_or_malformed_id_is_404(client, alice, task_id):
     assert client.delete(f"{TASKS}/{task_id}", headers=alice).status_code == 404
+
+
+# Conditional writes: ETag on every answer with a task, If-Match on PATCH and DELETE
+
+WRITE_STRATEGIES = ["invalidate", "write-through", "write-behind"]
+
+
+@pytest.fixture(params=WRITE_STRATEGIES)
+def writer(request, make_app):
+    """A client and a user's headers on an app of each write strategy."""
+    app = make_app(TASK_WRITE_STRATEGY=request.param, WRITE_BEHIND_FLUSH_MS=100)
+    client = app.test_client()
+    from tests.api import account
+
+    return app, client, account(client)[1]
+
+
+def get_etag(client, headers, task_id: str) -> str:
+    response = client.get(f"{TASKS}/{task_id}", headers=headers)
+    assert response.status_code == 200
+    return response.headers["ETag"]
+
+
+def test_create_answers_201_with_location_and_the_etag_a_get_answers(writer):
+    _, client, headers = writer
+    response = client.post(TASKS, json={"title": "located"}, headers=headers)
+    assert response.status_code == 201
+    task = response.get_json()
+    assert response.headers["Location"] == f"{TASKS}/{task['id']}"
+    got = client.get(response.headers["Location"], headers=headers)
+    assert got.get_json() == task
+    assert response.headers["ETag"] == got.headers["ETag"]
+
+
+def test_patch_answers_the_etag_a_following_get_answers(writer):
+    _, client, headers = writer
+    task = create(client, headers)
+    before = get_etag(client, headers, task["id"])
+    response = client.patch(f"{TASKS}/{task['id']}", json={"completed": True}, headers=headers)
+    assert response.status_code == 200
+    assert response.headers["ETag"] != before
+    assert response.headers["ETag"] == get_etag(client, headers, task["id"])
+
+
+def test_patch_with_the_current_etag_in_if_match_is_made(writer):
+    _, client, headers = writer
+    task = create(client, headers)
+    url = f"{TASKS}/{task['id']}"
+    for title, if_match in (("one", "{}"), ("two", '"other", {}'), ("three", "*")):
+        current = get_etag(client, headers, task["id"])
+        sent = {**headers, "If-Match": if_match.format(current)}
+        response = client.patch(url, json={"title": title}, headers=sent)
+        assert response.status_code == 200, (if_match, response.get_json())
+        assert client.get(url, headers=headers).get_json()["title"] == title
+
+
+@pytest.mark.parametrize("kind", ["stale", "weak", "unknown"])
+def test_patch_with_an_if_match_that_is_not_current_is_412_and_changes_nothing(writer, kind):
+    _, client, headers = writer
+    task = create(client, headers, title="first")
+    url = f"{TASKS}/{task['id']}"
+    stale = get_etag(client, headers, task["id"])
+    client.patch(url, json={"title": "second"}, headers=headers)
+    current = get_etag(client, headers, task["id"])
+    # A weak tag never matches (strong comparison, RFC 9110 section 13.1.1), even the current one.
+    if_match = {"stale": stale, "weak": f"W/{current}", "unknown": '"nope"'}[kind]
+    response = client.patch(url, json={"title": "third"}, headers={**headers, "If-Match": if_match})
+    assert response.status_code == 412
+    assert response.get_json()["error"]["code"] == 412
+    after = client.get(url, headers=headers)
+    assert after.get_json()["title"] == "second"
+    assert after.headers["ETag"] == current
+
+
+def test_delete_with_an_if_match_that_is_not_current_is_412_and_deletes_nothing(writer):
+    _, client, headers = writer
+    task = create(client, headers)
+    url = f"{TASKS}/{task['id']}"
+    stale = get_etag(client, headers, task["id"])
+    client.patch(url, json={"completed": True}, headers=headers)
+    response = client.delete(url, headers={**headers, "If-Match": stale})
+    assert response.status_code == 412
+    assert client.get(url, headers=headers).get_json()["completed"] is True
+    current = get_etag(client, headers, task["id"])
+    assert client.delete(url, headers={**headers, "If-Match": current}).status_code == 204
+    assert client.get(url, headers=headers).status_code == 404
+
+
+def test_if_match_star_matches_any_existing_task_only(writer):
+    _, client, headers = writer
+    task = create(client, headers)
+    url = f"{TASKS}/{task['id']}"
+    star = {**headers, "If-Match": "*"}
+    assert client.delete(url, headers=star).status_code == 204
+    assert client.delete(url, headers=star).status_code == 404
+    assert client.patch(url, json={"completed": True}, headers=star).status_code == 404
+
+
+@pytest.mark.parametrize("strategy", ["invalidate", "write-through"])
+def test_a_change_landing_between_the_if_match_check_and_the_write_makes_it_412(make_app, strategy):
+    """The check and the write are one step in MongoDB: the write is filtered by the version
+    that was checked, so a change made in between (here, by the check itself) is never lost."""
+    from taskapp.tasks import service
+    from taskapp.tasks.schemas import TaskUpdate
+
+    app = make_app(TASK_WRITE_STRATEGY=strategy)
+    client = app.test_client()
+    from tests.api import account
+
+    user_id, headers = account(client)
+    task = create(client, headers, title="first")
+
+    def changed_meanwhile(current: dict) -> bool:
+        service.update_task(user_id, task["id"], TaskUpdate(title="meanwhile"))
+        return True  # it was current when checked
+
+    with app.test_request_context():
+        with pytest.raises(Exception) as refused:
+            service.update_task(user_id, task["id"], TaskUpdate(title="lost?"), changed_meanwhile)
+        assert getattr(refused.value, "code", None) == 412
+        with pytest.raises(Exception) as refused:
+            service.delete_task(user_id, task["id"], changed_meanwhile)
+        assert getattr(refused.value, "code", None) == 412
+    assert client.get(f"{TASKS}/{task['id']}", headers=headers).get_json()["title"] == "meanwhile"
 
 
 # Read-your-writes: every cached view reflects a change on the very next request

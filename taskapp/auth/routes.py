@@ -26,8 +26,8 @@ def _no_store(resp: Response) -> Response:
 
 
 @bp.post("/register")
-@response(UserOut, status=201, errors=(409, 429))
-@body(Registration, invalid_status=400)
+@response(UserOut, status=201, errors=(409, 429), descriptions={409: "The email is taken"})
+@body(Registration)
 def register(body: Registration) -> tuple[dict[str, Any], int]:
     """Create an account."""
     limit_register()
@@ -36,8 +36,8 @@ def register(body: Registration) -> tuple[dict[str, Any], int]:
 
 
 @bp.post("/login")
-@response(TokenOut, errors=(401,))
-@body(Credentials, invalid_status=400)
+@response(TokenOut, errors=(401, 429), descriptions={401: "Wrong email or password"})
+@body(Credentials)
 def login(body: Credentials) -> dict[str, Any]:
     """Exchange email and password for an access token."""
     limit_login(service.normalise_email(body.email))

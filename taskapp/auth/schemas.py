@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -21,10 +21,17 @@ Email = Annotated[
 ]
 
 
+#: The example account of the document: "Try it out" registers it, then logs in with it.
+EXAMPLE_CREDENTIALS: dict[str, Any] = {
+    "email": "ada@example.com",
+    "password": "correct horse battery",
+}
+
+
 class Registration(BaseModel):
     """A new account."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_CREDENTIALS]})
 
     email: Email
     password: Annotated[str, Field(min_length=8, max_length=1024)]
@@ -33,7 +40,7 @@ class Registration(BaseModel):
 class Credentials(BaseModel):
     """Login credentials; the email is not format-checked, a wrong one simply fails to log in."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_CREDENTIALS]})
 
     email: Annotated[str, Field(min_length=1, max_length=254)]
     password: Annotated[str, Field(min_length=1, max_length=1024)]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from flask import Blueprint, g
+from flask import Blueprint, Response, g, jsonify, request, url_for
 from werkzeug.exceptions import NotFound
+from werkzeug.http import parse_etags, unquote_etag
 
 from taskapp.auth.tokens import login_required
+from taskapp.cache.http import _etag as user_etag
 from taskapp.http_cache import cached_response
 from taskapp.openapi import response
 from taskapp.tasks import service
@@ -35,6 +37,32 @@ def found(value: T | None) -> T:
     return value
 
 
+def task_response(task: dict[str, Any], status: int = 200) -> Response:
+    """``task`` as JSON with its ETag: the bytes and the ETag a GET of the task answers."""
+    resp = jsonify(task)
+    resp.status_code = status
+    resp.headers["ETag"] = user_etag(g.user_id, resp.get_data())
+    return resp
+
+
+def etag_of(task: dict[str, Any]) -> str:
+    """The caller's ETag of ``task``: the response cache's, over the bytes a GET would send."""
+    return user_etag(g.user_id, jsonify(task).get_data())
+
+
+def if_match() -> service.Precondition | None:
+    """The request's If-Match as a condition on the task, None without the header.
+
+    Strong comparison (RFC 9110 section 13.1.1): a weak ``W/"..."`` never matches, since a weak
+    tag does not promise the same bytes; ``*`` matches any existing task.
+    """
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    etags = parse_etags(header)
+    return lambda task: etags.contains(unquote_etag(etag_of(task))[0])
+
+
 @bp.get("/tasks")
 @response(TaskPage, cached=True)
 @cached_response
@@ -46,12 +74,15 @@ def list_tasks(query: ListQuery) -> dict[str, Any]:
 
 
 @bp.post("/tasks")
-@response(TaskOut, status=201)
+@response(TaskOut, status=201, headers=("Location", "ETag"))
 @login_required
 @body(TaskCreate)
-def create_task(body: TaskCreate) -> tuple[dict[str, Any], int]:
+def create_task(body: TaskCreate) -> Response:
     """Create a task."""
-    return service.create_task(g.user_id, body), 201
+    task = service.create_task(g.user_id, body)
+    resp = task_response(task, 201)
+    resp.headers["Location"] = url_for("tasks.get_task", task_id=task["id"])
+    return resp
 
 
 @bp.get("/tasks/stats")
@@ -73,22 +104,24 @@ def get_task(task_id: str) -> dict[str, Any]:
 
 
 @bp.patch("/tasks/<objectid:task_id>")
-@response(TaskOut)
+@response(TaskOut, headers=("ETag",), if_match=True)
 @login_required
 @body(TaskUpdate)
-def update_task(task_id: str, body: TaskUpdate) -> dict[str, Any]:
-    """Change any subset of a task's fields."""
-    return found(service.update_task(g.user_id, task_id, body))
+def update_task(task_id: str, body: TaskUpdate) -> Response:
+    """Change any subset of a task's fields (only while If-Match, if sent, is current)."""
+    return task_response(found(service.update_task(g.user_id, task_id, body, if_match())))
 
 
 @bp.delete("/tasks/<objectid:task_id>")
-@response(None, status=204)
+@response(None, status=204, if_match=True)
 @login_required
-def delete_task(task_id: str) -> tuple[str, int]:
-    """Delete one of your tasks."""
-    if not service.delete_task(g.user_id, task_id):
+def delete_task(task_id: str) -> Response:
+    """Delete one of your tasks (only while If-Match, if sent, is current)."""
+    if not service.delete_task(g.user_id, task_id, if_match()):
         raise NotFound("task not found")
-    return "", 204
+    resp = Response(status=204)
+    del resp.headers["Content-Type"]  # no content, so no type of it (RFC 9110 section 8.3)
+    return resp
 
 
 @bp.get("/activity")

@@ -16,9 +16,37 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from typing_extensions import TypeAliasType
 
-Priority = Literal["low", "medium", "high"]
-Sort = Literal["-created_at", "created_at", "due_date", "-due_date", "priority", "-priority"]
+# Named aliases: the OpenAPI document gets one schema of each (components.schemas.Priority and
+# .TaskSort) that every use refers to, so a generated client has one enum type of each, with
+# member names of its own (x-enum-varnames: "-created_at" is not a name a language can use).
+Priority = TypeAliasType(
+    "Priority",
+    Annotated[
+        Literal["low", "medium", "high"],
+        Field(description="How urgent a task is: low < medium < high."),
+    ],
+)
+TaskSort = TypeAliasType(
+    "TaskSort",
+    Annotated[
+        Literal["-created_at", "created_at", "due_date", "-due_date", "priority", "-priority"],
+        Field(
+            description="An order of the task list; a leading - reverses it.",
+            json_schema_extra={
+                "x-enum-varnames": [
+                    "CREATED_AT_DESC",
+                    "CREATED_AT",
+                    "DUE_DATE",
+                    "DUE_DATE_DESC",
+                    "PRIORITY",
+                    "PRIORITY_DESC",
+                ]
+            },
+        ),
+    ],
+)
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -82,7 +110,19 @@ QueryDate = Annotated[datetime, BeforeValidator(_query_date_text), AfterValidato
 class TaskCreate(BaseModel):
     """A new task."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "Write the report",
+                    "description": "Quarterly figures",
+                    "priority": "high",
+                    "due_date": "2030-01-31T17:00:00Z",
+                }
+            ]
+        },
+    )
 
     title: Title
     description: Description = ""
@@ -94,10 +134,22 @@ class TaskCreate(BaseModel):
 NOT_SENT: Any = None  # typed Any: the default of fields whose type excludes None
 
 
+def _without_defaults(schema: dict[str, Any]) -> None:
+    # A field left out of a PATCH is left unchanged: it has no default value to publish (and the
+    # NOT_SENT default, None, is not even of the field's type; due_date's null clears the date).
+    schema["minProperties"] = 1
+    schema["examples"] = [{"completed": True, "priority": "high"}]
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+
+
 class TaskUpdate(BaseModel):
     """Changes to a task: any subset of its fields, at least one."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=_without_defaults,
+    )
 
     # Unsent fields default to NOT_SENT and changes() leaves them out; a sent null fails their type
     # (only due_date may be null: it clears the date).
@@ -137,7 +189,7 @@ class ListQuery(BaseModel):
         description="only tasks due strictly after this ISO 8601 date-time (UTC without an "
         "offset); tasks without a due date never match",
     )
-    sort: Sort = Field(
+    sort: TaskSort = Field(
         default="-created_at",
         description="order of the items: newest first (-created_at, the default), oldest first, "
         "by due date (tasks without one come first with due_date, last with -due_date) or by "

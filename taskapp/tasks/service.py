@@ -17,13 +17,13 @@ from typing import Any, NamedTuple
 
 from bson import ObjectId
 from flask import Flask, current_app
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import PreconditionFailed, ServiceUnavailable
 
 from taskapp import db, keys
 from taskapp.cache import Unavailable
 from taskapp.extensions import cache
 from taskapp.models import PRIORITY_RANK, Activity, Task, isoformat, to_bson_datetime, utcnow
-from taskapp.tasks.schemas import ListQuery, TaskCreate, TaskUpdate
+from taskapp.tasks.schemas import ListQuery, TaskCreate, TaskOut, TaskUpdate
 
 ACTIVITY_MAXLEN = 100  # feed items kept in Redis and read back from MongoDB on a miss
 ACTIVITY_TTL = 3600
@@ -184,9 +184,15 @@ def _with_pending(user_id: str, items: list[dict[str, Any]]) -> list[dict[str, A
     return result
 
 
+#: The fields of a task as the API shows it, in the order Task.to_dict gives them.
+PUBLIC_FIELDS = tuple(TaskOut.model_fields)
+
+
 def _public(task: dict[str, Any]) -> dict[str, Any]:
-    """The task as the API shows it (without the bookkeeping fields)."""
-    return {k: v for k, v in task.items() if k not in ("version", "owner")}
+    """The task as the API shows it (without the bookkeeping fields), its fields always in one
+    order: the same task is the same bytes, hence the same ETag, whether it was read from
+    MongoDB or from a write-behind state (whose JSON comes back from Lua in another order)."""
+    return {k: task[k] for k in PUBLIC_FIELDS if k in task}
 
 
 # Writes
@@ -204,18 +210,51 @@ def create_task(user_id: str, data: TaskCreate) -> dict[str, Any]:
     return task.to_dict()
 
 
-def update_task(user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] | None:
-    """Apply the sent fields to one of the user's tasks; None when unknown or foreign."""
+#: A condition on a task as the API shows it (If-Match): the change is made only when it holds.
+Precondition = Callable[[dict[str, Any]], bool]
+
+
+def update_task(
+    user_id: str, task_id: str, data: TaskUpdate, precondition: Precondition | None = None
+) -> dict[str, Any] | None:
+    """Apply the sent fields to one of the user's tasks; None when unknown or foreign, 412 when
+    ``precondition`` does not hold for the task as it is."""
     tid = canonical_id(task_id)
     if tid is None:
         return None
-    return _writes().update(user_id, tid, data)
+    return _writes().update(user_id, tid, data, precondition)
+
+
+def _checked(user_id: str, tid: str, precondition: Precondition | None) -> dict[str, Any] | None:
+    """The task (with its version) when ``precondition`` holds for it, None when it is gone;
+    412 when it does not hold. Without a precondition: {} (nothing to compare, nothing read)."""
+    if precondition is None:
+        return {}
+    current = _current_task(user_id, tid)
+    if current is not None and not precondition(_public(current)):
+        raise _precondition_failed()
+    return current
+
+
+def _precondition_failed() -> PreconditionFailed:
+    return PreconditionFailed("the task has changed: If-Match names none of its current ETags")
 
 
 def _update_in_mongodb(
-    user_id: str, tid: str, data: TaskUpdate, lease: str = ""
+    user_id: str,
+    tid: str,
+    data: TaskUpdate,
+    precondition: Precondition | None = None,
+    lease: str = "",
 ) -> dict[str, Any] | None:
-    """PATCH straight to MongoDB (invalidate and write-through, with its lease)."""
+    """PATCH straight to MongoDB (invalidate and write-through, with its lease).
+
+    With a precondition the write is filtered by the version it was checked against, so a
+    change landing in between makes it match nothing (then 412), never overwrite that change.
+    """
+    current = _checked(user_id, tid, precondition)
+    if current is None:
+        return None
     update: dict[str, Any] = {"set__updated_at": utcnow(), "inc__version": 1}
     for name, value in data.changes().items():
         if name == "due_date" and value is None:
@@ -225,21 +264,50 @@ def _update_in_mongodb(
         if name == "priority":
             update["set__priority_rank"] = PRIORITY_RANK[value]
     # find-and-modify filtered by owner: a foreign id matches nothing, in one atomic step.
-    task = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id)).modify(new=True, **update)
+    task = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id), **_same(current)).modify(
+        new=True, **update
+    )
     if task is None:
+        _gone_or_changed(user_id, tid, current)
         return None
     _changed(user_id, "updated", _versioned(task), lease)
     return task.to_dict()
 
 
-def delete_task(user_id: str, task_id: str) -> bool:
-    """Delete one of the user's tasks; False when unknown or foreign."""
+def _same(current: dict[str, Any]) -> dict[str, Any]:
+    """The MongoDB filter of "still the version checked", for a task read under a precondition
+    (nothing without one, and nothing for a write-behind state, whose version MongoDB may not
+    have yet)."""
+    if "version" not in current or not _writes().versions_in_mongodb:
+        return {}
+    return {"version": current["version"]}
+
+
+def _gone_or_changed(user_id: str, tid: str, current: dict[str, Any]) -> None:
+    """After a filtered write matched nothing: None when the task is gone, else 412 (it changed
+    since the check)."""
+    if not _same(current):
+        return
+    query = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id))
+    if db.read(lambda: query.count()):
+        raise _precondition_failed()
+
+
+def delete_task(user_id: str, task_id: str, precondition: Precondition | None = None) -> bool:
+    """Delete one of the user's tasks; False when unknown or foreign, 412 when
+    ``precondition`` does not hold for the task as it is."""
     tid = canonical_id(task_id)
     if tid is None:
         return False
+    current = _checked(user_id, tid, precondition)
+    if current is None:
+        return False
     _writes().before_delete(user_id, tid)
-    task = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id)).modify(remove=True)
+    task = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id), **_same(current)).modify(
+        remove=True
+    )
     if task is None:
+        _gone_or_changed(user_id, tid, current)
         return False
     _changed(user_id, "deleted", _versioned(task))
     return True
@@ -278,6 +346,8 @@ def _writes() -> Invalidate:
 class Invalidate:
     """invalidate: a change drops every entry it affects, through tags; the next read refills."""
 
+    versions_in_mongodb = True  # a task's version as read is MongoDB's (see _same)
+
     def pending(self, key: str) -> dict[str, Any] | None:
         """A change of the task not in MongoDB yet (write-behind only)."""
         return None
@@ -286,8 +356,11 @@ class Invalidate:
         """List items with changes not in MongoDB yet (write-behind only)."""
         return items
 
-    def update(self, user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] | None:
-        return _update_in_mongodb(user_id, task_id, data, self.lease(user_id, task_id))
+    def update(
+        self, user_id: str, task_id: str, data: TaskUpdate, precondition: Precondition | None
+    ) -> dict[str, Any] | None:
+        lease = self.lease(user_id, task_id)
+        return _update_in_mongodb(user_id, task_id, data, precondition, lease)
 
     def lease(self, user_id: str, task_id: str) -> str:
         """Read before a write to MongoDB (write-through's lease)."""
@@ -331,14 +404,18 @@ class WriteBehind(Invalidate):
     """write-behind: a PATCH is answered from Redis at once and applied to MongoDB by flushers;
     reads see the pending change first."""
 
+    versions_in_mongodb = False  # a pending state's version is ahead of MongoDB's
+
     def pending(self, key: str) -> dict[str, Any] | None:
         return cache.write_behind().pending(key)
 
     def overlay(self, user_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return _with_pending(user_id, items)
 
-    def update(self, user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] | None:
-        return _stage(user_id, task_id, data)
+    def update(
+        self, user_id: str, task_id: str, data: TaskUpdate, precondition: Precondition | None
+    ) -> dict[str, Any] | None:
+        return _stage(user_id, task_id, data, precondition)
 
     def before_delete(self, user_id: str, task_id: str) -> None:
         try:  # before the delete: a pending state left behind would bring the task back
@@ -386,7 +463,9 @@ WRITE_STRATEGIES: dict[str, type[Invalidate]] = {
 # Write-behind
 
 
-def _stage(user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] | None:
+def _stage(
+    user_id: str, task_id: str, data: TaskUpdate, precondition: Precondition | None = None
+) -> dict[str, Any] | None:
     """Write-behind PATCH: queue the change in Redis and answer with the task as changed.
 
     MongoDB receives it within WRITE_BEHIND_FLUSH_MS from a flusher. Reads of the task see it at
@@ -402,6 +481,8 @@ def _stage(user_id: str, task_id: str, data: TaskUpdate) -> dict[str, Any] | Non
         current = _current_task(user_id, task_id)
         if current is None:
             return None
+        if precondition is not None and not precondition(_public(current)):
+            raise _precondition_failed()
         try:
             state = cache.write_behind().stage(
                 keys.task(user_id, task_id), task_id, {**current, "owner": user_id}, change
