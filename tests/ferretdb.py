@@ -31,6 +31,10 @@ class FerretDBServer:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="taskapp-ferretdb-")
         self.log = open(Path(self.dir) / "ferretdb.log", "wb")
+        self.start()
+
+    def start(self) -> None:
+        """Start (or restart, on the same port and files) and wait until it answers."""
         self.process = subprocess.Popen(
             [
                 ferretdb_binary(),
@@ -45,6 +49,11 @@ class FerretDBServer:
             stderr=subprocess.STDOUT,
         )
         self._wait_ready()
+
+    def kill(self) -> None:
+        """SIGKILL: connections are refused until ``start`` (what was written stays on disk)."""
+        self.process.kill()
+        self.process.wait(5)
 
     @property
     def url(self) -> str:

@@ -330,7 +330,7 @@ def test_write_behind_status_and_run_apply_the_queued_changes_a_flush_keeps(make
 
     app = make_app(TASK_WRITE_STRATEGY="write-behind")
     runner = app.test_cli_runner()
-    with app.app_context():  # no request: no flusher thread in this process
+    with app.app_context():  # not a serving process: no flusher thread in it
         user_id = str(ObjectId())
         task = task_service.create_task(user_id, TaskCreate(title="before"))
         task_service.update_task(user_id, task["id"], TaskUpdate(title="after"))
