@@ -386,3 +386,22 @@ def test_a_delete_mongodb_refused_keeps_the_pending_changes_and_allows_new_ones(
     with app.app_context():
         queue = cache.write_behind()
         wait_until(lambda: queue.client.xlen(queue.stream) == 0)  # every entry settled
+
+
+def test_write_behind_asks_a_redis_that_was_down_at_start_and_refuses_a_volatile_one(
+    make_app, private_redis
+):
+    private_redis.kill()
+    app = make_app(TASK_WRITE_STRATEGY="write-behind", REDIS_URL=private_redis.url)  # not asked
+    private_redis.start()  # back, with appendonly no
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "kept"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    response = client.patch(path, json={"title": "volatile"}, headers=headers)
+    assert response.status_code == 503
+    assert "appendonly no" in response.get_json()["error"]["message"]
+    assert client.get(path, headers=NO_HTTP_CACHE | headers).get_json()["title"] == "kept"
+    with app.app_context():
+        queue = cache.write_behind()
+        assert queue.client.exists(queue.stream) == 0  # nothing was queued
