@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import redis
 from bson import ObjectId
 
 from taskapp import keys
@@ -405,3 +406,38 @@ def test_write_behind_asks_a_redis_that_was_down_at_start_and_refuses_a_volatile
     with app.app_context():
         queue = cache.write_behind()
         assert queue.client.exists(queue.stream) == 0  # nothing was queued
+
+
+def test_a_patch_answered_503_while_redis_hangs_is_not_queued_when_redis_resumes(
+    make_app, durable_redis, monkeypatch
+):
+    """Redis is paused (SIGSTOP) just as the PATCH sends its stage: the request gives up and
+    answers 503, while the script waits in the server's socket and runs when it resumes."""
+    app = make_app(TASK_WRITE_STRATEGY="write-behind", REDIS_URL=durable_redis.url)
+    client = app.test_client()
+    user_id, headers = account(client)
+    task = client.post(TASKS, json={"title": "kept"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    stage = writebehind.WriteBehind.stage
+
+    def stage_into_a_paused_redis(self, *args, **kwargs):
+        durable_redis.pause()
+        return stage(self, *args, **kwargs)
+
+    monkeypatch.setattr(writebehind.WriteBehind, "stage", stage_into_a_paused_redis)
+    raw = redis.Redis.from_url(durable_redis.url)
+    scripts_run = raw.info("commandstats")["cmdstat_evalsha"]["calls"]
+    try:
+        response = client.patch(path, json={"title": "answered 503"}, headers=headers)
+    finally:
+        durable_redis.resume()
+    assert response.status_code == 503
+    deadline = time.monotonic() + 5
+    while raw.info("commandstats")["cmdstat_evalsha"]["calls"] == scripts_run:
+        assert time.monotonic() < deadline  # the stage reached Redis after all, and ran
+        time.sleep(0.01)
+    with app.app_context():
+        queue = cache.write_behind()
+        assert raw.xlen(queue.stream) == 0
+        assert queue.pending(keys.task(user_id, task["id"])) is None
+    raw.close()

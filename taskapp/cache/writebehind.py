@@ -44,8 +44,9 @@ MAX_ATTEMPTS = 5
 #: Dead letters kept (approximately: XADD MAXLEN ~); the oldest go first.
 DEAD_LETTERS_MAXLEN = 10_000
 
-#: What STAGE answers for an object with a tombstone.
+#: What STAGE answers for an object with a tombstone, and past the caller's deadline.
 DELETED = b"deleted"
+LATE = b"late"
 
 
 class Deleted(Exception):
@@ -65,10 +66,18 @@ class SourceUnavailable(Exception):
 # KEYS[2] the stream, KEYS[3] the last version staged for the object, KEYS[4] its tombstone
 # ARGV[1] the object as the caller read it (JSON with its version; used when nothing is
 # pending), ARGV[2] the change (a JSON object of fields), ARGV[3] the object's id,
-# ARGV[4] time to live of the last-version marker in ms
-# returns the new pending state (JSON), false when the caller's object is outdated, or
-# 'deleted' when the object has a tombstone
+# ARGV[4] time to live of the last-version marker in ms, ARGV[5] the latest time the change may
+# be queued (ms since the epoch, '' for none): a script that reaches Redis later (it sat in the
+# socket of a paused server) belongs to a request already answered 503, so it changes nothing.
+# returns the new pending state (JSON), false when the caller's object is outdated, 'deleted'
+# when the object has a tombstone, or 'late' past the deadline
 STAGE = """
+if ARGV[5] ~= '' then
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[5]) then
+    return 'late'
+  end
+end
 if redis.call('EXISTS', KEYS[4]) == 1 then return 'deleted' end
 local current = redis.call('GET', KEYS[1])
 local state
@@ -244,7 +253,12 @@ class WriteBehind:
         return f"{self.prefix}wb:gone:{key}"
 
     def stage(
-        self, key: str, object_id: str, base: dict[str, Any], change: dict[str, Any]
+        self,
+        key: str,
+        object_id: str,
+        base: dict[str, Any],
+        change: dict[str, Any],
+        deadline_ms: int | None = None,
     ) -> dict[str, Any] | None:
         """Queue ``change`` of an object whose state, as the caller read it, is ``base`` (with
         its ``version``); the new pending state, or None when ``base`` is outdated (a newer
@@ -252,7 +266,10 @@ class WriteBehind:
 
         Raises ``Deleted`` when the object was deleted since the caller read it, and
         ``Unavailable`` when Redis cannot take it: a change that cannot be queued must be
-        refused, since nothing else would keep it.
+        refused, since nothing else would keep it. ``deadline_ms`` (this host's clock, ms since
+        the epoch) bounds when Redis may still queue it: pick it before the caller gives up
+        waiting, so a caller that gave up (and answered 503) is never followed by the change
+        (as long as the clocks of this host and Redis agree to within the margin left).
         """
         encoded = self._guard(
             lambda: self._stage(
@@ -262,11 +279,19 @@ class WriteBehind:
                     self.version_key(key),
                     self.tombstone_key(key),
                 ],
-                args=[json.dumps(base), json.dumps(change), object_id, VERSION_MARK_TTL_MS],
+                args=[
+                    json.dumps(base),
+                    json.dumps(change),
+                    object_id,
+                    VERSION_MARK_TTL_MS,
+                    "" if deadline_ms is None else deadline_ms,
+                ],
             )
         )
         if encoded == DELETED:
             raise Deleted(object_id)
+        if encoded == LATE:
+            raise Unavailable("the change reached Redis after its deadline; it was not queued")
         return json.loads(encoded) if encoded else None
 
     def tombstone(self, key: str) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
@@ -437,10 +438,17 @@ def _queue_change(
     """Stage ``change`` over the task as read; the new pending state, None when the task is
     gone (deleted since it was read), 503 when Redis cannot take it."""
     write_behind = cache.write_behind()
+    # Half the socket timeout: a stage that Redis runs later than this (it sat in the socket
+    # of a paused server) is refused there, since this request will have answered 503.
+    budget_ms = current_app.config["REDIS_SOCKET_TIMEOUT"] * 1000 / 2
     for _ in range(STAGE_ATTEMPTS):
         try:
             state = write_behind.stage(
-                keys.task(user_id, task_id), task_id, {**current, "owner": user_id}, change
+                keys.task(user_id, task_id),
+                task_id,
+                {**current, "owner": user_id},
+                change,
+                deadline_ms=int(time.time() * 1000 + budget_ms),
             )
         except Deleted:
             return None  # a DELETE came between our read and our stage: it wins
