@@ -12,7 +12,6 @@ from typing import Any
 import click
 
 from taskapp.cache.client import redacted
-
 from taskapp.cache.settings import SETTINGS as CACHE_SETTINGS
 from taskapp.cache.settings import boolean, int_at_least
 
@@ -168,7 +167,9 @@ def _check_write_behind_durability(values: dict[str, Any]) -> None:
         return
     redis_url = values["REDIS_URL"]
     if redis_url.startswith(EMBEDDED_REDIS):
-        raise ConfigError(_volatile_message(f"REDIS_URL={redis_url!r} keeps nothing (no appendonly)"))
+        raise ConfigError(
+            _volatile_message(f"REDIS_URL={redis_url!r} keeps nothing (no appendonly)")
+        )
     import redis
 
     client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
@@ -180,7 +181,9 @@ def _check_write_behind_durability(values: dict[str, Any]) -> None:
     finally:
         client.close()
     if not aof:
-        raise ConfigError(_volatile_message(f"the Redis at {redacted(redis_url)} runs with appendonly no"))
+        raise ConfigError(
+            _volatile_message(f"the Redis at {redacted(redis_url)} runs with appendonly no")
+        )
 
 
 def _volatile_message(what: str) -> str:

@@ -103,9 +103,7 @@ def test_a_change_read_before_a_flush_is_refused_so_it_is_read_again(write_behin
     assert write_behind.stage("o", "o", fresh, {"b": 1}) == {"a": 1, "b": 1, "version": 3}
 
 
-def test_the_flusher_survives_an_unavailable_source_and_counts_its_restarts(
-    write_behind, caplog
-):
+def test_the_flusher_survives_an_unavailable_source_and_counts_its_restarts(write_behind, caplog):
     from tests.api import metric
 
     write_behind.ensure_group()

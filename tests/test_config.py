@@ -102,7 +102,10 @@ def test_write_behind_on_a_redis_without_appendonly_is_refused_unless_allowed(
 
 @pytest.mark.parametrize(
     ("command", "prefix"),
-    [(["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], "taskapp: "), (["flask", "--app", "taskapp", "write-behind", "status"], "Error: ")],
+    [
+        (["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], "taskapp: "),
+        (["flask", "--app", "taskapp", "write-behind", "status"], "Error: "),
+    ],
     ids=["gunicorn", "cli"],
 )
 def test_gunicorn_and_the_cli_stop_with_one_line_naming_appendonly(private_redis, command, prefix):

@@ -57,6 +57,7 @@ class SourceUnavailable(Exception):
     """Raised by an apply function when the source itself is unreachable (not this object's
     fault): the whole batch waits for the source to return, and no attempt is counted."""
 
+
 # STAGE: merge a change into an object's pending state, give it the next version and queue it on
 # the write-behind stream, in one step (concurrent changes of one object never lose each other).
 # A caller whose view of the object is older than the last version staged (a flusher applied and
