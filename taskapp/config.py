@@ -68,8 +68,6 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
         _one_of("cache-aside", "read-through", "refresh-ahead"),
     ),
     "TASK_WRITE_STRATEGY": ("invalidate", _one_of("invalidate", "write-through", "write-behind")),
-    # 1: allow write-behind on a Redis that loses what it acknowledged in a crash.
-    "WRITE_BEHIND_ALLOW_VOLATILE": (False, boolean),
     "RATE_LIMIT_PER_MINUTE": (600, int_at_least(0)),
     "LOGIN_RATE_LIMIT_PER_MINUTE": (10, int_at_least(0)),
     "REGISTER_RATE_LIMIT_PER_MINUTE": (10, int_at_least(0)),
@@ -78,6 +76,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "ACCESS_TOKEN_TTL": (3600, int_at_least(60)),
     "MAX_CONTENT_LENGTH": (64 * 1024, int_at_least(1024)),
     "NEGATIVE_CACHE_TTL": (5, int_at_least(1)),
+    # 1: allow write-behind on a Redis that loses what it acknowledged in a crash.
+    "WRITE_BEHIND_ALLOW_VOLATILE": (False, boolean),
 }
 
 
