@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -347,6 +348,9 @@ def test_write_behind_status_and_run_apply_the_queued_changes_a_flush_keeps(make
     drained = runner.invoke(args=["write-behind", "status"]).output
     assert "queued changes:  0" in drained
     assert "oldest pending:  -" in drained  # none, not "0 ms"
+    assert "dead letters:    0" in drained
+    # Only `write-behind run` flushed: a CLI run starts no flusher of its own.
+    assert "taskapp-write-behind" not in {thread.name for thread in threading.enumerate()}
 
 
 # embedded backends: the data commands refuse them

@@ -537,8 +537,11 @@ def init_app(app: Flask) -> None:
 def start_flushers(app: Flask) -> None:
     """Start this serving process's background work (the write-behind flusher), with the
     worker: gunicorn's ``post_worker_init`` calls it after the fork. CLI runs never do (a
-    dedicated flusher is ``flask --app taskapp write-behind run``)."""
-    app.extensions[EXTENSION].writes.start(app)
+    dedicated flusher is ``flask --app taskapp write-behind run``). Any other WSGI app served
+    with ``gunicorn.conf.py`` (the benchmarks' bare Flask apps) has nothing to start."""
+    strategies = getattr(app, "extensions", {}).get(EXTENSION)
+    if strategies is not None:
+        strategies.writes.start(app)
 
 
 # MongoDB reads (each through db.read, materialised inside it)
