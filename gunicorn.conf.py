@@ -149,9 +149,11 @@ def post_worker_init(worker):
     ms with every thread stopped, measured under a 100-request stampede, which then lands on
     whichever requests are in flight. Frozen, it walks only what requests allocated.
     """
-    from taskapp.tasks.service import start_flushers
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        from taskapp.tasks.service import start_flushers
 
-    start_flushers(worker.wsgi)
+        start_flushers(app)
     gc.freeze()
 
 
