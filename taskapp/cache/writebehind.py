@@ -390,7 +390,9 @@ class WriteBehind:
             try:
                 state = json.loads(fields[b"state"])
                 object_id = fields[b"id"].decode()
-                int(state["version"])
+                fields[b"key"].decode()
+                state["version"] = int(state["version"])
+                int(fields[b"version"])
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 # It will never read better: no retry can help it.
                 self._bury(entry_id, fields, f"unreadable entry: {exc!r}", 1)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from bson import ObjectId
 from flask import Flask, current_app
-from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, OperationFailure, PyMongoError
 from werkzeug.exceptions import ServiceUnavailable
 
 from taskapp import db, keys
@@ -515,10 +515,26 @@ def apply_pending(task_id: str, state: dict[str, Any]) -> None:
             update[f"set__{name}"] = value
     try:
         Task.objects(id=ObjectId(task_id), version__lt=state["version"]).update(**update)
-    except (ConnectionFailure, ExecutionTimeout) as exc:  # MongoDB is down, not this task
-        raise SourceUnavailable(str(exc)) from exc
+    except PyMongoError as exc:
+        if _mongodb_unavailable(exc):  # not this task's fault: hold every change, count none
+            raise SourceUnavailable(str(exc)) from exc
+        raise
     user_id = state["owner"]
     cache.invalidate_tags(*_affected_tags(user_id, task_id))
+
+
+#: MongoDB errors that refuse every write, not one document: not allowed or shutting down.
+UNAVAILABLE_CODES = frozenset({13, 18, 91, 189, 11600, 11602})
+
+
+def _mongodb_unavailable(exc: PyMongoError) -> bool:
+    """Whether a failed write says MongoDB is out of reach (or refuses everyone), rather than
+    refusing this document; asked with a ping when the error itself does not say."""
+    if isinstance(exc, ConnectionFailure | ExecutionTimeout):
+        return True
+    if isinstance(exc, OperationFailure) and exc.code in UNAVAILABLE_CODES:
+        return True
+    return not db.ping()
 
 
 def _parse_date(value: str | None) -> datetime | None:
