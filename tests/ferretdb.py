@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -16,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "scripts" / "build-ferretdb"
 
 
+@functools.cache
 def ferretdb_binary() -> str:
     """The FerretDB binary, built once into a cache outside the repository."""
     result = subprocess.run([str(BUILD)], capture_output=True, text=True, timeout=1200)
@@ -25,12 +29,14 @@ def ferretdb_binary() -> str:
 
 
 class FerretDBServer:
-    """One FerretDB process on a loopback port with its SQLite files in a temporary folder."""
+    """One FerretDB process on a loopback port with its SQLite files and its state in a
+    temporary folder (without ``--state-dir`` it writes ``state.json`` where it was started)."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="taskapp-ferretdb-")
         self.log = open(Path(self.dir) / "ferretdb.log", "wb")
+        self.process: subprocess.Popen | None = None
         self.start()
 
     def start(self) -> None:
@@ -39,6 +45,7 @@ class FerretDBServer:
             [
                 ferretdb_binary(),
                 "--handler=sqlite",
+                f"--state-dir={self.dir}",
                 f"--sqlite-url=file:{self.dir}/",
                 f"--listen-addr=127.0.0.1:{self.port}",
                 "--telemetry=disable",
@@ -50,8 +57,15 @@ class FerretDBServer:
         )
         self._wait_ready()
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (a hung MongoDB)."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
     def kill(self) -> None:
-        """SIGKILL: connections are refused until ``start`` (what was written stays on disk)."""
+        """SIGKILL: connections are refused until ``start``; the SQLite files stay."""
         self.process.kill()
         self.process.wait(5)
 
@@ -81,6 +95,7 @@ class FerretDBServer:
 
     def stop(self) -> None:
         if self.process.poll() is None:
+            self.resume()
             self.process.terminate()
             try:
                 self.process.wait(10)
