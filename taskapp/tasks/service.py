@@ -17,9 +17,12 @@ from datetime import datetime
 from functools import partial
 from typing import Any, NamedTuple
 
+import mongoengine
 from bson import ObjectId
+from bson.errors import InvalidDocument
 from flask import Flask, current_app
-from pymongo.errors import ConnectionFailure, ExecutionTimeout, OperationFailure, PyMongoError
+from mongoengine.errors import OperationError
+from pymongo.errors import DocumentTooLarge, PyMongoError, WriteError
 from werkzeug.exceptions import ServiceUnavailable
 
 from taskapp import db, keys
@@ -32,6 +35,7 @@ from taskapp.tasks.schemas import ListQuery, TaskCreate, TaskUpdate
 ACTIVITY_MAXLEN = 100  # feed items kept in Redis and read back from MongoDB on a miss
 ACTIVITY_TTL = 3600
 STAGE_ATTEMPTS = 5
+STAGE_REPLY_MARGIN_MS = 50  # for a stage's reply to come back, and the hosts' clocks to differ
 TASK_FIELDS = ("title", "description", "completed", "priority", "due_date", "updated_at")
 # The sort parameter as MongoDB orders; _id breaks ties (tasks created in the same millisecond,
 # equal due dates or priorities), so pages never overlap, and each "-" order is the exact reverse.
@@ -438,9 +442,11 @@ def _queue_change(
     """Stage ``change`` over the task as read; the new pending state, None when the task is
     gone (deleted since it was read), 503 when Redis cannot take it."""
     write_behind = cache.write_behind()
-    # Half the socket timeout: a stage that Redis runs later than this (it sat in the socket
-    # of a paused server) is refused there, since this request will have answered 503.
-    budget_ms = current_app.config["REDIS_SOCKET_TIMEOUT"] * 1000 / 2
+    # A stage that Redis runs later than this (it sat in the socket of a paused server) is
+    # refused there: this request gives up waiting (503) one socket timeout after it sends,
+    # so the deadline leaves 50 ms (at least half the timeout) for the reply and clock skew.
+    timeout_ms = current_app.config["REDIS_SOCKET_TIMEOUT"] * 1000
+    budget_ms = max(timeout_ms / 2, timeout_ms - STAGE_REPLY_MARGIN_MS)
     for _ in range(STAGE_ATTEMPTS):
         try:
             state = write_behind.stage(
@@ -515,26 +521,25 @@ def apply_pending(task_id: str, state: dict[str, Any]) -> None:
             update[f"set__{name}"] = value
     try:
         Task.objects(id=ObjectId(task_id), version__lt=state["version"]).update(**update)
-    except PyMongoError as exc:
-        if _mongodb_unavailable(exc):  # not this task's fault: hold every change, count none
-            raise SourceUnavailable(str(exc)) from exc
-        raise
+    except Exception as exc:
+        if _refused_document(exc):
+            raise  # this task's alone: counted, a dead letter after a few tries
+        # Anything else may be MongoDB's (down, busy, not allowed): hold every change and
+        # count no try, so an answered change is never given up for a passing fault.
+        raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
     user_id = state["owner"]
     cache.invalidate_tags(*_affected_tags(user_id, task_id))
 
 
-#: MongoDB errors that refuse every write, not one document: not allowed or shutting down.
-UNAVAILABLE_CODES = frozenset({13, 18, 91, 189, 11600, 11602})
+def _refused_document(exc: Exception) -> bool:
+    """Whether MongoDB refused this document itself (it would refuse it again), not the write.
 
-
-def _mongodb_unavailable(exc: PyMongoError) -> bool:
-    """Whether a failed write says MongoDB is out of reach (or refuses everyone), rather than
-    refusing this document; asked with a ping when the error itself does not say."""
-    if isinstance(exc, ConnectionFailure | ExecutionTimeout):
-        return True
-    if isinstance(exc, OperationFailure) and exc.code in UNAVAILABLE_CODES:
-        return True
-    return not db.ping()
+    mongoengine raises its ``OperationError`` from within pymongo's error (``__context__``).
+    """
+    cause = exc.__context__ if isinstance(exc, OperationError) else exc
+    return isinstance(
+        cause, WriteError | DocumentTooLarge | InvalidDocument | mongoengine.ValidationError
+    )
 
 
 def _parse_date(value: str | None) -> datetime | None:
