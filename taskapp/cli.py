@@ -483,7 +483,8 @@ def write_behind_run(seconds: float | None) -> None:
 @backend_command
 @shared_backends("REDIS_URL")
 def write_behind_status() -> None:
-    """Pending changes, consumers and lag of the write-behind flushers."""
+    """Pending changes, consumers and lag of the write-behind flushers, and the dead letters
+    (changes that failed too often, kept for an operator: how many, and the newest few)."""
     _client()
     status = cache.write_behind().status()
     click.echo(f"queued changes:  {status['stream_length']}")
@@ -494,4 +495,12 @@ def write_behind_status() -> None:
     for consumer in status["consumers"]:
         click.echo(
             f"consumer {consumer['name']}: {consumer['pending']} pending, idle {consumer['idle_ms']} ms"
+        )
+    click.echo(f"dead letters:    {status['dead_letters']}")
+    for dead in status["newest_dead_letters"]:
+        fields = dead["fields"]
+        click.echo(
+            f"dead letter {dead['id']}: object {fields.get('id', '?')} version "
+            f"{fields.get('version', '?')}, {fields.get('attempts', '?')} attempts: "
+            f"{fields.get('error', '?')}"
         )

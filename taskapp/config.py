@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -10,11 +11,14 @@ from typing import Any
 
 import click
 
+from taskapp.cache.client import redacted
 from taskapp.cache.settings import SETTINGS as CACHE_SETTINGS
 from taskapp.cache.settings import boolean, choice, int_at_least, seconds
 
 EMBEDDED_MONGODB = "mongomock://"
 EMBEDDED_REDIS = "memory://"
+log = logging.getLogger("taskapp.config")
+
 # The most MongoDB reads one cache fill makes (a page: its items and its count; the stats: two
 # aggregations). Each is bounded by MONGODB_TIMEOUT_MS, so a fill takes at most this many
 # of them: the longest a caller waits for another caller's fill (CACHE_FILL_TIMEOUT).
@@ -71,6 +75,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "ACCESS_TOKEN_TTL": (3600, int_at_least(60)),
     "MAX_CONTENT_LENGTH": (64 * 1024, int_at_least(1024)),
     "NEGATIVE_CACHE_TTL": (5, int_at_least(1)),
+    # 1: allow write-behind on a Redis that loses what it acknowledged in a crash.
+    "WRITE_BEHIND_ALLOW_VOLATILE": (False, boolean),
 }
 
 
@@ -96,6 +102,7 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         values[name] = _convert(name, raw, convert)
     values.update(overrides)  # other Flask / Flask-Caching keys pass through untouched
     _validate(values)
+    _check_write_behind_durability(values)
     return values
 
 
@@ -149,3 +156,41 @@ def _validate(values: dict[str, Any]) -> None:
             f"setting CACHE_KEY_PREFIX={prefix!r} is invalid: non-empty, without braces, "
             "spaces or glob characters"
         )
+
+
+def _check_write_behind_durability(values: dict[str, Any]) -> None:
+    """Refuse write-behind on a Redis that would lose answered changes in a crash.
+
+    Asks the server (INFO persistence), so the gunicorn master and every CLI run stop with one
+    line before anything is served. A Redis that does not answer now is asked again by the
+    first write-behind change (which is refused, 503, on a volatile one).
+    """
+    if values["TASK_WRITE_STRATEGY"] != "write-behind" or values["WRITE_BEHIND_ALLOW_VOLATILE"]:
+        return
+    redis_url = values["REDIS_URL"]
+    if redis_url.startswith(EMBEDDED_REDIS):
+        raise ConfigError(
+            _volatile_message(f"REDIS_URL={redis_url!r} keeps nothing (no appendonly)")
+        )
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        aof = int(client.info("persistence").get("aof_enabled", 0))
+    except redis.RedisError as exc:
+        log.warning("write-behind: could not ask Redis whether appendonly is on (%s)", exc)
+        return
+    finally:
+        client.close()
+    if not aof:
+        raise ConfigError(
+            _volatile_message(f"the Redis at {redacted(redis_url)} runs with appendonly no")
+        )
+
+
+def _volatile_message(what: str) -> str:
+    return (
+        f"setting TASK_WRITE_STRATEGY=write-behind needs a Redis with appendonly yes: {what}, "
+        "so a crash would lose answered changes; turn appendonly on or set "
+        "WRITE_BEHIND_ALLOW_VOLATILE=1"
+    )

@@ -33,12 +33,16 @@ def pytest_addoption(parser):
 
 @pytest.fixture(scope="session")
 def redis_url(request) -> str:
-    """The test Redis URL, probed once: a missing server fails the run instead of skipping tests."""
+    """The test Redis URL, probed once: a missing server fails the run instead of skipping tests.
+
+    The session's server keeps an AOF (``appendonly yes``), as write-behind requires; a
+    ``--redis-url`` of yours needs it too for the write-behind tests.
+    """
     url = request.config.getoption("--redis-url")
     if not url:
         from tests.redis_server import RedisServer
 
-        server = RedisServer()
+        server = RedisServer(appendonly=True)
         request.addfinalizer(server.stop)
         url = server.url
     client = redis.Redis.from_url(url, socket_connect_timeout=2)
@@ -176,10 +180,20 @@ def register(client):
 
 @pytest.fixture
 def private_redis():
-    """A redis-server of this test alone, to pause, kill and restart."""
+    """A redis-server of this test alone, to pause, kill and restart (restarted empty: no AOF)."""
     from tests.redis_server import RedisServer
 
     server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def durable_redis():
+    """A redis-server of this test alone with an AOF (``appendonly yes``), as write-behind needs."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(appendonly=True)
     yield server
     server.stop()
 

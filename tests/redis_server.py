@@ -34,10 +34,13 @@ def _free(port: int) -> bool:
 class RedisServer:
     """One redis-server process on a loopback port, owned by the test that made it."""
 
-    def __init__(self, *extra: str) -> None:
+    def __init__(self, *extra: str, appendonly: bool = False) -> None:
+        """``appendonly``: keep what is acknowledged in an AOF (as write-behind requires; a
+        restart then loads it back), else nothing survives a restart."""
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="taskapp-redis-")
         self.extra = extra
+        self.appendonly = appendonly
         self.process: subprocess.Popen | None = None
         self.start()
 
@@ -57,7 +60,7 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
                 "--dir",
                 self.dir,
                 *self.extra,

@@ -9,7 +9,7 @@ import threading
 import pytest
 import redis
 
-from taskapp.cache.writebehind import WriteBehind
+from taskapp.cache.writebehind import MAX_ATTEMPTS, SourceUnavailable, WriteBehind
 from tests.cache_helpers import wait_until
 from tests.test_cache_processes import child, next_event
 
@@ -103,18 +103,16 @@ def test_a_change_read_before_a_flush_is_refused_so_it_is_read_again(write_behin
     assert write_behind.stage("o", "o", fresh, {"b": 1}) == {"a": 1, "b": 1, "version": 3}
 
 
-def test_the_flusher_survives_failing_applies_and_counts_its_restarts(write_behind, caplog):
-    from pymongo.errors import AutoReconnect
-
+def test_the_flusher_survives_an_unavailable_source_and_counts_its_restarts(write_behind, caplog):
     from tests.api import metric
 
     write_behind.ensure_group()
     write_behind.stage("o", "o", {"n": 0, "version": 0}, {"n": 1})
-    applied, failures = [], [AutoReconnect("primary down"), ValueError("bad document")]
+    applied, outages = [], [SourceUnavailable("primary down"), SourceUnavailable("still down")]
 
     def apply(object_id, state):
-        if failures:
-            raise failures.pop(0)
+        if outages:
+            raise outages.pop(0)
         applied.append(state)
 
     before = metric("taskapp_write_behind_restarts_total")
@@ -130,6 +128,58 @@ def test_the_flusher_survives_failing_applies_and_counts_its_restarts(write_behi
     assert metric("taskapp_write_behind_restarts_total") - before == 2
     began = [r for r in caplog.records if "restarting" in r.getMessage()]
     assert len(began) == 1  # one line per failure episode, not one per attempt
+    assert write_behind.client.xlen(write_behind.dead_letters) == 0  # an outage counts no try
+
+
+def test_a_change_that_keeps_failing_goes_to_the_dead_letters_without_holding_up_its_batch(
+    write_behind,
+):
+    from tests.api import metric
+
+    write_behind.ensure_group()
+    write_behind.claim_idle_ms = 0  # retry the failed change at once (XAUTOCLAIM)
+    for name in ("good1", "bad", "good2"):
+        write_behind.stage(name, name, {"n": 0, "version": 0}, {"n": 1})
+    applied, tries = [], []
+
+    def apply(object_id, state):
+        if object_id == "bad":  # a document the source refuses every time
+            tries.append(state["version"])
+            raise ValueError("document refused")
+        applied.append(object_id)
+
+    before = metric("taskapp_write_behind_dead_letters_total")
+    assert write_behind.flush_once(apply, "c1", block_ms=10) == 3
+    assert applied == ["good1", "good2"]  # the others of its batch went through at once
+    assert write_behind.pending("good1") is None and write_behind.pending("bad") is not None
+    write_behind.stage("good1", "good1", {"n": 1, "version": 1}, {"n": 2})  # still flows
+    for _ in range(MAX_ATTEMPTS + 2):
+        write_behind.flush_once(apply, "c1", block_ms=10)
+    assert applied == ["good1", "good2", "good1"]
+    assert len(tries) == MAX_ATTEMPTS  # a bounded number of tries, then no more
+    assert write_behind.client.xlen(write_behind.stream) == 0
+    assert write_behind.pending("bad") is None  # readers see what the source has
+    assert metric("taskapp_write_behind_dead_letters_total") - before == 1
+    status = write_behind.status()
+    assert status["pending"] == 0
+    assert status["dead_letters"] == 1
+    (dead,) = status["newest_dead_letters"]
+    assert dead["fields"]["id"] == "bad"
+    assert dead["fields"]["attempts"] == str(MAX_ATTEMPTS)
+    assert dead["fields"]["error"] == "ValueError: document refused"
+    assert json.loads(dead["fields"]["state"]) == {"n": 1, "version": 1}
+
+
+def test_an_unreadable_entry_goes_to_the_dead_letters_at_once(write_behind):
+    write_behind.ensure_group()
+    write_behind.client.xadd(write_behind.stream, {"id": "o", "state": "{not json"})
+    write_behind.stage("p", "p", {"n": 0, "version": 0}, {"n": 1})
+    applied = []
+    assert write_behind.flush_once(lambda i, s: applied.append(i), "c1", block_ms=10) == 2
+    assert applied == ["p"]
+    assert write_behind.client.xlen(write_behind.stream) == 0
+    (dead,) = write_behind.status()["newest_dead_letters"]
+    assert dead["fields"]["error"].startswith("unreadable entry")
 
 
 def test_status_forgets_dead_consumers_and_has_no_oldest_pending_when_none_is(write_behind):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -334,7 +335,7 @@ def test_write_behind_status_and_run_apply_the_queued_changes_a_flush_keeps(make
 
     app = make_app(TASK_WRITE_STRATEGY="write-behind")
     runner = app.test_cli_runner()
-    with app.app_context():  # no request: no flusher thread in this process
+    with app.app_context():  # not a serving process: no flusher thread in it
         user_id = str(ObjectId())
         task = task_service.create_task(user_id, TaskCreate(title="before"))
         task_service.update_task(user_id, task["id"], TaskUpdate(title="after"))
@@ -351,6 +352,9 @@ def test_write_behind_status_and_run_apply_the_queued_changes_a_flush_keeps(make
     drained = runner.invoke(args=["write-behind", "status"]).output
     assert "queued changes:  0" in drained
     assert "oldest pending:  -" in drained  # none, not "0 ms"
+    assert "dead letters:    0" in drained
+    # Only `write-behind run` flushed: a CLI run starts no flusher of its own.
+    assert "taskapp-write-behind" not in {thread.name for thread in threading.enumerate()}
 
 
 # embedded backends: the data commands refuse them

@@ -87,3 +87,61 @@ def test_a_waiter_waits_at_most_as_long_as_a_fill_can_take_unless_told_otherwise
     assert load()["CACHE_FILL_TIMEOUT"] == 3.5
     monkeypatch.setenv("CACHE_FILL_TIMEOUT", "20")
     assert load()["CACHE_FILL_TIMEOUT"] == 20.0
+
+
+APPENDONLY = "setting TASK_WRITE_STRATEGY=write-behind needs a Redis with appendonly yes"
+WRITE_BEHIND = {"TASK_WRITE_STRATEGY": "write-behind", "SECRET_KEY": "x" * 32}
+
+
+def test_write_behind_on_the_embedded_redis_is_refused_naming_appendonly():
+    with pytest.raises(ConfigError, match=f"^{APPENDONLY}: REDIS_URL='memory://'"):
+        load({**WRITE_BEHIND, "REDIS_URL": "memory://"})
+    allowed = load({**WRITE_BEHIND, "REDIS_URL": "memory://", "WRITE_BEHIND_ALLOW_VOLATILE": "1"})
+    assert allowed["WRITE_BEHIND_ALLOW_VOLATILE"] is True
+
+
+def test_write_behind_on_a_redis_without_appendonly_is_refused_unless_allowed(
+    private_redis, durable_redis
+):
+    with pytest.raises(ConfigError, match=f"^{APPENDONLY}: .*appendonly no.*ALLOW_VOLATILE=1$"):
+        load({**WRITE_BEHIND, "REDIS_URL": private_redis.url})
+    load({**WRITE_BEHIND, "REDIS_URL": private_redis.url, "WRITE_BEHIND_ALLOW_VOLATILE": "1"})
+    load({**WRITE_BEHIND, "REDIS_URL": durable_redis.url})
+    load({"REDIS_URL": private_redis.url, "SECRET_KEY": "x" * 32})  # other strategies: no need
+
+
+@pytest.mark.parametrize(
+    ("command", "prefix"),
+    [
+        (["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], "taskapp: "),
+        (["flask", "--app", "taskapp", "write-behind", "status"], "Error: "),
+    ],
+    ids=["gunicorn", "cli"],
+)
+def test_gunicorn_and_the_cli_stop_with_one_line_naming_appendonly(private_redis, command, prefix):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.redis_server import free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    env.update(
+        WRITE_BEHIND,
+        REDIS_URL=private_redis.url,
+        MONGODB_URI="mongodb://127.0.0.1:1/unused",
+        GUNICORN_BIND=f"127.0.0.1:{free_port()}",
+    )
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / command[0]), *command[1:]],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{prefix}{APPENDONLY}: the Redis at {private_redis.url}")

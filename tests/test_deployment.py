@@ -270,3 +270,104 @@ def test_write_behind_loses_no_accepted_change_when_a_worker_is_killed(deploymen
             time.sleep(0.1)
     finally:
         client.close()
+
+
+def test_write_behind_flushers_start_with_the_workers_before_any_request(
+    make_app, durable_redis, mongodb_uri, key_prefix, tmp_path
+):
+    """A Redis of this test alone: its clients are the test's and the workers'."""
+    from taskapp.extensions import cache
+    from taskapp.models import Task
+    from taskapp.tasks import service
+    from taskapp.tasks.schemas import TaskCreate, TaskUpdate
+    from tests.test_gunicorn import Server
+
+    app = make_app(TASK_WRITE_STRATEGY="write-behind", REDIS_URL=durable_redis.url)
+    with app.app_context():  # not a serving process: it queues, and nothing flushes
+        user_id = str(ObjectId())
+        task = service.create_task(user_id, TaskCreate(title="before"))
+        service.update_task(user_id, task["id"], TaskUpdate(title="queued"))
+        queue = cache.write_behind()
+    server = Server(
+        {
+            "REDIS_URL": durable_redis.url,
+            "MONGODB_URI": mongodb_uri,
+            "CACHE_KEY_PREFIX": key_prefix,
+            "SECRET_KEY": SECRET_KEY,
+            "GUNICORN_WORKERS": str(WORKERS),
+            "TASK_WRITE_STRATEGY": "write-behind",
+            "WRITE_BEHIND_FLUSH_MS": "100",
+            "EXTRA_ARGS": f"--access-logformat '{ACCESS_FORMAT}'",
+        },
+        tmp_path / "gunicorn.log",
+    )
+    try:
+        deadline = time.monotonic() + 30
+
+        def flushers() -> int:
+            """Connections reading the stream: one per flusher (each has its own)."""
+            return sum(c["cmd"] == "xreadgroup" for c in queue.client.client_list())
+
+        while flushers() < WORKERS:  # no request is made: the workers start them at boot
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.1)
+        with app.app_context():
+            while Task.objects(id=ObjectId(task["id"])).first().title != "queued":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert server.output().count("Booting worker") == WORKERS
+        assert answering_pids(server) == set()  # no request was ever answered
+    finally:
+        server.stop()
+
+
+def test_a_change_that_keeps_failing_is_a_dead_letter_the_fleet_reports(deployment, make_app):
+    from taskapp import keys
+    from taskapp.extensions import cache
+
+    server = deployment(
+        TASK_WRITE_STRATEGY="write-behind",
+        WRITE_BEHIND_FLUSH_MS="100",
+        WRITE_BEHIND_CLAIM_IDLE_MS="100",
+        RATE_LIMIT_PER_MINUTE="0",
+    )
+    user_id, email = register(server)
+    headers = login(server, email)
+    bad, good = (
+        call(server.base, "POST", "/api/v1/tasks", {"title": title}, headers)[2]
+        for title in ("bad", "good")
+    )
+    app = make_app(TASK_WRITE_STRATEGY="write-behind")  # the same Redis prefix and database
+    with app.app_context():  # a state MongoDB's apply can never write (no such priority)
+        queue = cache.write_behind()
+        queue.stage(
+            keys.task(user_id, bad["id"]),
+            bad["id"],
+            {**bad, "owner": user_id, "version": 1},
+            {"priority": "urgent"},
+        )
+    status, _, body = call(
+        server.base, "PATCH", f"/api/v1/tasks/{good['id']}", {"title": "good-2"}, headers
+    )
+    assert status == 200, body
+    deadline = time.monotonic() + 30
+    while queue.client.xlen(queue.dead_letters) < 1 or queue.client.xlen(queue.stream):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    parts = urlsplit(server.env["MONGODB_URI"])
+    client = pymongo.MongoClient(server.env["MONGODB_URI"], serverSelectionTimeoutMS=3000)
+    try:
+        stored = client[parts.path.lstrip("/")]["tasks"].find_one({"_id": ObjectId(good["id"])})
+    finally:
+        client.close()
+    assert stored["title"] == "good-2"  # the failing change held nothing up
+    # Dead, not pending: every worker answers what MongoDB has.
+    for _ in range(6):
+        status, _, shown = call(server.base, "GET", f"/api/v1/tasks/{bad['id']}", headers=headers)
+        assert (status, shown["priority"]) == (200, "medium")
+    _, _, text = call(server.base, "GET", "/metrics")
+    found = re.search(r"^taskapp_write_behind_dead_letters_total (\S+)$", text, re.MULTILINE)
+    assert found and float(found.group(1)) == 1.0
+    output = app.test_cli_runner().invoke(args=["write-behind", "status"]).output
+    assert "dead letters:    1" in output
+    assert f"object {bad['id']} version 2, 5 attempts: KeyError" in output

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import redis
 from bson import ObjectId
 
 from taskapp import keys
@@ -15,6 +16,7 @@ from taskapp.extensions import cache
 from taskapp.models import Task
 from taskapp.tasks import service
 from tests.api import PausedRead, account, db_reads
+from tests.cache_helpers import wait_until
 
 TASKS = "/api/v1/tasks"
 NO_HTTP_CACHE = {"Cache-Control": "no-cache"}  # skip the response cache: reach the service cache
@@ -34,6 +36,7 @@ def mongo_title(task_id: str) -> str:
 @pytest.mark.parametrize("read", READ)
 def test_every_mode_reads_its_own_writes_on_tasks_lists_and_stats(make_app, read, write):
     app = make_app(TASK_READ_STRATEGY=read, TASK_WRITE_STRATEGY=write, WRITE_BEHIND_FLUSH_MS=200)
+    service.start_flushers(app)  # as gunicorn's post_worker_init does
     client = app.test_client()
     headers = login(client)
     task = client.post(TASKS, json={"title": "first"}, headers=headers).get_json()
@@ -113,6 +116,7 @@ def test_refresh_ahead_readers_of_a_hot_task_never_wait_for_mongodb(make_app):
 
 def test_write_behind_answers_at_once_and_reaches_mongodb_within_the_flush_time(make_app):
     app = make_app(TASK_WRITE_STRATEGY="write-behind", WRITE_BEHIND_FLUSH_MS=300)
+    service.start_flushers(app)
     client = app.test_client()
     headers = login(client)
     task = client.post(TASKS, json={"title": "first"}, headers=headers).get_json()
@@ -151,8 +155,8 @@ def test_a_page_read_while_its_change_is_flushed_still_shows_the_change(make_app
     monkeypatch.setitem(service.FETCHERS, "task_list", slow_page)
     monkeypatch.setattr(service, "apply_pending", late_apply)
     monkeypatch.setattr(writebehind.WriteBehind, "_settle_entry", settle_and_tell)
-    # The flusher starts with the app's first request, with the apply patched above.
     app = make_app(TASK_WRITE_STRATEGY="write-behind", WRITE_BEHIND_FLUSH_MS=20)
+    service.start_flushers(app)  # with the apply patched above
     client = app.test_client()
     headers = login(client)
     task = client.post(TASKS, json={"title": "first"}, headers=headers).get_json()
@@ -167,6 +171,7 @@ def test_a_page_read_while_its_change_is_flushed_still_shows_the_change(make_app
 
 def test_write_behind_keeps_concurrent_patches_of_one_task(make_app):
     app = make_app(TASK_WRITE_STRATEGY="write-behind", WRITE_BEHIND_FLUSH_MS=200)
+    service.start_flushers(app)
     client = app.test_client()
     headers = login(client)
     task = client.post(TASKS, json={"title": "t"}, headers=headers).get_json()
@@ -233,13 +238,13 @@ def test_a_slow_read_racing_a_write_never_leaves_the_old_task_cached(
     assert client.get(path, headers={**headers, **NO_HTTP_CACHE}).get_json()["title"] == "new"
 
 
-def test_write_behind_refuses_changes_it_cannot_queue_with_503(make_app, private_redis):
-    app = make_app(TASK_WRITE_STRATEGY="write-behind", REDIS_URL=private_redis.url)
+def test_write_behind_refuses_changes_it_cannot_queue_with_503(make_app, durable_redis):
+    app = make_app(TASK_WRITE_STRATEGY="write-behind", REDIS_URL=durable_redis.url)
     client = app.test_client()
     headers = login(client)
     task = client.post(TASKS, json={"title": "kept"}, headers=headers).get_json()
     path = f"{TASKS}/{task['id']}"
-    private_redis.kill()
+    durable_redis.kill()
     response = client.patch(path, json={"title": "lost?"}, headers=headers)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
@@ -263,3 +268,178 @@ def test_write_behind_apply_never_replaces_a_newer_version_with_an_older_one(mak
         apply_pending(task["id"], {**state, "title": "newer again", "version": 5})  # a duplicate
         stored = Task.objects(id=ObjectId(task["id"])).first()
     assert (stored.title, stored.version) == ("newer", 5)
+
+
+def test_a_patch_racing_a_delete_is_refused_and_the_task_never_comes_back(make_app, monkeypatch):
+    """The PATCH reads the task, the DELETE is answered, then the PATCH stages its change: the
+    DELETE's tombstone refuses it (404). No flusher runs, as while MongoDB is failing: a state
+    staged after the delete would be answered for as long as that lasts."""
+    app = make_app(TASK_WRITE_STRATEGY="write-behind")
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "doomed"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    read, go = threading.Event(), threading.Event()
+    stage = writebehind.WriteBehind.stage
+
+    def stage_after_the_delete(self, *args, **kwargs):
+        if threading.current_thread().name == "patcher":
+            read.set()  # the PATCH has read the task (it exists) and is about to stage
+            assert go.wait(10)
+        return stage(self, *args, **kwargs)
+
+    monkeypatch.setattr(writebehind.WriteBehind, "stage", stage_after_the_delete)
+    statuses = []
+
+    def patch():
+        response = app.test_client().patch(path, json={"title": "back?"}, headers=headers)
+        statuses.append(response.status_code)
+
+    patcher = threading.Thread(target=patch, name="patcher")
+    patcher.start()
+    assert read.wait(10)
+    assert client.delete(path, headers=headers).status_code == 204
+    go.set()
+    patcher.join(10)
+    assert statuses == [404]
+    assert client.get(path, headers=headers).status_code == 404
+    assert client.get(path, headers={**headers, **NO_HTTP_CACHE}).status_code == 404
+    assert client.get(TASKS, headers=NO_HTTP_CACHE | headers).get_json()["items"] == []
+    feed = client.get("/api/v1/activity", headers=headers).get_json()["items"]
+    assert [item["action"] for item in feed] == ["deleted", "created"]  # no refused change
+
+
+@pytest.fixture
+def private_mongodb():
+    """A FerretDB of this test alone, to kill and start again (its files are kept)."""
+    from tests.ferretdb import FerretDBServer
+
+    server = FerretDBServer()
+    yield server
+    server.stop()
+
+
+def wait_for_mongo(app, task_id: str, predicate, timeout: float = 20.0) -> Task:
+    """The task as MongoDB has it, once ``predicate`` holds for it."""
+    with app.app_context():
+        deadline = time.monotonic() + timeout
+        while True:
+            stored = Task.objects(id=ObjectId(task_id)).first()
+            if predicate(stored) or time.monotonic() > deadline:
+                return stored
+            time.sleep(0.05)
+
+
+def test_a_write_behind_patch_refused_while_mongodb_is_down_never_reaches_it(
+    make_app, private_mongodb
+):
+    from tests.conftest import database_uri
+
+    app = make_app(
+        TASK_WRITE_STRATEGY="write-behind",
+        MONGODB_URI=database_uri(private_mongodb.url),
+        WRITE_BEHIND_FLUSH_MS=50,
+    )
+    service.start_flushers(app)
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "kept"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    assert client.get(path, headers=headers).status_code == 200  # cached: a PATCH needs no read
+    private_mongodb.kill()
+    refused = client.patch(path, json={"title": "refused"}, headers=headers)
+    assert refused.status_code == 503
+    assert client.get(path, headers=headers).get_json()["title"] == "kept"
+    private_mongodb.start()
+    accepted = client.patch(path, json={"description": "later"}, headers=headers)
+    assert accepted.status_code == 200
+    assert accepted.get_json()["title"] == "kept"
+    stored = wait_for_mongo(app, task["id"], lambda t: t.description == "later")
+    assert (stored.title, stored.description) == ("kept", "later")
+
+
+def test_a_delete_mongodb_refused_keeps_the_pending_changes_and_allows_new_ones(
+    make_app, private_mongodb
+):
+    from tests.conftest import database_uri
+
+    app = make_app(
+        TASK_WRITE_STRATEGY="write-behind",
+        MONGODB_URI=database_uri(private_mongodb.url),
+        WRITE_BEHIND_FLUSH_MS=50,
+    )
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "first"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    assert client.patch(path, json={"title": "pending"}, headers=headers).status_code == 200
+    private_mongodb.kill()
+    assert client.delete(path, headers=headers).status_code == 503
+    assert client.get(path, headers=NO_HTTP_CACHE | headers).get_json()["title"] == "pending"
+    private_mongodb.start()
+    # Not deleted: the tombstone is lifted, so the task takes changes again.
+    again = client.patch(path, json={"description": "again"}, headers=headers)
+    assert again.status_code == 200
+    assert again.get_json()["title"] == "pending"
+    service.start_flushers(app)  # the queued changes, including the one put back, flush now
+    stored = wait_for_mongo(app, task["id"], lambda t: t.description == "again")
+    assert (stored.title, stored.description) == ("pending", "again")
+    with app.app_context():
+        queue = cache.write_behind()
+        wait_until(lambda: queue.client.xlen(queue.stream) == 0)  # every entry settled
+
+
+def test_write_behind_asks_a_redis_that_was_down_at_start_and_refuses_a_volatile_one(
+    make_app, private_redis
+):
+    private_redis.kill()
+    app = make_app(TASK_WRITE_STRATEGY="write-behind", REDIS_URL=private_redis.url)  # not asked
+    private_redis.start()  # back, with appendonly no
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "kept"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    response = client.patch(path, json={"title": "volatile"}, headers=headers)
+    assert response.status_code == 503
+    assert "appendonly no" in response.get_json()["error"]["message"]
+    assert client.get(path, headers=NO_HTTP_CACHE | headers).get_json()["title"] == "kept"
+    with app.app_context():
+        queue = cache.write_behind()
+        assert queue.client.exists(queue.stream) == 0  # nothing was queued
+
+
+def test_a_patch_answered_503_while_redis_hangs_is_not_queued_when_redis_resumes(
+    make_app, durable_redis, monkeypatch
+):
+    """Redis is paused (SIGSTOP) just as the PATCH sends its stage: the request gives up and
+    answers 503, while the script waits in the server's socket and runs when it resumes."""
+    app = make_app(TASK_WRITE_STRATEGY="write-behind", REDIS_URL=durable_redis.url)
+    client = app.test_client()
+    user_id, headers = account(client)
+    task = client.post(TASKS, json={"title": "first"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    # Redis knows the script (EVALSHA finds it), and the app knows Redis keeps an AOF.
+    assert client.patch(path, json={"title": "kept"}, headers=headers).status_code == 200
+    stage = writebehind.WriteBehind.stage
+
+    def stage_into_a_paused_redis(self, *args, **kwargs):
+        durable_redis.pause()
+        return stage(self, *args, **kwargs)
+
+    monkeypatch.setattr(writebehind.WriteBehind, "stage", stage_into_a_paused_redis)
+    raw = redis.Redis.from_url(durable_redis.url)
+    scripts_run = raw.info("commandstats")["cmdstat_evalsha"]["calls"]
+    try:
+        response = client.patch(path, json={"title": "answered 503"}, headers=headers)
+    finally:
+        durable_redis.resume()
+    assert response.status_code == 503
+    deadline = time.monotonic() + 5
+    while raw.info("commandstats")["cmdstat_evalsha"]["calls"] == scripts_run:
+        assert time.monotonic() < deadline  # the stage reached Redis after all, and ran
+        time.sleep(0.01)
+    with app.app_context():
+        pending = cache.write_behind().pending(keys.task(user_id, task["id"]))
+    raw.close()
+    assert pending is None or pending["title"] == "kept"  # nothing of the refused change
+    assert client.get(path, headers=NO_HTTP_CACHE | headers).get_json()["title"] == "kept"

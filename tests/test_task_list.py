@@ -235,9 +235,12 @@ def test_tasks_stored_without_a_rank_are_ranked_at_start(make_app, mongodb_uri):
 
 
 def test_a_write_behind_priority_change_reaches_the_rank_in_mongodb(make_app):
-    app = make_app(TASK_WRITE_STRATEGY="write-behind", WRITE_BEHIND_FLUSH_MS=50)
-    client = app.test_client()
+    from taskapp.tasks.service import start_flushers
     from tests.api import account
+
+    app = make_app(TASK_WRITE_STRATEGY="write-behind", WRITE_BEHIND_FLUSH_MS=50)
+    start_flushers(app)
+    client = app.test_client()
 
     headers = account(client)[1]
     task = create(client, headers, "x", priority="low")

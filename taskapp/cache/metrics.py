@@ -21,6 +21,11 @@ WRITE_BEHIND_RESTARTS = Counter(
     "taskapp_write_behind_restarts_total",
     "Write-behind flusher restarts after a failure (Redis or the apply function)",
 )
+WRITE_BEHIND_DEAD_LETTERS = Counter(
+    "taskapp_write_behind_dead_letters_total",
+    "Write-behind changes moved to the dead-letter stream (applied and refused too often, or "
+    "unreadable)",
+)
 CACHE_OP_SECONDS = Histogram(
     "taskapp_cache_operation_seconds",
     "Latency of cache operations",

@@ -5,8 +5,14 @@ A change is merged into the object's pending state and queued on a Redis Stream 
 the source (idempotent: the source keeps the version and ignores older ones), and only then
 acknowledge it (SETTLE). A flusher that dies keeps its entries pending in the group; another
 flusher claims them after ``claim_idle_ms`` (XAUTOCLAIM) and applies them again, which the
-version makes harmless. Durability is Redis's: without AOF (``appendonly yes``,
-``appendfsync everysec`` or ``always``) a Redis crash loses the changes not yet flushed.
+version makes harmless. A change whose apply keeps failing (the source refuses that object)
+is moved to a dead-letter stream after ``MAX_ATTEMPTS`` tries, without holding up the other
+objects of its batch; an outage of the source (``SourceUnavailable``) holds everything and counts
+no attempt. A deleted object leaves a tombstone that refuses any later change of it.
+
+Durability is Redis's: without AOF (``appendonly yes``, ``appendfsync everysec`` or ``always``)
+a Redis crash loses the changes not yet flushed, so ``volatile`` tells whether a server keeps
+what it acknowledged.
 """
 
 from __future__ import annotations
@@ -27,21 +33,53 @@ from taskapp.cache.client import REDIS_ERRORS, Unavailable
 
 log = logging.getLogger("taskapp.cache.writebehind")
 
-#: How long the last staged version of an object is remembered after its change was flushed:
-#: far longer than any read-modify-stage takes.
+#: How long the last staged version of an object (and the tombstone of a deleted one) is
+#: remembered: far longer than any read-modify-stage takes.
 VERSION_MARK_TTL_MS = 3_600_000
+
+#: Failed applies of one change (the source refused the object, not an outage) before it is
+#: moved to the dead-letter stream.
+MAX_ATTEMPTS = 5
+
+#: Dead letters kept (approximately: XADD MAXLEN ~); the oldest go first.
+DEAD_LETTERS_MAXLEN = 10_000
+
+#: What STAGE answers for an object with a tombstone, and past the caller's deadline.
+DELETED = b"deleted"
+LATE = b"late"
+
+
+class Deleted(Exception):
+    """The object was deleted: a change of it is refused."""
+
+
+class SourceUnavailable(Exception):
+    """Raised by an apply function when the source itself is unreachable (not this object's
+    fault): the whole batch waits for the source to return, and no attempt is counted."""
+
 
 # STAGE: merge a change into an object's pending state, give it the next version and queue it on
 # the write-behind stream, in one step (concurrent changes of one object never lose each other).
 # A caller whose view of the object is older than the last version staged (a flusher applied and
-# dropped the pending state since the caller read it) is refused, to read again.
+# dropped the pending state since the caller read it) is refused, to read again. A change of a
+# deleted object (its tombstone is set: the caller read it before the delete) is refused too.
 # KEYS[1] the object's pending state (JSON, no expiry: it lives until the flusher applied it),
-# KEYS[2] the stream, KEYS[3] the last version staged for the object
+# KEYS[2] the stream, KEYS[3] the last version staged for the object, KEYS[4] its tombstone
 # ARGV[1] the object as the caller read it (JSON with its version; used when nothing is
 # pending), ARGV[2] the change (a JSON object of fields), ARGV[3] the object's id,
-# ARGV[4] time to live of the last-version marker in ms
-# returns the new pending state (JSON), or false when the caller's object is outdated
+# ARGV[4] time to live of the last-version marker in ms, ARGV[5] the latest time the change may
+# be queued (ms since the epoch, '' for none): a script that reaches Redis later (it sat in the
+# socket of a paused server) belongs to a request already answered 503, so it changes nothing.
+# returns the new pending state (JSON), false when the caller's object is outdated, 'deleted'
+# when the object has a tombstone, or 'late' past the deadline
 STAGE = """
+if ARGV[5] ~= '' then
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[5]) then
+    return 'late'
+  end
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 'deleted' end
 local current = redis.call('GET', KEYS[1])
 local state
 if current then
@@ -61,21 +99,76 @@ redis.call('XADD', KEYS[2], '*',
 return encoded
 """
 
+# TOMBSTONE: before an object is deleted from the source, refuse every later change of it (a
+# writer that read it before the delete would otherwise stage a state that brings it back) and
+# drop its pending state (its queued changes then match nothing in the source).
+# KEYS[1] the object's pending state, KEYS[2] its tombstone
+# ARGV[1] time to live of the tombstone in ms
+# returns the pending state dropped (JSON), or false when none was pending
+TOMBSTONE = """
+local current = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+redis.call('DEL', KEYS[1])
+return current
+"""
+
+# REVIVE: the delete failed at the source: lift the tombstone and put back the pending state it
+# dropped, queued again, so a flusher settles it (and drops it) once applied (idempotent by
+# version if it already was).
+# KEYS[1] the object's pending state, KEYS[2] its tombstone, KEYS[3] the stream
+# ARGV[1] the pending state the tombstone dropped (JSON, or '' when none), ARGV[2] the object id
+# returns 1 when a pending state was put back, else 0
+REVIVE = """
+redis.call('DEL', KEYS[2])
+if ARGV[1] == '' or redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[3], '*',
+  'id', ARGV[2], 'key', KEYS[1], 'version', cjson.decode(ARGV[1])['version'], 'state', ARGV[1])
+return 1
+"""
+
 # SETTLE: after the flusher applied a change to the source, acknowledge and delete its entry (the
-# stream holds only changes not yet applied), and drop the pending state if no newer change
-# arrived meanwhile.
-# KEYS[1] the stream, KEYS[2] the object's pending state
+# stream holds only changes not yet applied), forget its failed attempts, and drop the pending
+# state if no newer change arrived meanwhile.
+# KEYS[1] the stream, KEYS[2] the object's pending state, KEYS[3] the failed-attempts hash
 # ARGV[1] the consumer group, ARGV[2] the stream entry id, ARGV[3] the version applied
 # returns 1 when the pending state was dropped, 0 when a newer change is still pending
 SETTLE = """
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
 local current = redis.call('GET', KEYS[2])
 if current and tonumber(cjson.decode(current)['version']) <= tonumber(ARGV[3]) then
   redis.call('DEL', KEYS[2])
   return 1
 end
 return 0
+"""
+
+# DEAD_LETTER: a change that failed too often (or cannot even be read) moves to the dead-letter
+# stream, with why and how often it failed; it leaves the work stream, and its pending state is
+# dropped unless a newer change is pending (readers then see what the source has: the truth).
+# KEYS[1] the stream, KEYS[2] the dead-letter stream, KEYS[3] the failed-attempts hash,
+# KEYS[4] the object's pending state (the stream's own name when the entry names none)
+# ARGV[1] the consumer group, ARGV[2] the entry id, ARGV[3] the version ('' when unknown),
+# ARGV[4] the error, ARGV[5] the attempts, ARGV[6] the dead letters kept, ARGV[7..] the
+# entry's fields and values
+# returns the dead letter's id
+DEAD_LETTER = """
+local fields = {}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
+  'entry', ARGV[2], 'error', ARGV[4], 'attempts', ARGV[5], unpack(fields))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+if KEYS[4] ~= KEYS[1] and ARGV[3] ~= '' then
+  local current = redis.call('GET', KEYS[4])
+  if current and tonumber(cjson.decode(current)['version']) <= tonumber(ARGV[3]) then
+    redis.call('DEL', KEYS[4])
+  end
+end
+return id
 """
 
 # PRUNE_CONSUMERS: forget the consumers of a group that hold no pending change and have been idle
@@ -101,7 +194,8 @@ return removed
 #: live one reads every WRITE_BEHIND_FLUSH_MS / 4, or retries within 5 s when failing).
 DEAD_CONSUMER_MIN_MS = 60_000
 
-#: apply(object_id, state) writes ``state`` to the source unless it holds a newer version.
+#: apply(object_id, state) writes ``state`` to the source unless it holds a newer version; it
+#: raises ``SourceUnavailable`` when the source is down (any other error is this object's).
 Apply = Callable[[str, dict[str, Any]], None]
 
 
@@ -131,13 +225,21 @@ class WriteBehind:
         self.prefix = prefix
         self.prefix_of_queue = f"{prefix}wb:"  # the stream and the pending states: data, not cache
         self.stream = f"{prefix}wb:stream"
+        self.dead_letters = f"{prefix}wb:dead"
+        self.attempts = f"{prefix}wb:attempts"  # entry id -> failed applies
         self.flush_ms = flush_ms
         self.claim_idle_ms = claim_idle_ms
         self._stage = client.register_script(STAGE)
+        self._tombstone = client.register_script(TOMBSTONE)
+        self._revive = client.register_script(REVIVE)
         self._settle = self.flusher_client.register_script(SETTLE)
+        self._dead_letter = self.flusher_client.register_script(DEAD_LETTER)
         self._prune = self.flusher_client.register_script(PRUNE_CONSUMERS)
         #: A consumer idle this long with nothing pending is a flusher gone for good.
         self.dead_consumer_ms = max(DEAD_CONSUMER_MIN_MS, 10 * claim_idle_ms)
+        self.max_attempts = MAX_ATTEMPTS
+        #: Whether the server keeps what it acknowledged (None: not asked yet).
+        self.durable: bool | None = None
 
     def pending_key(self, key: str) -> str:
         """The Redis key of an object's pending state."""
@@ -147,23 +249,79 @@ class WriteBehind:
         """The Redis key of the last version staged for an object."""
         return f"{self.prefix}wb:v:{key}"
 
+    def tombstone_key(self, key: str) -> str:
+        """The Redis key marking an object as deleted."""
+        return f"{self.prefix}wb:gone:{key}"
+
     def stage(
-        self, key: str, object_id: str, base: dict[str, Any], change: dict[str, Any]
+        self,
+        key: str,
+        object_id: str,
+        base: dict[str, Any],
+        change: dict[str, Any],
+        deadline_ms: int | None = None,
     ) -> dict[str, Any] | None:
         """Queue ``change`` of an object whose state, as the caller read it, is ``base`` (with
         its ``version``); the new pending state, or None when ``base`` is outdated (a newer
         version was staged and already flushed): read the object again and retry.
 
-        Raises ``Unavailable`` when Redis cannot take it: a change that cannot be queued must
-        be refused, since nothing else would keep it.
+        Raises ``Deleted`` when the object was deleted since the caller read it, and
+        ``Unavailable`` when Redis cannot take it: a change that cannot be queued must be
+        refused, since nothing else would keep it. ``deadline_ms`` (this host's clock, ms since
+        the epoch) bounds when Redis may still queue it: pick it before the caller gives up
+        waiting, so a caller that gave up (and answered 503) is never followed by the change
+        (as long as the clocks of this host and Redis agree to within the margin left).
         """
         encoded = self._guard(
             lambda: self._stage(
-                keys=[self.pending_key(key), self.stream, self.version_key(key)],
-                args=[json.dumps(base), json.dumps(change), object_id, VERSION_MARK_TTL_MS],
+                keys=[
+                    self.pending_key(key),
+                    self.stream,
+                    self.version_key(key),
+                    self.tombstone_key(key),
+                ],
+                args=[
+                    json.dumps(base),
+                    json.dumps(change),
+                    object_id,
+                    VERSION_MARK_TTL_MS,
+                    "" if deadline_ms is None else deadline_ms,
+                ],
             )
         )
+        if encoded == DELETED:
+            raise Deleted(object_id)
+        if encoded == LATE:
+            raise Unavailable("the change reached Redis after its deadline; it was not queued")
         return json.loads(encoded) if encoded else None
+
+    def tombstone(self, key: str) -> str | None:
+        """Before an object is deleted: refuse its later changes and drop its pending state;
+        the state dropped (JSON, for ``revive``) or None. Raises ``Unavailable``."""
+        dropped = self._guard(
+            lambda: self._tombstone(
+                keys=[self.pending_key(key), self.tombstone_key(key)], args=[VERSION_MARK_TTL_MS]
+            )
+        )
+        return dropped.decode() if dropped else None
+
+    def revive(self, key: str, object_id: str, dropped: str | None) -> None:
+        """The delete failed: lift the tombstone and queue again the pending state it dropped.
+        Raises ``Unavailable``."""
+        self._guard(
+            lambda: self._revive(
+                keys=[self.pending_key(key), self.tombstone_key(key), self.stream],
+                args=[dropped or "", object_id],
+            )
+        )
+
+    def volatile(self) -> bool:
+        """True when the server does not keep what it acknowledged (``appendonly no``): a crash
+        then loses changes not yet flushed. Asked once per process; raises ``Unavailable``."""
+        if self.durable is None:
+            info = self._guard(lambda: self.client.info("persistence"))
+            self.durable = bool(int(info.get("aof_enabled", 0)))
+        return not self.durable
 
     def pending(self, key: str) -> dict[str, Any] | None:
         """The object's state with its changes not yet flushed, or None (also when Redis is
@@ -173,11 +331,6 @@ class WriteBehind:
         except Unavailable:
             return None
         return json.loads(raw) if raw is not None else None
-
-    def discard(self, key: str) -> None:
-        """Forget an object's pending state before the object is deleted (its queued changes
-        then match nothing in the source); raises ``Unavailable`` when Redis cannot be reached."""
-        self._guard(lambda: self.client.delete(self.pending_key(key)))
 
     def pending_many(self, keys: list[str]) -> list[tuple[dict[str, Any] | None, int]]:
         """For several objects in one round trip (keys of one hash slot): each one's pending
@@ -227,33 +380,92 @@ class WriteBehind:
         return len(entries)
 
     def _apply_batch(self, apply: Apply, entries: list[tuple[bytes, dict]]) -> None:
-        """Apply the newest state of each object once, then settle every entry of the batch."""
+        """Apply the newest state of each object once and settle its entries; an object whose
+        apply fails keeps its entries for a later try (dead letters after ``max_attempts``)
+        while the others go through. ``SourceUnavailable`` stops the batch: what is left is
+        applied again once the source is back."""
         newest: dict[str, dict[str, Any]] = {}
-        for _, fields in entries:
-            state = json.loads(fields[b"state"])
-            object_id = fields[b"id"].decode()
+        grouped: dict[str, list[tuple[bytes, dict]]] = {}
+        for entry_id, fields in entries:
+            try:
+                state = json.loads(fields[b"state"])
+                object_id = fields[b"id"].decode()
+                fields[b"key"].decode()
+                state["version"] = int(state["version"])
+                int(fields[b"version"])
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # It will never read better: no retry can help it.
+                self._bury(entry_id, fields, f"unreadable entry: {exc!r}", 1)
+                continue
+            grouped.setdefault(object_id, []).append((entry_id, fields))
             if object_id not in newest or state["version"] > newest[object_id]["version"]:
                 newest[object_id] = state
         for object_id, state in newest.items():
-            apply(object_id, state)
-        for entry_id, fields in entries:
-            self._settle_entry(entry_id, fields)
+            try:
+                apply(object_id, state)
+            except SourceUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this object's failure: count it, go on
+                self._failed(object_id, grouped[object_id], exc)
+                continue
+            for entry_id, fields in grouped[object_id]:
+                self._settle_entry(entry_id, fields)
 
     def _settle_entry(self, entry_id: bytes, fields: dict) -> None:
         """Acknowledge an applied entry and drop its pending state unless a newer one came."""
         self._settle(
-            keys=[self.stream, fields[b"key"].decode()],
+            keys=[self.stream, fields[b"key"].decode(), self.attempts],
             args=[self.group, entry_id, fields[b"version"]],
+        )
+
+    def _failed(self, object_id: str, entries: list[tuple[bytes, dict]], exc: Exception) -> None:
+        """Count a failed apply against each entry of the object; bury those out of tries.
+
+        The others stay pending in the group: XAUTOCLAIM hands them out again after
+        ``claim_idle_ms``, so a failing object is retried at that pace, not in a tight loop.
+        """
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("write-behind: applying %s failed (%s)", object_id, error, exc_info=exc)
+        for entry_id, fields in entries:
+            attempts = int(self.flusher_client.hincrby(self.attempts, entry_id, 1))
+            if attempts >= self.max_attempts:
+                self._bury(entry_id, fields, error, attempts)
+
+    def _bury(self, entry_id: bytes, fields: dict, error: str, attempts: int) -> None:
+        """Move an entry to the dead-letter stream (counted in
+        ``taskapp_write_behind_dead_letters_total``)."""
+        pending = fields.get(b"key", self.stream.encode())
+        flat = [part for pair in fields.items() for part in pair]
+        self._dead_letter(
+            keys=[self.stream, self.dead_letters, self.attempts, pending],
+            args=[
+                self.group,
+                entry_id,
+                fields.get(b"version", b""),
+                error,
+                attempts,
+                DEAD_LETTERS_MAXLEN,
+                *flat,
+            ],
+        )
+        metrics.WRITE_BEHIND_DEAD_LETTERS.inc()
+        log.error(
+            "write-behind: change %s of %s moved to the dead letters after %d attempts (%s)",
+            entry_id.decode(),
+            fields.get(b"id", b"?").decode(errors="replace"),
+            attempts,
+            error,
         )
 
     def run(self, apply: Apply, stop: threading.Event, consumer: str | None = None) -> None:
         """Flush until ``stop`` is set, restarting after any failure with a backoff.
 
-        A Redis outage or an error of ``apply`` (MongoDB down, a bad document) never ends the
-        flusher: the batch stays unacknowledged, so it is applied again (after ``claim_idle_ms``,
-        by this flusher or another) once the cause is gone. Each restart is counted
-        (``taskapp_write_behind_restarts_total``); one line is logged when failures begin and
-        one when a batch goes through again.
+        A Redis outage or an outage of the source (``SourceUnavailable``) never ends the
+        flusher: what the batch had left stays unacknowledged, so it is applied again (after
+        ``claim_idle_ms``, by this flusher or another) once the cause is gone. Each restart is
+        counted (``taskapp_write_behind_restarts_total``); one line is logged when failures
+        begin and one when a batch goes through again. An error of one object (a document the
+        source refuses) is not a restart: see ``_apply_batch``.
         """
         consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
         delay = 0.1
@@ -274,13 +486,19 @@ class WriteBehind:
                 metrics.WRITE_BEHIND_RESTARTS.inc()
                 if not failing:
                     failing = True
-                    what = "Redis unavailable" if isinstance(exc, REDIS_ERRORS) else "apply failed"
+                    what = (
+                        "Redis unavailable"
+                        if isinstance(exc, REDIS_ERRORS)
+                        else "source unavailable"
+                        if isinstance(exc, SourceUnavailable)
+                        else "failed"
+                    )
                     log.warning(
                         "write-behind flusher: %s (%s: %s); restarting with a backoff",
                         what,
                         type(exc).__name__,
                         exc,
-                        exc_info=not isinstance(exc, REDIS_ERRORS),
+                        exc_info=not isinstance(exc, (*REDIS_ERRORS, SourceUnavailable)),
                     )
                 else:
                     log.debug("write-behind flusher failed again: %s", exc)
@@ -292,9 +510,10 @@ class WriteBehind:
         removed = self._prune(keys=[self.stream], args=[self.group, self.dead_consumer_ms])
         return [name.decode() for name in removed]
 
-    def status(self) -> dict[str, Any]:
+    def status(self, dead_letters: int = 5) -> dict[str, Any]:
         """Pending changes, live consumers and lag of the flushers' group (dead consumers with
-        nothing pending are forgotten first); ``oldest_pending_ms`` is None when none is."""
+        nothing pending are forgotten first), and the dead letters: how many, and the newest
+        ``dead_letters`` of them; ``oldest_pending_ms`` is None when none is."""
         self.ensure_group()
         self.prune_consumers()
         groups = {g["name"].decode(): g for g in self.flusher_client.xinfo_groups(self.stream)}
@@ -310,6 +529,19 @@ class WriteBehind:
                 for c in consumers
             ],
             "oldest_pending_ms": oldest[0]["time_since_delivered"] if oldest else None,
+            "dead_letters": self.flusher_client.xlen(self.dead_letters),
+            "newest_dead_letters": [
+                {
+                    "id": entry_id.decode(),
+                    "fields": {
+                        k.decode(errors="replace"): v.decode(errors="replace")
+                        for k, v in fields.items()
+                    },
+                }
+                for entry_id, fields in self.flusher_client.xrevrange(
+                    self.dead_letters, count=dead_letters
+                )
+            ],
         }
 
 

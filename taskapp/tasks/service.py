@@ -9,18 +9,25 @@ write-behind, whose changes reach MongoDB through ``apply_pending``, run by the 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 from typing import Any, NamedTuple
 
+import mongoengine
 from bson import ObjectId
+from bson.errors import InvalidDocument
 from flask import Flask, current_app
+from mongoengine.errors import OperationError
+from pymongo.errors import DocumentTooLarge, PyMongoError, WriteError
 from werkzeug.exceptions import PreconditionFailed, ServiceUnavailable
 
 from taskapp import db, keys
 from taskapp.cache import Unavailable
+from taskapp.cache.writebehind import Deleted, SourceUnavailable
 from taskapp.extensions import cache
 from taskapp.models import PRIORITY_RANK, Activity, Task, isoformat, to_bson_datetime, utcnow
 from taskapp.tasks.schemas import ListQuery, TaskCreate, TaskOut, TaskUpdate
@@ -28,6 +35,7 @@ from taskapp.tasks.schemas import ListQuery, TaskCreate, TaskOut, TaskUpdate
 ACTIVITY_MAXLEN = 100  # feed items kept in Redis and read back from MongoDB on a miss
 ACTIVITY_TTL = 3600
 STAGE_ATTEMPTS = 5
+STAGE_REPLY_MARGIN_MS = 50  # for a stage's reply to come back, and the hosts' clocks to differ
 TASK_FIELDS = ("title", "description", "completed", "priority", "due_date", "updated_at")
 # The sort parameter as MongoDB orders; _id breaks ties (tasks created in the same millisecond,
 # equal due dates or priorities), so pages never overlap, and each "-" order is the exact reverse.
@@ -302,10 +310,14 @@ def delete_task(user_id: str, task_id: str, precondition: Precondition | None = 
     current = _checked(user_id, tid, precondition)
     if current is None:
         return False
-    _writes().before_delete(user_id, tid)
-    task = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id), **_same(current)).modify(
-        remove=True
-    )
+    undo = _writes().before_delete(user_id, tid)
+    try:
+        task = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id), **_same(current)).modify(
+            remove=True
+        )
+    except Exception:
+        undo()  # not deleted: the task's pending changes stand
+        raise
     if task is None:
         _gone_or_changed(user_id, tid, current)
         return False
@@ -366,15 +378,16 @@ class Invalidate:
         """Read before a write to MongoDB (write-through's lease)."""
         return ""
 
-    def before_delete(self, user_id: str, task_id: str) -> None:
-        """Run before a task is deleted from MongoDB."""
+    def before_delete(self, user_id: str, task_id: str) -> Callable[[], None]:
+        """Run before a task is deleted from MongoDB; returns what to run if the delete fails."""
+        return _nothing
 
     def changed(self, user_id: str, action: str, task: dict[str, Any], lease: str = "") -> None:
         """Bring the cache up to date after MongoDB has the change."""
         cache.invalidate_tags(*_affected_tags(user_id, task["id"]))
 
     def start(self, app: Flask) -> None:
-        """Start what this strategy runs in each serving process."""
+        """Start what this strategy runs in each serving process (see ``start_flushers``)."""
 
 
 class WriteThrough(Invalidate):
@@ -406,6 +419,11 @@ class WriteBehind(Invalidate):
 
     versions_in_mongodb = False  # a pending state's version is ahead of MongoDB's
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flusher: Any = None
+        self._pid: int | None = None
+
     def pending(self, key: str) -> dict[str, Any] | None:
         return cache.write_behind().pending(key)
 
@@ -417,25 +435,32 @@ class WriteBehind(Invalidate):
     ) -> dict[str, Any] | None:
         return _stage(user_id, task_id, data, precondition)
 
-    def before_delete(self, user_id: str, task_id: str) -> None:
-        try:  # before the delete: a pending state left behind would bring the task back
-            cache.write_behind().discard(keys.task(user_id, task_id))
+    def before_delete(self, user_id: str, task_id: str) -> Callable[[], None]:
+        """Tombstone the task before MongoDB deletes it: a PATCH that read it before the delete
+        is refused (404) instead of staging a state that would bring it back."""
+        key = keys.task(user_id, task_id)
+        write_behind = cache.write_behind()
+        try:
+            dropped = write_behind.tombstone(key)
         except Unavailable:
             raise _queue_unavailable() from None
 
-    def start(self, app: Flask) -> None:
-        """A flusher in each serving process, started by its first request (after gunicorn's
-        fork), not by CLI runs."""
-        started = threading.Lock()
-        flusher: list[Any] = []
+        def undo() -> None:
+            try:
+                write_behind.revive(key, task_id, dropped)
+            except Unavailable:  # the tombstone expires; the queued changes still flush
+                log.warning("write-behind: could not lift the tombstone of %s", task_id)
 
-        @app.before_request
-        def start_flusher() -> None:
-            if not flusher:
-                with started:
-                    if not flusher:
-                        flusher.append(cache.flusher(apply_pending))
-                        flusher[0].start()
+        return undo
+
+    def start(self, app: Flask) -> None:
+        """Run a flusher in this process (idempotent; a forked child makes its own)."""
+        with self._lock:
+            if self._flusher is None or self._pid != os.getpid():
+                with app.app_context():
+                    self._flusher = cache.flusher(apply_pending)
+                self._pid = os.getpid()
+            self._flusher.start()
 
 
 EXTENSION = "taskapp.tasks"
@@ -469,37 +494,108 @@ def _stage(
     """Write-behind PATCH: queue the change in Redis and answer with the task as changed.
 
     MongoDB receives it within WRITE_BEHIND_FLUSH_MS from a flusher. Reads of the task see it at
-    once (its pending state comes first); list pages show it over their MongoDB items.
+    once (its pending state comes first); list pages show it over their MongoDB items. The
+    activity record is saved first: a PATCH answered 503 because MongoDB refused it was never
+    queued, so it never reaches MongoDB later.
     """
+    _require_durable()
     change = {
         name: isoformat(_stored_date(value)) if name == "due_date" else value
         for name, value in data.changes().items()
     }
     change["updated_at"] = isoformat(utcnow())
-    state = None
-    for _ in range(STAGE_ATTEMPTS):  # a flush between our read and our stage: read again
-        current = _current_task(user_id, task_id)
-        if current is None:
-            return None
-        if precondition is not None and not precondition(_public(current)):
-            raise _precondition_failed()
-        try:
-            state = cache.write_behind().stage(
-                keys.task(user_id, task_id), task_id, {**current, "owner": user_id}, change
-            )
-        except Unavailable:
-            raise _queue_unavailable() from None
-        if state is not None:
-            break
-    if state is None:
-        raise _queue_unavailable()
+    current = _current_task(user_id, task_id)
+    if current is None:
+        return None
+    if precondition is not None and not precondition(_public(current)):
+        raise _precondition_failed()
     entry = Activity(
-        user=ObjectId(user_id), action="updated", task_id=ObjectId(task_id), title=state["title"]
+        user=ObjectId(user_id),
+        action="updated",
+        task_id=ObjectId(task_id),
+        title=change.get("title", current["title"]),
     )
     entry.save()
+    try:
+        state = _queue_change(user_id, task_id, current, change, precondition)
+    except BaseException:
+        _forget(entry)  # the change was refused: so is its record
+        raise
+    if state is None:
+        _forget(entry)
+        return None
     cache.invalidate_tags(keys.collection_tag(user_id), keys.responses_tag(user_id))
     cache.list_push(keys.activity(user_id), entry.to_dict(), maxlen=ACTIVITY_MAXLEN)
     return _public(state)
+
+
+def _queue_change(
+    user_id: str,
+    task_id: str,
+    current: dict[str, Any],
+    change: dict[str, Any],
+    precondition: Precondition | None = None,
+) -> dict[str, Any] | None:
+    """Stage ``change`` over the task as read; the new pending state, None when the task is
+    gone (deleted since it was read), 412 when a change that came between no longer meets
+    ``precondition``, 503 when Redis cannot take it."""
+    write_behind = cache.write_behind()
+    # A stage that Redis runs later than this (it sat in the socket of a paused server) is
+    # refused there: this request gives up waiting (503) one socket timeout after it sends,
+    # so the deadline leaves 50 ms (at least half the timeout) for the reply and clock skew.
+    timeout_ms = current_app.config["REDIS_SOCKET_TIMEOUT"] * 1000
+    budget_ms = max(timeout_ms / 2, timeout_ms - STAGE_REPLY_MARGIN_MS)
+    for _ in range(STAGE_ATTEMPTS):
+        try:
+            state = write_behind.stage(
+                keys.task(user_id, task_id),
+                task_id,
+                {**current, "owner": user_id},
+                change,
+                deadline_ms=int(time.time() * 1000 + budget_ms),
+            )
+        except Deleted:
+            return None  # a DELETE came between our read and our stage: it wins
+        except Unavailable:
+            raise _queue_unavailable() from None
+        if state is not None:
+            return state
+        # A flush between our read and our stage: read again.
+        fresh = _current_task(user_id, task_id)
+        if fresh is None:
+            return None
+        if precondition is not None and not precondition(_public(fresh)):
+            raise _precondition_failed()
+        current = fresh
+    raise _queue_unavailable()
+
+
+def _forget(entry: Activity) -> None:
+    """Delete the activity record of a change that was refused (best effort: it is history)."""
+    try:
+        entry.delete()
+    except PyMongoError as exc:
+        log.warning("write-behind: the record of a refused change stays (%s)", exc)
+
+
+def _require_durable() -> None:
+    """Refuse write-behind changes (503) on a Redis that would lose them in a crash, unless
+    WRITE_BEHIND_ALLOW_VOLATILE: start-up checks it too, but Redis may have been down then."""
+    if current_app.config["WRITE_BEHIND_ALLOW_VOLATILE"]:
+        return
+    try:
+        volatile = cache.write_behind().volatile()
+    except Unavailable:
+        raise _queue_unavailable() from None
+    if volatile:
+        raise ServiceUnavailable(
+            "the write-behind queue's Redis runs with appendonly no and would lose answered "
+            "changes in a crash; the change was not made"
+        )
+
+
+def _nothing() -> None:
+    """Nothing to undo."""
 
 
 def _queue_unavailable() -> ServiceUnavailable:
@@ -523,9 +619,27 @@ def apply_pending(task_id: str, state: dict[str, Any]) -> None:
             update[f"unset__{name}"] = True
         else:
             update[f"set__{name}"] = value
-    Task.objects(id=ObjectId(task_id), version__lt=state["version"]).update(**update)
+    try:
+        Task.objects(id=ObjectId(task_id), version__lt=state["version"]).update(**update)
+    except Exception as exc:
+        if _refused_document(exc):
+            raise  # this task's alone: counted, a dead letter after a few tries
+        # Anything else may be MongoDB's (down, busy, not allowed): hold every change and
+        # count no try, so an answered change is never given up for a passing fault.
+        raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
     user_id = state["owner"]
     cache.invalidate_tags(*_affected_tags(user_id, task_id))
+
+
+def _refused_document(exc: Exception) -> bool:
+    """Whether MongoDB refused this document itself (it would refuse it again), not the write.
+
+    mongoengine raises its ``OperationError`` from within pymongo's error (``__context__``).
+    """
+    cause = exc.__context__ if isinstance(exc, OperationError) else exc
+    return isinstance(
+        cause, WriteError | DocumentTooLarge | InvalidDocument | mongoengine.ValidationError
+    )
 
 
 def _parse_date(value: str | None) -> datetime | None:
@@ -539,7 +653,16 @@ def init_app(app: Flask) -> None:
     reads = READ_STRATEGIES[app.config["TASK_READ_STRATEGY"]]()
     writes = WRITE_STRATEGIES[app.config["TASK_WRITE_STRATEGY"]]()
     app.extensions[EXTENSION] = Strategies(reads, writes)
-    writes.start(app)
+
+
+def start_flushers(app: Flask) -> None:
+    """Start this serving process's background work (the write-behind flusher), with the
+    worker: gunicorn's ``post_worker_init`` calls it after the fork. CLI runs never do (a
+    dedicated flusher is ``flask --app taskapp write-behind run``). Any other WSGI app served
+    with ``gunicorn.conf.py`` (the benchmarks' bare Flask apps) has nothing to start."""
+    strategies = getattr(app, "extensions", {}).get(EXTENSION)
+    if strategies is not None:
+        strategies.writes.start(app)
 
 
 # MongoDB reads (each through db.read, materialised inside it)
