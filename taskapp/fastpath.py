@@ -43,12 +43,6 @@ WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 _STATUS = {code: Response(status=code).status for code in (200, 304)}
 
 
-#: How many paths the route memo keeps before it starts again (task ids make paths many), and
-#: how many (user, path) pairs the key memo keeps.
-ROUTE_MEMO_SIZE = 4096
-KEY_MEMO_SIZE = 4096
-
-_UNKNOWN = object()
 _NO_ARGS: ImmutableMultiDict[str, str] = ImmutableMultiDict()
 
 #: A matched route the response cache may answer: its rule (the metrics' label) and its view.
@@ -67,13 +61,6 @@ class FastPath:
         self.cors = bool(app.config["CORS_ORIGINS"])
         # taskapp.cors adds Origin to Vary on every response when CORS is configured.
         self.vary = "Authorization, Origin" if self.cors else "Authorization"
-        # Routing is a function of the path alone unless hosts or subdomains take part in it.
-        self.routes: dict[str, Route | None] | None = (
-            None
-            if app.config["SERVER_NAME"] or app.url_map.host_matching or app.subdomain_matching
-            else {}
-        )
-        self.key_memo: dict[tuple[str, str], str] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD")
@@ -97,7 +84,7 @@ class FastPath:
         path_info: str = environ.get("PATH_INFO") or ""
         if not path_info.isascii():
             return None  # werkzeug decodes such a path: Flask answers, with the path it sees
-        route = self.route(environ, path_info)
+        route = self.route(environ)
         if route is None:
             return None
         rule, view = route
@@ -136,33 +123,11 @@ class FastPath:
         return status, headers, body
 
     def key(self, user: str, path_info: str, args: Any) -> str:
-        """The response cache's key of this request (``ResponseCache.request_key``), remembered
-        for requests without a query string (the hashing is a fair part of a hit's time)."""
-        path = "/" + path_info.lstrip("/")  # request.path
-        if args:
-            return self.responses.request_key(user, path, args)
-        key = self.key_memo.get((user, path))
-        if key is None:
-            if len(self.key_memo) >= KEY_MEMO_SIZE:
-                self.key_memo.clear()
-            key = self.key_memo[(user, path)] = self.responses.request_key(user, path, args)
-        return key
+        """The response cache's key of this request (``ResponseCache.request_key``)."""
+        return self.responses.request_key(user, "/" + path_info.lstrip("/"), args)  # request.path
 
-    def route(self, environ: dict[str, Any], path_info: str) -> Route | None:
-        """The route of a GET of this path when its view's answers are cached, else None;
-        remembered by path (werkzeug's matching is a good part of a hit's time)."""
-        routes = self.routes
-        if routes is None:
-            return self._match(environ)
-        found = routes.get(path_info, _UNKNOWN)
-        if found is _UNKNOWN:
-            found = self._match(environ)
-            if len(routes) >= ROUTE_MEMO_SIZE:
-                routes.clear()
-            routes[path_info] = found
-        return found  # type: ignore[return-value]
-
-    def _match(self, environ: dict[str, Any]) -> Route | None:
+    def route(self, environ: dict[str, Any]) -> Route | None:
+        """The route of a GET of this path when its view's answers are cached, else None."""
         app = self.flask
         adapter = app.create_url_adapter(app.request_class(environ, populate_request=False))
         if adapter is None:
