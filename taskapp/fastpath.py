@@ -28,7 +28,7 @@ from werkzeug.wrappers import Response
 from taskapp import keys, metrics, ratelimit
 from taskapp.auth.tokens import user_id_of
 from taskapp.cache import context
-from taskapp.cache.http import IF_NONE_MATCH, ResponseCache, answer
+from taskapp.cache.http import IF_NONE_MATCH, Readers, ResponseCache, answer
 from taskapp.validation import query_problem
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,9 @@ _STATUS = {code: Response(status=code).status for code in (200, 304)}
 
 _NO_ARGS: ImmutableMultiDict[str, str] = ImmutableMultiDict()
 
-#: A matched route the response cache may answer: its rule (the metrics' label) and its view.
-Route = tuple[str, Callable[..., Any]]
+#: A matched route the response cache may answer: its rule (the metrics' label), its view and
+#: who may read its cached answers.
+Route = tuple[str, Callable[..., Any], Readers]
 
 
 class FastPath:
@@ -87,15 +88,15 @@ class FastPath:
         route = self.route(environ)
         if route is None:
             return None
-        rule, view = route
+        rule, view, readers = route
         args: MultiDict[str, str] = _NO_ARGS
         if environ.get("QUERY_STRING"):
             args = self.flask.request_class(environ, populate_request=False).args
             if query_problem(args, view) is not None:
                 return None
         user = user_id_of(environ.get("HTTP_AUTHORIZATION", ""), self.secret)
-        if user is None:
-            return None
+        if user is None or not readers(user):
+            return None  # Flask answers: the view's own checks (401, 403)
         cache_control = environ.get("HTTP_CACHE_CONTROL")
         if cache_control:
             asked = parse_cache_control_header(cache_control, None, RequestCacheControl)
@@ -136,8 +137,9 @@ class FastPath:
             rule, _ = adapter.match(method="GET", return_rule=True)
         except (HTTPException, RequestRedirect):
             return None  # Flask answers the 404, 405 or redirect
-        view = app.view_functions.get(rule.endpoint)
-        return (rule.rule, view) if view is not None and self.responses.cacheable(view) else None
+        view: Callable[..., Any] | None = app.view_functions.get(rule.endpoint)
+        readers = self.responses.readers(view)
+        return (rule.rule, view, readers) if view is not None and readers is not None else None
 
 
 def install(app: Flask, responses: ResponseCache) -> None:

@@ -281,3 +281,37 @@ def test_head_of_a_cached_get_carries_the_get_headers(client, alice, task):
         assert "Authorization" in response.headers["Vary"]
         assert response.headers["Cache-Control"] == "private, no-cache"
         assert response.headers["Content-Length"] == str(len(get.data))
+
+
+@pytest.mark.parametrize("fast_path", ["1", "0"], ids=["fast-path", "flask-path"])
+def test_a_cached_answer_is_served_only_to_the_readers_its_route_declares(make_app, fast_path):
+    """A permission revoked after an answer was cached holds from the next request: the route's
+    ``readers`` are asked before any cached answer, on both paths (the view's own decorators do
+    not run on a hit)."""
+    from flask import jsonify
+    from werkzeug.exceptions import Forbidden
+
+    from taskapp.auth.tokens import current_user_id, login_required
+    from taskapp.http_cache import cached_response
+
+    allowed: set[str] = set()
+    calls = []
+    app = make_app(HTTP_FAST_PATH=fast_path)
+
+    @cached_response(readers=lambda user: user in allowed)
+    @login_required
+    def report():
+        if current_user_id() not in allowed:  # the view's own check, as an admin route's
+            raise Forbidden("not allowed")
+        calls.append(1)
+        return jsonify({"secret": "report"})
+
+    app.add_url_rule("/api/v1/report", "report", report)
+    client = app.test_client()
+    user, auth = account(client)
+    allowed.add(user)
+    assert client.get("/api/v1/report", headers=auth).status_code == 200
+    assert client.get("/api/v1/report", headers=auth).status_code == 200
+    assert len(calls) == 1  # the second answer was the cached one
+    allowed.clear()  # revoked
+    assert client.get("/api/v1/report", headers=auth).status_code == 403

@@ -15,6 +15,9 @@ from taskapp.cache.extension import RedisCache
 from taskapp.cache.region import Lease
 
 Identity = Callable[[], str | None]
+#: Who may read a view's cached answers: a check of the request's identity, made every time.
+Readers = Callable[[str], bool]
+View = Callable[..., Any]
 
 
 class ResponseCache:
@@ -52,15 +55,25 @@ class ResponseCache:
         app.teardown_request(self._teardown)
 
     @staticmethod
-    def mark(view: Callable[..., Any]) -> Callable[..., Any]:
-        """Mark a view whose 200 JSON responses may be cached per user."""
-        view._cache_response = True  # type: ignore[attr-defined]
-        return view
+    def mark(*, readers: Readers) -> Callable[[View], View]:
+        """Mark a view whose 200 JSON responses may be cached per user.
+
+        ``readers(identity)`` says who may read them. It is checked before any cached answer is
+        served, on every path (a cached answer never runs the view's own decorators), so a view
+        cannot be cached without declaring who may read it, and a revoked permission holds from
+        the next request. Never cache the permission itself: it is asked every time.
+        """
+
+        def decorate(view: View) -> View:
+            view._cache_readers = readers  # type: ignore[attr-defined]
+            return view
+
+        return decorate
 
     @staticmethod
-    def cacheable(view: Callable[..., Any] | None) -> bool:
-        """True for a view marked with ``mark``."""
-        return getattr(view, "_cache_response", False)
+    def readers(view: Callable[..., Any] | None) -> Readers | None:
+        """Who may read ``view``'s cached answers (``mark``), or None when it is not cached."""
+        return getattr(view, "_cache_readers", None)
 
     def request_key(self, user: str, path: str, args: Any) -> str:
         """The cache key of a GET (or HEAD) of ``path`` with query ``args`` by ``user``."""
@@ -104,11 +117,12 @@ class ResponseCache:
     def _lookup(self) -> Response | None:
         if request.method not in ("GET", "HEAD"):  # HEAD: a GET's answer without its body
             return None
-        if not self.cacheable(current_app.view_functions.get(request.endpoint or "")):
+        readers = self.readers(current_app.view_functions.get(request.endpoint or ""))
+        if readers is None:
             return None
         user = self.identity()
-        if user is None:
-            return None
+        if user is None or not readers(user):
+            return None  # the view answers (its own checks: 401, 403), and nothing is stored
         key = self.request_key(user, request.path, request.args)
         context = g._response_cache = {"user": user, "hit": False, "lease": None}
         if request.cache_control.no_cache or request.cache_control.no_store:

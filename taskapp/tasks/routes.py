@@ -10,7 +10,7 @@ from werkzeug.http import parse_etags, unquote_etag
 
 from taskapp.auth.tokens import login_required
 from taskapp.cache.http import _etag as user_etag
-from taskapp.http_cache import cached_response
+from taskapp.http_cache import cached_response, signed_in
 from taskapp.openapi import response
 from taskapp.tasks import service
 from taskapp.tasks.schemas import (
@@ -65,7 +65,7 @@ def if_match() -> service.Precondition | None:
 
 @bp.get("/tasks")
 @response(TaskPage, cached=True)
-@cached_response
+@cached_response(readers=signed_in)
 @login_required
 @arguments(ListQuery)
 def list_tasks(query: ListQuery) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def create_task(body: TaskCreate) -> Response:
 
 @bp.get("/tasks/stats")
 @response(TaskStats, cached=True)
-@cached_response
+@cached_response(readers=signed_in)
 @login_required
 def task_stats() -> dict[str, int]:
     """Count your tasks: total, completed, open and overdue."""
@@ -96,7 +96,7 @@ def task_stats() -> dict[str, int]:
 
 @bp.get("/tasks/<objectid:task_id>")
 @response(TaskOut, cached=True)
-@cached_response
+@cached_response(readers=signed_in)
 @login_required
 def get_task(task_id: str) -> dict[str, Any]:
     """Get one of your tasks."""
@@ -126,7 +126,7 @@ def delete_task(task_id: str) -> Response:
 
 @bp.get("/activity")
 @response(ActivityFeed, cached=True)
-@cached_response
+@cached_response(readers=signed_in)
 @login_required
 @arguments(ActivityQuery)
 def activity(query: ActivityQuery) -> dict[str, Any]:
