@@ -34,7 +34,7 @@ _document_app = create_app(
     }
 )
 with _document_app.app_context():
-    FUZZ_TOKEN, _ = tokens.issue(User(id=FUZZ_USER_ID, email=FUZZ_EMAIL))
+    FUZZ_TOKEN, _ = tokens.issue(str(FUZZ_USER_ID), str(ObjectId()), 0)
 schema = schemathesis.openapi.from_wsgi("/openapi.json", _document_app)
 
 
