@@ -115,7 +115,7 @@ def test_of_two_concurrent_refreshes_of_one_token_at_most_one_succeeds(app, mong
         barrier = threading.Barrier(2)
         statuses: list[int] = []
 
-        def attempt(token: str = token, barrier: threading.Barrier = barrier) -> None:
+        def attempt(token=token, barrier=barrier, statuses=statuses) -> None:
             barrier.wait()
             statuses.append(refresh(app.test_client(), token).status_code)
 
@@ -138,7 +138,10 @@ def test_logout_refuses_the_access_and_refresh_tokens_of_that_login_only(client)
     response = client.get(path, headers=bearer(pair["access_token"]))
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].lower().startswith("bearer")
-    assert client.post(TASKS, json={"title": "x"}, headers=bearer(pair["access_token"])).status_code == 401
+    assert (
+        client.post(TASKS, json={"title": "x"}, headers=bearer(pair["access_token"])).status_code
+        == 401
+    )
     assert refresh(client, pair["refresh_token"]).status_code == 401
     assert client.get(path, headers=bearer(other["access_token"])).status_code == 200
 
@@ -148,7 +151,10 @@ def test_a_password_change_refuses_every_token_issued_before(client):
     pair, other = log_in(client, email), log_in(client, email)
     path = cached_task(client, other["access_token"])
     change = {"current_password": PASSWORD, "new_password": "a brand new passphrase"}
-    assert client.post(PASSWORD_URL, json=change, headers=bearer(pair["access_token"])).status_code == 204
+    assert (
+        client.post(PASSWORD_URL, json=change, headers=bearer(pair["access_token"])).status_code
+        == 204
+    )
     for old in (pair, other):
         assert client.get(path, headers=bearer(old["access_token"])).status_code == 401
         assert refresh(client, old["refresh_token"]).status_code == 401
@@ -192,7 +198,10 @@ def test_deleting_the_account_removes_its_data_and_cache_entries_and_frees_the_e
     assert client.delete(ME, headers=bearer(pair["access_token"])).status_code == 204
 
     assert client.get(path, headers=bearer(pair["access_token"])).status_code == 401
-    assert client.post(TASKS, json={"title": "x"}, headers=bearer(pair["access_token"])).status_code == 401
+    assert (
+        client.post(TASKS, json={"title": "x"}, headers=bearer(pair["access_token"])).status_code
+        == 401
+    )
     assert refresh(client, pair["refresh_token"]).status_code == 401
     assert not any(direct.exists(k) for k in entries)
     assert not direct.exists(f"{key_prefix}{keys.activity(user_id)}")
@@ -283,5 +292,7 @@ def test_a_revoked_token_counts_as_no_token_for_the_anonymous_limit(make_app):
     _, email = sign_up(client)
     pair = log_in(client, email)
     assert client.post(LOGOUT, headers=bearer(pair["access_token"])).status_code == 204
-    statuses = [client.get(TASKS, headers=bearer(pair["access_token"])).status_code for _ in range(2)]
+    statuses = [
+        client.get(TASKS, headers=bearer(pair["access_token"])).status_code for _ in range(2)
+    ]
     assert statuses == [401, 429]  # register and login were the first two of the address

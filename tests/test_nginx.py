@@ -68,8 +68,15 @@ http {{
 """
         )
         self.proc = subprocess.Popen(
-            [NGINX, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-e",
-             str(self.dir / "error.log")],
+            [
+                NGINX,
+                "-p",
+                str(self.dir),
+                "-c",
+                str(self.dir / "nginx.conf"),
+                "-e",
+                str(self.dir / "error.log"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
@@ -208,17 +215,21 @@ def summary(results) -> str:
     failed = sum(1 for _, _, status, _ in results if status is None)
     worst = max(answered) if answered else float("nan")
     median = statistics.median(answered) if answered else float("nan")
-    return f"{len(results)} probes: {failed} timed out (5 s), median {median:.3f} s, max {worst:.3f} s"
+    return (
+        f"{len(results)} probes: {failed} timed out (5 s), median {median:.3f} s, max {worst:.3f} s"
+    )
 
 
-def test_behind_nginx_50_slow_clients_leave_healthz_and_a_cached_get_fast(deployment, nginx):
+def test_behind_nginx_50_slow_clients_leave_healthz_and_a_cached_get_fast(deployment, nginx):  # noqa: F811
     server = deployment(TRUSTED_PROXIES="1", HTTP_CACHE_TTL="300")
     proxy = nginx(server.port)
     path, headers = cached_task(proxy.base)
 
     results, opened = probes_under_attack(proxy.base, proxy.port, path, headers, rounds=16)
 
-    print(f"\nnginx in front, {SLOW_CLIENTS} slow clients ({opened} connections opened): {summary(results)}")
+    print(
+        f"\nnginx in front, {SLOW_CLIENTS} slow clients ({opened} connections opened): {summary(results)}"
+    )
     assert all(status == 200 for _, _, status, _ in results), results
     assert all(x == "HIT" for kind, _, _, x in results if kind == "cached"), results
     assert max(seconds for _, seconds, _, _ in results) < 1.0, results
@@ -226,7 +237,7 @@ def test_behind_nginx_50_slow_clients_leave_healthz_and_a_cached_get_fast(deploy
     assert opened > SLOW_CLIENTS
 
 
-def test_without_a_proxy_slow_clients_hold_gunicorns_threads(deployment):
+def test_without_a_proxy_slow_clients_hold_gunicorns_threads(deployment):  # noqa: F811
     """For contrast, the same attack on gunicorn directly (3 workers of 2 threads each). Only
     what is robust is asserted: some probe waits for a thread far longer than behind nginx."""
     server = deployment(HTTP_CACHE_TTL="300")
@@ -238,7 +249,7 @@ def test_without_a_proxy_slow_clients_hold_gunicorns_threads(deployment):
     assert any(status is None or seconds > 2.0 for _, seconds, status, _ in results), results
 
 
-def test_the_app_reads_the_client_address_that_nginx_passes(deployment, nginx):
+def test_the_app_reads_the_client_address_that_nginx_passes(deployment, nginx):  # noqa: F811
     """Two clients on two loopback addresses: each has its own window of requests without a
     valid token, so the app saw their addresses, not the proxy's (which both would share)."""
     server = deployment(TRUSTED_PROXIES="1", ANON_RATE_LIMIT_PER_MINUTE="3")

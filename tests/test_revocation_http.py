@@ -79,10 +79,18 @@ def reuse_refresh_token(server, pair, _email):
         (delete_account, "100000"),
         (reuse_refresh_token, "100000"),
     ],
-    ids=["logout", "logout-rate-limit-off", "password-change", "account-deletion", "reused-refresh"],
+    ids=[
+        "logout",
+        "logout-rate-limit-off",
+        "password-change",
+        "account-deletion",
+        "reused-refresh",
+    ],
 )
 def test_a_revoked_token_is_refused_by_every_worker_for_a_task_that_was_a_hit(
-    deployment, revoke, rate_limit
+    deployment,
+    revoke,
+    rate_limit,  # noqa: F811
 ):
     server = deployment(RATE_LIMIT_PER_MINUTE=rate_limit)
     _, email = register(server)

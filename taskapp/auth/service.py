@@ -121,7 +121,11 @@ def refresh(token: str) -> dict[str, Any]:
     user = find_user(claims.user_id)
     if user is None or claims.generation < user.token_generation:
         raise _unauthorized("the refresh token was revoked")
-    sid, uid, new_id = ObjectId(claims.session_id), ObjectId(claims.user_id), secrets.token_urlsafe(16)
+    sid, uid, new_id = (
+        ObjectId(claims.session_id),
+        ObjectId(claims.user_id),
+        secrets.token_urlsafe(16),
+    )
     ttl = timedelta(seconds=current_app.config["REFRESH_TOKEN_TTL"])
     rotated = Session.objects(
         id=sid, user=uid, refresh_id=claims.refresh_id, revoked=False, expires_at__gt=utcnow()
@@ -159,9 +163,7 @@ def change_password(access: Access, current: str, new: str) -> None:
     )
     if changed is None:
         raise Conflict("the password was changed meanwhile")
-    Session.objects(user=user.id, revoked=False).update(
-        set__revoked=True, set__revoked_at=utcnow()
-    )
+    Session.objects(user=user.id, revoked=False).update(set__revoked=True, set__revoked_at=utcnow())
     revocation.revoke_generation(access.user_id, changed.token_generation)
 
 
