@@ -77,6 +77,11 @@ def revocation(user_id: str) -> str:
     return f"{_ns(user_id)}:revoked"
 
 
+def refresh_claim(user_id: str, refresh_id: str) -> str:
+    """The mark that a refresh token (by its id, hashed) was presented once."""
+    return f"{_ns(user_id)}:refreshed:{_digest(refresh_id)}"
+
+
 def anon_limit(address: str) -> str:
     """The sliding window of requests without a valid token from one client address (hashed)."""
     return f"anon:addr:{_digest(address)}"

@@ -120,6 +120,14 @@ if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[1]) end
 return 1
 """
 
+# CLAIM: mark a refresh token as presented, once.
+# KEYS[1] the token's claim, ARGV[1] time to live in ms (the refresh token's lifetime)
+# returns 1 for the first caller, 0 for every later one
+CLAIM = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+return 0
+"""
+
 _GUARDED: dict[tuple[str, int], str] = {}
 
 Script = tuple[str, list[str], list[Any]]
@@ -206,6 +214,15 @@ def rebuild(user_id: str) -> None:
     )
     generation = None if user is None else user.token_generation
     _record(user_id, build=build, generation=generation, gone=user is None, sessions=revoked)
+
+
+def claim_refresh(user_id: str, refresh_id: str) -> bool | None:
+    """True for the first presentation of a refresh token, False for a later one, None when
+    Redis cannot say. With MongoDB's conditional rotation this makes a refresh token single use
+    also on a MongoDB that loses concurrent updates of one document (FerretDB 1.24)."""
+    ttl_ms = int(current_app.config["REFRESH_TOKEN_TTL"]) * 1000
+    claimed = cache.run_script(CLAIM, [keys.refresh_claim(user_id, refresh_id)], [ttl_ms], None)
+    return None if claimed is None else bool(int(claimed))
 
 
 def revoke_session(user_id: str, session_id: str) -> None:

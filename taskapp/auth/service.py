@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from bson import ObjectId
 from flask import current_app
@@ -111,9 +111,10 @@ def start_session(user: User) -> dict[str, Any]:
 def refresh(token: str) -> dict[str, Any]:
     """A new token pair for a refresh token, which is used up (401 for any refused token).
 
-    The refresh id is replaced with a conditional update (filter on the presented one), so of
-    two refreshes of one token one wins. A validly signed token whose id is no longer the
-    session's was used before: as OAuth 2.0's security BCP asks, the whole login is revoked.
+    A refresh token's first presentation is marked in Redis (SET NX), and the session's refresh
+    id is replaced with a conditional update (filter on the presented one): of two refreshes of
+    one token one wins, by either. A validly signed token presented before, or whose id is no
+    longer the session's, was used: as OAuth 2.0's security BCP asks, the whole login is revoked.
     """
     claims = tokens.refresh_of(token)
     if claims is None:
@@ -121,11 +122,10 @@ def refresh(token: str) -> dict[str, Any]:
     user = find_user(claims.user_id)
     if user is None or claims.generation < user.token_generation:
         raise _unauthorized("the refresh token was revoked")
-    sid, uid, new_id = (
-        ObjectId(claims.session_id),
-        ObjectId(claims.user_id),
-        secrets.token_urlsafe(16),
-    )
+    if revocation.claim_refresh(claims.user_id, claims.refresh_id) is False:
+        _reused(claims)  # presented before (Redis says so at once, even for concurrent ones)
+    sid, uid = ObjectId(claims.session_id), ObjectId(claims.user_id)
+    new_id = secrets.token_urlsafe(16)
     ttl = timedelta(seconds=current_app.config["REFRESH_TOKEN_TTL"])
     rotated = Session.objects(
         id=sid, user=uid, refresh_id=claims.refresh_id, revoked=False, expires_at__gt=utcnow()
@@ -133,11 +133,16 @@ def refresh(token: str) -> dict[str, Any]:
     if rotated is None:
         session = db.read(lambda: Session.objects(id=sid, user=uid).first())
         if session is not None and not session.revoked and session.refresh_id != claims.refresh_id:
-            log.warning("refresh token reused for session %s; revoking the login", sid)
-            revoke_session(claims.user_id, claims.session_id)
-            raise _unauthorized("the refresh token was already used; this login is revoked")
+            _reused(claims)
         raise _unauthorized("the refresh token was revoked or has expired")
     return _token_pair(claims.user_id, claims.session_id, new_id, claims.generation)
+
+
+def _reused(claims: tokens.Refresh) -> NoReturn:
+    """A refresh token presented twice: two parties hold it, so its login ends for both (401)."""
+    log.warning("refresh token reused for session %s; revoking the login", claims.session_id)
+    revoke_session(claims.user_id, claims.session_id)
+    raise _unauthorized("the refresh token was already used; this login is revoked")
 
 
 def revoke_session(user_id: str, session_id: str) -> None:
