@@ -88,9 +88,9 @@ def reuse_refresh_token(server, pair, _email):
     ],
 )
 def test_a_revoked_token_is_refused_by_every_worker_for_a_task_that_was_a_hit(
-    deployment,
+    deployment,  # noqa: F811
     revoke,
-    rate_limit,  # noqa: F811
+    rate_limit,
 ):
     server = deployment(RATE_LIMIT_PER_MINUTE=rate_limit)
     _, email = register(server)
