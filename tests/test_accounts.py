@@ -166,6 +166,20 @@ def test_logout_refuses_the_access_and_refresh_tokens_of_that_login_only(client)
     assert client.get(path, headers=bearer(other["access_token"])).status_code == 200
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "flask-path"])
+@pytest.mark.parametrize("rate_limit", [100000, 0], ids=["rate-limit-on", "rate-limit-off"])
+def test_a_logged_out_token_is_refused_for_a_cached_answer_on_either_path(
+    make_app, fast_path, rate_limit
+):
+    app = make_app(HTTP_FAST_PATH=fast_path, RATE_LIMIT_PER_MINUTE=rate_limit)
+    client = app.test_client()
+    _, email = sign_up(client)
+    pair = log_in(client, email)
+    path = cached_task(client, pair["access_token"])
+    assert client.post(LOGOUT, headers=bearer(pair["access_token"])).status_code == 204
+    assert client.get(path, headers=bearer(pair["access_token"])).status_code == 401
+
+
 def test_a_password_change_refuses_every_token_issued_before(client):
     _, email = sign_up(client)
     pair, other = log_in(client, email), log_in(client, email)

@@ -138,7 +138,7 @@ def test_openapi_marks_exactly_the_protected_routes_with_bearer_security(documen
         for method, operation in operations.items():
             protected = path.startswith(
                 ("/api/v1/tasks", "/api/v1/activity", "/api/v1/admin", "/api/v1/auth/me")
-            )
+            ) or path in ("/api/v1/auth/logout", "/api/v1/auth/password")
             assert ("security" in operation) == protected, (method, path)
             if protected:
                 assert operation["responses"]["401"]
