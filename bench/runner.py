@@ -305,6 +305,8 @@ class Bench:
             MONGODB_URI="mongomock://localhost/bench",
             SIMULATED_DB_LATENCY_MS=str(DB_LATENCY_MS),
             RATE_LIMIT_PER_MINUTE="0",
+            # A run outlasts the 15-minute default: a token expiring mid-run would turn hits into 401s.
+            ACCESS_TOKEN_TTL="86400",
             GUNICORN_ACCESSLOG="off",  # as the issue measured; errors still go to the log
             PROMETHEUS_MULTIPROC_DIR=str(OUT / f"prometheus-{name}"),
             PYTHONPATH=str(ROOT),
