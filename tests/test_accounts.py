@@ -295,6 +295,13 @@ def test_while_redis_is_down_revoked_tokens_are_refused_by_mongodb(make_app, pri
         assert client.post(LOGOUT, headers=bearer(pair["access_token"])).status_code == 204
         assert client.get(path, headers=bearer(pair["access_token"])).status_code == 401
         assert client.get(path, headers=bearer(other["access_token"])).status_code == 200
+        change = {"current_password": PASSWORD, "new_password": "a brand new passphrase"}
+        third = log_in(client, email)
+        response = client.post(PASSWORD_URL, json=change, headers=bearer(third["access_token"]))
+        assert response.status_code == 204
+        assert client.get(path, headers=bearer(other["access_token"])).status_code == 401
+        fresh = log_in(client, email, "a brand new passphrase")
+        assert client.get(path, headers=bearer(fresh["access_token"])).status_code == 200
     finally:
         private_redis.start()
     # Redis came back empty: the revocation key is rebuilt from MongoDB.

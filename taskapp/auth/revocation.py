@@ -187,13 +187,13 @@ _UNSET = object()
 
 
 def _admitted_by_mongodb(access: Access) -> bool:
-    """The check of ``access`` against MongoDB (its user's generation and its session)."""
-    oid = ObjectId(access.user_id)
-    user = db.read(lambda: User.objects(id=oid).only("token_generation").first())
-    if user is None or access.generation < user.token_generation:
-        return False
-    session = db.read(lambda: Session.objects(id=ObjectId(access.session_id)).first())
-    return session is not None and session.user == oid and not session.revoked
+    """The check of ``access`` against MongoDB: one read of its session, which a logout or a
+    reused refresh token revokes, a password change revokes with all others of the user, and an
+    account deletion deletes (a login that raced either revokes its own: ``start_session``)."""
+    session = db.read(
+        lambda: Session.objects(id=ObjectId(access.session_id)).only("user", "revoked").first()
+    )
+    return session is not None and str(session.user) == access.user_id and not session.revoked
 
 
 def rebuild(user_id: str) -> None:

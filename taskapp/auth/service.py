@@ -103,6 +103,13 @@ def start_session(user: User) -> dict[str, Any]:
         expires_at=utcnow() + timedelta(seconds=current_app.config["REFRESH_TOKEN_TTL"]),
     )
     session.save()
+    # Read the user again after the session exists: a password change or an account deletion
+    # that came between the credential check and the save would otherwise miss this session
+    # (it revokes the sessions it finds), and while Redis is down the session alone decides.
+    now = db.read(lambda: User.objects(id=user.id).only("token_generation").first())
+    if now is None or now.token_generation != user.token_generation:
+        revoke_session(str(user.id), str(session.id))
+        raise _unauthorized("the account changed while logging in; log in again")
     # The user's revocation hash exists from the first login on, so requests find it built.
     revocation.rebuild(str(user.id))
     return _token_pair(str(user.id), str(session.id), refresh_id, user.token_generation)
@@ -174,7 +181,8 @@ def change_password(access: Access, current: str, new: str) -> None:
 
 def delete_account(user_id: str) -> None:
     """Delete the account (its email may register again), refuse its tokens, then delete its
-    logins, tasks, activity and cache entries."""
+    logins, tasks, activity and cache entries. The user goes first: a login racing this one
+    then finds no user when it reads it again (``start_session``)."""
     from taskapp.tasks import service as task_service
 
     oid = ObjectId(user_id)
