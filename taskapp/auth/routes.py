@@ -58,7 +58,7 @@ def login(body: Credentials) -> dict[str, Any]:
 
 @bp.post("/refresh")
 @response(TokenOut, errors=(401, 429))
-@body(RefreshIn, invalid_status=400)
+@body(RefreshIn)
 def refresh(body: RefreshIn) -> dict[str, Any]:
     """Exchange a refresh token (single use) for a new token pair. Presenting one that was
     already used revokes every token of its login (401)."""
@@ -79,7 +79,7 @@ def logout() -> tuple[str, int]:
 @bp.post("/password")
 @response(None, status=204, errors=(403, 409, 429))
 @login_required
-@body(PasswordChange, invalid_status=400)
+@body(PasswordChange)
 def change_password(body: PasswordChange) -> tuple[str, int]:
     """Change your password: every token issued before (this one included) is refused."""
     access = current_access()
