@@ -209,6 +209,7 @@ class Bench:
             "MONGODB_URI": f"{self.mongodb}/bench_{name}",
             "SIMULATED_DB_LATENCY_MS": "50",
             "RATE_LIMIT_PER_MINUTE": NEVER_REACHED,
+            "ACCESS_TOKEN_TTL": "86400",  # a run outlasts the 15-minute default
             "PYTHONPATH": str(ROOT),
             **settings,
         }

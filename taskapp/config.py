@@ -72,7 +72,10 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "REGISTER_RATE_LIMIT_PER_MINUTE": (10, int_at_least(0)),
     "TRUSTED_PROXIES": (0, int_at_least(0)),
     "SIMULATED_DB_LATENCY_MS": (0, int_at_least(0)),
-    "ACCESS_TOKEN_TTL": (3600, int_at_least(60)),
+    "ACCESS_TOKEN_TTL": (900, int_at_least(60)),
+    "REFRESH_TOKEN_TTL": (1209600, int_at_least(60)),
+    # Requests per client address and minute that carry no valid token (0: off).
+    "ANON_RATE_LIMIT_PER_MINUTE": (120, int_at_least(0)),
     "MAX_CONTENT_LENGTH": (64 * 1024, int_at_least(1024)),
     "NEGATIVE_CACHE_TTL": (5, int_at_least(1)),
     # 1: allow write-behind on a Redis that loses what it acknowledged in a crash.

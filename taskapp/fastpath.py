@@ -26,7 +26,8 @@ from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Response
 
 from taskapp import keys, metrics, ratelimit
-from taskapp.auth.tokens import user_id_of
+from taskapp.auth import revocation
+from taskapp.auth.tokens import access_of
 from taskapp.cache import context
 from taskapp.cache.http import IF_NONE_MATCH, Readers, ResponseCache, answer
 from taskapp.validation import query_problem
@@ -94,9 +95,10 @@ class FastPath:
             args = self.flask.request_class(environ, populate_request=False).args
             if query_problem(args, view) is not None:
                 return None
-        user = user_id_of(environ.get("HTTP_AUTHORIZATION", ""), self.secret)
-        if user is None or not readers(user):
+        access = access_of(environ.get("HTTP_AUTHORIZATION", ""), self.secret)
+        if access is None or not readers(access.user_id):
             return None  # Flask answers: the view's own checks (401, 403)
+        user = access.user_id
         cache_control = environ.get("HTTP_CACHE_CONTROL")
         if cache_control:
             asked = parse_cache_control_header(cache_control, None, RequestCacheControl)
@@ -104,14 +106,19 @@ class FastPath:
                 return None  # Flask counts it and answers without the response cache
         with context.bind(environ, self.flask):
             key = self.key(user, path_info, args)
-            if self.limit > 0:  # the rate limit and the lookup in one round trip
+            # The revocation check, the rate limit and the lookup in one round trip.
+            if self.limit > 0:
                 window = ratelimit.window_script(keys.rate_limit(user), self.limit)
-                result, entry, lease = self.responses.look_up_after(environ, user, key, window)
+                checked = revocation.guard(access, window)
+            else:
+                checked = revocation.check_script(access)
+            result, entry, lease = self.responses.look_up_after(environ, user, key, checked)
+            if revocation.note(environ, result) != revocation.OK:
+                return None  # revoked, unknown or no Redis: Flask decides (401, or MongoDB)
+            if self.limit > 0:
                 allowed, count, reset = ratelimit.count_with(environ, result)
                 if not allowed:
                     return None  # Flask answers the 429 from this count
-            else:
-                entry, lease = self.responses.look_up(environ, user, key)
             if entry is None:
                 self.responses.hand_on(environ, key, entry, lease)
                 return None

@@ -72,6 +72,21 @@ def rate_limit(user_id: str) -> str:
     return f"{_ns(user_id)}:rl"
 
 
+def revocation(user_id: str) -> str:
+    """A user's revoked tokens (a hash: token generation, revoked sessions; taskapp.auth.revocation)."""
+    return f"{_ns(user_id)}:revoked"
+
+
+def refresh_claim(user_id: str, refresh_id: str) -> str:
+    """The mark that a refresh token (by its id, hashed) was presented once."""
+    return f"{_ns(user_id)}:refreshed:{_digest(refresh_id)}"
+
+
+def anon_limit(address: str) -> str:
+    """The sliding window of requests without a valid token from one client address (hashed)."""
+    return f"anon:addr:{_digest(address)}"
+
+
 def login_limit(kind: str, value: str) -> str:
     """The sliding window of login attempts for an email or a client address (hashed)."""
     return f"login:{kind}:{_digest(value.lower())}"

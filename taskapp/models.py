@@ -77,6 +77,9 @@ class User(AppDocument):
     password_hash = StringField(required=True)
     role = StringField(required=True, choices=ROLES, default="user")
     created_at = DateTimeField(required=True, default=utcnow)
+    # Tokens carry the generation they were issued under; a password change raises it, so every
+    # token issued before is refused (taskapp.auth.revocation).
+    token_generation = IntField(required=True, default=0)
 
     meta = {"collection": "users"}
 
@@ -192,4 +195,22 @@ class Activity(AppDocument):
         }
 
 
-MODELS: tuple[type[AppDocument], ...] = (User, Task, Activity)
+class Session(AppDocument):
+    """One login: the id of its current refresh token, its expiry, and whether it was revoked.
+
+    Both tokens of a login carry the session's id (``sid``); refreshing replaces ``refresh_id``
+    with a conditional update, so a refresh token works once.
+    """
+
+    user = ObjectIdField(required=True)
+    refresh_id = StringField(required=True)
+    generation = IntField(required=True, default=0)
+    revoked = BooleanField(required=True, default=False)
+    revoked_at = DateTimeField(null=True)
+    created_at = DateTimeField(required=True, default=utcnow)
+    expires_at = DateTimeField(required=True)
+
+    meta = {"collection": "sessions", "indexes": [{"fields": ["user", "revoked_at"]}]}
+
+
+MODELS: tuple[type[AppDocument], ...] = (User, Task, Activity, Session)

@@ -1,5 +1,5 @@
 """Sliding-window rate limits in Redis sorted sets: per user, per email and address on login,
-per address on registration."""
+per address on registration, per address for requests without a valid token."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from flask import Flask, current_app, request
 from werkzeug.exceptions import TooManyRequests
 
 from taskapp import keys
-from taskapp.auth.tokens import current_user_id
+from taskapp.auth import revocation
+from taskapp.auth.tokens import Access, current_access, current_user_id
 from taskapp.extensions import cache
 
 WINDOW_MS = 60_000
@@ -113,12 +114,21 @@ def limit_register() -> None:
 COUNTED = "taskapp.ratelimit.counted"
 
 
-def count_user_request(environ: dict[str, Any], user_id: str, limit: int) -> tuple[bool, int, int]:
-    """Count a request of ``user_id`` once (reading the user's scope version in the same round
-    trip): (allowed, requests in window, ms to reset), remembered in ``environ``."""
+def count_user_request(
+    environ: dict[str, Any], access: Access, limit: int
+) -> tuple[bool, int, int] | None:
+    """Count a request of ``access``'s user once (checking the token's revocation and reading
+    the user's scope version in the same round trip): (allowed, requests in window, ms to
+    reset), remembered in ``environ``; None, not counted, when the token was revoked."""
     counted = environ.get(COUNTED)
     if counted is None:
-        counted = environ[COUNTED] = _hit(keys.rate_limit(user_id), limit, read_scope=True)
+        if environ.get(revocation.VERDICT) in (revocation.REVOKED, revocation.UNKNOWN):
+            return None  # the fast path's call refused the token: nothing was counted
+        script = revocation.guard(access, window_script(keys.rate_limit(access.user_id), limit))
+        result = cache.run_script(*script, None, read_scope=True)
+        if revocation.note(environ, result) not in (revocation.OK, None):
+            return None  # the token's own check decides (login_required answers 401)
+        counted = environ[COUNTED] = window_outcome(result)
     return counted  # type: ignore[no-any-return]
 
 
@@ -138,18 +148,34 @@ def header_items(limit: int, count: int, reset_ms: int) -> list[tuple[str, str]]
     ]
 
 
+#: Endpoints never limited: probes and scrapes of the operators' own tools.
+UNLIMITED = frozenset({"service.healthz", "service.readyz", "service.metrics"})
+
+
 def init_app(app: Flask) -> None:
-    """Limit each authenticated user's requests; add the X-RateLimit-* headers to answers."""
+    """Limit each authenticated user's requests and, per client address, requests without a
+    valid token; add the X-RateLimit-* headers to answers."""
 
     @app.before_request
     def limit_user() -> None:
         limit = app.config["RATE_LIMIT_PER_MINUTE"]
         if request.method == "OPTIONS":
             return  # a CORS preflight: never limited, it runs no view and reads nothing
-        user_id = current_user_id() if limit > 0 else None
-        if user_id is None:
+        access = current_access() if limit > 0 else None
+        if access is None:
             return
-        allowed, _, reset = count_user_request(request.environ, user_id, limit)
+        counted = count_user_request(request.environ, access, limit)
+        if counted is not None and not counted[0]:
+            raise RateLimited(limit, counted[2])
+
+    @app.before_request
+    def limit_anonymous() -> None:
+        limit = app.config["ANON_RATE_LIMIT_PER_MINUTE"]
+        if limit <= 0 or request.method == "OPTIONS" or request.endpoint in UNLIMITED:
+            return
+        if current_user_id() is not None:
+            return
+        allowed, _, reset = _hit(keys.anon_limit(request.remote_addr or ""), limit)
         if not allowed:
             raise RateLimited(limit, reset)
 

@@ -129,6 +129,7 @@ def make_app(redis_url, key_prefix, mongodb_uri):
             "RATE_LIMIT_PER_MINUTE": 100000,
             "LOGIN_RATE_LIMIT_PER_MINUTE": 1000,
             "REGISTER_RATE_LIMIT_PER_MINUTE": 1000,
+            "ANON_RATE_LIMIT_PER_MINUTE": 100000,
         }
         config.update(overrides)
         app = create_app(config)

@@ -30,7 +30,8 @@ def bearer(token: str) -> dict[str, str]:
 
 def claims_for(user_id: str, **overrides) -> dict:
     now = int(time.time())
-    return {"sub": user_id, "iat": now, "exp": now + 600, **overrides}
+    claims = {"sub": user_id, "sid": str(ObjectId()), "gen": 0, "typ": "access", "iat": now}
+    return {**claims, "exp": now + 600, **overrides}
 
 
 # Registration

@@ -53,7 +53,8 @@ def all_keys(redis_client, prefix: str) -> list[str]:
 
 def claims(sub: str, **changes) -> dict:
     now = int(time.time())
-    values = {"sub": sub, "iat": now, "exp": now + 600}
+    values = {"sub": sub, "sid": str(ObjectId()), "gen": 0, "typ": "access", "iat": now}
+    values["exp"] = now + 600
     values.update(changes)
     return {k: v for k, v in values.items() if v is not None}
 

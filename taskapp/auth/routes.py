@@ -1,4 +1,5 @@
-"""Auth routes: registration, login and the caller's account. Responses here are never cached."""
+"""Auth routes: registration, logins and their tokens, the caller's account. Responses here are
+never cached."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ from flask import Blueprint, Response, g
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
-from taskapp.auth import service, tokens
-from taskapp.auth.schemas import AccountOut, Credentials, Registration, TokenOut, UserOut
-from taskapp.auth.tokens import login_required
+from taskapp.auth import service
+from taskapp.auth.schemas import (
+    AccountOut,
+    Credentials,
+    PasswordChange,
+    RefreshIn,
+    Registration,
+    TokenOut,
+    UserOut,
+)
+from taskapp.auth.tokens import current_access, login_required
 from taskapp.openapi import response
 from taskapp.ratelimit import limit_login, limit_register
 from taskapp.validation import body
@@ -39,13 +48,46 @@ def register(body: Registration) -> tuple[dict[str, Any], int]:
 @response(TokenOut, errors=(401, 429), descriptions={401: "Wrong email or password"})
 @body(Credentials)
 def login(body: Credentials) -> dict[str, Any]:
-    """Exchange email and password for an access token."""
+    """Exchange email and password for an access token and a refresh token."""
     limit_login(service.normalise_email(body.email))
     user = service.authenticate(body.email, body.password)
     if user is None:
         raise Unauthorized("wrong email or password")
-    token, expires_in = tokens.issue(user)
-    return {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}
+    return service.start_session(user)
+
+
+@bp.post("/refresh")
+@response(TokenOut, errors=(401, 429))
+@body(RefreshIn)
+def refresh(body: RefreshIn) -> dict[str, Any]:
+    """Exchange a refresh token (single use) for a new token pair. Presenting one that was
+    already used revokes every token of its login (401)."""
+    return service.refresh(body.refresh_token)
+
+
+@bp.post("/logout")
+@response(None, status=204)
+@login_required
+def logout() -> tuple[str, int]:
+    """End this login: its access and refresh tokens are refused from now on."""
+    access = current_access()
+    assert access is not None  # login_required admitted it
+    service.revoke_session(access.user_id, access.session_id)
+    return "", 204
+
+
+@bp.post("/password")
+@response(None, status=204, errors=(403, 409, 429))
+@login_required
+@body(PasswordChange)
+def change_password(body: PasswordChange) -> tuple[str, int]:
+    """Change your password: every token issued before (this one included) is refused."""
+    access = current_access()
+    assert access is not None  # login_required admitted it
+    user = service.find_user(access.user_id)
+    limit_login(user.email if user is not None else "")  # guessing the current one is a login
+    service.change_password(access, body.current_password, body.new_password)
+    return "", 204
 
 
 @bp.get("/me")
@@ -60,3 +102,13 @@ def me() -> dict[str, Any]:
             www_authenticate=WWWAuthenticate("bearer"),
         )
     return user.to_dict()
+
+
+@bp.delete("/me")
+@response(None, status=204)
+@login_required
+def delete_me() -> tuple[str, int]:
+    """Delete your account with its tasks and activity; its tokens are refused from now on and
+    the email can register again."""
+    service.delete_account(g.user_id)
+    return "", 204

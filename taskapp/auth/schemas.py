@@ -46,6 +46,23 @@ class Credentials(BaseModel):
     password: Annotated[str, Field(min_length=1, max_length=1024)]
 
 
+class RefreshIn(BaseModel):
+    """A refresh token from the login or refresh answer (single use)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    refresh_token: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class PasswordChange(BaseModel):
+    """The current password and the new one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: Annotated[str, Field(min_length=1, max_length=1024)]
+    new_password: Annotated[str, Field(min_length=8, max_length=1024)]
+
+
 class UserOut(BaseModel):
     """A registered account."""
 
@@ -62,8 +79,10 @@ class AccountOut(BaseModel):
 
 
 class TokenOut(BaseModel):
-    """An access token to send as ``Authorization: Bearer <access_token>``."""
+    """An access token to send as ``Authorization: Bearer <access_token>`` (valid
+    ``expires_in`` seconds) and a single-use refresh token for ``POST /api/v1/auth/refresh``."""
 
     access_token: str
     token_type: Literal["Bearer"]
     expires_in: int
+    refresh_token: str

@@ -1,14 +1,25 @@
-"""Accounts: registration, credential checks and roles. Nothing here is ever cached."""
+"""Accounts: registration, credential checks, logins and their tokens, roles. Nothing here is
+ever cached."""
 
 from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+from typing import Any, NoReturn
 
 from bson import ObjectId
 from flask import current_app
 from mongoengine import NotUniqueError
-from werkzeug.exceptions import Conflict
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import Conflict, Forbidden, Unauthorized
 
 from taskapp import db
-from taskapp.models import ROLES, User, check_dummy_password
+from taskapp.auth import revocation, tokens
+from taskapp.auth.tokens import Access
+from taskapp.models import ROLES, Session, User, check_dummy_password, utcnow
+
+log = logging.getLogger(__name__)
 
 
 def normalise_email(email: str) -> str:
@@ -80,3 +91,116 @@ def is_admin(user_id: str) -> bool:
     """True when the user currently has the admin role: read from MongoDB on every call."""
     user = find_user(user_id)
     return user is not None and user.role == "admin"
+
+
+def start_session(user: User) -> dict[str, Any]:
+    """A new login of ``user``: its session in MongoDB and its token pair (the login answer)."""
+    refresh_id = secrets.token_urlsafe(16)
+    session = Session(
+        user=user.id,
+        refresh_id=refresh_id,
+        generation=user.token_generation,
+        expires_at=utcnow() + timedelta(seconds=current_app.config["REFRESH_TOKEN_TTL"]),
+    )
+    session.save()
+    # Read the user again after the session exists: a password change or an account deletion
+    # that came between the credential check and the save would otherwise miss this session
+    # (it revokes the sessions it finds), and while Redis is down the session alone decides.
+    now = db.read(lambda: User.objects(id=user.id).only("token_generation").first())
+    if now is None or now.token_generation != user.token_generation:
+        revoke_session(str(user.id), str(session.id))
+        raise _unauthorized("the account changed while logging in; log in again")
+    # The user's revocation hash exists from the first login on, so requests find it built.
+    revocation.rebuild(str(user.id))
+    return _token_pair(str(user.id), str(session.id), refresh_id, user.token_generation)
+
+
+def refresh(token: str) -> dict[str, Any]:
+    """A new token pair for a refresh token, which is used up (401 for any refused token).
+
+    A refresh token's first presentation is marked in Redis (SET NX), and the session's refresh
+    id is replaced with a conditional update (filter on the presented one): of two refreshes of
+    one token one wins, by either. A validly signed token presented before, or whose id is no
+    longer the session's, was used: as OAuth 2.0's security BCP asks, the whole login is revoked.
+    """
+    claims = tokens.refresh_of(token)
+    if claims is None:
+        raise _unauthorized("the refresh token is not valid")
+    user = find_user(claims.user_id)
+    if user is None or claims.generation < user.token_generation:
+        raise _unauthorized("the refresh token was revoked")
+    if revocation.claim_refresh(claims.user_id, claims.refresh_id) is False:
+        _reused(claims)  # presented before (Redis says so at once, even for concurrent ones)
+    sid, uid = ObjectId(claims.session_id), ObjectId(claims.user_id)
+    new_id = secrets.token_urlsafe(16)
+    ttl = timedelta(seconds=current_app.config["REFRESH_TOKEN_TTL"])
+    rotated = Session.objects(
+        id=sid, user=uid, refresh_id=claims.refresh_id, revoked=False, expires_at__gt=utcnow()
+    ).modify(new=True, set__refresh_id=new_id, set__expires_at=utcnow() + ttl)
+    if rotated is None:
+        session = db.read(lambda: Session.objects(id=sid, user=uid).first())
+        if session is not None and not session.revoked and session.refresh_id != claims.refresh_id:
+            _reused(claims)
+        raise _unauthorized("the refresh token was revoked or has expired")
+    return _token_pair(claims.user_id, claims.session_id, new_id, claims.generation)
+
+
+def _reused(claims: tokens.Refresh) -> NoReturn:
+    """A refresh token presented twice: two parties hold it, so its login ends for both (401)."""
+    log.warning("refresh token reused for session %s; revoking the login", claims.session_id)
+    revoke_session(claims.user_id, claims.session_id)
+    raise _unauthorized("the refresh token was already used; this login is revoked")
+
+
+def revoke_session(user_id: str, session_id: str) -> None:
+    """Revoke one login (logout, a reused refresh token): MongoDB, then Redis."""
+    Session.objects(id=ObjectId(session_id), user=ObjectId(user_id)).update(
+        set__revoked=True, set__revoked_at=utcnow()
+    )
+    revocation.revoke_session(user_id, session_id)
+
+
+def change_password(access: Access, current: str, new: str) -> None:
+    """Set a new password and refuse every token issued before (403 on a wrong current one)."""
+    user = find_user(access.user_id)
+    if user is None:
+        raise _unauthorized("the account of this token no longer exists")
+    if not user.check_password(current):
+        raise Forbidden("the current password is wrong")
+    old_hash = user.password_hash
+    user.set_password(new)
+    # Conditional on the hash just checked: of two concurrent changes, one wins.
+    changed = User.objects(id=user.id, password_hash=old_hash).modify(
+        new=True, set__password_hash=user.password_hash, inc__token_generation=1
+    )
+    if changed is None:
+        raise Conflict("the password was changed meanwhile")
+    Session.objects(user=user.id, revoked=False).update(set__revoked=True, set__revoked_at=utcnow())
+    revocation.revoke_generation(access.user_id, changed.token_generation)
+
+
+def delete_account(user_id: str) -> None:
+    """Delete the account (its email may register again), refuse its tokens, then delete its
+    logins, tasks, activity and cache entries. The user goes first: a login racing this one
+    then finds no user when it reads it again (``start_session``)."""
+    from taskapp.tasks import service as task_service
+
+    oid = ObjectId(user_id)
+    User.objects(id=oid).delete()
+    revocation.revoke_user(user_id)
+    Session.objects(user=oid).delete()
+    task_service.forget_user(user_id)
+
+
+def _token_pair(user_id: str, session_id: str, refresh_id: str, generation: int) -> dict[str, Any]:
+    access, expires_in = tokens.issue(user_id, session_id, generation)
+    return {
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "refresh_token": tokens.issue_refresh(user_id, session_id, refresh_id, generation),
+    }
+
+
+def _unauthorized(message: str) -> Unauthorized:
+    return Unauthorized(message, www_authenticate=WWWAuthenticate("bearer"))

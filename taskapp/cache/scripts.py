@@ -24,10 +24,16 @@ satisfied by state made before a loss:
 # VERSIONS: a Lua prelude of the scripts that read or change versions (above). Each such script
 # takes ARGV[1] the key prefix, ARGV[2] a nonce (unique per call), ARGV[3] the time to live of a
 # version in ms, and its own arguments from ARGV[4].
-VERSIONS = """
-local PREFIX, NONCE, VERSION_TTL = ARGV[1], ARGV[2], tonumber(ARGV[3])
+# RUN: a Lua prelude naming this Redis server's run (its run id, new at every start and on a
+# promoted replica: what was restored from disk or replicated carries an older one). The
+# embedded server has no INFO: its one run is "embedded".
+RUN = """
 local info = redis.pcall('INFO', 'server')
 local RUN = string.sub(type(info) == 'string' and string.match(info, 'run_id:(%x+)') or 'embedded', 1, 16) .. ':'
+"""
+
+VERSIONS = RUN + """
+local PREFIX, NONCE, VERSION_TTL = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local made = 0
 local function new_version()
   made = made + 1

@@ -731,3 +731,14 @@ FETCHERS: dict[str, Callable[..., Any]] = {
     "task_list": _fetch_page,
     "stats": _fetch_stats,
 }
+
+
+def forget_user(user_id: str) -> None:
+    """Delete a deleted account's tasks and activity, and every cache entry made of them."""
+    oid = ObjectId(user_id)
+    task_ids = db.read(lambda: [str(t.id) for t in Task.objects(owner=oid).only("id")])
+    Task.objects(owner=oid).delete()
+    Activity.objects(user=oid).delete()
+    tags = {tag for task_id in task_ids for tag in _affected_tags(user_id, task_id)}
+    cache.invalidate_tags(*tags, keys.collection_tag(user_id), keys.responses_tag(user_id))
+    cache.delete(keys.activity(user_id))

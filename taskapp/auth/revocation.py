@@ -1,0 +1,270 @@
+"""Revoked tokens: decided in MongoDB, checked on every request inside the Redis call it makes
+anyway.
+
+MongoDB is the source of truth: a login is a ``Session`` (revoked on logout or when its refresh
+token is reused), and a user has a ``token_generation`` (raised by a password change); a deleted
+user has no document. Each user has one Redis hash, ``{u:<id>}:revoked``, in the user's hash slot:
+
+- ``built``: the run id of the Redis server that built the hash from MongoDB. A missing hash
+  (Redis restarted empty, flushed, evicted or expired), or one built by another server run
+  (restored from an RDB or AOF file without the revocations made after it was written, or a
+  replica promoted without them), therefore never reads as "nothing revoked": the check says
+  ``UNKNOWN`` and the Flask path rebuilds the hash from MongoDB, then checks again;
+- ``gen``: the user's token generation; tokens of an older one are refused;
+- ``gone``: the account was deleted;
+- ``s:<session id>``: a revoked login.
+
+Revocations write MongoDB first, then add to the hash. Writes only ever add (a generation only
+grows), so a rebuild racing a revocation cannot undo it. The hash lives ACCESS_TOKEN_TTL from its
+first write and is then rebuilt: a revoked login only matters while its access tokens live (its
+refresh token is checked against MongoDB), and a hash that missed a revocation (its Redis write
+failed while Redis kept its data) is wrong at most that long.
+
+The check is ``guard``: a Lua prefix put in front of the script a request runs anyway (the rate
+limit's sliding window, or the response-cache lookup), refusing like a rate limit refuses
+(first value 0), with the verdict second. While Redis is unavailable every authenticated request
+is checked against MongoDB instead (README, "Revocation while Redis is down").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+from typing import Any
+
+from bson import ObjectId
+from flask import current_app
+
+from taskapp import db, keys
+from taskapp.auth.tokens import Access
+from taskapp.cache.scripts import RUN
+from taskapp.extensions import cache
+from taskapp.models import Session, User, utcnow
+
+log = logging.getLogger(__name__)
+
+#: The environ key of a request's verdict, set by whichever path checked first (the fast path or
+#: the Flask path's rate limit), so a request is checked once.
+VERDICT = "taskapp.revocation.verdict"
+
+#: Verdicts: the token may be used; it was revoked; the user's hash is missing (rebuild it);
+#: Redis could not be asked (None).
+OK, REVOKED, UNKNOWN = 1, -1, -2
+
+# The verdict on one token, from the user's revocation hash (built by this server run).
+_VERDICT = (
+    RUN
+    + """
+local function revocation_verdict(key, sid, gen)
+  local state = redis.call('HMGET', key, 'built', 'gen', 'gone', 's:' .. sid)
+  if state[1] ~= RUN then return -2 end
+  if state[3] or state[4] or tonumber(gen) < tonumber(state[2] or '0') then return -1 end
+  return 1
+end
+"""
+)
+
+# GUARD(INNER): refuse a revoked token, else run INNER (a script the request runs anyway, such as
+# the rate limit's window), in the same call: a revoked token's request counts nowhere.
+# KEYS[1] the user's revocation hash, then INNER's keys
+# ARGV[1] the token's session id, ARGV[2] its generation, then INNER's arguments
+# returns {0, verdict (-1 revoked, -2 unknown), 0} when refused, else INNER's result
+_GUARD = (
+    _VERDICT
+    + """
+local verdict = revocation_verdict(KEYS[1], ARGV[1], ARGV[2])
+if verdict ~= 1 then return {0, verdict, 0} end
+return (function(KEYS, ARGV)
+__INNER__
+end)({unpack(KEYS, 2)}, {unpack(ARGV, 3)})
+"""
+)
+
+# ADMIT: the inner script of a bare check (no rate limit): allow.
+# returns {1}
+_ADMIT = """
+return {1}
+"""
+
+# BEGIN_BUILD: before a build reads MongoDB, mark the hash as being built (once: concurrent
+# builders share the mark), so a build whose hash vanished meanwhile (expired, flushed) with a
+# revocation in it is refused instead of recreating the hash without that revocation.
+# KEYS[1] the user's revocation hash
+# ARGV[1] time to live in ms, ARGV[2] a new build id
+# returns the build id to pass to RECORD
+BEGIN_BUILD = (
+    RUN
+    + """
+local built = redis.call('HGET', KEYS[1], 'built')
+if built and built ~= RUN then redis.call('DEL', KEYS[1]) end  -- from another server run
+redis.call('HSETNX', KEYS[1], 'building', ARGV[2])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return redis.call('HGET', KEYS[1], 'building')
+"""
+)
+
+# RECORD: add revocations to a user's hash; the hash expires ACCESS_TOKEN_TTL after its first write.
+# KEYS[1] the user's revocation hash
+# ARGV[1] time to live in ms, ARGV[2] a build id from BEGIN_BUILD when this is a build from MongoDB
+# ('' otherwise), ARGV[3] a token generation ('' for none; only raises), ARGV[4] '1' when the user
+# is gone, ARGV[5 ..] revoked session ids
+# returns 1, or 0 when a build's hash is no longer the one it began on (nothing written)
+RECORD = (
+    RUN
+    + """
+local key = KEYS[1]
+if ARGV[2] ~= '' and redis.call('HGET', key, 'building') ~= ARGV[2] then return 0 end
+if ARGV[3] ~= '' and tonumber(ARGV[3]) > tonumber(redis.call('HGET', key, 'gen') or '-1') then
+  redis.call('HSET', key, 'gen', ARGV[3])
+end
+if ARGV[4] == '1' then redis.call('HSET', key, 'gone', '1') end
+for i = 5, #ARGV do redis.call('HSET', key, 's:' .. ARGV[i], '1') end
+if ARGV[2] ~= '' then redis.call('HSET', key, 'built', RUN) end
+if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[1]) end
+return 1
+"""
+)
+
+# CLAIM: mark a refresh token as presented, once.
+# KEYS[1] the token's claim, ARGV[1] time to live in ms (the refresh token's lifetime)
+# returns 1 for the first caller, 0 for every later one
+CLAIM = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+return 0
+"""
+
+_GUARDED: dict[str, str] = {}
+
+Script = tuple[str, list[str], list[Any]]
+
+
+def guard(access: Access, script: Script) -> Script:
+    """``script`` (source, keys, arguments) preceded by the revocation check of ``access``: one
+    call that refuses a revoked token (first value 0, verdict second) before ``script`` runs."""
+    source, script_keys, args = script
+    guarded = _GUARDED.get(source)
+    if guarded is None:
+        guarded = _GUARDED[source] = _GUARD.replace("__INNER__", source)
+    return (
+        guarded,
+        [keys.revocation(access.user_id), *script_keys],
+        [access.session_id, access.generation, *args],
+    )
+
+
+def check_script(access: Access) -> Script:
+    """The revocation check of ``access`` alone, for a request that runs no other script."""
+    return guard(access, (_ADMIT, [], []))
+
+
+def verdict_of(result: list[Any] | None) -> int | None:
+    """The verdict in a guarded script's result: OK, REVOKED, UNKNOWN, or None (no result)."""
+    if result is None:
+        return None
+    if int(result[0]) == 0 and int(result[1]) in (REVOKED, UNKNOWN):
+        return int(result[1])
+    return OK
+
+
+def note(environ: dict[str, Any], result: list[Any] | None) -> int | None:
+    """Remember the verdict of a guarded script's result for this request, and return it."""
+    verdict = environ[VERDICT] = verdict_of(result)
+    return verdict
+
+
+def admitted(environ: dict[str, Any], access: Access) -> bool:
+    """True when ``access`` was not revoked: the verdict of the call this request already made,
+    else one call now; a missing hash is rebuilt from MongoDB; without Redis, MongoDB decides."""
+    verdict = environ.get(VERDICT, _UNSET)
+    if verdict is _UNSET:
+        verdict = note(environ, cache.run_script(*check_script(access), None))
+    if verdict == UNKNOWN:
+        rebuild(access.user_id)
+        verdict = note(environ, cache.run_script(*check_script(access), None))
+    if verdict == UNKNOWN or verdict is None:
+        # Redis lost the hash again or cannot be asked: the source of truth decides.
+        verdict = environ[VERDICT] = OK if _admitted_by_mongodb(access) else REVOKED
+    return verdict == OK
+
+
+_UNSET = object()
+
+
+def _admitted_by_mongodb(access: Access) -> bool:
+    """The check of ``access`` against MongoDB: one read of its session, which a logout or a
+    reused refresh token revokes, a password change revokes with all others of the user, and an
+    account deletion deletes (a login that raced either revokes its own: ``start_session``)."""
+    session = db.read(
+        lambda: Session.objects(id=ObjectId(access.session_id)).only("user", "revoked").first()
+    )
+    return session is not None and str(session.user) == access.user_id and not session.revoked
+
+
+def rebuild(user_id: str) -> None:
+    """Build the user's revocation hash from MongoDB (a missing hash refuses nothing until then).
+
+    The hash is marked before MongoDB is read and written only if it still carries that mark, so
+    a revocation recorded meanwhile is either in what was read or added to the same hash.
+    """
+    key = keys.revocation(user_id)
+    build = cache.run_script(BEGIN_BUILD, [key], [_ttl_ms(), os.urandom(8).hex()], None)
+    if build is None:
+        return
+    oid = ObjectId(user_id)
+    user = db.read(lambda: User.objects(id=oid).only("token_generation").first())
+    since = utcnow() - timedelta(seconds=current_app.config["ACCESS_TOKEN_TTL"])
+    revoked = db.read(
+        lambda: [str(s.id) for s in Session.objects(user=oid, revoked_at__gt=since).only("id")]
+    )
+    generation = None if user is None else user.token_generation
+    _record(user_id, build=build, generation=generation, gone=user is None, sessions=revoked)
+
+
+def claim_refresh(user_id: str, refresh_id: str) -> bool | None:
+    """True for the first presentation of a refresh token, False for a later one, None when
+    Redis cannot say. With MongoDB's conditional rotation this makes a refresh token single use
+    also on a MongoDB that loses concurrent updates of one document (FerretDB 1.24)."""
+    ttl_ms = int(current_app.config["REFRESH_TOKEN_TTL"]) * 1000
+    claimed = cache.run_script(CLAIM, [keys.refresh_claim(user_id, refresh_id)], [ttl_ms], None)
+    return None if claimed is None else bool(int(claimed))
+
+
+def revoke_session(user_id: str, session_id: str) -> None:
+    """Refuse the tokens of one login from now on (after MongoDB recorded it)."""
+    _record(user_id, sessions=[session_id])
+
+
+def revoke_generation(user_id: str, generation: int) -> None:
+    """Refuse the user's tokens of generations below ``generation`` (after MongoDB raised it)."""
+    _record(user_id, generation=generation)
+
+
+def revoke_user(user_id: str) -> None:
+    """Refuse every token of a deleted user (after MongoDB deleted the account)."""
+    _record(user_id, gone=True)
+
+
+def _record(
+    user_id: str,
+    *,
+    build: str | bytes = "",
+    generation: int | None = None,
+    gone: bool = False,
+    sessions: list[str] | tuple[str, ...] = (),
+) -> None:
+    args = [
+        _ttl_ms(),
+        build.decode() if isinstance(build, bytes) else build,
+        "" if generation is None else str(generation),
+        "1" if gone else "0",
+        *sessions,
+    ]
+    if cache.run_script(RECORD, [keys.revocation(user_id)], args, None) is None:
+        # MongoDB has it; while Redis is down every request is checked there, and a hash that
+        # Redis kept through the outage expires within ACCESS_TOKEN_TTL (the tokens' lifetime).
+        log.warning("could not record a revocation of user %s in Redis", user_id)
+
+
+def _ttl_ms() -> int:
+    return int(current_app.config["ACCESS_TOKEN_TTL"]) * 1000
