@@ -284,6 +284,34 @@ def test_a_revoked_token_stays_refused_when_redis_loses_the_revocation_key(
     direct.close()
 
 
+def test_a_revoked_token_stays_refused_when_redis_comes_back_from_an_older_snapshot(
+    make_app, private_redis
+):
+    """A revocation hash restored from disk (built before the logout, by an earlier run of the
+    server) counts as missing: it is rebuilt from MongoDB, never read as "nothing revoked"."""
+    import time
+
+    from taskapp.extensions import cache
+
+    app = make_app(REDIS_URL=private_redis.url, CACHE_BREAKER_COOLDOWN=0.2)
+    client = app.test_client()
+    _, email = sign_up(client)
+    pair = log_in(client, email)
+    path = cached_task(client, pair["access_token"])  # the user's revocation hash is built
+    redis.Redis.from_url(private_redis.url).save()  # the snapshot: nothing revoked yet
+    assert client.post(LOGOUT, headers=bearer(pair["access_token"])).status_code == 204
+    private_redis.kill()
+    private_redis.start()  # from the snapshot: the hash, without the logout
+    statuses = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        statuses.append(client.get(path, headers=bearer(pair["access_token"])).status_code)
+        time.sleep(0.05)
+    with app.app_context():
+        assert not cache.degraded  # the last answers were checked in Redis, not in MongoDB
+    assert set(statuses) == {401}
+
+
 def test_while_redis_is_down_revoked_tokens_are_refused_by_mongodb(make_app, private_redis):
     app = make_app(REDIS_URL=private_redis.url, CACHE_BREAKER_COOLDOWN=0.5)
     client = app.test_client()

@@ -32,7 +32,9 @@ local info = redis.pcall('INFO', 'server')
 local RUN = string.sub(type(info) == 'string' and string.match(info, 'run_id:(%x+)') or 'embedded', 1, 16) .. ':'
 """
 
-VERSIONS = RUN + """
+VERSIONS = (
+    RUN
+    + """
 local PREFIX, NONCE, VERSION_TTL = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local made = 0
 local function new_version()
@@ -74,6 +76,7 @@ local function valid(stored, own_key)
   end
 end
 """
+)
 
 # LOOKUP: an entry still valid (see VERSIONS), the scope version, the versions to fill the entry
 # under, and the fill lock if asked for and free: the read, the lease and the lock of a fill in one
