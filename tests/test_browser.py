@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from taskapp.auth.schemas import EXAMPLE_CREDENTIALS
+from taskapp.auth.schemas import EXAMPLE_CREDENTIALS, EXAMPLE_PASSWORD_CHANGE
 from tests.test_gunicorn import free_port, serve  # noqa: F401  (the fixture)
 
 CHROMIUM = "/usr/bin/chromium"
@@ -265,15 +265,28 @@ def test_docs_render_every_operation_from_the_packaged_swagger_ui(browser, api):
 # Swagger UI's "Try it out" on /docs, for every operation, with the examples it prefills
 
 #: Operations tried first (an account, its token, a task to address) and last (they end what
-#: the others need: the admin role, the task).
+#: the others need: the admin role, the task, the login, the password, the account).
 FIRST = ["auth_register", "auth_login", "tasks_create_task"]
-LAST = ["admin_set_role", "tasks_delete_task"]
+LAST = [
+    "admin_set_role",
+    "tasks_delete_task",
+    "auth_refresh",
+    "auth_logout",
+    "auth_change_password",
+    "auth_delete_me",
+]
+#: Operations after which the page's token no longer works: the test logs in again (outside the
+#: page) with the account's password as it then is, and authorizes the page with the new token.
+ENDS_LOGIN = {"auth_logout", "auth_change_password"}
 
 
-def try_it_out(page: Page, operation: dict, ids: dict[str, str]) -> tuple[int, str]:
-    """Open an operation, press "Try it out", fill in only its path ids, press "Execute":
-    (the status and the body Swagger UI shows). Every other field keeps what Swagger UI
-    prefilled from the document (the body's example, the parameters' defaults)."""
+def try_it_out(
+    page: Page, operation: dict, ids: dict[str, str], body: str | None = None
+) -> tuple[int, str]:
+    """Open an operation, press "Try it out", fill in only its path ids (and ``body`` when given:
+    a refresh token, which no example can hold), press "Execute": (the status and the body
+    Swagger UI shows). Every other field keeps what Swagger UI prefilled from the document (the
+    body's example, the parameters' defaults)."""
     block = page.locator(f"#operations-{operation['tags'][0]}-{operation['operationId']}")
     block.locator(".opblock-summary").first.click()
     block.locator(".try-out__btn").click()
@@ -283,6 +296,8 @@ def try_it_out(page: Page, operation: dict, ids: dict[str, str]) -> tuple[int, s
             field.fill(value)
     if "requestBody" in operation:  # prefilled with the example, sent as it stands
         assert block.locator("textarea.body-param__text").input_value().strip()
+        if body is not None:
+            block.locator("textarea.body-param__text").fill(body)
     block.locator("button.execute").click()
     cell = block.locator(".live-responses-table tbody .response-col_status").first
     cell.wait_for()
@@ -290,10 +305,26 @@ def try_it_out(page: Page, operation: dict, ids: dict[str, str]) -> tuple[int, s
     return int(cell.inner_text().strip()), shown.first.inner_text() if shown.count() else ""
 
 
+def log_in(base: str, password: str) -> str:
+    """An access token of the example account, from the API (outside the page)."""
+    credentials = {"email": EXAMPLE_CREDENTIALS["email"], "password": password}
+    request = urllib.request.Request(
+        base + "/api/v1/auth/login",
+        data=json.dumps(credentials).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["access_token"]
+
+
 def authorize(page: Page, token: str) -> None:
-    """Swagger UI's Authorize dialog, with a real token."""
+    """Swagger UI's Authorize dialog, with a real token (replacing the one it holds)."""
     page.locator(".auth-wrapper button.authorize").click()
     dialog = page.locator(".modal-ux")
+    held = dialog.locator("button", has_text="Logout")
+    if held.count():
+        held.first.click()
     dialog.locator("input").first.fill(token)
     dialog.locator("button.authorize").click()
     dialog.locator("button.btn-done").click()
@@ -322,13 +353,20 @@ def test_swagger_ui_try_it_out_succeeds_for_every_operation_with_its_example(bro
         page.goto(server.base + "/docs")
         page.wait_for_selector(".opblock-summary-path", state="attached")
         ids: dict[str, str] = {}
+        refresh_token, password = "", EXAMPLE_CREDENTIALS["password"]
         for name in FIRST + middle + LAST:
-            status, shown = try_it_out(page, operations[name], ids)
+            body = json.dumps({"refresh_token": refresh_token}) if name == "auth_refresh" else None
+            status, shown = try_it_out(page, operations[name], ids, body)
             statuses[name] = status
             if name == "auth_register" and status == 201:
                 ids["user_id"] = json.loads(shown)["id"]
-            elif name == "auth_login" and status == 200:
+            elif name in ("auth_login", "auth_refresh") and status == 200:
                 authorize(page, json.loads(shown)["access_token"])
+                refresh_token = json.loads(shown)["refresh_token"]
+            elif name in ENDS_LOGIN:
+                if name == "auth_change_password":
+                    password = EXAMPLE_PASSWORD_CHANGE["new_password"]
+                authorize(page, log_in(server.base, password))
             elif name == "tasks_create_task" and status == 201:
                 ids["task_id"] = json.loads(shown)["id"]
     finally:

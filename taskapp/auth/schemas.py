@@ -49,15 +49,27 @@ class Credentials(BaseModel):
 class RefreshIn(BaseModel):
     """A refresh token from the login or refresh answer (single use)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"refresh_token": "the refresh_token of a login"}]},
+    )
 
     refresh_token: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+#: The example of a password change: the example account's password, then a new one.
+EXAMPLE_PASSWORD_CHANGE = {
+    "current_password": EXAMPLE_CREDENTIALS["password"],
+    "new_password": "correct horse battery staple",
+}
 
 
 class PasswordChange(BaseModel):
     """The current password and the new one."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [EXAMPLE_PASSWORD_CHANGE]}
+    )
 
     current_password: Annotated[str, Field(min_length=1, max_length=1024)]
     new_password: Annotated[str, Field(min_length=8, max_length=1024)]

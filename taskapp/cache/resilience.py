@@ -168,11 +168,13 @@ class HeldBack:
         ping: Callable[[], object],
         run: Callable[[Callable[[], None]], None],
         on_hold: Callable[[], None],
+        quick_ping: Callable[[], object] | None = None,
     ) -> None:
         self._breaker = breaker
         self._on_hold = on_hold
         self._send = send
         self._ping = ping
+        self._quick_ping = quick_ping or ping
         self._run = run
         self._lock = threading.Lock()
         self._tags: set[str] = set()
@@ -209,8 +211,10 @@ class HeldBack:
         write is answered. Redis may be back already (restarted) while this process's probe
         waits for its cool-down, and other processes that probed first read from it: a write
         answered with its invalidation still held here would let them answer the older value.
-        Costs at most one connect or read timeout while Redis is really down."""
+        A ping with a short timeout asks first, so a write made while Redis hangs waits at most
+        that (50 ms), not a full socket timeout."""
         try:
+            self._quick_ping()
             self.replay()
         except REDIS_ERRORS as exc:
             log.debug("invalidations kept for the probe: Redis still unavailable (%s)", exc)
