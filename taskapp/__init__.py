@@ -53,16 +53,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    from taskapp import cors, db, errors, metrics
+    from taskapp import cors, db, errors, http_metrics
     from taskapp.extensions import cache
 
     errors.init_app(app)
     cors.init_app(app)  # before every other hook: its headers go on every final response
     db.init_app(app)
     cache.init_app(app)
-    metrics.init_app(app)
+    http_metrics.init_app(app)
 
-    from taskapp import cli, docs, http_cache, ratelimit, validation
+    from taskapp import cli, docs, ratelimit, responses, validation
     from taskapp.admin.routes import bp as admin_bp
     from taskapp.auth.routes import bp as auth_bp
     from taskapp.service_routes import bp as service_bp
@@ -72,14 +72,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     ratelimit.init_app(app)
     task_service.init_app(app)
     validation.init_app(app)  # before the response cache looks the query string up
-    http_cache.init_app(app)
+    responses.init_app(app)
     app.register_blueprint(service_bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(auth_bp, url_prefix="/api/v1/auth")
     app.register_blueprint(tasks_bp, url_prefix="/api/v1")
     app.register_blueprint(admin_bp, url_prefix="/api/v1/admin")
     cli.init_app(app)
-    http_cache.install_fast_path(app)  # in front of Flask's dispatch, behind ProxyFix
+    responses.install_fast_path(app)  # in front of Flask's dispatch, behind ProxyFix
     if app.config["TRUSTED_PROXIES"]:
         # The client address (the per-address limits, logs) and scheme as the proxies saw them,
         # trusting exactly that many hops of X-Forwarded-For/-Proto and no client-sent ones.

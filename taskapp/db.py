@@ -21,7 +21,7 @@ from pymongo.uri_parser import parse_uri
 
 from taskapp.config import EMBEDDED_MONGODB
 from taskapp.extensions import cache
-from taskapp.metrics import DB_READS
+from taskapp.http_metrics import DB_READS
 from taskapp.models import DB_EXTENSION, MODELS, AppDocument, Task
 
 log = logging.getLogger(__name__)

@@ -25,11 +25,11 @@ from werkzeug.http import parse_cache_control_header
 from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Response
 
-from taskapp import keys, metrics, ratelimit
+from taskapp import http_metrics, keys, ratelimit
 from taskapp.auth import revocation
 from taskapp.auth.tokens import access_of
 from taskapp.cache import context
-from taskapp.cache.http import IF_NONE_MATCH, Readers, ResponseCache, answer
+from taskapp.cache.response_cache import IF_NONE_MATCH, Readers, ResponseCache, answer
 from taskapp.validation import query_problem
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class FastPath:
 
     def answer(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes] | None:
         """The cached answer to this request, or None to hand it to Flask."""
-        metrics.start_timer(environ)  # the Flask path's latency includes the time spent here
+        http_metrics.start_timer(environ)  # the Flask path's latency includes the time spent here
         if self.cors and "HTTP_ORIGIN" in environ:
             return None
         path_info: str = environ.get("PATH_INFO") or ""
@@ -127,7 +127,7 @@ class FastPath:
         )
         if self.limit > 0:
             headers += ratelimit.header_items(self.limit, count, reset)
-        metrics.observe(environ, environ["REQUEST_METHOD"], rule, status)
+        http_metrics.observe(environ, environ["REQUEST_METHOD"], rule, status)
         return status, headers, body
 
     def key(self, user: str, path_info: str, args: Any) -> str:

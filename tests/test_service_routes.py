@@ -92,7 +92,7 @@ def test_metrics_sum_every_worker_when_prometheus_multiproc_dir_is_set(
 ):
     # Two "workers": separate processes counting reads into the shared directory.
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    code = "from taskapp.metrics import DB_READS; DB_READS.inc(3)"
+    code = "from taskapp.http_metrics import DB_READS; DB_READS.inc(3)"
     for _ in range(2):
         subprocess.run([sys.executable, "-c", code], env=env, check=True)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))

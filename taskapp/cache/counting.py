@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from taskapp.cache import metrics, stats
-from taskapp.cache.keys import Keys
+from taskapp.cache.derived_keys import Keys
 
 _PROMETHEUS: dict[str, Any] = {
     stats.L1_HIT: metrics.L1_HIT,

@@ -20,9 +20,9 @@ from flask_caching import Cache as FlaskCache
 from taskapp.cache import context, stats
 from taskapp.cache.client import REDIS_ERRORS, Unavailable, connect
 from taskapp.cache.counting import Counter
+from taskapp.cache.derived_keys import Keys
 from taskapp.cache.entry import NO_VALUE, Entry
 from taskapp.cache.flask_caching import init_flask_caching
-from taskapp.cache.keys import Keys
 from taskapp.cache.l1 import LocalCache
 from taskapp.cache.lists import CappedLists
 from taskapp.cache.lock import FillLock

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskapp.cache.client import REDIS_ERRORS
-from taskapp.cache.keys import Keys
+from taskapp.cache.derived_keys import Keys
 
 log = logging.getLogger("taskapp.cache")
 

@@ -3,7 +3,7 @@
 Every script takes the server's clock (TIME) rather than a client's, so hosts with skewed clocks
 agree on expiry. Scripts touch the keys they are given and, in one case named below, keys of the
 same hash slot derived from what an entry records; on Redis Cluster the caller keeps those keys in
-one hash slot (see ``keys.py``).
+one hash slot (see ``derived_keys.py``).
 
 Versions. An entry's own version (``v:``), each tag's version (``tagv:``) and each scope's version
 (``sv:``) hold a value that is unique per change: the Redis server's run id, then a nonce the

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from taskapp.cache.keys import HASH_TAG
+from taskapp.cache.derived_keys import HASH_TAG
 
 #: The events the cache records (``record`` accepts any name; these are the ones the CLI shows).
 L1_HIT, L1_MISS = "l1.hit", "l1.miss"

@@ -15,7 +15,7 @@ from redis.crc import key_slot
 from taskapp.cache import metrics, scripts, stats
 from taskapp.cache.client import Unavailable, connect, redacted
 from taskapp.cache.counting import Counter
-from taskapp.cache.keys import Keys
+from taskapp.cache.derived_keys import Keys
 from taskapp.cache.resilience import Breaker, HeldBack
 from taskapp.cache.settings import CacheSettings
 

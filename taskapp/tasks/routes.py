@@ -9,9 +9,9 @@ from werkzeug.exceptions import NotFound
 from werkzeug.http import parse_etags, unquote_etag
 
 from taskapp.auth.tokens import login_required
-from taskapp.cache.http import _etag as user_etag
-from taskapp.http_cache import cached_response, signed_in
+from taskapp.cache.response_cache import _etag as user_etag
 from taskapp.openapi import response
+from taskapp.responses import cached_response, signed_in
 from taskapp.tasks import service
 from taskapp.tasks.schemas import (
     ActivityFeed,

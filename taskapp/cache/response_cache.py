@@ -202,7 +202,7 @@ class ResponseCache:
 LAYER = "http"
 
 #: The environ key of a lookup made before Flask's dispatch: (key, entry, lease).
-LOOKED_UP = "taskapp.http_cache.looked_up"
+LOOKED_UP = "taskapp.responses.looked_up"
 IF_NONE_MATCH = "HTTP_IF_NONE_MATCH"
 CACHE_CONTROL = "private, no-cache"
 

@@ -6,7 +6,7 @@ from flask import Flask
 
 from taskapp import keys
 from taskapp.auth.tokens import current_user_id
-from taskapp.cache.http import ResponseCache
+from taskapp.cache.response_cache import ResponseCache
 from taskapp.extensions import cache
 from taskapp.validation import CACHE_BUSTER
 

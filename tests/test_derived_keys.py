@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from redis.crc import key_slot
 
-from taskapp.cache.keys import Keys
+from taskapp.cache.derived_keys import Keys
 
 
 def test_derived_keys_carry_the_prefix_once():

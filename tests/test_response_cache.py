@@ -164,7 +164,7 @@ def test_a_failed_answer_releases_the_fill_lock_for_the_next_caller(make_app):
 
 def response_cache_app(redis_url: str, key_prefix: str):
     """A bare app with the extension's ResponseCache for one user, "u1" (nothing of taskapp)."""
-    from taskapp.cache.http import ResponseCache
+    from taskapp.cache.response_cache import ResponseCache
 
     app, ext = bare_app(redis_url, key_prefix)
     responses = ResponseCache(
@@ -292,7 +292,7 @@ def test_a_cached_answer_is_served_only_to_the_readers_its_route_declares(make_a
     from werkzeug.exceptions import Forbidden
 
     from taskapp.auth.tokens import current_user_id, login_required
-    from taskapp.http_cache import cached_response
+    from taskapp.responses import cached_response
 
     allowed: set[str] = set()
     calls = []
