@@ -107,12 +107,12 @@ class Processes:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen] = []
 
-    def start(self, name: str, argv: list[str], **env: str) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], cwd: Path = ROOT, **env: str) -> subprocess.Popen:
         """Start ``argv`` in its own session, its output in bench/out/NAME.log."""
         with open(OUT / f"{name}.log", "wb") as logfile:
             proc = subprocess.Popen(
                 argv,
-                cwd=ROOT,
+                cwd=cwd,
                 env={**os.environ, **env},
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
@@ -196,8 +196,9 @@ class Bench:
         wait_for(lambda: listening(port), "FerretDB", proc)
         self.mongodb = f"mongodb://{HOST}:{port}"
 
-    def serve(self, name: str, target: str, **settings: str) -> str:
-        """A gunicorn server of ``target`` with the bench's settings; its base URL once it answers."""
+    def serve(self, name: str, target: str, cwd: Path = ROOT, **settings: str) -> str:
+        """A gunicorn server of ``target`` with the bench's settings; its base URL once it answers.
+        ``cwd``: the checkout it serves (another commit's, for the baseline row)."""
         port = free_port()
         env = {
             "GUNICORN_BIND": f"{HOST}:{port}",
@@ -210,13 +211,13 @@ class Bench:
             "SIMULATED_DB_LATENCY_MS": "50",
             "RATE_LIMIT_PER_MINUTE": NEVER_REACHED,
             "ACCESS_TOKEN_TTL": "86400",  # a run outlasts the 15-minute default
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": str(cwd),
             **settings,
         }
         if env["REDIS_URL"] == "-":
             env["REDIS_URL"] = f"redis://{HOST}:{free_port()}/0"  # nothing listens there
         argv = [str(ROOT / ".venv/bin/gunicorn"), "-c", "gunicorn.conf.py", target]
-        proc = self.procs.start(name, argv, **env)
+        proc = self.procs.start(name, argv, cwd, **env)
         base = f"http://{HOST}:{port}"
         wait_for(lambda: http("GET", base + "/healthz")[0] in (200, 404), name, proc)
         return base
@@ -359,6 +360,17 @@ class Bench:
         for i, (label, target, settings) in enumerate(ROWS[2:], 2):
             token, url = self.seed(self.serve(f"row{i}", target, **settings))
             served[label] = (url, token)
+        if self.args.baseline:  # the defaults row, served from another commit's checkout
+            base = Path(self.args.baseline).resolve()
+            commit = subprocess.run(
+                ["git", "-C", str(base), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            label = f"taskapp, the defaults, at the baseline commit {commit}"
+            ROWS.append((label, "wsgi:app", {}))
+            token, url = self.seed(self.serve("baseline", "wsgi:app", base))
+            served[label] = (url, token)
         url, token = served[ROWS[2][0]]
         body = http("GET", url, token=token)[2]
         os.environ["BENCH_TASK_JSON"] = body.decode()  # the reference apps answer the same bytes
@@ -387,6 +399,9 @@ def main() -> None:
             flag, type=type(default), default=default, help=f"{meaning} ({default})"
         )
     parser.add_argument("--smoke", action="store_true", help="label the results a smoke run")
+    parser.add_argument(
+        "--baseline", default="", help="a checkout of another commit: one more row, its defaults"
+    )
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     for signum in (signal.SIGTERM, signal.SIGHUP):  # exit through the finally below
