@@ -47,3 +47,11 @@ def pooled() -> Flask:
 
     store.Direct = lambda client: None  # type: ignore[assignment,misc,return-value]
     return create_app()
+
+
+def unrouted() -> Flask:
+    """taskapp whose fast path matches the route of every hit anew (no route memo)."""
+    from taskapp import create_app, fastpath
+
+    fastpath.FastPath.route = fastpath.FastPath._match  # type: ignore[method-assign]
+    return create_app()

@@ -47,6 +47,7 @@ ROWS: list[tuple[str, str, dict[str, str]]] = [
     ("taskapp, in-process layer off", "wsgi:app", {"L1_CACHE_MAX_ITEMS": "0"}),
     ("taskapp, HTTP_FAST_PATH=0", "wsgi:app", {"HTTP_FAST_PATH": "0"}),
     ("taskapp, request path on redis-py's pool (no Direct)", "bench.apps:pooled()", {}),
+    ("taskapp, no route memo in the fast path", "bench.apps:unrouted()", {}),
     # Redis refuses connections and memory is off: every GET checks the token and reads FerretDB.
     ("taskapp, uncached read (50 ms)", "wsgi:app", {"L1_CACHE_MAX_ITEMS": "0", "REDIS_URL": "-"}),
 ]
