@@ -225,17 +225,16 @@ class Region:
         return result, entry, lease
 
     def call_reading_scope(self, script: Script, full_key: str) -> Any:
-        """Run ``script`` and read the scope version of ``full_key`` in the same round trip; the
-        version is kept for this request's memory reads, the script's result returned. Raises
-        Unavailable."""
+        """Run ``script`` and read the scope version of ``full_key`` in the same call
+        (``scripts.with_scope``); the version is kept for this request's memory reads, the
+        script's result returned. Raises Unavailable."""
         scope_key = self.keys.scope_version(full_key)
-        result, version = self.store.call_many(
-            [
-                (script.source, script.keys, script.args),
-                (scripts.SCOPE_READ, [scope_key], self.store.versioned()),
-            ]
+        result = self.store.call(
+            scripts.with_scope(script.source),
+            [scope_key, *script.keys],
+            self.store.versioned(*script.args),
         )
-        context.note_scope(scope_key, version)
+        context.note_scope(scope_key, result.pop())
         return result
 
     def _in_memory(self, full_key: str) -> tuple[Entry, bytes] | None:

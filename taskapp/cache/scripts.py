@@ -234,3 +234,27 @@ return 1
 # KEYS[1] version; ARGV[1 .. 3] see VERSIONS
 # returns the version
 VERSION_READ = SCOPE_READ
+
+
+# WITH_SCOPE(INNER): INNER (a script of another module, such as a rate limit, on keys of one
+# hash slot) and then the current version of a scope of that slot, in one call: the round trip
+# a request makes anyway also checks its memory layer. INNER sees only its own KEYS and ARGV.
+# KEYS[1] the scope version, then INNER's keys
+# ARGV[1 .. 3] see VERSIONS, then INNER's arguments
+# returns INNER's result with the scope version appended
+_WITH_SCOPE = """
+local result = (function(KEYS, ARGV)
+%s
+end)({unpack(KEYS, 2)}, {unpack(ARGV, 4)})
+result[#result + 1] = current(KEYS[1])
+return result
+"""
+_WITH_SCOPE_MADE: dict[str, str] = {}
+
+
+def with_scope(inner: str) -> str:
+    """The Lua source running ``inner`` and then reading a scope version (made once per source)."""
+    source = _WITH_SCOPE_MADE.get(inner)
+    if source is None:
+        source = _WITH_SCOPE_MADE[inner] = VERSIONS + _WITH_SCOPE % inner
+    return source
