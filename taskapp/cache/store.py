@@ -244,19 +244,25 @@ class Direct:
 
     def execute(self, *args: Any) -> Any:
         """One command's reply (no response callbacks: bytes, integers and lists as sent)."""
+        return self._round_trip(lambda c: c.pack_command(*args), lambda c: c.read_response())
+
+    def _round_trip(self, pack: Callable[[Any], Any], read: Callable[[Any], Any]) -> Any:
+        """Take an idle connection (or make one), write what ``pack`` makes once, return what
+        ``read`` reads, and put the connection back; once more on a connection dropped under
+        the call (it reconnects when written to)."""
         try:
             connection = self._idle.pop()
         except IndexError:
             connection = self._make()
             self._made.append(connection)
         try:
-            command = connection.pack_command(*args)
+            packed = pack(connection)
             try:
-                connection.send_packed_command(command)
-                return connection.read_response()
+                connection.send_packed_command(packed)
+                return read(connection)
             except redis.exceptions.ConnectionError:  # dropped (and disconnected): once more
-                connection.send_packed_command(command)
-                return connection.read_response()
+                connection.send_packed_command(packed)
+                return read(connection)
         finally:
             self._idle.append(connection)
 
@@ -274,21 +280,9 @@ class Direct:
         commands = [
             ("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls
         ]
-        try:
-            connection = self._idle.pop()
-        except IndexError:
-            connection = self._make()
-            self._made.append(connection)
-        try:
-            packed = connection.pack_commands(commands)
-            try:
-                connection.send_packed_command(packed)
-                replies = [self._reply(connection) for _ in commands]
-            except redis.exceptions.ConnectionError:  # dropped (and disconnected): once more
-                connection.send_packed_command(packed)
-                replies = [self._reply(connection) for _ in commands]
-        finally:
-            self._idle.append(connection)
+        replies = self._round_trip(
+            lambda c: c.pack_commands(commands), lambda c: [self._reply(c) for _ in commands]
+        )
         for i, reply in enumerate(replies):
             if isinstance(reply, redis.exceptions.NoScriptError):
                 replies[i] = self.evalsha(*calls[i])

@@ -315,8 +315,8 @@ def delete_task(user_id: str, task_id: str, precondition: Precondition | None = 
         task = Task.objects(id=ObjectId(tid), owner=ObjectId(user_id), **_same(current)).modify(
             remove=True
         )
-    except Exception:
-        undo()  # not deleted: the task's pending changes stand
+    except (PyMongoError, OperationError):  # MongoDB refused or timed out: not deleted
+        undo()  # the task's pending changes stand
         raise
     if task is None:
         _gone_or_changed(user_id, tid, current)
