@@ -103,7 +103,8 @@ return result
 """
 )
 
-# SCOPE_READ: the current version of a scope (for the in-process layer's check).
+# SCOPE_READ: the current version of a scope (the in-process layer's check) or of any version key
+# (a write-through lease).
 # KEYS[1] scope version; ARGV[1 .. 3] see VERSIONS
 # returns the version
 SCOPE_READ = (
@@ -229,11 +230,6 @@ end
 return 1
 """
 )
-
-# VERSION_READ: the current version of one key (a write-through lease, a list's version).
-# KEYS[1] version; ARGV[1 .. 3] see VERSIONS
-# returns the version
-VERSION_READ = SCOPE_READ
 
 
 # WITH_SCOPE(INNER): INNER (a script of another module, such as a rate limit, on keys of one
