@@ -7,9 +7,9 @@ the same functions), without Flask's request context, routing hooks or response 
 else is handed to Flask: other methods and routes, a bad query string, no or an invalid token, a
 request over the limit, ``Cache-Control: no-cache``, a miss, Redis unavailable, any error here,
 and, when ``CORS_ORIGINS`` is set, a request with an ``Origin`` header (flask-cors answers those,
-so CORS headers have one author). What it learned goes with the request in the WSGI environ
-(the counted rate-limit request, the lookup and its fill lock, the user's scope version), so
-Flask neither counts the request twice nor looks it up twice.
+so CORS headers have one author). What it learned goes with the request in its state
+(``RequestState``, in the WSGI environ: the admission call's answer, the lookup and its fill lock,
+the user's scope version), so Flask neither counts the request twice nor looks it up twice.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from werkzeug.http import parse_cache_control_header
 from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Response
 
-from taskapp import http_metrics, keys, ratelimit
+from taskapp import http_metrics, ratelimit
 from taskapp.auth import revocation
 from taskapp.auth.tokens import access_of
-from taskapp.cache import context
+from taskapp.cache.context import RequestState
 from taskapp.cache.response_cache import IF_NONE_MATCH, Readers, ResponseCache, answer
 from taskapp.validation import query_problem
 
@@ -90,7 +90,7 @@ class FastPath:
 
     def answer(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes] | None:
         """The cached answer to this request, or None to hand it to Flask."""
-        http_metrics.start_timer(environ)  # the Flask path's latency includes the time spent here
+        state = RequestState.of(environ)  # the Flask path's latency includes the time spent here
         if self.cors and "HTTP_ORIGIN" in environ:
             return None
         path_info: str = environ.get("PATH_INFO") or ""
@@ -114,30 +114,24 @@ class FastPath:
             asked = parse_cache_control_header(cache_control, None, RequestCacheControl)
             if asked.no_cache or asked.no_store:
                 return None  # Flask counts it and answers without the response cache
-        with context.bind(environ, self.flask):
-            key = self.key(user, path_info, args)
-            # The revocation check, the rate limit and the lookup in one round trip.
-            if self.limit > 0:
-                window = ratelimit.window_script(keys.rate_limit(user), self.limit)
-                checked = revocation.guard(access, window)
-            else:
-                checked = revocation.check_script(access)
-            result, entry, lease = self.responses.look_up_after(environ, user, key, checked)
-            if revocation.note(environ, result) != revocation.OK:
-                return None  # revoked, unknown or no Redis: Flask decides (401, or MongoDB)
-            if self.limit > 0:
-                allowed, count, reset = ratelimit.count_with(environ, result)
-                if not allowed:
-                    return None  # Flask answers the 429 from this count
-            if entry is None:
-                self.responses.hand_on(environ, key, entry, lease)
-                return None
+        key = self.key(user, path_info, args)
+        # The revocation check, the rate limit and the lookup in one call.
+        state.admission, entry, _ = self.responses.look_up_after(
+            self.flask, state, user, key, ratelimit.admission(access, self.limit)
+        )
+        if revocation.verdict_of(state.admission) != revocation.OK:
+            return None  # revoked, unknown or no Redis: Flask decides (401, or MongoDB)
+        counted = ratelimit.counted(state)
+        if counted is not None and not counted[0]:
+            return None  # Flask answers the 429 from this count
+        if entry is None:
+            return None  # a miss: Flask answers, with this lookup's lease
         status, headers, body = answer(
             entry.raw_value, entry.meta["etag"], "HIT", environ.get(IF_NONE_MATCH), self.vary
         )
-        if self.limit > 0:
-            headers += ratelimit.header_items(self.limit, count, reset)
-        http_metrics.observe(environ, environ["REQUEST_METHOD"], rule, status)
+        if counted is not None:
+            headers += ratelimit.header_items(self.limit, counted[1], counted[2])
+        http_metrics.observe(state, environ["REQUEST_METHOD"], rule, status)
         return status, headers, body
 
     def key(self, user: str, path_info: str, args: Any) -> str:

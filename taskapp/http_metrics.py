@@ -8,6 +8,8 @@ from typing import Any
 from flask import Flask, request
 from prometheus_client import Counter, Histogram
 
+from taskapp.cache.context import RequestState
+
 DB_READS = Counter("taskapp_db_reads_total", "MongoDB read queries issued")
 REQUEST_SECONDS = Histogram(
     "taskapp_request_duration_seconds",
@@ -16,20 +18,12 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 
-#: The environ key of the moment a request's handling began (``time.perf_counter()``): set by
-#: the first layer that sees it (the response cache's WSGI fast path, else Flask's hook).
-STARTED = "taskapp.started"
 
-
-def start_timer(environ: dict[str, Any]) -> None:
-    """Note when this request's handling began, unless a layer in front already did."""
-    environ.setdefault(STARTED, time.perf_counter())
-
-
-def observe(environ: dict[str, Any], method: str, route: str, status: int) -> None:
+def observe(request: RequestState, method: str, route: str, status: int) -> None:
     """Record a request's latency by its route pattern (never the raw path: ids would explode
-    labels), once."""
-    started = environ.pop(STARTED, None)
+    labels), once: from when the first layer that saw it made its state (the response cache's
+    WSGI fast path, else Flask's hook)."""
+    started, request.started = request.started, None
     if started is not None:
         labels = (method, route, status)
         child = _REQUEST_CHILDREN.get(labels)
@@ -47,10 +41,10 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def start() -> None:
-        start_timer(request.environ)
+        RequestState.of(request.environ)  # its clock starts, unless a layer in front made it
 
     @app.after_request
     def finish(response):
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        observe(request.environ, request.method, route, response.status_code)
+        observe(RequestState.of(request.environ), request.method, route, response.status_code)
         return response

@@ -13,6 +13,9 @@ from werkzeug.exceptions import TooManyRequests
 from taskapp import keys
 from taskapp.auth import revocation
 from taskapp.auth.tokens import Access, current_access, current_user_id
+from taskapp.cache import scripts
+from taskapp.cache.context import NOT_ASKED, RequestState
+from taskapp.cache.scripts import Call
 from taskapp.extensions import cache
 
 WINDOW_MS = 60_000
@@ -61,29 +64,26 @@ class RateLimited(TooManyRequests):
         ]
 
 
-def _hit(key: str, limit: int, read_scope: bool = False) -> tuple[bool, int, int]:
+def _hit(key: str, limit: int) -> tuple[bool, int, int]:
     """Count one request in ``key``'s window: (allowed, requests in window, ms to reset).
 
     When Redis is unavailable the request is allowed: a limit is a protection, not a reason to
-    refuse service during an outage. ``read_scope`` has the cache read the version of the key's
-    scope (the user's) in the same round trip, so the request's in-process cache reads need no
-    round trip of their own.
+    refuse service during an outage.
     """
-    result = cache.run_script(*window_script(key, limit), None, read_scope=read_scope)
-    return window_outcome(result)
+    return _outcome(cache.run_script(*window(key, limit), None))
 
 
-def window_script(key: str, limit: int) -> tuple[str, list[str], list[Any]]:
+def window(key: str, limit: int) -> Call:
     """The script, keys and arguments that count one request in ``key``'s window."""
     return SLIDING_WINDOW, [key], [WINDOW_MS, limit, os.urandom(8).hex()]
 
 
-def window_outcome(result: list[Any] | None) -> tuple[bool, int, int]:
-    """SLIDING_WINDOW's result as (allowed, requests in window, ms to reset); allowed when Redis
+def _outcome(answer: list[Any] | None) -> tuple[bool, int, int]:
+    """SLIDING_WINDOW's answer as (allowed, requests in window, ms to reset); allowed when Redis
     was unavailable (None)."""
-    if result is None:
+    if answer is None:
         return True, 0, WINDOW_MS
-    allowed, count, reset = (int(x) for x in result[:3])
+    allowed, count, reset = (int(x) for x in answer[:3])
     return bool(allowed), count, reset
 
 
@@ -108,35 +108,38 @@ def limit_register() -> None:
         raise RateLimited(limit, reset)
 
 
-#: The environ key of a request's counted user request: (allowed, requests in window, ms to
-#: reset). Set by whichever path counted it first (the response cache's WSGI fast path or
-#: ``limit_user``), so a request handed from one to the other is counted once.
-COUNTED = "taskapp.ratelimit.counted"
+def admission(access: Access, limit: int) -> Call:
+    """What a request of ``access`` runs in Redis before anything else: the revocation check,
+    then (when ``limit`` is above 0) the user's rate limit, in one call that stops at the first
+    refusal (``scripts.chain``); its answer is read by ``revocation.verdict_of`` and
+    ``counted``."""
+    checked = revocation.check(access)
+    if limit <= 0:
+        return scripts.chain(checked)
+    return scripts.chain(checked, window(keys.rate_limit(access.user_id), limit))
+
+
+def counted(request: RequestState) -> tuple[bool, int, int] | None:
+    """The user's request as its admission counted it: (allowed,
+    requests in window, ms to reset); None when it was not counted (no admission yet, a refused
+    token, or an admission without the rate limit). Allowed when Redis was unavailable."""
+    answer = request.admission
+    if answer is NOT_ASKED:
+        return None
+    if answer is None:
+        return _outcome(None)
+    return _outcome(answer[2]) if len(answer) > 2 else None
 
 
 def count_user_request(
-    environ: dict[str, Any], access: Access, limit: int
+    request: RequestState, access: Access, limit: int
 ) -> tuple[bool, int, int] | None:
-    """Count a request of ``access``'s user once (checking the token's revocation and reading
-    the user's scope version in the same round trip): (allowed, requests in window, ms to
-    reset), remembered in ``environ``; None, not counted, when the token was revoked."""
-    counted = environ.get(COUNTED)
-    if counted is None:
-        if environ.get(revocation.VERDICT) in (revocation.REVOKED, revocation.UNKNOWN):
-            return None  # the fast path's call refused the token: nothing was counted
-        script = revocation.guard(access, window_script(keys.rate_limit(access.user_id), limit))
-        result = cache.run_script(*script, None, read_scope=True)
-        if revocation.note(environ, result) not in (revocation.OK, None):
-            return None  # the token's own check decides (login_required answers 401)
-        counted = environ[COUNTED] = window_outcome(result)
-    return counted  # type: ignore[no-any-return]
-
-
-def count_with(environ: dict[str, Any], result: list[Any] | None) -> tuple[bool, int, int]:
-    """Remember a user's request counted by ``window_script(keys.rate_limit(user), limit)`` run
-    in another call (with a cache lookup, say): (allowed, requests in window, ms to reset)."""
-    counted = environ[COUNTED] = window_outcome(result)
-    return counted
+    """Count a request of ``access``'s user once, in its admission (the revocation check and the
+    rate limit in one call, which also reads the user's scope version for the in-process layer):
+    (allowed, requests in window, ms to reset); None, not counted, when the token was refused."""
+    if request.admission is NOT_ASKED:
+        request.admission = cache.run_script(*admission(access, limit), None, read_scope=True)
+    return counted(request)
 
 
 def header_items(limit: int, count: int, reset_ms: int) -> list[tuple[str, str]]:
@@ -164,9 +167,9 @@ def init_app(app: Flask) -> None:
         access = current_access() if limit > 0 else None
         if access is None:
             return
-        counted = count_user_request(request.environ, access, limit)
-        if counted is not None and not counted[0]:
-            raise RateLimited(limit, counted[2])
+        outcome = count_user_request(RequestState.of(request.environ), access, limit)
+        if outcome is not None and not outcome[0]:
+            raise RateLimited(limit, outcome[2])
 
     @app.before_request
     def limit_anonymous() -> None:
@@ -181,9 +184,9 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def headers(response):
-        counted = request.environ.get(COUNTED)
-        if counted is not None and counted[0]:  # a refused request's 429 carries its own
-            _, count, reset = counted
+        outcome = counted(RequestState.of(request.environ))
+        if outcome is not None and outcome[0]:  # a refused request's 429 carries its own
+            _, count, reset = outcome
             for name, value in header_items(app.config["RATE_LIMIT_PER_MINUTE"], count, reset):
                 response.headers[name] = value
         return response

@@ -10,8 +10,9 @@ def _memory_hit(ext, key: str) -> bool:
     """Whether ``get(key)`` in a new request would be answered by this process's memory."""
     state = ext._state()
     full_key = state.keys.entry(key)
-    context.forget_scopes()
-    return state.region._from_memory(full_key) is not None
+    request = context.current()
+    request.scopes.clear()
+    return state.region._from_memory(full_key, request) is not None
 
 
 def test_an_entry_read_from_redis_is_kept_and_served_from_memory(redis_url, key_prefix):

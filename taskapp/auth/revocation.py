@@ -20,10 +20,11 @@ first write and is then rebuilt: a revoked login only matters while its access t
 refresh token is checked against MongoDB), and a hash that missed a revocation (its Redis write
 failed while Redis kept its data) is wrong at most that long.
 
-The check is ``guard``: a Lua prefix put in front of the script a request runs anyway (the rate
-limit's sliding window, or the response-cache lookup), refusing like a rate limit refuses
-(first value 0), with the verdict second. While Redis is unavailable every authenticated request
-is checked against MongoDB instead (README, "Revocation while Redis is down").
+The check is ``CHECK``, chained (``scripts.chain``) in front of what the request runs in Redis
+anyway: a request's admission (``ratelimit.admission``) is the check and the user's rate limit,
+itself chained in front of the response-cache lookup on the fast path. It refuses like a rate limit refuses (first value 0), so a
+revoked token's request counts nowhere. While Redis is unavailable every authenticated request is
+checked against MongoDB instead (README, "Revocation while Redis is down").
 """
 
 from __future__ import annotations
@@ -38,54 +39,31 @@ from flask import current_app
 
 from taskapp import db, keys
 from taskapp.auth.tokens import Access
+from taskapp.cache import scripts
+from taskapp.cache.context import NOT_ASKED, RequestState
 from taskapp.cache.scripts import RUN
 from taskapp.extensions import cache
 from taskapp.models import Session, User, utcnow
 
 log = logging.getLogger(__name__)
 
-#: The environ key of a request's verdict, set by whichever path checked first (the fast path or
-#: the Flask path's rate limit), so a request is checked once.
-VERDICT = "taskapp.revocation.verdict"
-
 #: Verdicts: the token may be used; it was revoked; the user's hash is missing (rebuild it);
 #: Redis could not be asked (None).
 OK, REVOKED, UNKNOWN = 1, -1, -2
 
-# The verdict on one token, from the user's revocation hash (built by this server run).
-_VERDICT = (
+# CHECK: the verdict on one token, from the user's revocation hash (built by this server run).
+# KEYS[1] the user's revocation hash
+# ARGV[1] the token's session id, ARGV[2] its generation
+# returns {1} when the token may be used, else {0, -1 (revoked) or -2 (the hash is unknown)}
+CHECK = (
     RUN
     + """
-local function revocation_verdict(key, sid, gen)
-  local state = redis.call('HMGET', key, 'built', 'gen', 'gone', 's:' .. sid)
-  if state[1] ~= RUN then return -2 end
-  if state[3] or state[4] or tonumber(gen) < tonumber(state[2] or '0') then return -1 end
-  return 1
-end
-"""
-)
-
-# GUARD(INNER): refuse a revoked token, else run INNER (a script the request runs anyway, such as
-# the rate limit's window), in the same call: a revoked token's request counts nowhere.
-# KEYS[1] the user's revocation hash, then INNER's keys
-# ARGV[1] the token's session id, ARGV[2] its generation, then INNER's arguments
-# returns {0, verdict (-1 revoked, -2 unknown), 0} when refused, else INNER's result
-_GUARD = (
-    _VERDICT
-    + """
-local verdict = revocation_verdict(KEYS[1], ARGV[1], ARGV[2])
-if verdict ~= 1 then return {0, verdict, 0} end
-return (function(KEYS, ARGV)
-__INNER__
-end)({unpack(KEYS, 2)}, {unpack(ARGV, 3)})
-"""
-)
-
-# ADMIT: the inner script of a bare check (no rate limit): allow.
-# returns {1}
-_ADMIT = """
+local state = redis.call('HMGET', KEYS[1], 'built', 'gen', 'gone', 's:' .. ARGV[1])
+if state[1] ~= RUN then return {0, -2} end
+if state[3] or state[4] or tonumber(ARGV[2]) < tonumber(state[2] or '0') then return {0, -1} end
 return {1}
 """
+)
 
 # BEGIN_BUILD: before a build reads MongoDB, mark the hash as being built (once: concurrent
 # builders share the mark), so a build whose hash vanished meanwhile (expired, flushed) with a
@@ -134,61 +112,36 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
 return 0
 """
 
-_GUARDED: dict[str, str] = {}
 
-Script = tuple[str, list[str], list[Any]]
-
-
-def guard(access: Access, script: Script) -> Script:
-    """``script`` (source, keys, arguments) preceded by the revocation check of ``access``: one
-    call that refuses a revoked token (first value 0, verdict second) before ``script`` runs."""
-    source, script_keys, args = script
-    guarded = _GUARDED.get(source)
-    if guarded is None:
-        guarded = _GUARDED[source] = _GUARD.replace("__INNER__", source)
-    return (
-        guarded,
-        [keys.revocation(access.user_id), *script_keys],
-        [access.session_id, access.generation, *args],
-    )
+def check(access: Access) -> scripts.Call:
+    """The revocation check of ``access``."""
+    return CHECK, [keys.revocation(access.user_id)], [access.session_id, access.generation]
 
 
-def check_script(access: Access) -> Script:
-    """The revocation check of ``access`` alone, for a request that runs no other script."""
-    return guard(access, (_ADMIT, [], []))
-
-
-def verdict_of(result: list[Any] | None) -> int | None:
-    """The verdict in a guarded script's result: OK, REVOKED, UNKNOWN, or None (no result)."""
-    if result is None:
+def verdict_of(answer: list[Any] | None) -> int | None:
+    """The verdict in the answer of a chain that begins with ``check`` (a request's admission,
+    ``ratelimit.admission``): OK, REVOKED, UNKNOWN, or None (Redis unavailable)."""
+    if answer is None:
         return None
-    if int(result[0]) == 0 and int(result[1]) in (REVOKED, UNKNOWN):
-        return int(result[1])
-    return OK
+    checked = answer[1]
+    return int(checked[1]) if int(checked[0]) == 0 else OK
 
 
-def note(environ: dict[str, Any], result: list[Any] | None) -> int | None:
-    """Remember the verdict of a guarded script's result for this request, and return it."""
-    verdict = environ[VERDICT] = verdict_of(result)
-    return verdict
-
-
-def admitted(environ: dict[str, Any], access: Access) -> bool:
-    """True when ``access`` was not revoked: the verdict of the call this request already made,
-    else one call now; a missing hash is rebuilt from MongoDB; without Redis, MongoDB decides."""
-    verdict = environ.get(VERDICT, _UNSET)
-    if verdict is _UNSET:
-        verdict = note(environ, cache.run_script(*check_script(access), None))
+def admitted(request: RequestState, access: Access) -> bool:
+    """True when ``access`` was not revoked: the verdict of the admission this request already
+    made, else of one call now; a missing hash is rebuilt from MongoDB; without Redis, MongoDB
+    decides."""
+    if request.admission is NOT_ASKED:
+        request.admission = cache.run_script(*scripts.chain(check(access)), None)
+    verdict = verdict_of(request.admission)
     if verdict == UNKNOWN:
         rebuild(access.user_id)
-        verdict = note(environ, cache.run_script(*check_script(access), None))
+        request.admission = cache.run_script(*scripts.chain(check(access)), None)
+        verdict = verdict_of(request.admission)
     if verdict == UNKNOWN or verdict is None:
         # Redis lost the hash again or cannot be asked: the source of truth decides.
-        verdict = environ[VERDICT] = OK if _admitted_by_mongodb(access) else REVOKED
+        return _admitted_by_mongodb(access)
     return verdict == OK
-
-
-_UNSET = object()
 
 
 def _admitted_by_mongodb(access: Access) -> bool:

@@ -17,6 +17,7 @@ from flask import current_app, g, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
+from taskapp.cache.context import RequestState
 from taskapp.openapi import annotate
 
 ALGORITHM = "HS256"
@@ -110,7 +111,9 @@ def current_user_id() -> str | None:
         from taskapp.auth import revocation
 
         access = current_access()
-        admitted = access is not None and revocation.admitted(request.environ, access)
+        admitted = access is not None and revocation.admitted(
+            RequestState.of(request.environ), access
+        )
         memo = g._taskapp_user_id = access.user_id if admitted and access else None
     return memo  # type: ignore[return-value]
 

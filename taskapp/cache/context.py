@@ -1,85 +1,73 @@
-"""What the cache remembers for the length of one request.
+"""What one request learned on its way: one object, carried in the request's WSGI environ.
 
-The scope versions a request learned live in its WSGI environ, so a request that a WSGI layer in
-front of Flask began (see ``bind``) and then handed to Flask keeps what that layer learned.
+A request may begin in a WSGI layer in front of Flask (the response cache's fast path) and be
+handed on to Flask's dispatch; whatever the first layer learned (the request's admission call,
+its lookup and fill lock, the scope versions Redis returned) is in this object, so Flask neither
+asks Redis again nor counts the request twice. The layer in front passes it explicitly; code on
+Flask's path finds it with ``current()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+import time
 from typing import Any
 
-from flask import Flask, g, has_app_context, has_request_context, request
+from flask import has_request_context, request
 
-#: The environ key of the scope versions this request learned (scope key -> version).
-SCOPES = "taskapp.cache.scopes"
-
-#: The environ and the app of a request answered before Flask's dispatch (no Flask context yet).
-_bound: ContextVar[tuple[dict[str, Any], Flask] | None] = ContextVar(
-    "taskapp_cache_request", default=None
-)
+#: ``RequestState.admission`` before the request made its admission call.
+NOT_ASKED: Any = object()
 
 
-@contextmanager
-def bind(environ: dict[str, Any], app: Flask) -> Iterator[None]:
-    """Keep this request's cache state in ``environ``, and use ``app``'s cache, while no Flask
-    context exists (a WSGI layer in front of Flask's dispatch pushes none)."""
-    token = _bound.set((environ, app))
-    try:
-        yield
-    finally:
-        _bound.reset(token)
+class RequestState:
+    """The cache's state of one request (``of(environ)``: made by the first layer that asks).
+
+    - ``started``: when the request reached the app (``time.perf_counter()``), for its latency;
+      None once it was observed;
+    - ``admission``: the answer of the call a request makes before it reads the cache (in taskapp
+      the token's revocation check, then the user's rate limit: ``scripts.chain``), None when
+      Redis could not be asked, ``NOT_ASKED`` before;
+    - ``looked_up``: a response-cache lookup a layer in front of Flask made and handed on:
+      (key, entry, lease);
+    - ``scopes``: the scope versions Redis returned (scope key -> version), which check the
+      in-process layer's entries for the rest of the request;
+    - ``source_read``: the request read the source of truth (its answer is an ``X-Cache: MISS``).
+    """
+
+    __slots__ = ("started", "admission", "looked_up", "scopes", "source_read")
+
+    #: The environ key holding a request's state.
+    KEY = "taskapp.request"
+
+    def __init__(self) -> None:
+        self.started: float | None = time.perf_counter()
+        self.admission: Any = NOT_ASKED
+        self.looked_up: tuple[str, Any, Any] | None = None
+        self.scopes: dict[str, bytes] = {}
+        self.source_read = False
+
+    @classmethod
+    def of(cls, environ: dict[str, Any]) -> RequestState:
+        """The state of the request of ``environ``, made when no layer made it yet."""
+        state: RequestState | None = environ.get(cls.KEY)
+        if state is None:
+            state = environ[cls.KEY] = cls()
+        return state
 
 
-def bound_app() -> Flask | None:
-    """The app of a request bound by ``bind``, else None (then ``current_app`` is the app)."""
-    bound = _bound.get()
-    return bound[1] if bound is not None else None
-
-
-def _environ() -> dict[str, Any] | None:
-    if has_request_context():
-        return request.environ
-    bound = _bound.get()
-    return bound[0] if bound is not None else None
+def current() -> RequestState | None:
+    """The state of the request Flask is dispatching; None outside a request (then every
+    in-process read asks Redis: nothing bounds how long such code runs)."""
+    return RequestState.of(request.environ) if has_request_context() else None
 
 
 def mark_source_read() -> None:
     """Note that this request read the source of truth (its response is an ``X-Cache: MISS``)."""
-    if has_app_context():
-        g._cache_source_read = True
+    state = current()
+    if state is not None:
+        state.source_read = True
 
 
 def source_was_read() -> bool:
     """True when this request read the source of truth."""
-    return bool(g.get("_cache_source_read"))
-
-
-def known_scope(scope_key: str) -> bytes | None:
-    """The version of a scope this request already learned from Redis, or None."""
-    environ = _environ()
-    if environ is None:
-        return None  # outside a request every read asks Redis: nothing bounds how long it runs
-    known = environ.get(SCOPES)
-    return known.get(scope_key) if known is not None else None
-
-
-def note_scope(scope_key: str, version: bytes) -> bytes:
-    """Remember a scope version Redis returned, for the rest of this request; the version."""
-    environ = _environ()
-    if environ is not None:
-        known = environ.get(SCOPES)
-        if known is None:
-            known = environ[SCOPES] = {}
-        known[scope_key] = version
-    return version
-
-
-def forget_scopes() -> None:
-    """Forget the scope versions this request learned (it changed something: the next memory
-    read asks Redis again)."""
-    environ = _environ()
-    if environ is not None:
-        environ.pop(SCOPES, None)
+    state = current()
+    return state is not None and state.source_read

@@ -19,6 +19,7 @@ from flask_caching import Cache as FlaskCache
 
 from taskapp.cache import context, stats
 from taskapp.cache.client import REDIS_ERRORS, Unavailable, connect
+from taskapp.cache.context import RequestState, current
 from taskapp.cache.counting import Counter
 from taskapp.cache.derived_keys import Keys
 from taskapp.cache.entry import NO_VALUE, Entry
@@ -27,7 +28,8 @@ from taskapp.cache.l1 import LocalCache
 from taskapp.cache.lists import CappedLists
 from taskapp.cache.lock import FillLock
 from taskapp.cache.notifier import Notifier
-from taskapp.cache.region import Lease, Region, Script, Ttl, refused
+from taskapp.cache.region import Lease, Region, Ttl, refused
+from taskapp.cache.scripts import Call
 from taskapp.cache.settings import CacheSettings
 from taskapp.cache.store import Store
 from taskapp.cache.writebehind import Flusher, WriteBehind
@@ -137,10 +139,8 @@ class RedisCache:
 
     @staticmethod
     def _state() -> CacheState:
-        """The cache state of the current app in this process (made anew after a fork): the app
-        of a request answered before Flask's dispatch (``context.bind``), else ``current_app``."""
-        app = context.bound_app()
-        return state_of(app if app is not None else current_app)
+        """The cache state of the current app in this process (made anew after a fork)."""
+        return state_of(current_app)
 
     @property
     def client(self) -> Any:
@@ -157,7 +157,7 @@ class RedisCache:
     def get(self, key: str) -> Any:
         """The cached value of ``key``, or ``NO_VALUE``."""
         state = self._state()
-        entry = state.region.read(state.keys.entry(key))
+        entry = state.region.read(state.keys.entry(key), current())
         return entry.value if entry is not None and entry.is_fresh() else NO_VALUE
 
     def get_or_set(
@@ -183,7 +183,9 @@ class RedisCache:
         readers of a hot key never wait for the source.
         """
         state = self._state()
-        return state.region.get_or_set(state.keys.entry(key), fetch, ttl, list(tags), refresh_ahead)
+        return state.region.get_or_set(
+            state.keys.entry(key), fetch, ttl, list(tags), refresh_ahead, current()
+        )
 
     def lookup(
         self, key: str, tags: Iterable[str] = (), layer: str | None = None
@@ -198,38 +200,45 @@ class RedisCache:
         counted as that layer's hit or miss.
         """
         state = self._state()
-        entry, lease = state.region.lookup(state.keys.entry(key), list(tags))
+        entry, lease = state.region.lookup(state.keys.entry(key), list(tags), current())
         if layer is not None:
             state.counter.count(stats.outcome(layer, entry is not None), family=layer)
         return entry, lease
 
     def lookup_after(
         self,
-        script: str,
-        keys: list[str],
-        args: list[Any],
+        before: Call,
         key: str,
         tags: Iterable[str] = (),
         layer: str | None = None,
+        *,
+        request: RequestState | None = None,
+        app: Flask | None = None,
     ) -> tuple[Any, Entry | None, Lease | None]:
-        """Run ``script`` on prefixed ``keys`` (in ``key``'s hash slot) and then ``lookup(key,
-        tags, layer)``, in one round trip: (the script's result, entry, lease).
+        """Run ``before`` (a script on keys in ``key``'s hash slot, unprefixed) and then
+        ``lookup(key, tags, layer)``, in one call (``scripts.chain``): (its answer, entry, lease).
 
-        A result whose first value is 0 refuses: nothing is looked up, counted or locked. The
-        result is None when Redis is unavailable.
+        An answer whose first value is 0 refuses: nothing is looked up, counted or locked. The
+        answer is None when Redis is unavailable. A layer in front of Flask's dispatch (no Flask
+        context yet) passes its ``request`` state and its ``app``.
         """
-        state = self._state()
-        before = Script(script, [state.keys.entry(k) for k in keys], list(args))
-        result, entry, lease = state.region.lookup_after(before, state.keys.entry(key), list(tags))
-        if layer is not None and not refused(result):
+        state = state_of(app) if app is not None else self._state()
+        if request is None:
+            request = current()
+        source, keys, args = before
+        prefixed = (source, [state.keys.entry(k) for k in keys], list(args))
+        answer, entry, lease = state.region.lookup_after(
+            prefixed, state.keys.entry(key), list(tags), request
+        )
+        if layer is not None and not refused(answer):
             state.counter.count(stats.outcome(layer, entry is not None), family=layer)
-        return result, entry, lease
+        return answer, entry, lease
 
     def store_leased(
         self, lease: Lease, raw_json: bytes, ttl: Ttl = None, meta: dict[str, Any] | None = None
     ) -> bool:
         """Store already-serialised JSON under a lease; False when an invalidation came first."""
-        return self._state().region.store_leased(lease, raw_json, ttl, meta)
+        return self._state().region.store_leased(lease, raw_json, ttl, meta, current())
 
     def release(self, lease: Lease) -> None:
         """Give up a lease's fill lock without storing (the answer was not cacheable)."""
@@ -247,14 +256,14 @@ class RedisCache:
     ) -> bool:
         """Store ``value`` under ``key`` for ``ttl`` seconds, a member of ``tags``, atomically."""
         state = self._state()
-        return state.region.set(state.keys.entry(key), value, ttl, list(tags), meta)
+        return state.region.set(state.keys.entry(key), value, ttl, list(tags), meta, current())
 
     def delete(self, *keys: str) -> int:
         """Delete entries everywhere (Redis and every process's memory); fills in flight lose."""
         if not keys:
             return 0
         state = self._state()
-        return state.region.delete([state.keys.entry(k) for k in keys])
+        return state.region.delete([state.keys.entry(k) for k in keys], current())
 
     def invalidate_tags(self, *tags: str) -> int:
         """Remove every entry stored with any of ``tags``, including fills already in flight;
@@ -267,7 +276,7 @@ class RedisCache:
         """
         if not tags:
             return 0
-        return self._state().region.invalidate_tags(list(tags))
+        return self._state().region.invalidate_tags(list(tags), current())
 
     # -- read-through and write-through -------------------------------------------------
 
@@ -318,7 +327,7 @@ class RedisCache:
         """
         state = self._state()
         return state.region.write_through(
-            state.keys.entry(key), value, lease, ttl, list(tags), list(invalidate)
+            state.keys.entry(key), value, lease, ttl, list(tags), list(invalidate), current()
         )
 
     # -- write-behind -------------------------------------------------------------------
@@ -367,11 +376,12 @@ class RedisCache:
         checks its memory layer).
         """
         state = self._state()
-        run = Script(script, [state.keys.entry(k) for k in keys], list(args))
+        prefixed = [state.keys.entry(k) for k in keys]
         try:
             if read_scope:
-                return state.region.call_reading_scope(run, run.keys[0])
-            return state.store.call(run.source, run.keys, run.args)
+                call = (script, prefixed, list(args))
+                return state.region.call_reading_scope(call, prefixed[0], current())
+            return state.store.call(script, prefixed, list(args))
         except Unavailable:
             return default
 

@@ -115,19 +115,23 @@ return 0
         attempt: Attempt,
         read: Callable[[], Entry | None],
         stale: Entry | None = None,
+        first: tuple[Entry | None, str, Any] | None = None,
     ) -> tuple[Entry | None, str, Any]:
         """Take the lock, or wait for the holder's fill; every caller of the cache goes here.
 
         ``attempt`` tries to take the lock (and may read the entry in the same round trip);
-        ``read`` reads the entry after a fill message. Returns (entry, "", extra) when another
+        ``first``, when given, is what the first attempt returned (the caller made it in a call
+        of its own); ``read`` reads the entry after a fill message. Returns (entry, "", extra) when another
         caller's fill (or, given ``stale``, the stale entry) answers; (None, token, extra) when
         this caller holds the lock and must fill; (None, "", extra) when the wait ran out and
         the caller fetches without the lock. Raises Unavailable from ``attempt``.
         """
         deadline = time.monotonic() + self.fill_timeout
         waited = False
+        outcome = first
         while True:
-            entry, token, extra = attempt(waited)
+            entry, token, extra = outcome if outcome is not None else attempt(waited)
+            outcome = None
             if entry is not None:
                 return entry, "", extra
             if token:

@@ -21,8 +21,9 @@ from typing import Any, NamedTuple
 
 from flask import current_app
 
-from taskapp.cache import context, metrics, scripts, stats
+from taskapp.cache import metrics, scripts, stats
 from taskapp.cache.client import Unavailable
+from taskapp.cache.context import RequestState, mark_source_read
 from taskapp.cache.counting import Counter
 from taskapp.cache.entry import Entry, dumps
 from taskapp.cache.l1 import LocalCache
@@ -48,23 +49,10 @@ class Lease(NamedTuple):
     token: str = ""
 
 
-class Script(NamedTuple):
-    """A Lua script to run before a lookup (see ``Region.lookup_after``): source, full keys,
-    arguments."""
-
-    source: str
-    keys: list[str]
-    args: list[Any]
-
-
-class _Refused(Exception):
-    """``before`` refused in a lookup's first attempt: the lookup stops, nothing to wait for."""
-
-
-def refused(result: list[Any] | None) -> bool:
-    """True when a ``lookup_after`` script refused (its first value 0): nothing was looked up.
-    None (Redis unavailable) is no refusal."""
-    return result is not None and int(result[0]) == 0
+def refused(answer: list[Any] | None) -> bool:
+    """True when a script refused (its first value 0; ``scripts.chain``). None (Redis
+    unavailable) is no refusal."""
+    return answer is not None and int(answer[0]) == 0
 
 
 def xfetch_due(entry: Entry, beta: float = 1.0) -> bool:
@@ -76,7 +64,7 @@ def xfetch_due(entry: Entry, beta: float = 1.0) -> bool:
 
 def fetch_source(fetch: Callable[[], Any]) -> tuple[Any, float]:
     """``fetch()`` and how long it took, noted as a read of the source of truth."""
-    context.mark_source_read()
+    mark_source_read()
     started = time.monotonic()
     value = fetch()
     return value, time.monotonic() - started
@@ -108,9 +96,10 @@ class Region:
 
     # -- reads --------------------------------------------------------------------------
 
-    def read(self, full_key: str) -> Entry | None:
-        """The entry under ``full_key`` from memory, else Redis; None on a miss or an outage."""
-        entry = self._from_memory(full_key)
+    def read(self, full_key: str, request: RequestState | None) -> Entry | None:
+        """The entry under ``full_key`` from memory, else Redis; None on a miss or an outage.
+        ``request``: the state of the request reading, if any (it keeps the scope versions)."""
+        entry = self._from_memory(full_key, request)
         if entry is not None:
             return entry
         try:
@@ -122,9 +111,11 @@ class Region:
             )
         except Unavailable:
             return None
-        return self._from_redis(full_key, payload, self._note_scope(full_key, scope))
+        return self._from_redis(full_key, payload, self._note_scope(full_key, scope, request))
 
-    def _from_memory(self, full_key: str, found: Any = _LOOK) -> Entry | None:
+    def _from_memory(
+        self, full_key: str, request: RequestState | None, found: Any = _LOOK
+    ) -> Entry | None:
         """The fresh entry in the in-process layer, counted as an l1 hit or miss (``found``: what
         ``_in_memory`` returned, when the caller already looked).
 
@@ -136,27 +127,30 @@ class Region:
             found = self._in_memory(full_key)
         if found is not None:
             entry, version = found
-            if version == self._scope_version(full_key):
+            if version == self._scope_version(full_key, request):
                 self.counter.count(stats.L1_HIT, full_key)
                 return entry  # type: ignore[no-any-return]
         if self.l1.active and not self.store.breaker.is_open:
             self.counter.count(stats.L1_MISS, full_key)
         return None
 
-    def _scope_version(self, full_key: str) -> bytes | None:
+    def _scope_version(self, full_key: str, request: RequestState | None) -> bytes | None:
         """The current version of ``full_key``'s scope: this request's, else read from Redis."""
         scope_key = self.keys.scope_version(full_key)
-        known = context.known_scope(scope_key)
+        known = request.scopes.get(scope_key) if request is not None else None
         if known is not None:
             return known
         try:
             version = self.store.read_version(scope_key, op="scope")
         except Unavailable:
             return None
-        return context.note_scope(scope_key, version)
+        return self._note_scope(full_key, version, request)
 
-    def _note_scope(self, full_key: str, version: bytes) -> bytes:
-        return context.note_scope(self.keys.scope_version(full_key), version)
+    def _note_scope(self, full_key: str, version: bytes, request: RequestState | None) -> bytes:
+        """Keep a scope version Redis returned for the rest of ``request``; the version."""
+        if request is not None:
+            request.scopes[self.keys.scope_version(full_key)] = version
+        return version
 
     def _from_redis(self, full_key: str, raw: bytes | None, scope: bytes) -> Entry | None:
         """Decode what Redis returned, count it, and keep a fresh entry in memory."""
@@ -182,7 +176,9 @@ class Region:
         if all(self.keys.scope_version(self.keys.tag_version(t)) == own for t in entry.tags):
             self.l1.put(full_key, entry, scope)
 
-    def lookup(self, full_key: str, tags: list[str]) -> tuple[Entry | None, Lease | None]:
+    def lookup(
+        self, full_key: str, tags: list[str], request: RequestState | None
+    ) -> tuple[Entry | None, Lease | None]:
         """The fresh entry of ``full_key``; on a miss, a lease to produce and store it.
 
         One caller across processes gets a lease holding the fill lock; the others wait for that
@@ -191,51 +187,53 @@ class Region:
         None) when Redis is unavailable.
         """
         self.store.check_slots(full_key, tags)
-        entry = self._from_memory(full_key)
+        entry = self._from_memory(full_key, request)
         if entry is not None:
             return entry, None
-        entry, lease, _ = self._lookup(full_key, tags, None)
+        entry, lease, _ = self._lookup(full_key, tags, None, request)
         return entry, lease
 
     def lookup_after(
-        self, before: Script, full_key: str, tags: list[str]
+        self, before: scripts.Call, full_key: str, tags: list[str], request: RequestState | None
     ) -> tuple[Any, Entry | None, Lease | None]:
-        """Run ``before`` and then ``lookup``, in one round trip: (its result, entry, lease).
+        """Run ``before`` and then ``lookup``, in one call (``scripts.chain``): (its answer,
+        entry, lease).
 
-        ``before`` is a script (a rate limit, say) whose first value 0 refuses: then nothing is
-        looked up, no lock is kept, and the answer is (result, None, None). When memory holds the
-        entry, the scope version that checks it is read in the same round trip. The result is
-        None when Redis is unavailable.
+        ``before`` is a script (an admission check, say) whose first value 0 refuses: then
+        nothing is looked up, no lock is taken, and the answer is (its answer, None, None). When
+        memory holds the entry, the scope version that checks it is read in that call instead of
+        the lookup. The answer is None when Redis is unavailable.
         """
         self.store.check_slots(full_key, tags)
         found = self._in_memory(full_key)
         if found is not None:
             try:
-                result = self.call_reading_scope(before, full_key)
+                answer = self.call_reading_scope(before, full_key, request)
             except Unavailable:
                 return None, None, None
-            if refused(result):
-                return result, None, None
-            entry = self._from_memory(full_key, found)  # checked against the version just read
+            if refused(answer):
+                return answer, None, None
+            entry = self._from_memory(full_key, request, found)  # checked by the version just read
             if entry is not None:
-                return result, entry, None
-            entry, lease, _ = self._lookup(full_key, tags, None)
-            return result, entry, lease
-        entry, lease, result = self._lookup(full_key, tags, before)
-        return result, entry, lease
+                return answer, entry, None
+            entry, lease, _ = self._lookup(full_key, tags, None, request)
+            return answer, entry, lease
+        entry, lease, answer = self._lookup(full_key, tags, before, request)
+        return answer, entry, lease
 
-    def call_reading_scope(self, script: Script, full_key: str) -> Any:
-        """Run ``script`` and read the scope version of ``full_key`` in the same call
-        (``scripts.with_scope``); the version is kept for this request's memory reads, the
-        script's result returned. Raises Unavailable."""
+    def call_reading_scope(
+        self, call: scripts.Call, full_key: str, request: RequestState | None
+    ) -> Any:
+        """Run ``call`` and read the scope version of ``full_key`` in the same call (chained);
+        the version is kept for ``request``'s memory reads, ``call``'s answer returned. Raises
+        Unavailable."""
         scope_key = self.keys.scope_version(full_key)
-        result = self.store.call(
-            scripts.with_scope(script.source),
-            [scope_key, *script.keys],
-            self.store.versioned(*script.args),
+        _, answer, *scope = self.store.call(
+            *scripts.chain(call, (scripts.SCOPE_READ, [scope_key], self.store.versioned()))
         )
-        context.note_scope(scope_key, result.pop())
-        return result
+        if scope:
+            self._note_scope(full_key, scope[0], request)
+        return answer
 
     def _in_memory(self, full_key: str) -> tuple[Entry, bytes] | None:
         """The fresh entry of ``full_key`` in the in-process layer and the scope version it was
@@ -258,45 +256,59 @@ class Region:
         ]
 
     def _lookup(
-        self, full_key: str, tags: list[str], before: Script | None
+        self,
+        full_key: str,
+        tags: list[str],
+        before: scripts.Call | None,
+        request: RequestState | None,
     ) -> tuple[Entry | None, Lease | None, Any]:
         """Redis's part of a lookup (after the caller checked memory and the slots): LOOKUP,
-        sent with ``before`` when given, under the fill lock's wait loop; (entry, lease,
-        ``before``'s result)."""
+        chained after ``before`` in the first attempt when given, under the fill lock's wait
+        loop; (entry, lease, ``before``'s answer, None when Redis was unavailable)."""
         keys = self._lookup_keys(full_key, tags)
-        outcome: dict[str, Any] = {}  # before's result, from the first attempt
+
+        def lookup(token: str) -> scripts.Call:
+            return scripts.LOOKUP, keys, self.store.versioned(token, self.lock.ttl_ms)
 
         def attempt(waited: bool) -> tuple[Entry | None, str, list[bytes]]:
             token = self.lock.token()
-            args = self.store.versioned(token, self.lock.ttl_ms)
-            if before is not None and "before" not in outcome:
-                outcome["before"], reply = self.store.call_many(
-                    [(before.source, before.keys, before.args), (scripts.LOOKUP, keys, args)],
-                    op="get",
-                )
-                if refused(outcome["before"]):
-                    if reply[1]:  # a refused request keeps no lock
-                        self.lock.release(full_key, token)
-                    raise _Refused
-            else:
-                reply = self.store.call(scripts.LOOKUP, keys, args, op="get")
-            payload, took, scope, *versions = reply
-            scope = self._note_scope(full_key, scope)
-            if payload is not None or not waited:
-                found = self._from_redis(full_key, payload, scope)
-                if found is not None and found.is_fresh():
-                    return found, "", versions
-            return None, token if took else "", versions
+            reply = self.store.call(*lookup(token), op="get")
+            return self._looked_up(full_key, reply, token, waited, request)
 
+        answer = first = None
         try:
+            if before is not None:
+                token = self.lock.token()
+                _, answer, *reply = self.store.call(*scripts.chain(before, lookup(token)), op="get")
+                if refused(answer):
+                    return None, None, answer  # LOOKUP did not run: no lock was taken
+                first = self._looked_up(full_key, reply[0], token, False, request)
             entry, token, versions = self.lock.fill_or_wait(
-                full_key, attempt, lambda: self.read(full_key)
+                full_key, attempt, lambda: self.read(full_key, request), first=first
             )
-        except (Unavailable, _Refused):  # nothing to wait for: no lease
-            return None, None, outcome.get("before")
+        except Unavailable:  # nothing to wait for: no lease
+            return None, None, answer
         if entry is not None:
-            return entry, None, outcome.get("before")
-        return None, Lease(full_key, tags, versions, token), outcome.get("before")
+            return entry, None, answer
+        return None, Lease(full_key, tags, versions, token), answer
+
+    def _looked_up(
+        self,
+        full_key: str,
+        reply: list[Any],
+        token: str,
+        waited: bool,
+        request: RequestState | None,
+    ) -> tuple[Entry | None, str, list[bytes]]:
+        """LOOKUP's reply as a fill-lock attempt: (the fresh entry, or None and the lock's token
+        when LOOKUP took it, else ""; the versions to fill under)."""
+        payload, took, scope, *versions = reply
+        scope = self._note_scope(full_key, scope, request)
+        if payload is not None or not waited:
+            found = self._from_redis(full_key, payload, scope)
+            if found is not None and found.is_fresh():
+                return found, "", versions
+        return None, token if took else "", versions
 
     def release(self, lease: Lease) -> None:
         """Give up a lease's fill lock without storing (the answer was not cacheable)."""
@@ -306,14 +318,22 @@ class Region:
     # -- writes -------------------------------------------------------------------------
 
     def set(
-        self, full_key: str, value: Any, ttl: Ttl, tags: list[str], meta: dict[str, Any] | None
+        self,
+        full_key: str,
+        value: Any,
+        ttl: Ttl,
+        tags: list[str],
+        meta: dict[str, Any] | None,
+        request: RequestState | None,
     ) -> bool:
         """Store ``value`` for ``ttl`` seconds, a member of ``tags``, atomically (an overwrite:
         fills in flight are refused and no process's memory serves the old value)."""
         seconds = self.ttl(ttl, value)
         entry = Entry(dumps(value), time.time() + seconds, tags, meta=meta)
         self.l1.discard([full_key])
-        return self.store_entry(full_key, entry, seconds, None, announce=self.keys.fill_channel)
+        return self.store_entry(
+            full_key, entry, seconds, None, request, announce=self.keys.fill_channel
+        )
 
     def store_entry(
         self,
@@ -321,6 +341,7 @@ class Region:
         entry: Entry,
         seconds: float,
         versions: list[bytes] | None,
+        request: RequestState | None,
         token: str = "",
         stale_ttl: float = 0.0,
         announce: str = "",
@@ -356,11 +377,16 @@ class Region:
             if token:
                 self.lock.done(full_key, token)  # FILL released it: no more renewals
         if stored:
-            self._remember(full_key, entry, self._note_scope(full_key, scope))
+            self._remember(full_key, entry, self._note_scope(full_key, scope, request))
         return bool(stored)
 
     def store_leased(
-        self, lease: Lease, raw_json: bytes, ttl: Ttl, meta: dict[str, Any] | None
+        self,
+        lease: Lease,
+        raw_json: bytes,
+        ttl: Ttl,
+        meta: dict[str, Any] | None,
+        request: RequestState | None,
     ) -> bool:
         """Store already-serialised JSON under a lease; False when an invalidation came first.
 
@@ -370,22 +396,22 @@ class Region:
         entry = Entry(raw_json, time.time() + seconds, lease.tags, meta=meta)
         announce = self.keys.fill_channel if lease.token else ""
         return self.store_entry(
-            lease.full_key, entry, seconds, lease.versions, lease.token, announce=announce
+            lease.full_key, entry, seconds, lease.versions, request, lease.token, announce=announce
         )
 
-    def delete(self, full_keys: list[str]) -> int:
+    def delete(self, full_keys: list[str], request: RequestState | None) -> int:
         """Delete entries everywhere (Redis and every process's memory); fills in flight lose."""
         self.l1.discard(full_keys)
         existed = self.store.delete(full_keys)
-        context.forget_scopes()
+        _forget_scopes(request)
         return existed
 
-    def invalidate_tags(self, tags: list[str]) -> int:
+    def invalidate_tags(self, tags: list[str], request: RequestState | None) -> int:
         """Invalidate every entry stored with any of ``tags``, fills in flight included; the
         number of tags Redis took now (0 when they were held back, to be sent before the cache
         is used again)."""
         sent = self.store.invalidate(tags)
-        context.forget_scopes()
+        _forget_scopes(request)
         return len(tags) if sent else 0
 
     def write_lease(self, full_key: str) -> str:
@@ -404,6 +430,7 @@ class Region:
         ttl: Ttl,
         tags: list[str],
         dropped: list[str],
+        request: RequestState | None,
     ) -> bool:
         """After a write to the source: invalidate ``dropped`` and store ``value``, atomically,
         when no other change of the entry came since ``lease`` was read (before the write);
@@ -432,7 +459,7 @@ class Region:
             self.store.held_back.hold(tags=dropped, keys=[full_key])
             stored = 0
         self.l1.discard([full_key])
-        context.forget_scopes()
+        _forget_scopes(request)
         return bool(stored)
 
     # -- get or set ---------------------------------------------------------------------
@@ -444,11 +471,12 @@ class Region:
         ttl: Ttl,
         tags: list[str],
         refresh_ahead: bool,
+        request: RequestState | None,
     ) -> Any:
         """The cached value, or ``fetch()``'s, stored; one fetch per key at a time (see
         ``RedisCache.get_or_set``)."""
         self.store.check_slots(full_key, tags)
-        entry = self.read(full_key)
+        entry = self.read(full_key, request)
         if entry is not None and entry.is_fresh():
             if refresh_ahead and xfetch_due(entry):
                 self._refresh_in_background(full_key, fetch, ttl, tags)
@@ -457,7 +485,7 @@ class Region:
             self.counter.count(stats.STALE_SERVED, full_key)
             self._refresh_in_background(full_key, fetch, ttl, tags)
             return entry.value
-        return self._fill(full_key, fetch, ttl, tags, stale=entry)
+        return self._fill(full_key, fetch, ttl, tags, entry, request)
 
     def _fill(
         self,
@@ -466,13 +494,14 @@ class Region:
         ttl: Ttl,
         tags: list[str],
         stale: Entry | None,
+        request: RequestState | None,
     ) -> Any:
         def attempt(waited: bool) -> tuple[None, str, None]:
             return None, self.lock.acquire(full_key), None
 
         try:
             entry, token, _ = self.lock.fill_or_wait(
-                full_key, attempt, lambda: self.read(full_key), stale
+                full_key, attempt, lambda: self.read(full_key, request), stale
             )
         except Unavailable:
             log.debug("no lock for %s: Redis unavailable, fetching without the cache", full_key)
@@ -481,7 +510,7 @@ class Region:
             return entry.value
         if not token:
             return fetch_source(fetch)[0]
-        return self._fill_locked(full_key, fetch, ttl, tags, token)
+        return self._fill_locked(full_key, fetch, ttl, tags, token, request)
 
     def _refresh_in_background(
         self, full_key: str, fetch: Callable[[], Any], ttl: Ttl, tags: list[str]
@@ -499,7 +528,7 @@ class Region:
                     token = self.lock.acquire(full_key)
                     if token:
                         log.debug("refreshing %s ahead of its expiry", full_key)
-                        self._fill_locked(full_key, fetch, ttl, tags, token, force=True)
+                        self._fill_locked(full_key, fetch, ttl, tags, token, None, force=True)
             except Unavailable:
                 log.debug("refresh of %s skipped: Redis unavailable", full_key)
             except Exception:  # a failed refresh must not kill the pool; readers still hit
@@ -521,6 +550,7 @@ class Region:
         ttl: Ttl,
         tags: list[str],
         token: str,
+        request: RequestState | None,
         force: bool = False,
     ) -> Any:
         """Holder of the fill lock: read versions, fetch, store if nothing was invalidated."""
@@ -551,6 +581,7 @@ class Region:
             entry,
             ttl_seconds,
             versions,
+            request,
             token=token,
             stale_ttl=self.settings.stale_ttl,
             announce=self.keys.fill_channel,
@@ -576,3 +607,10 @@ class Region:
 
     def close(self) -> None:
         self.refresher.shutdown(wait=True, cancel_futures=True)
+
+
+def _forget_scopes(request: RequestState | None) -> None:
+    """Forget the scope versions ``request`` learned (it changed something: its next memory
+    read asks Redis again)."""
+    if request is not None:
+        request.scopes.clear()

@@ -10,9 +10,11 @@ from urllib.parse import urlencode
 from flask import Flask, Response, current_app, g, request
 from werkzeug.http import parse_etags, unquote_etag
 
+from taskapp.cache.context import RequestState
 from taskapp.cache.entry import Entry
 from taskapp.cache.extension import RedisCache
-from taskapp.cache.region import Lease
+from taskapp.cache.region import Lease, refused
+from taskapp.cache.scripts import Call
 
 Identity = Callable[[], str | None]
 #: Who may read a view's cached answers: a check of the request's identity, made every time.
@@ -80,14 +82,14 @@ class ResponseCache:
         return self.key(user, "GET", path, self._query(args))
 
     def look_up(
-        self, environ: dict[str, Any], user: str, key: str
+        self, request_state: RequestState, user: str, key: str
     ) -> tuple[Entry | None, Lease | None]:
         """The cached entry of ``key``, else a lease to fill it; counted as an http hit or miss.
 
         Once per request: a layer in front of Flask that looked up and then handed the request
-        on left its answer (and the fill lock it took) in ``environ``, and it is used here.
+        on left its answer (and the fill lock it took) in the request's state, used here.
         """
-        earlier = environ.pop(LOOKED_UP, None)
+        earlier, request_state.looked_up = request_state.looked_up, None
         if earlier is not None and earlier[0] == key:
             return earlier[1], earlier[2]
         if earlier is not None:
@@ -95,24 +97,18 @@ class ResponseCache:
         return self.cache.lookup(key, self.tags(user), layer=LAYER)
 
     def look_up_after(
-        self,
-        environ: dict[str, Any],
-        user: str,
-        key: str,
-        script: tuple[str, list[str], list[Any]],
+        self, app: Flask, request_state: RequestState, user: str, key: str, before: Call
     ) -> tuple[Any, Entry | None, Lease | None]:
-        """``script`` (source, keys, arguments; a rate limit, say) and then ``look_up``, in one
-        round trip: (the script's result, entry, lease). A script that refuses (first value 0)
-        stops the lookup, which is then neither made nor counted; see
-        ``RedisCache.lookup_after``."""
-        source, keys, args = script
-        return self.cache.lookup_after(source, keys, args, key, self.tags(user), layer=LAYER)
-
-    def hand_on(
-        self, environ: dict[str, Any], key: str, entry: Entry | None, lease: Lease | None
-    ) -> None:
-        """Leave a lookup's answer in ``environ`` for the Flask path (see ``look_up``)."""
-        environ[LOOKED_UP] = (key, entry, lease)
+        """For a layer in front of ``app``'s dispatch: ``before`` (source, keys, arguments; the
+        request's admission) and then the lookup, in one call: (its answer, entry, lease). When
+        ``before`` refuses (first value 0) the lookup is neither made nor counted; see
+        ``RedisCache.lookup_after``. A miss's lease goes with the request to Flask's path."""
+        answer, entry, lease = self.cache.lookup_after(
+            before, key, self.tags(user), layer=LAYER, request=request_state, app=app
+        )
+        if entry is None and not refused(answer):  # looked up (or Redis is down): not again
+            request_state.looked_up = (key, entry, lease)
+        return answer, entry, lease
 
     def _lookup(self) -> Response | None:
         if request.method not in ("GET", "HEAD"):  # HEAD: a GET's answer without its body
@@ -127,7 +123,7 @@ class ResponseCache:
         context = g._response_cache = {"user": user, "hit": False, "lease": None}
         if request.cache_control.no_cache or request.cache_control.no_store:
             return None  # the client asked for a fresh answer: neither looked up nor stored
-        entry, context["lease"] = self.look_up(request.environ, user, key)
+        entry, context["lease"] = self.look_up(RequestState.of(request.environ), user, key)
         if entry is not None:
             context["hit"] = True
             status, headers, body = answer(
@@ -173,7 +169,8 @@ class ResponseCache:
         instead of after the lock's TTL."""
         context = g.pop("_response_cache", None)
         self._release(context.get("lease") if context is not None else None)
-        earlier = request.environ.pop(LOOKED_UP, None)
+        state = RequestState.of(request.environ)
+        earlier, state.looked_up = state.looked_up, None
         self._release(earlier[2] if earlier is not None else None)
 
     def _release(self, lease: Lease | None) -> None:
@@ -201,8 +198,6 @@ class ResponseCache:
 #: The layer the response cache's lookups are counted in (taskapp_cache_requests_total).
 LAYER = "http"
 
-#: The environ key of a lookup made before Flask's dispatch: (key, entry, lease).
-LOOKED_UP = "taskapp.responses.looked_up"
 IF_NONE_MATCH = "HTTP_IF_NONE_MATCH"
 CACHE_CONTROL = "private, no-cache"
 

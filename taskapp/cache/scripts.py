@@ -21,6 +21,10 @@ satisfied by state made before a loss:
   entries a tag holds, and an entry that came back from disk is never served.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 # VERSIONS: a Lua prelude of the scripts that read or change versions (above). Each such script
 # takes ARGV[1] the key prefix, ARGV[2] a nonce (unique per call), ARGV[3] the time to live of a
 # version in ms, and its own arguments from ARGV[4].
@@ -32,9 +36,7 @@ local info = redis.pcall('INFO', 'server')
 local RUN = string.sub(type(info) == 'string' and string.match(info, 'run_id:(%x+)') or 'embedded', 1, 16) .. ':'
 """
 
-VERSIONS = (
-    RUN
-    + """
+_VERSION_FUNCTIONS = """
 local PREFIX, NONCE, VERSION_TTL = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local made = 0
 local function new_version()
@@ -76,7 +78,7 @@ local function valid(stored, own_key)
   end
 end
 """
-)
+VERSIONS = RUN + _VERSION_FUNCTIONS
 
 # LOOKUP: an entry still valid (see VERSIONS), the scope version, the versions to fill the entry
 # under, and the fill lock if asked for and free: the read, the lease and the lock of a fill in one
@@ -232,25 +234,85 @@ return 1
 )
 
 
-# WITH_SCOPE(INNER): INNER (a script of another module, such as a rate limit, on keys of one
-# hash slot) and then the current version of a scope of that slot, in one call: the round trip
-# a request makes anyway also checks its memory layer. INNER sees only its own KEYS and ARGV.
-# KEYS[1] the scope version, then INNER's keys
-# ARGV[1 .. 3] see VERSIONS, then INNER's arguments
-# returns INNER's result with the scope version appended
-_WITH_SCOPE = """
-local result = (function(KEYS, ARGV)
-%s
-end)({unpack(KEYS, 2)}, {unpack(ARGV, 4)})
-result[#result + 1] = current(KEYS[1])
-return result
+# A chain: scripts run one after the other in one call (one round trip, atomic as one script),
+# each on its own KEYS and ARGV as if it were called alone; the preludes they start with (RUN,
+# VERSIONS) run once, at the top. A script refuses by answering a list whose first value is 0, and
+# the chain stops there. It answers {1, each script's answer} when every script ran, or {0, the
+# answers up to and including the refusal}, so a chain is a script like any other: it can be
+# chained again, and the caller of a chain that refused knows which script refused.
+# KEYS each script's keys, in order
+# ARGV the VERSIONS arguments when a script of the chain starts with VERSIONS (prefix, nonce,
+# version ttl: given once, and passed to each such script as its ARGV[1 .. 3]), then each
+# script's number of keys and of its other arguments, then those arguments
+_CHAIN = """
+local answers, k, a = {1}, 1, %(first_arg)d
+local scripts, versioned = {%(scripts)s}, {%(versioned)s}
+for i = 1, #scripts do
+  local nk, na = tonumber(ARGV[%(counts)d + 2 * i]), tonumber(ARGV[%(counts)d + 2 * i + 1])
+  local args = {unpack(ARGV, a, a + na - 1)}
+  if versioned[i] then args = {ARGV[1], ARGV[2], ARGV[3], unpack(ARGV, a, a + na - 1)} end
+  local answer = scripts[i]({unpack(KEYS, k, k + nk - 1)}, args)
+  k, a = k + nk, a + na
+  answers[#answers + 1] = answer
+  if type(answer) == 'table' and answer[1] == 0 then
+    answers[1] = 0
+    return answers
+  end
+end
+return answers
 """
-_WITH_SCOPE_MADE: dict[str, str] = {}
+_SCRIPT = """
+function(KEYS, ARGV)
+%s
+end"""
+
+#: The preludes a script may start with, in the order they must run.
+PRELUDES = (RUN, _VERSION_FUNCTIONS)
+
+#: A script to run: its Lua source, its keys and its arguments.
+Call = tuple[str, list[str], list[Any]]
+
+_CHAINED: dict[tuple[str, ...], tuple[str, tuple[bool, ...]]] = {}
 
 
-def with_scope(inner: str) -> str:
-    """The Lua source running ``inner`` and then reading a scope version (made once per source)."""
-    source = _WITH_SCOPE_MADE.get(inner)
-    if source is None:
-        source = _WITH_SCOPE_MADE[inner] = VERSIONS + _WITH_SCOPE % inner
-    return source
+def chain(*calls: Call) -> Call:
+    """One call running ``calls`` in order (see ``_CHAIN``): stops at the first that refuses."""
+    sources = tuple(source for source, _, _ in calls)
+    made = _CHAINED.get(sources)
+    if made is None:
+        made = _CHAINED[sources] = _chained(sources)
+    source, versioned = made
+    head: list[Any] = []
+    counts: list[int] = []
+    keys: list[str] = []
+    args: list[Any] = []
+    for (_, call_keys, call_args), has_versions in zip(calls, versioned, strict=True):
+        if has_versions:
+            head = head or call_args[:3]
+            call_args = call_args[3:]
+        counts += (len(call_keys), len(call_args))
+        keys += call_keys
+        args += call_args
+    return source, keys, head + counts + args
+
+
+def _chained(sources: tuple[str, ...]) -> tuple[str, tuple[bool, ...]]:
+    """The Lua source of a chain of ``sources`` (their preludes once, then each body), and
+    which of them take the VERSIONS arguments."""
+    bodies = []
+    versioned = []
+    for source in sources:
+        versioned.append(source.startswith(VERSIONS))
+        for prelude in PRELUDES:
+            if source.startswith(prelude):
+                source = source[len(prelude) :]
+        bodies.append(_SCRIPT % source)
+    uses_run = any(source.startswith(RUN) for source in sources)
+    preludes = VERSIONS if any(versioned) else RUN if uses_run else ""
+    first_count = 4 if any(versioned) else 1
+    return preludes + _CHAIN % {
+        "scripts": ",".join(bodies),
+        "versioned": ",".join("true" if v else "false" for v in versioned),
+        "counts": first_count - 2,
+        "first_arg": first_count + 2 * len(sources),
+    }, tuple(versioned)

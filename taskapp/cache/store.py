@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 import redis
+from hiredis import pack_command
 from redis.crc import key_slot
 
 from taskapp.cache import metrics, scripts, stats
@@ -23,9 +24,6 @@ log = logging.getLogger("taskapp.cache")
 
 #: Seconds the check "is Redis back?" of a write made while the breaker is open may take.
 QUICK_TIMEOUT = 0.05
-
-#: A script to run: its Lua source, its full keys and its arguments.
-Call = tuple[str, list[str], list[Any]]
 
 
 class Store:
@@ -116,15 +114,6 @@ class Store:
         if self.direct is not None:
             return self.run(partial(self.direct.evalsha, script, keys, args), op=op)
         return self.run(lambda: script(keys=keys, args=args), op=op)
-
-    def call_many(self, calls: list[Call], op: str = "script") -> list[Any]:
-        """Run scripts one after the other through the breaker, their replies in order; in one
-        round trip on the request path's connections (a pipeline: each script atomic on its own,
-        not the group). Raises Unavailable."""
-        if self.direct is not None:
-            scripts = [(self.script(source), keys, args) for source, keys, args in calls]
-            return self.run(partial(self.direct.evalsha_many, scripts), op=op)  # type: ignore[no-any-return]
-        return [self.call(source, keys, args, op=op) for source, keys, args in calls]
 
     def versioned(self, *args: Any) -> list[Any]:
         """The arguments of a script that reads or changes versions (see scripts.VERSIONS): the
@@ -244,25 +233,19 @@ class Direct:
 
     def execute(self, *args: Any) -> Any:
         """One command's reply (no response callbacks: bytes, integers and lists as sent)."""
-        return self._round_trip(lambda c: c.pack_command(*args), lambda c: c.read_response())
-
-    def _round_trip(self, pack: Callable[[Any], Any], read: Callable[[Any], Any]) -> Any:
-        """Take an idle connection (or make one), write what ``pack`` makes once, return what
-        ``read`` reads, and put the connection back; once more on a connection dropped under
-        the call (it reconnects when written to)."""
         try:
             connection = self._idle.pop()
         except IndexError:
             connection = self._make()
             self._made.append(connection)
         try:
-            packed = pack(connection)
+            packed = [pack_command(args)]  # hiredis: no per-argument checks (ours are plain)
             try:
                 connection.send_packed_command(packed)
-                return read(connection)
+                return connection.read_response()
             except redis.exceptions.ConnectionError:  # dropped (and disconnected): once more
                 connection.send_packed_command(packed)
-                return read(connection)
+                return connection.read_response()
         finally:
             self._idle.append(connection)
 
@@ -273,31 +256,6 @@ class Direct:
         except redis.exceptions.NoScriptError:
             self.execute("SCRIPT", "LOAD", script.script)
             return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-
-    def evalsha_many(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
-        """The replies of registered scripts sent in one write and read in order (a pipeline);
-        a script the server does not know is loaded and sent again on its own."""
-        commands = [
-            ("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls
-        ]
-        replies = self._round_trip(
-            lambda c: c.pack_commands(commands), lambda c: [self._reply(c) for _ in commands]
-        )
-        for i, reply in enumerate(replies):
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                replies[i] = self.evalsha(*calls[i])
-            elif isinstance(reply, redis.exceptions.ResponseError):
-                raise reply
-        return replies
-
-    @staticmethod
-    def _reply(connection: Any) -> Any:
-        """The next reply on ``connection``, or the error Redis answered (every reply of a
-        pipeline is read, whatever one of them says)."""
-        try:
-            return connection.read_response()
-        except redis.exceptions.ResponseError as error:
-            return error
 
     def close(self) -> None:
         for connection in self._made:
