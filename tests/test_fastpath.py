@@ -179,6 +179,31 @@ def test_a_miss_looks_up_and_takes_the_fill_lock_once(make_app, limit, monkeypat
         assert not list(cache.client.scan_iter(match=cache.keys.prefix + "*lock*"))
 
 
+@pytest.mark.parametrize("limit", [0, 1000], ids=["no-rate-limit", "rate-limit"])
+def test_a_miss_handed_to_flask_is_checked_and_counted_once(make_app, limit, monkeypatch):
+    """The fast path's call (the token's revocation check, the rate limit and the lookup) goes
+    with the request to Flask in its state: Flask asks Redis neither again."""
+    app = make_app(RATE_LIMIT_PER_MINUTE=limit)
+    client = app.test_client()
+    _, auth = account(client)
+    task = client.post(TASKS, json={"title": "fast"}, headers=auth).get_json()
+    path = f"{TASKS}/{task['id']}"
+    calls = []
+    run_script = cache.run_script
+
+    def counting(script, *args, **options):
+        calls.append(script)
+        return run_script(script, *args, **options)
+
+    monkeypatch.setattr(cache, "run_script", counting)
+    spy = Spy(app)
+    status, headers, _ = wsgi(app.wsgi_app, path, **auth)
+    assert (status, dict(headers)["X-Cache"], spy.calls) == ("200 OK", "MISS", 1)
+    assert calls == [], "Flask made the request's admission call again"
+    if limit:
+        assert remaining((status, headers, b"")) == limit - 2  # the POST, then this GET
+
+
 @pytest.mark.parametrize(
     "headers",
     [{}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic YTpi"}],
