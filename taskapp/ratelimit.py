@@ -12,7 +12,8 @@ from werkzeug.exceptions import TooManyRequests
 
 from taskapp import keys
 from taskapp.auth import revocation
-from taskapp.auth.tokens import Access, current_access, current_user_id
+from taskapp.auth.identity import current_user_id
+from taskapp.auth.tokens import Access, current_access
 from taskapp.cache import scripts
 from taskapp.cache.context import NOT_ASKED, RequestState
 from taskapp.cache.scripts import Call

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from taskapp import keys
-from taskapp.auth.tokens import current_user_id
+from taskapp.auth.identity import current_user_id
 from taskapp.cache.response_cache import ResponseCache
 from taskapp.extensions import cache
 from taskapp.validation import CACHE_BUSTER

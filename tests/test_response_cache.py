@@ -291,7 +291,7 @@ def test_a_cached_answer_is_served_only_to_the_readers_its_route_declares(make_a
     from flask import jsonify
     from werkzeug.exceptions import Forbidden
 
-    from taskapp.auth.tokens import current_user_id, login_required
+    from taskapp.auth.identity import current_user_id, login_required
     from taskapp.responses import cached_response
 
     allowed: set[str] = set()

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from werkzeug.exceptions import Forbidden, NotFound
 
 from taskapp.auth import service as accounts
+from taskapp.auth.identity import login_required
 from taskapp.auth.schemas import AccountOut
-from taskapp.auth.tokens import login_required
 from taskapp.models import User
 from taskapp.openapi import annotate, response
 from taskapp.tasks import service as tasks

@@ -10,6 +10,7 @@ from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
 from taskapp.auth import service
+from taskapp.auth.identity import login_required
 from taskapp.auth.schemas import (
     AccountOut,
     Credentials,
@@ -19,7 +20,7 @@ from taskapp.auth.schemas import (
     TokenOut,
     UserOut,
 )
-from taskapp.auth.tokens import current_access, login_required
+from taskapp.auth.tokens import current_access
 from taskapp.openapi import response
 from taskapp.ratelimit import limit_login, limit_register
 from taskapp.validation import body

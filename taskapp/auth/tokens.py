@@ -1,24 +1,17 @@
-"""Access and refresh tokens: HS256 JWTs verified by signature and expiry without a database read,
-then checked against the revocations of their user (taskapp.auth.revocation)."""
+"""Access and refresh tokens: HS256 JWTs verified by signature and expiry without a database read
+(whether one was revoked is ``taskapp.auth.revocation``'s, who a request is ``identity``'s)."""
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jwt
 from bson import ObjectId
 from bson.errors import InvalidId
 from cachetools import LRUCache
 from flask import current_app, g, request
-from werkzeug.datastructures import WWWAuthenticate
-from werkzeug.exceptions import Unauthorized
-
-from taskapp.cache.context import RequestState
-from taskapp.openapi import annotate
 
 ALGORITHM = "HS256"
 _UNSET = object()  # g memo sentinel: None is a valid memoised answer ("no valid token")
@@ -103,21 +96,6 @@ def current_access() -> Access | None:
     return memo  # type: ignore[return-value]
 
 
-def current_user_id() -> str | None:
-    """The user id of the request's valid, unrevoked bearer token, else None; memoised per
-    request. The revocation check rides on the request's rate-limit call when it made one."""
-    memo = g.get("_taskapp_user_id", _UNSET)
-    if memo is _UNSET:
-        from taskapp.auth import revocation
-
-        access = current_access()
-        admitted = access is not None and revocation.admitted(
-            RequestState.of(request.environ), access
-        )
-        memo = g._taskapp_user_id = access.user_id if admitted and access else None
-    return memo  # type: ignore[return-value]
-
-
 def access_of(authorization: str, secret: str) -> Access | None:
     """The claims of a valid bearer token in an ``Authorization`` header value, else None.
 
@@ -126,23 +104,6 @@ def access_of(authorization: str, secret: str) -> Access | None:
     decide alike; both then check revocation in the Redis call they make anyway.
     """
     return _verify(_bearer_token(authorization), secret)
-
-
-def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
-    """401 unless the request carries a valid token; the view finds the id in ``g.user_id``."""
-
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        user_id = current_user_id()
-        if user_id is None:
-            raise Unauthorized(
-                "a valid bearer token is required", www_authenticate=WWWAuthenticate("bearer")
-            )
-        g.user_id = user_id
-        return view(*args, **kwargs)
-
-    annotate(wrapper, auth=True)
-    return wrapper
 
 
 def _bearer_token(authorization: str) -> str | None:

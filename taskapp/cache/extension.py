@@ -1,9 +1,10 @@
-"""The Flask extension: settings, per-app state, and the cache's public API.
+"""The Flask extension: ``init_app`` and the cache's public API.
 
-The work is done elsewhere, one idea per module: ``store`` (Redis behind the breaker),
-``resilience`` (the breaker, held-back invalidations), ``lock`` (the fill lock), ``region``
-(get/set/get-or-set, leases, the in-process layer), ``lists`` (capped lists), ``writebehind``,
-``counting`` (every event counted once) and ``http`` (the response cache).
+The work is done elsewhere, one idea per module: ``state`` (one app's parts in one process),
+``store`` (Redis behind the breaker), ``resilience`` (the breaker, held-back invalidations),
+``lock`` (the fill lock), ``region`` (get/set/get-or-set, leases, the in-process layer),
+``lists`` (capped lists), ``writebehind``, ``counting`` (every event counted once),
+``context`` (a request's state) and ``response_cache`` (the HTTP response cache).
 """
 
 from __future__ import annotations
@@ -18,99 +19,21 @@ from flask import Flask, current_app
 from flask_caching import Cache as FlaskCache
 
 from taskapp.cache import context, stats
-from taskapp.cache.client import REDIS_ERRORS, Unavailable, connect
+from taskapp.cache.client import REDIS_ERRORS, Unavailable
 from taskapp.cache.context import RequestState, current
-from taskapp.cache.counting import Counter
 from taskapp.cache.derived_keys import Keys
 from taskapp.cache.entry import NO_VALUE, Entry
 from taskapp.cache.flask_caching import init_flask_caching
 from taskapp.cache.l1 import LocalCache
-from taskapp.cache.lists import CappedLists
-from taskapp.cache.lock import FillLock
-from taskapp.cache.notifier import Notifier
-from taskapp.cache.region import Lease, Region, Ttl, refused
+from taskapp.cache.region import Lease, Ttl, refused
 from taskapp.cache.scripts import Call
 from taskapp.cache.settings import CacheSettings
-from taskapp.cache.store import Store
+from taskapp.cache.state import EXTENSION_NAME, CacheState, state_of
 from taskapp.cache.writebehind import Flusher, WriteBehind
 
-EXTENSION_NAME = "taskapp.cache"
 log = logging.getLogger("taskapp.cache")
 
 __all__ = ["EXTENSION_NAME", "Lease", "RedisCache", "Ttl"]
-
-
-class CacheState:
-    """One app's cache in one process: its parts, wired together (made anew after a fork)."""
-
-    def __init__(self, settings: CacheSettings) -> None:
-        self.pid = os.getpid()
-        self.settings = settings
-        self.keys = Keys(settings.prefix)
-        self.counter = Counter(self.keys)
-        self.l1 = LocalCache(settings.l1_max_items, settings.l1_ttl)
-        self.store = Store(settings, self.keys, self.counter, on_outage=self.l1.clear)
-        self.notifier = Notifier(self.store.client, self.keys, on_tick=self.flush_stats)
-        self.lock = FillLock(
-            self.store,
-            self.notifier,
-            self.counter,
-            settings.lock_ttl,
-            settings.lock_wait,
-            settings.fill_timeout,
-        )
-        self.region = Region(settings, self.store, self.lock, self.l1, self.counter)
-        self.lists = CappedLists(self.store, self.counter)
-        self.flushers: list[Flusher] = []
-        self._write_behind: WriteBehind | None = None
-
-    def write_behind(self) -> WriteBehind:
-        """The write-behind queue: requests use the cache's client through the breaker; the
-        flushers a connection of their own (they block on the stream longer than the cache's
-        short socket timeout allows)."""
-        if self._write_behind is None:
-            settings = self.settings
-            flusher_client = (
-                self.store.client
-                if settings.redis_url.startswith("memory://")
-                else connect(settings.redis_url, cluster=settings.cluster, timeout=5.0)
-            )
-            self._write_behind = WriteBehind(
-                self.store.client,
-                self.keys.prefix,
-                flush_ms=settings.flush_ms,
-                claim_idle_ms=settings.claim_idle_ms,
-                guard=partial(self.store.run, op="write_behind"),
-                flusher_client=flusher_client,
-            )
-        return self._write_behind
-
-    def flush_stats(self) -> None:
-        """Add this process's counts to the shared stats hash (from the listener thread)."""
-        recorder = self.counter.recorder
-        if recorder.flush_due(1.0):
-            gauges: dict[str, float] = {stats.L1_SIZE: len(self.l1)}
-            try:
-                self.store.run(lambda: recorder.flush(self.store.client, self.keys.stats, gauges))
-            except Unavailable:
-                log.debug("stats kept in memory: Redis unavailable")
-
-    def close(self) -> None:
-        for flusher in self.flushers:
-            flusher.stop()
-        self.region.close()
-        self.notifier.stop()
-        self.store.close()
-
-
-def state_of(app: Flask) -> CacheState:
-    """The cache state of ``app`` in this process, without needing an app context."""
-    state: CacheState = app.extensions[EXTENSION_NAME]
-    if state.pid != os.getpid():  # forked: connections and threads are not ours
-        state = app.extensions[EXTENSION_NAME] = CacheState(state.settings)
-    if not state.notifier.running:
-        state.notifier.start()
-    return state
 
 
 class RedisCache:

@@ -28,6 +28,7 @@ from flask import Flask
 from flask_caching.backends.rediscache import RedisCache as FlaskCachingRedisCache
 
 from taskapp.cache.client import CommandError, Unavailable
+from taskapp.cache.state import state_of
 
 if TYPE_CHECKING:
     from taskapp.cache.store import Store
@@ -133,8 +134,6 @@ class _GuardedClient:
     @property
     def store(self) -> Store:
         """The app's Redis store (its client, ``run`` through the breaker, the held-back deletes)."""
-        from taskapp.cache.extension import state_of
-
         return state_of(self._app).store
 
     def __getattr__(self, name: str) -> Any:

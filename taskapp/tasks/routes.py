@@ -8,7 +8,7 @@ from flask import Blueprint, Response, g, jsonify, request, url_for
 from werkzeug.exceptions import NotFound
 from werkzeug.http import parse_etags, unquote_etag
 
-from taskapp.auth.tokens import login_required
+from taskapp.auth.identity import login_required
 from taskapp.cache.response_cache import _etag as user_etag
 from taskapp.openapi import response
 from taskapp.responses import cached_response, signed_in
