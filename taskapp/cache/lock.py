@@ -121,10 +121,10 @@ return 0
 
         ``attempt`` tries to take the lock (and may read the entry in the same round trip);
         ``first``, when given, is what the first attempt returned (the caller made it in a call
-        of its own); ``read`` reads the entry after a fill message. Returns (entry, "", extra) when another
-        caller's fill (or, given ``stale``, the stale entry) answers; (None, token, extra) when
-        this caller holds the lock and must fill; (None, "", extra) when the wait ran out and
-        the caller fetches without the lock. Raises Unavailable from ``attempt``.
+        of its own); ``read`` reads the entry after a fill message. Returns (entry, "", extra)
+        when another caller's fill (or, given ``stale``, the stale entry) answers; (None, token,
+        extra) when this caller holds the lock and must fill; (None, "", extra) when the wait ran
+        out and the caller fetches without the lock. Raises Unavailable from ``attempt``.
         """
         deadline = time.monotonic() + self.fill_timeout
         waited = False
