@@ -30,7 +30,6 @@ class Notifier:
     def __init__(self, client: Any, keys: Keys, on_tick: Callable[[], None] | None = None) -> None:
         self._client = client
         self._on_tick = on_tick
-        self._keys = keys
         self._channels = (keys.fill_channel,)
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()

@@ -111,7 +111,9 @@ class Region:
             )
         except Unavailable:
             return None
-        return self._from_redis(full_key, payload, self._note_scope(full_key, scope, request))
+        return self._from_redis(
+            full_key, payload, self._note_scope(self.keys.scope_version(full_key), scope, request)
+        )
 
     def _from_memory(
         self, full_key: str, request: RequestState | None, found: Any = _LOOK
@@ -144,12 +146,13 @@ class Region:
             version = self.store.read_version(scope_key, op="scope")
         except Unavailable:
             return None
-        return self._note_scope(full_key, version, request)
+        return self._note_scope(scope_key, version, request)
 
-    def _note_scope(self, full_key: str, version: bytes, request: RequestState | None) -> bytes:
+    @staticmethod
+    def _note_scope(scope_key: str, version: bytes, request: RequestState | None) -> bytes:
         """Keep a scope version Redis returned for the rest of ``request``; the version."""
         if request is not None:
-            request.scopes[self.keys.scope_version(full_key)] = version
+            request.scopes[scope_key] = version
         return version
 
     def _from_redis(self, full_key: str, raw: bytes | None, scope: bytes) -> Entry | None:
@@ -232,7 +235,7 @@ class Region:
             *scripts.chain(call, (scripts.SCOPE_READ, [scope_key], self.store.versioned()))
         )
         if scope:
-            self._note_scope(full_key, scope[0], request)
+            self._note_scope(scope_key, scope[0], request)
         return answer
 
     def _in_memory(self, full_key: str) -> tuple[Entry, bytes] | None:
@@ -303,7 +306,7 @@ class Region:
         """LOOKUP's reply as a fill-lock attempt: (the fresh entry, or None and the lock's token
         when LOOKUP took it, else ""; the versions to fill under)."""
         payload, took, scope, *versions = reply
-        scope = self._note_scope(full_key, scope, request)
+        scope = self._note_scope(self.keys.scope_version(full_key), scope, request)
         if payload is not None or not waited:
             found = self._from_redis(full_key, payload, scope)
             if found is not None and found.is_fresh():
@@ -377,7 +380,9 @@ class Region:
             if token:
                 self.lock.done(full_key, token)  # FILL released it: no more renewals
         if stored:
-            self._remember(full_key, entry, self._note_scope(full_key, scope, request))
+            self._remember(
+                full_key, entry, self._note_scope(self.keys.scope_version(full_key), scope, request)
+            )
         return bool(stored)
 
     def store_leased(

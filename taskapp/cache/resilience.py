@@ -52,11 +52,6 @@ class Breaker:
         """True during an outage (until a probe succeeds)."""
         return self._opened_at is not None
 
-    def outage_seconds(self) -> float:
-        """How long the breaker has been open (0 when it is closed)."""
-        opened_at = self._opened_at
-        return 0.0 if opened_at is None else time.monotonic() - opened_at
-
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` against Redis, or raise ``Unavailable`` (counted, logged once per outage)."""
         if self._opened_at is not None:

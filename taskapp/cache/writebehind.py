@@ -237,7 +237,6 @@ class WriteBehind:
         self._prune = self.flusher_client.register_script(PRUNE_CONSUMERS)
         #: A consumer idle this long with nothing pending is a flusher gone for good.
         self.dead_consumer_ms = max(DEAD_CONSUMER_MIN_MS, 10 * claim_idle_ms)
-        self.max_attempts = MAX_ATTEMPTS
         #: Whether the server keeps what it acknowledged (None: not asked yet).
         self.durable: bool | None = None
 
@@ -381,7 +380,7 @@ class WriteBehind:
 
     def _apply_batch(self, apply: Apply, entries: list[tuple[bytes, dict]]) -> None:
         """Apply the newest state of each object once and settle its entries; an object whose
-        apply fails keeps its entries for a later try (dead letters after ``max_attempts``)
+        apply fails keeps its entries for a later try (dead letters after ``MAX_ATTEMPTS``)
         while the others go through. ``SourceUnavailable`` stops the batch: what is left is
         applied again once the source is back."""
         newest: dict[str, dict[str, Any]] = {}
@@ -428,7 +427,7 @@ class WriteBehind:
         log.warning("write-behind: applying %s failed (%s)", object_id, error, exc_info=exc)
         for entry_id, fields in entries:
             attempts = int(self.flusher_client.hincrby(self.attempts, entry_id, 1))
-            if attempts >= self.max_attempts:
+            if attempts >= MAX_ATTEMPTS:
                 self._bury(entry_id, fields, error, attempts)
 
     def _bury(self, entry_id: bytes, fields: dict, error: str, attempts: int) -> None:

@@ -238,8 +238,16 @@ def _checked(user_id: str, tid: str, precondition: Precondition | None) -> dict[
     412 when it does not hold. Without a precondition: {} (nothing to compare, nothing read)."""
     if precondition is None:
         return {}
+    return _read_checked(user_id, tid, precondition)
+
+
+def _read_checked(
+    user_id: str, tid: str, precondition: Precondition | None
+) -> dict[str, Any] | None:
+    """The task as read now (with its version), None when it is gone; 412 when
+    ``precondition`` (if any) does not hold for it."""
     current = _current_task(user_id, tid)
-    if current is not None and not precondition(_public(current)):
+    if current is not None and precondition is not None and not precondition(_public(current)):
         raise _precondition_failed()
     return current
 
@@ -504,11 +512,9 @@ def _stage(
         for name, value in data.changes().items()
     }
     change["updated_at"] = isoformat(utcnow())
-    current = _current_task(user_id, task_id)
+    current = _read_checked(user_id, task_id, precondition)
     if current is None:
         return None
-    if precondition is not None and not precondition(_public(current)):
-        raise _precondition_failed()
     entry = Activity(
         user=ObjectId(user_id),
         action="updated",
@@ -561,11 +567,9 @@ def _queue_change(
         if state is not None:
             return state
         # A flush between our read and our stage: read again.
-        fresh = _current_task(user_id, task_id)
+        fresh = _read_checked(user_id, task_id, precondition)
         if fresh is None:
             return None
-        if precondition is not None and not precondition(_public(fresh)):
-            raise _precondition_failed()
         current = fresh
     raise _queue_unavailable()
 
@@ -740,5 +744,6 @@ def forget_user(user_id: str) -> None:
     Task.objects(owner=oid).delete()
     Activity.objects(user=oid).delete()
     tags = {tag for task_id in task_ids for tag in _affected_tags(user_id, task_id)}
-    cache.invalidate_tags(*tags, keys.collection_tag(user_id), keys.responses_tag(user_id))
+    tags |= {keys.collection_tag(user_id), keys.responses_tag(user_id)}  # also with no task
+    cache.invalidate_tags(*tags)
     cache.delete(keys.activity(user_id))
