@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -13,7 +11,7 @@ from pathlib import Path
 
 import pymongo
 
-from tests.redis_server import free_port
+from tests.redis_server import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "scripts" / "build-ferretdb"
@@ -28,7 +26,7 @@ def ferretdb_binary() -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-class FerretDBServer:
+class FerretDBServer(ServerProcess):
     """One FerretDB process on a loopback port with its SQLite files and its state in a
     temporary folder (without ``--state-dir`` it writes ``state.json`` where it was started)."""
 
@@ -56,18 +54,6 @@ class FerretDBServer:
             stderr=subprocess.STDOUT,
         )
         self._wait_ready()
-
-    def pause(self) -> None:
-        """SIGSTOP: connections stay open and nothing answers (a hung MongoDB)."""
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.kill(self.process.pid, signal.SIGCONT)
-
-    def kill(self) -> None:
-        """SIGKILL: connections are refused until ``start``; the SQLite files stay."""
-        self.process.kill()
-        self.process.wait(5)
 
     @property
     def url(self) -> str:

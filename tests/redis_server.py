@@ -31,7 +31,25 @@ def _free(port: int) -> bool:
         return True
 
 
-class RedisServer:
+class ServerProcess:
+    """Faults of a server the tests started (its ``process``): hang it, resume it, kill it."""
+
+    process: subprocess.Popen
+
+    def pause(self) -> None:
+        """SIGSTOP: the server hangs, connections stay open and nothing answers."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL: connections are refused until ``start`` (the server's files stay)."""
+        self.process.kill()
+        self.process.wait(5)
+
+
+class RedisServer(ServerProcess):
     """One redis-server process on a loopback port, owned by the test that made it."""
 
     def __init__(self, *extra: str, appendonly: bool = False) -> None:
@@ -79,18 +97,6 @@ class RedisServer:
                     raise RuntimeError(f"redis-server on port {self.port} did not start") from None
                 time.sleep(0.02)
         client.close()
-
-    def pause(self) -> None:
-        """SIGSTOP: the server hangs, connections stay open and nothing answers."""
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.kill(self.process.pid, signal.SIGCONT)
-
-    def kill(self) -> None:
-        """SIGKILL: connections are refused until ``start``."""
-        self.process.kill()
-        self.process.wait(5)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -50,14 +50,11 @@ def test_an_entry_invalidated_before_the_loss_is_never_served_after_it(private_r
         assert ext.get("{u:1}:k") is NO_VALUE
 
 
-@pytest.mark.parametrize("how", LOSSES)
-def test_a_fill_in_flight_across_a_write_and_a_loss_is_not_stored(private_redis, how):
-    """The issue's finding: a slow fill read the source before a write; the write was answered;
-    Redis lost its state; the fill then lands. A version that comes round again (a counter
-    read as 0 when missing) would let it through."""
-    app, ext = bare_app(private_redis.url, "p:")
+def start_slow_fill(app, ext):
+    """A reader's ``get_or_set`` of ``{u:1}:k`` (tag ``{u:1}:t``) whose fetch has read "old" and
+    waits: (its thread, the event that lets the fetch return, the values the reader got)."""
     fetching, release = threading.Event(), threading.Event()
-    stored = []
+    stored: list = []
 
     def slow_fetch():
         fetching.set()
@@ -68,11 +65,21 @@ def test_a_fill_in_flight_across_a_write_and_a_loss_is_not_stored(private_redis,
         with app.app_context():
             stored.append(ext.get_or_set("{u:1}:k", slow_fetch, ttl=60, tags=["{u:1}:t"]))
 
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert fetching.wait(5)
+    return thread, release, stored
+
+
+@pytest.mark.parametrize("how", LOSSES)
+def test_a_fill_in_flight_across_a_write_and_a_loss_is_not_stored(private_redis, how):
+    """The issue's finding: a slow fill read the source before a write; the write was answered;
+    Redis lost its state; the fill then lands. A version that comes round again (a counter
+    read as 0 when missing) would let it through."""
+    app, ext = bare_app(private_redis.url, "p:")
     with running(app, ext):
         redis_client(private_redis).save()
-        thread = threading.Thread(target=reader)
-        thread.start()
-        assert fetching.wait(5)
+        thread, release, stored = start_slow_fill(app, ext)
         ext.invalidate_tags("{u:1}:t")  # the write's invalidation, answered
         lose_state(private_redis, how)
         release.set()
@@ -114,21 +121,8 @@ def test_an_evicted_version_refuses_the_fill_that_read_it(private_redis):
     """Under maxmemory a version key can be evicted while an entry's fill is in flight; the
     version made anew at the next read is a different value, so the fill is refused."""
     app, ext = bare_app(private_redis.url, "p:")
-    fetching, release = threading.Event(), threading.Event()
-
-    def slow_fetch():
-        fetching.set()
-        release.wait(10)
-        return "old"
-
-    def reader():
-        with app.app_context():
-            ext.get_or_set("{u:1}:k", slow_fetch, ttl=60, tags=["{u:1}:t"])
-
     with running(app, ext):
-        thread = threading.Thread(target=reader)
-        thread.start()
-        assert fetching.wait(5)
+        thread, release, _ = start_slow_fill(app, ext)
         ext.invalidate_tags("{u:1}:t")
         client = redis_client(private_redis)
         for key in client.scan_iter(match="p:*v:*"):  # as allkeys-lru would, for these keys

@@ -57,12 +57,18 @@ def redis_client(redis_url):
     client.close()
 
 
+def user_with_task(app):
+    """A new user with one task: (the app's test client, the user's auth headers, its path)."""
+    client = app.test_client()
+    _, auth = account(client)
+    task = client.post(TASKS, json={"title": "fast"}, headers=auth).get_json()
+    return client, auth, f"{TASKS}/{task['id']}"
+
+
 @pytest.fixture
 def user(app):
-    client = app.test_client()
-    _, headers = account(client)
-    task = client.post(TASKS, json={"title": "fast"}, headers=headers).get_json()
-    return headers, f"{TASKS}/{task['id']}"
+    _, auth, path = user_with_task(app)
+    return auth, path
 
 
 @pytest.mark.parametrize("limit", [0, 1000], ids=["no-rate-limit", "rate-limit"])
@@ -73,10 +79,7 @@ def test_a_hit_before_flask_is_byte_for_byte_flasks_answer(
     make_app, limit, method, conditional, cors
 ):
     app = make_app(RATE_LIMIT_PER_MINUTE=limit, CORS_ORIGINS=ORIGIN if cors else "")
-    client = app.test_client()
-    _, auth = account(client)
-    task = client.post(TASKS, json={"title": "fast"}, headers=auth).get_json()
-    path = f"{TASKS}/{task['id']}"
+    client, auth, path = user_with_task(app)
     etag = client.get(path, headers=auth).headers["ETag"]
     headers = dict(auth)
     if conditional != "none":
@@ -152,10 +155,7 @@ def test_a_request_over_the_limit_is_flasks_429_counted_once(make_app, redis_cli
 @pytest.mark.parametrize("limit", [0, 1000], ids=["no-rate-limit", "rate-limit"])
 def test_a_miss_looks_up_and_takes_the_fill_lock_once(make_app, limit, monkeypatch):
     app = make_app(RATE_LIMIT_PER_MINUTE=limit)
-    client = app.test_client()
-    _, auth = account(client)
-    task = client.post(TASKS, json={"title": "fast"}, headers=auth).get_json()
-    path = f"{TASKS}/{task['id']}"
+    client, auth, path = user_with_task(app)
     calls = []
     lookup, lookup_after = cache.lookup, cache.lookup_after
 
@@ -184,10 +184,7 @@ def test_a_miss_handed_to_flask_is_checked_and_counted_once(make_app, limit, mon
     """The fast path's call (the token's revocation check, the rate limit and the lookup) goes
     with the request to Flask in its state: Flask asks Redis neither again."""
     app = make_app(RATE_LIMIT_PER_MINUTE=limit)
-    client = app.test_client()
-    _, auth = account(client)
-    task = client.post(TASKS, json={"title": "fast"}, headers=auth).get_json()
-    path = f"{TASKS}/{task['id']}"
+    client, auth, path = user_with_task(app)
     calls = []
     run_script = cache.run_script
 
@@ -256,10 +253,7 @@ def test_the_setting_turns_the_fast_path_off(make_app):
 )
 def test_a_hit_makes_one_round_trip(make_app, limit, l1, monkeypatch):
     app = make_app(RATE_LIMIT_PER_MINUTE=limit, L1_CACHE_MAX_ITEMS=l1)
-    client = app.test_client()
-    _, auth = account(client)
-    task = client.post(TASKS, json={"title": "fast"}, headers=auth).get_json()
-    path = f"{TASKS}/{task['id']}"
+    client, auth, path = user_with_task(app)
     wsgi(app.wsgi_app, path, **auth)
     with app.app_context():
         redis_client = cache.client
