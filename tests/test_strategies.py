@@ -250,7 +250,8 @@ def test_write_behind_refuses_changes_it_cannot_queue_with_503(make_app, durable
     assert response.headers["Retry-After"] == "1"
     assert response.get_json()["error"]["code"] == 503
     assert client.delete(path, headers=headers).status_code == 503
-    assert client.get(path, headers=headers).get_json()["title"] == "kept"
+    # Reads too: without Redis nothing says whether MongoDB has every answered change.
+    assert client.get(path, headers=headers).status_code == 503
 
 
 def test_write_behind_apply_never_replaces_a_newer_version_with_an_older_one(make_app):
@@ -443,3 +444,27 @@ def test_a_patch_answered_503_while_redis_hangs_is_not_queued_when_redis_resumes
     raw.close()
     assert pending is None or pending["title"] == "kept"  # nothing of the refused change
     assert client.get(path, headers=NO_HTTP_CACHE | headers).get_json()["title"] == "kept"
+
+
+@pytest.mark.parametrize("path_kind", ["task", "list"])
+def test_a_write_behind_read_while_redis_is_down_is_503_not_the_older_mongodb_state(
+    make_app, durable_redis, path_kind
+):
+    """An answered PATCH not yet in MongoDB lives only in Redis: while Redis cannot be asked, a
+    read from MongoDB would answer the older title, so it is refused (503, Retry-After)."""
+    app = make_app(
+        TASK_WRITE_STRATEGY="write-behind",
+        REDIS_URL=durable_redis.url,
+        WRITE_BEHIND_FLUSH_MS=60_000,  # no flusher runs here: the change stays queued
+    )
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "old"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    assert client.patch(path, json={"title": "new"}, headers=headers).status_code == 200
+    with app.app_context():
+        assert Task.objects(id=ObjectId(task["id"])).first().title == "old"  # still queued
+    durable_redis.kill()
+    read = client.get(path if path_kind == "task" else TASKS, headers=headers)
+    assert read.status_code == 503, read.get_json()
+    assert read.headers["Retry-After"] == "1"

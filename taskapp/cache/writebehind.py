@@ -323,27 +323,22 @@ class WriteBehind:
         return not self.durable
 
     def pending(self, key: str) -> dict[str, Any] | None:
-        """The object's state with its changes not yet flushed, or None (also when Redis is
-        unavailable: then readers see the source's state)."""
-        try:
-            raw = self._guard(lambda: self.client.get(self.pending_key(key)))
-        except Unavailable:
-            return None
+        """The object's state with its changes not yet flushed, or None. Raises Unavailable
+        when Redis cannot say: the source alone may be older than an answered change."""
+        raw = self._guard(lambda: self.client.get(self.pending_key(key)))
         return json.loads(raw) if raw is not None else None
 
     def pending_many(self, keys: list[str]) -> list[tuple[dict[str, Any] | None, int]]:
         """For several objects in one round trip (keys of one hash slot): each one's pending
-        state (or None) and the last version staged for it (0 when none is remembered)."""
+        state (or None) and the last version staged for it (0 when none is remembered).
+        Raises Unavailable when Redis cannot say."""
         if not keys:
             return []
-        try:
-            raws = self._guard(
-                lambda: self.client.mget(
-                    [self.pending_key(k) for k in keys] + [self.version_key(k) for k in keys]
-                )
+        raws = self._guard(
+            lambda: self.client.mget(
+                [self.pending_key(k) for k in keys] + [self.version_key(k) for k in keys]
             )
-        except Unavailable:
-            return [(None, 0)] * len(keys)
+        )
         states, staged = raws[: len(keys)], raws[len(keys) :]
         return [
             (json.loads(r) if r is not None else None, int(v) if v is not None else 0)

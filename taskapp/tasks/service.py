@@ -178,7 +178,10 @@ def _with_pending(user_id: str, items: list[dict[str, Any]]) -> list[dict[str, A
     the cache, then MongoDB), so a page never shows a task older than an answered PATCH.
     """
     task_keys = [keys.task(user_id, item["id"]) for item in items]
-    found = cache.write_behind().pending_many(task_keys)
+    try:
+        found = cache.write_behind().pending_many(task_keys)
+    except Unavailable:
+        raise _pending_unavailable() from None
     result = []
     for item, (pending, staged) in zip(items, found, strict=True):
         if pending is not None:
@@ -433,7 +436,10 @@ class WriteBehind(Invalidate):
         self._pid: int | None = None
 
     def pending(self, key: str) -> dict[str, Any] | None:
-        return cache.write_behind().pending(key)
+        try:
+            return cache.write_behind().pending(key)
+        except Unavailable:
+            raise _pending_unavailable() from None
 
     def overlay(self, user_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return _with_pending(user_id, items)
@@ -600,6 +606,16 @@ def _require_durable() -> None:
 
 def _nothing() -> None:
     """Nothing to undo."""
+
+
+def _pending_unavailable() -> ServiceUnavailable:
+    """A write-behind read while Redis cannot say which changes are still queued: MongoDB alone
+    may be older than an answered PATCH, so nothing is answered from it."""
+    return ServiceUnavailable(
+        "the write-behind queue is unavailable; changes not yet in the database cannot be "
+        "read, retry shortly",
+        retry_after=1,
+    )
 
 
 def _queue_unavailable() -> ServiceUnavailable:
