@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 
 import pytest
@@ -98,6 +99,38 @@ def test_a_write_while_the_breaker_is_open_but_redis_is_back_sends_its_invalidat
             assert reader.get("{u:1}:k") is NO_VALUE
             reader.close()
         assert not writer.degraded  # the send proved Redis back: the breaker closed
+
+
+def test_a_write_while_the_breaker_is_open_waits_for_a_redis_slow_to_answer(
+    private_redis, key_prefix
+):
+    """As above, but Redis, back, is slow to answer the write's first question (paused 0.2 s, as
+    a busy server or a loaded host is): the write waits up to a socket timeout for it, then
+    sends its invalidation. Giving up sooner (50 ms) answered the write with its invalidation
+    held back while the other process served the older value."""
+    writer_app, writer = bare_app(
+        private_redis.url, key_prefix, CACHE_BREAKER_COOLDOWN=30, REDIS_SOCKET_TIMEOUT=1.0
+    )
+    reader_app, reader = bare_app(private_redis.url, key_prefix)
+    with running(writer_app, writer):
+        private_redis.kill()
+        for _ in range(5):
+            writer.get("other")  # the breaker opens; its probe waits 30 s
+        assert writer.degraded
+        private_redis.start()
+        with reader_app.app_context():
+            assert reader.set("{u:1}:k", "read before the write", ttl=30, tags=["{u:1}:t"])
+        private_redis.pause()
+        resume = threading.Timer(0.2, private_redis.resume)
+        resume.start()
+        try:
+            writer.invalidate_tags("{u:1}:t")  # the write's invalidation, then its answer
+        finally:
+            resume.join()
+        with reader_app.app_context():
+            assert reader.get("{u:1}:k") is NO_VALUE
+            reader.close()
+        assert not writer.degraded
 
 
 def test_a_killed_redis_is_served_around_and_used_again_after_restart(cache_on, private_redis):

@@ -163,13 +163,11 @@ class HeldBack:
         ping: Callable[[], object],
         run: Callable[[Callable[[], None]], None],
         on_hold: Callable[[], None],
-        quick_ping: Callable[[], object] | None = None,
     ) -> None:
         self._breaker = breaker
         self._on_hold = on_hold
         self._send = send
         self._ping = ping
-        self._quick_ping = quick_ping or ping
         self._run = run
         self._lock = threading.Lock()
         self._tags: set[str] = set()
@@ -179,18 +177,20 @@ class HeldBack:
         """Keep invalidations that failed and try to send them before the write is answered.
 
         While the breaker is closed (a failure below the threshold, or the probe closed it
-        meanwhile) they are sent, retrying until they go through or the breaker opens. While it
-        is open, one try past it (Redis may be back before the probe); then this process reads
-        nothing from the cache until its probe sends them.
+        meanwhile) they are sent, retrying until they go through or the breaker opens. When it
+        was open already, one try past it (Redis may be back before the probe); when these
+        tries opened it, Redis has just failed them. Then this process reads nothing from the
+        cache until its probe sends them.
         """
         with self._lock:
             self._tags.update(tags)
             self._keys.update(keys)
         self._on_hold()
         # Each failure counts towards the threshold, so this ends within threshold tries.
-        for _ in range(self._breaker.threshold + 1):
+        for attempt in range(self._breaker.threshold + 1):
             if self._breaker.is_open:
-                self._try_now()
+                if attempt == 0:
+                    self._try_now()
                 return
             try:
                 self._run(self._send_all)
@@ -206,10 +206,10 @@ class HeldBack:
         write is answered. Redis may be back already (restarted) while this process's probe
         waits for its cool-down, and other processes that probed first read from it: a write
         answered with its invalidation still held here would let them answer the older value.
-        A ping with a short timeout asks first, so a write made while Redis hangs waits at most
-        that (50 ms), not a full socket timeout."""
+        The try waits up to a socket timeout (``REDIS_SOCKET_TIMEOUT``), what such a write
+        waits while Redis hangs: a shorter wait would give up on a server that is up but slow
+        to answer (busy, or on a loaded host) while other processes read from it."""
         try:
-            self._quick_ping()
             self.replay()
         except REDIS_ERRORS as exc:
             log.debug("invalidations kept for the probe: Redis still unavailable (%s)", exc)

@@ -22,9 +22,6 @@ from taskapp.cache.settings import CacheSettings
 
 log = logging.getLogger("taskapp.cache")
 
-#: Seconds the check "is Redis back?" of a write made while the breaker is open may take.
-QUICK_TIMEOUT = 0.05
-
 
 class Store:
     """One app's Redis in one process, behind a circuit breaker.
@@ -59,24 +56,12 @@ class Store:
             on_open=on_outage,
             on_error=lambda: counter.count(stats.ERROR),
         )
-        # A short-timeout client for one question: is Redis back? A write whose invalidation
-        # finds the breaker open asks it without a full socket timeout while Redis hangs.
-        self.quick = (
-            self.client
-            if settings.redis_url.startswith("memory://")
-            else connect(
-                settings.redis_url,
-                cluster=settings.cluster,
-                timeout=min(QUICK_TIMEOUT, settings.socket_timeout),
-            )
-        )
         self.held_back = HeldBack(
             self.breaker,
             send=self._send_invalidations,
             ping=self.client.ping,
             run=lambda fn: self.run(fn, op="replay"),
             on_hold=on_outage,
-            quick_ping=self.quick.ping,
         )
         self._scripts: dict[str, Any] = {}
         # Scripts run on each thread's own connection, off Cluster and the embedded server.
@@ -207,8 +192,6 @@ class Store:
     def close(self) -> None:
         if self.direct is not None:
             self.direct.close()
-        if self.quick is not self.client:
-            self.quick.close()
         self.client.close()
 
 
