@@ -11,7 +11,7 @@ import redis
 from bson import ObjectId
 
 from taskapp import keys
-from taskapp.cache import writebehind
+from taskapp.cache import Unavailable, writebehind
 from taskapp.extensions import cache
 from taskapp.models import Task
 from taskapp.tasks import service
@@ -167,6 +167,55 @@ def test_a_page_read_while_its_change_is_flushed_still_shows_the_change(make_app
         assert mongo_title(task["id"]) == "second"
     assert [item["title"] for item in page["items"]] == ["second"]
     assert "version" not in page["items"][0]
+
+
+def test_a_flush_whose_invalidation_is_held_back_keeps_the_change_pending(make_app):
+    """A flusher applies a change while its process cannot reach Redis with the cache's
+    invalidation (its breaker open, Redis not answering it) though the flusher's own connection
+    can: the change must stay pending until the invalidation is sent, or another process,
+    finding no pending state, serves the task as the cache kept it before the change."""
+    settings = {
+        "TASK_WRITE_STRATEGY": "write-behind",
+        "WRITE_BEHIND_FLUSH_MS": 60_000,  # no flusher of its own: flushed below, by hand
+        "WRITE_BEHIND_CLAIM_IDLE_MS": 100,
+    }
+    flushing, reading = make_app(**settings), make_app(**settings)  # two processes of one app
+    client = reading.test_client()
+    user_id, headers = account(client)
+    task = client.post(TASKS, json={"title": "old"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    client.get(path, headers={**headers, **NO_HTTP_CACHE})  # the task cached as "old"
+    hit = client.get(path, headers={**headers, **NO_HTTP_CACHE})
+    assert (hit.headers["X-Cache"], hit.get_json()["title"]) == ("HIT", "old")
+    assert client.patch(path, json={"title": "new"}, headers=headers).status_code == 200
+
+    def unreachable():
+        raise redis.exceptions.ConnectionError("partitioned")
+
+    with flushing.app_context():
+        store = cache._state().store
+        for _ in range(store.breaker.threshold):
+            store.breaker._failed(ConnectionError("partitioned"))
+        store.held_back._ping = unreachable
+        cache.write_behind().ensure_group()
+        try:
+            cache.write_behind().flush_once(service.apply_pending, "flusher")
+            settled_now = True
+        except Unavailable:
+            settled_now = False
+        assert mongo_title(task["id"]) == "new"
+
+    for _ in range(2):  # the invalidation still held back by the flushing process
+        shown = client.get(path, headers=headers)
+        assert shown.get_json()["title"] == "new", shown.headers["X-Cache"]
+    assert not settled_now  # applied, and left to settle once the invalidation is sent
+
+    with flushing.app_context():
+        store.held_back._ping = store.client.ping
+        store.held_back.replay()  # its probe, once the process reaches Redis again
+        time.sleep(0.15)  # the unsettled change is claimed again after 100 ms idle
+        assert cache.write_behind().flush_once(service.apply_pending, "flusher") == 1
+        assert cache.write_behind().pending(keys.task(user_id, task["id"])) is None  # settled
 
 
 def test_write_behind_keeps_concurrent_patches_of_one_task(make_app):

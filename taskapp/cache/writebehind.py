@@ -33,6 +33,9 @@ from taskapp.cache.client import REDIS_ERRORS, Unavailable
 
 log = logging.getLogger("taskapp.cache.writebehind")
 
+#: What a Redis outage raises here: redis-py's errors, or the breaker's refusal.
+OUTAGES = (*REDIS_ERRORS, Unavailable)
+
 #: How long the last staged version of an object (and the tombstone of a deleted one) is
 #: remembered: far longer than any read-modify-stage takes.
 VERSION_MARK_TTL_MS = 3_600_000
@@ -195,7 +198,8 @@ return removed
 DEAD_CONSUMER_MIN_MS = 60_000
 
 #: apply(object_id, state) writes ``state`` to the source unless it holds a newer version; it
-#: raises ``SourceUnavailable`` when the source is down (any other error is this object's).
+#: raises ``SourceUnavailable`` when the source is down and ``Unavailable`` when Redis is (any
+#: other error is this object's).
 Apply = Callable[[str, dict[str, Any]], None]
 
 
@@ -376,8 +380,9 @@ class WriteBehind:
     def _apply_batch(self, apply: Apply, entries: list[tuple[bytes, dict]]) -> None:
         """Apply the newest state of each object once and settle its entries; an object whose
         apply fails keeps its entries for a later try (dead letters after ``MAX_ATTEMPTS``)
-        while the others go through. ``SourceUnavailable`` stops the batch: what is left is
-        applied again once the source is back."""
+        while the others go through. ``SourceUnavailable`` stops the batch, and so does
+        ``Unavailable`` (the apply could not finish its work in Redis, such as invalidating what
+        the cache kept): what is left is applied again once the cause is gone."""
         newest: dict[str, dict[str, Any]] = {}
         grouped: dict[str, list[tuple[bytes, dict]]] = {}
         for entry_id, fields in entries:
@@ -397,8 +402,8 @@ class WriteBehind:
         for object_id, state in newest.items():
             try:
                 apply(object_id, state)
-            except SourceUnavailable:
-                raise
+            except (SourceUnavailable, Unavailable):
+                raise  # not this object's fault: nothing counted
             except Exception as exc:  # noqa: BLE001 - this object's failure: count it, go on
                 self._failed(object_id, grouped[object_id], exc)
                 continue
@@ -482,7 +487,7 @@ class WriteBehind:
                     failing = True
                     what = (
                         "Redis unavailable"
-                        if isinstance(exc, REDIS_ERRORS)
+                        if isinstance(exc, OUTAGES)
                         else "source unavailable"
                         if isinstance(exc, SourceUnavailable)
                         else "failed"
@@ -492,7 +497,7 @@ class WriteBehind:
                         what,
                         type(exc).__name__,
                         exc,
-                        exc_info=not isinstance(exc, (*REDIS_ERRORS, SourceUnavailable)),
+                        exc_info=not isinstance(exc, (*OUTAGES, SourceUnavailable)),
                     )
                 else:
                     log.debug("write-behind flusher failed again: %s", exc)

@@ -647,8 +647,11 @@ def apply_pending(task_id: str, state: dict[str, Any]) -> None:
         # Anything else may be MongoDB's (down, busy, not allowed): hold every change and
         # count no try, so an answered change is never given up for a passing fault.
         raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
-    user_id = state["owner"]
-    cache.invalidate_tags(*_affected_tags(user_id, task_id))
+    tags = _affected_tags(state["owner"], task_id)
+    if cache.invalidate_tags(*tags) < len(tags):
+        # Held back: the flusher must not settle yet. Settling drops the pending state, the
+        # only thing that hides, from every process, what the cache kept of the task before.
+        raise Unavailable("the cache's Redis did not take the invalidation; settled later")
 
 
 def _refused_document(exc: Exception) -> bool:
