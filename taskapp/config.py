@@ -180,6 +180,7 @@ def _check_write_behind_durability(values: dict[str, Any]) -> None:
     client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
     try:
         aof = int(client.info("persistence").get("aof_enabled", 0))
+        fsync = _appendfsync(client) if aof else None
     except redis.RedisError as exc:
         log.warning("write-behind: could not ask Redis whether appendonly is on (%s)", exc)
         return
@@ -189,6 +190,28 @@ def _check_write_behind_durability(values: dict[str, Any]) -> None:
         raise ConfigError(
             _volatile_message(f"the Redis at {redacted(redis_url)} runs with appendonly no")
         )
+    if fsync != "always":
+        log.warning(
+            "write-behind: the Redis at %s runs with appendfsync %s: a crash of Redis can lose "
+            "the changes it acknowledged in its last second or two (with everysec Redis "
+            "answers before it writes while an fsync is slow); appendfsync always makes every "
+            "answered change reach MongoDB",
+            redacted(redis_url),
+            fsync or "unknown (CONFIG GET refused)",
+        )
+
+
+def _appendfsync(client: Any) -> str | None:
+    """The server's appendfsync policy, or None when it does not say (CONFIG refused, as on
+    managed services)."""
+    import redis
+
+    try:
+        answer = client.config_get("appendfsync")
+    except redis.ResponseError:
+        return None
+    value = answer.get(b"appendfsync", answer.get("appendfsync"))
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _volatile_message(what: str) -> str:

@@ -191,10 +191,11 @@ def private_redis():
 
 @pytest.fixture
 def durable_redis():
-    """A redis-server of this test alone with an AOF (``appendonly yes``), as write-behind needs."""
+    """A redis-server of this test alone that keeps every answered write through a crash
+    (``appendonly yes``, ``appendfsync always``), as write-behind's promise needs."""
     from tests.redis_server import RedisServer
 
-    server = RedisServer(appendonly=True)
+    server = RedisServer(appendonly=True, appendfsync="always")
     yield server
     server.stop()
 

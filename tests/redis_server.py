@@ -52,13 +52,18 @@ class ServerProcess:
 class RedisServer(ServerProcess):
     """One redis-server process on a loopback port, owned by the test that made it."""
 
-    def __init__(self, *extra: str, appendonly: bool = False) -> None:
+    def __init__(
+        self, *extra: str, appendonly: bool = False, appendfsync: str = "everysec"
+    ) -> None:
         """``appendonly``: keep what is acknowledged in an AOF (as write-behind requires; a
-        restart then loads it back), else nothing survives a restart."""
+        restart then loads it back), else nothing survives a restart. ``appendfsync``: when the
+        AOF is written and synced (``always``: before each answer, so a crash loses nothing
+        acknowledged; ``everysec``, Redis's default, can lose the last second or two)."""
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="taskapp-redis-")
         self.extra = extra
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen | None = None
         self.start()
 
@@ -79,6 +84,8 @@ class RedisServer(ServerProcess):
                 "",
                 "--appendonly",
                 "yes" if self.appendonly else "no",
+                "--appendfsync",
+                self.appendfsync,
                 "--dir",
                 self.dir,
                 *self.extra,

@@ -110,6 +110,24 @@ def test_write_behind_on_a_redis_without_appendonly_is_refused_unless_allowed(
     load({"REDIS_URL": private_redis.url, "SECRET_KEY": "x" * 32})  # other strategies: no need
 
 
+def test_write_behind_on_a_redis_that_may_lose_its_last_second_is_started_with_a_warning(
+    durable_redis, caplog
+):
+    from tests.redis_server import RedisServer
+
+    everysec = RedisServer(appendonly=True)  # Redis's default appendfsync
+    try:
+        load({**WRITE_BEHIND, "REDIS_URL": everysec.url})
+    finally:
+        everysec.stop()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "appendfsync everysec" in warned[0], warned
+    assert "appendfsync always makes every answered change reach MongoDB" in warned[0]
+    caplog.clear()
+    load({**WRITE_BEHIND, "REDIS_URL": durable_redis.url})  # appendfsync always
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+
+
 @pytest.mark.parametrize(
     ("command", "prefix"),
     [
