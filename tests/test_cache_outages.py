@@ -78,36 +78,18 @@ def test_an_invalidation_made_during_a_hang_is_replayed_before_reads(cache_on, p
     assert cache_on.get("k") is NO_VALUE
 
 
+@pytest.mark.parametrize("slow", [0.0, 0.2], ids=["answering", "slow-to-answer"])
 def test_a_write_while_the_breaker_is_open_but_redis_is_back_sends_its_invalidation_at_once(
-    private_redis, key_prefix
+    private_redis, key_prefix, slow
 ):
     """Redis restarts; another process reaches it first and caches a value read before a write;
     this process, its breaker still open (cool-down), makes the write: the invalidation must
-    reach Redis before the write is answered, not wait for this process's probe."""
-    writer_app, writer = bare_app(private_redis.url, key_prefix, CACHE_BREAKER_COOLDOWN=30)
-    reader_app, reader = bare_app(private_redis.url, key_prefix)
-    with running(writer_app, writer):
-        private_redis.kill()
-        for _ in range(5):
-            writer.get("other")  # the breaker opens; its probe waits 30 s
-        assert writer.degraded
-        private_redis.start()  # restarted empty
-        with reader_app.app_context():
-            assert reader.set("{u:1}:k", "read before the write", ttl=30, tags=["{u:1}:t"])
-        writer.invalidate_tags("{u:1}:t")  # the write's invalidation, then its answer
-        with reader_app.app_context():
-            assert reader.get("{u:1}:k") is NO_VALUE
-            reader.close()
-        assert not writer.degraded  # the send proved Redis back: the breaker closed
+    reach Redis before the write is answered, not wait for this process's probe.
 
-
-def test_a_write_while_the_breaker_is_open_waits_for_a_redis_slow_to_answer(
-    private_redis, key_prefix
-):
-    """As above, but Redis, back, is slow to answer the write's first question (paused 0.2 s, as
-    a busy server or a loaded host is): the write waits up to a socket timeout for it, then
-    sends its invalidation. Giving up sooner (50 ms) answered the write with its invalidation
-    held back while the other process served the older value."""
+    ``slow``: Redis, back, is that slow to answer the write's first question (paused, as a busy
+    server or a loaded host is): the write waits up to a socket timeout for it. Giving up after
+    50 ms answered the write with its invalidation held back while the other process served the
+    older value."""
     writer_app, writer = bare_app(
         private_redis.url, key_prefix, CACHE_BREAKER_COOLDOWN=30, REDIS_SOCKET_TIMEOUT=1.0
     )
@@ -117,11 +99,12 @@ def test_a_write_while_the_breaker_is_open_waits_for_a_redis_slow_to_answer(
         for _ in range(5):
             writer.get("other")  # the breaker opens; its probe waits 30 s
         assert writer.degraded
-        private_redis.start()
+        private_redis.start()  # restarted empty
         with reader_app.app_context():
             assert reader.set("{u:1}:k", "read before the write", ttl=30, tags=["{u:1}:t"])
-        private_redis.pause()
-        resume = threading.Timer(0.2, private_redis.resume)
+        if slow:
+            private_redis.pause()
+        resume = threading.Timer(slow, private_redis.resume)
         resume.start()
         try:
             writer.invalidate_tags("{u:1}:t")  # the write's invalidation, then its answer
@@ -130,7 +113,7 @@ def test_a_write_while_the_breaker_is_open_waits_for_a_redis_slow_to_answer(
         with reader_app.app_context():
             assert reader.get("{u:1}:k") is NO_VALUE
             reader.close()
-        assert not writer.degraded
+        assert not writer.degraded  # the send proved Redis back: the breaker closed
 
 
 def test_a_killed_redis_is_served_around_and_used_again_after_restart(cache_on, private_redis):
