@@ -207,11 +207,9 @@ def _appendfsync(client: Any) -> str | None:
     import redis
 
     try:
-        answer = client.config_get("appendfsync")
+        return client.config_get("appendfsync").get("appendfsync")
     except redis.ResponseError:
         return None
-    value = answer.get(b"appendfsync", answer.get("appendfsync"))
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _volatile_message(what: str) -> str:

@@ -132,13 +132,15 @@ def admitted(request: RequestState, access: Access) -> bool:
     """True when ``access`` was not revoked: the verdict of the admission this request already
     made, else of one call now; a missing hash is rebuilt from MongoDB; without Redis, MongoDB
     decides."""
-    if request.admission is NOT_ASKED:
+
+    def ask() -> int | None:
         request.admission = cache.run_script(*scripts.chain(check(access)), None)
-    verdict = verdict_of(request.admission)
+        return verdict_of(request.admission)
+
+    verdict = ask() if request.admission is NOT_ASKED else verdict_of(request.admission)
     if verdict == UNKNOWN:
         rebuild(access.user_id)
-        request.admission = cache.run_script(*scripts.chain(check(access)), None)
-        verdict = verdict_of(request.admission)
+        verdict = ask()
     if verdict == UNKNOWN or verdict is None:
         # Redis lost the hash again or cannot be asked: the source of truth decides.
         return _admitted_by_mongodb(access)

@@ -45,6 +45,11 @@ class RequestState:
         self.scopes: dict[str, bytes] = {}
         self.source_read = False
 
+    def take_looked_up(self) -> tuple[str, Any, Any] | None:
+        """The lookup handed on by a layer in front of Flask, once (it is used or released)."""
+        earlier, self.looked_up = self.looked_up, None
+        return earlier
+
     @classmethod
     def of(cls, environ: dict[str, Any]) -> RequestState:
         """The state of the request of ``environ``, made when no layer made it yet."""

@@ -89,7 +89,7 @@ class ResponseCache:
         Once per request: a layer in front of Flask that looked up and then handed the request
         on left its answer (and the fill lock it took) in the request's state, used here.
         """
-        earlier, request_state.looked_up = request_state.looked_up, None
+        earlier = request_state.take_looked_up()
         if earlier is not None and earlier[0] == key:
             return earlier[1], earlier[2]
         if earlier is not None:
@@ -169,8 +169,7 @@ class ResponseCache:
         instead of after the lock's TTL."""
         context = g.pop("_response_cache", None)
         self._release(context.get("lease") if context is not None else None)
-        state = RequestState.of(request.environ)
-        earlier, state.looked_up = state.looked_up, None
+        earlier = RequestState.of(request.environ).take_looked_up()
         self._release(earlier[2] if earlier is not None else None)
 
     def _release(self, lease: Lease | None) -> None:
