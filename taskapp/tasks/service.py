@@ -518,7 +518,7 @@ def _stage(
         for name, value in data.changes().items()
     }
     change["updated_at"] = isoformat(utcnow())
-    current = _read_checked(user_id, task_id, precondition)
+    current = _read_latest(user_id, task_id, precondition)
     if current is None:
         return None
     entry = Activity(
@@ -539,6 +539,19 @@ def _stage(
     cache.invalidate_tags(keys.collection_tag(user_id), keys.responses_tag(user_id))
     cache.list_push(keys.activity(user_id), entry.to_dict(), maxlen=ACTIVITY_MAXLEN)
     return _public(state)
+
+
+def _read_latest(
+    user_id: str, tid: str, precondition: Precondition | None
+) -> dict[str, Any] | None:
+    """The task as it is now, for a write-behind change (see ``_read_checked``).
+
+    What this process's memory holds is checked against Redis again: this request learned
+    the versions that check it when it began, and a flush that settled since (in any process)
+    must be seen, or every stage over the older task is refused again.
+    """
+    cache.recheck_memory()
+    return _read_checked(user_id, tid, precondition)
 
 
 def _queue_change(
@@ -573,7 +586,7 @@ def _queue_change(
         if state is not None:
             return state
         # A flush between our read and our stage: read again.
-        fresh = _read_checked(user_id, task_id, precondition)
+        fresh = _read_latest(user_id, task_id, precondition)
         if fresh is None:
             return None
         current = fresh
