@@ -151,10 +151,10 @@ def test_a_page_read_while_its_change_is_flushed_still_shows_the_change(make_app
         settled.set()
         return result
 
-    settle = writebehind.WriteBehind._settle_entry
+    settle = writebehind.WriteBehind._settle_object
     monkeypatch.setitem(service.FETCHERS, "task_list", slow_page)
     monkeypatch.setattr(service, "apply_pending", late_apply)
-    monkeypatch.setattr(writebehind.WriteBehind, "_settle_entry", settle_and_tell)
+    monkeypatch.setattr(writebehind.WriteBehind, "_settle_object", settle_and_tell)
     app = make_app(TASK_WRITE_STRATEGY="write-behind", WRITE_BEHIND_FLUSH_MS=20)
     service.start_flushers(app)  # with the apply patched above
     client = app.test_client()
