@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from taskapp.cache.client import redacted
+from taskapp.cache.client import EVICTS_ANY_KEY, redacted
 from taskapp.cache.settings import SETTINGS as CACHE_SETTINGS
 from taskapp.cache.settings import boolean, choice, int_at_least, seconds
 
@@ -171,11 +171,12 @@ def _validate(values: dict[str, Any]) -> None:
 
 
 def _check_write_behind_durability(values: dict[str, Any]) -> None:
-    """Refuse write-behind on a Redis that would lose answered changes in a crash.
+    """Refuse write-behind on a Redis that would lose answered changes in a crash, or evict
+    them (a ``maxmemory-policy`` of ``allkeys-*`` may evict any key, the queue's included).
 
-    Asks the server (INFO persistence), so the gunicorn master and every CLI run stop with one
-    line before anything is served. A Redis that does not answer now is asked again by the
-    first write-behind change (which is refused, 503, on a volatile one).
+    Asks the server (INFO persistence and memory), so the gunicorn master and every CLI run
+    stop with one line before anything is served. A Redis that does not answer now is asked
+    again by the first write-behind change (which is refused, 503, on a volatile one).
     """
     if values["TASK_WRITE_STRATEGY"] != "write-behind" or values["WRITE_BEHIND_ALLOW_VOLATILE"]:
         return
@@ -190,6 +191,7 @@ def _check_write_behind_durability(values: dict[str, Any]) -> None:
     try:
         aof = int(client.info("persistence").get("aof_enabled", 0))
         fsync = _appendfsync(client) if aof else None
+        policy = str(client.info("memory").get("maxmemory_policy", "")) if aof else ""
     except redis.RedisError as exc:
         log.warning("write-behind: could not ask Redis whether appendonly is on (%s)", exc)
         return
@@ -199,6 +201,8 @@ def _check_write_behind_durability(values: dict[str, Any]) -> None:
         raise ConfigError(
             _volatile_message(f"the Redis at {redacted(redis_url)} runs with appendonly no")
         )
+    if policy.startswith(EVICTS_ANY_KEY):
+        raise ConfigError(_evicting_message(f"the Redis at {redacted(redis_url)}", policy))
     if fsync != "always":
         log.warning(
             "write-behind: the Redis at %s runs with appendfsync %s: a crash of Redis can lose "
@@ -219,6 +223,15 @@ def _appendfsync(client: Any) -> str | None:
         return client.config_get("appendfsync").get("appendfsync")
     except redis.ResponseError:
         return None
+
+
+def _evicting_message(where: str, policy: str) -> str:
+    return (
+        "setting TASK_WRITE_STRATEGY=write-behind needs a Redis that never evicts its queue: "
+        f"{where} runs with maxmemory-policy {policy}, which may evict answered changes "
+        "before they reach MongoDB; use noeviction or a volatile-* policy, or set "
+        "WRITE_BEHIND_ALLOW_VOLATILE=1"
+    )
 
 
 def _volatile_message(what: str) -> str:

@@ -350,3 +350,16 @@ def test_a_newer_change_of_a_dead_lettered_object_gets_tries_of_its_own(write_be
     assert applied == [{"n": 2, "version": 2}]
     assert write_behind.pending("o") is None
     assert write_behind.client.xlen(write_behind.stream) == 0
+
+
+def test_a_redis_that_may_evict_any_key_is_volatile(durable_redis, key_prefix):
+    client = redis.Redis(port=durable_redis.port)
+    try:
+        assert WriteBehind(client, key_prefix, flush_ms=100, claim_idle_ms=300).volatile() is None
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        queue = WriteBehind(client, key_prefix, flush_ms=100, claim_idle_ms=300)
+        assert queue.volatile() == "maxmemory-policy allkeys-lru"
+        client.config_set("maxmemory-policy", "volatile-lru")  # never evicts the queue
+        assert WriteBehind(client, key_prefix, flush_ms=100, claim_idle_ms=300).volatile() is None
+    finally:
+        client.close()

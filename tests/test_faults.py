@@ -664,9 +664,10 @@ def sigterm_a_worker(server) -> Callable[[], None]:
 class Ballast:
     """volatile-lru with ``maxmemory`` just above what Redis uses, and 1 KB keys with an expiry
     (as cache entries have) written until stopped: Redis evicts all the while, any key with an
-    expiry it picks: the app's cache entries and version keys, the ballast. (Under allkeys-lru
-    Redis may evict the write-behind queue itself, which has no expiry: answered changes are
-    lost.)"""
+    expiry it picks: the app's cache entries and version keys, the ballast.
+
+    (Under allkeys-lru Redis may evict the write-behind queue itself, which has no expiry:
+    answered changes are lost, so write-behind refuses such a Redis at start-up.)"""
 
     def __init__(self, redis_server) -> None:
         self.client = redis.Redis(port=redis_server.port)

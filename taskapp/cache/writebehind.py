@@ -22,7 +22,9 @@ change of it.
 
 Durability is Redis's: without AOF (``appendonly yes``, ``appendfsync everysec`` or ``always``)
 a Redis crash loses the changes not yet flushed, so ``volatile`` tells whether a server keeps
-what it acknowledged.
+what it acknowledged. Nor may Redis evict the queue: the pending states, the stream and the
+leases have no expiry, so ``maxmemory-policy`` ``noeviction`` or ``volatile-*`` keeps them, while
+``allkeys-*`` may evict them and lose answered changes (``volatile`` says so too).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any
 import redis
 
 from taskapp.cache import metrics
-from taskapp.cache.client import REDIS_ERRORS, Unavailable
+from taskapp.cache.client import EVICTS_ANY_KEY, REDIS_ERRORS, Unavailable
 
 log = logging.getLogger("taskapp.cache.writebehind")
 
@@ -337,8 +339,8 @@ class WriteBehind:
         self._prune = self.flusher_client.register_script(PRUNE_CONSUMERS)
         #: A consumer idle this long with nothing pending is a flusher gone for good.
         self.dead_consumer_ms = max(DEAD_CONSUMER_MIN_MS, 10 * claim_idle_ms)
-        #: Whether the server keeps what it acknowledged (None: not asked yet).
-        self.durable: bool | None = None
+        #: What makes the server lose what it acknowledged ("": nothing; None: not asked yet).
+        self._volatility: str | None = None
 
     def pending_key(self, key: str) -> str:
         """The Redis key of an object's pending state."""
@@ -422,13 +424,22 @@ class WriteBehind:
             )
         )
 
-    def volatile(self) -> bool:
-        """True when the server does not keep what it acknowledged (``appendonly no``): a crash
-        then loses changes not yet flushed. Asked once per process; raises ``Unavailable``."""
-        if self.durable is None:
-            info = self._guard(lambda: self.client.info("persistence"))
-            self.durable = bool(int(info.get("aof_enabled", 0)))
-        return not self.durable
+    def volatile(self) -> str | None:
+        """What makes the server lose what it acknowledged, None when nothing does:
+        ``appendonly no`` (a crash loses changes not yet flushed) or a ``maxmemory-policy`` of
+        ``allkeys-*`` (it may evict the queue's keys, which have no expiry). Asked once per
+        process; raises ``Unavailable``."""
+        if self._volatility is None:
+            persistence = self._guard(lambda: self.client.info("persistence"))
+            memory = self._guard(lambda: self.client.info("memory"))
+            policy = str(memory.get("maxmemory_policy", ""))
+            if not int(persistence.get("aof_enabled", 0)):
+                self._volatility = "appendonly no"
+            elif policy.startswith(EVICTS_ANY_KEY):
+                self._volatility = f"maxmemory-policy {policy}"
+            else:
+                self._volatility = ""
+        return self._volatility or None
 
     def pending(self, key: str) -> dict[str, Any] | None:
         """The object's state with its changes not yet flushed, or None. Raises Unavailable

@@ -621,8 +621,9 @@ def _forget(entry: Activity) -> None:
 
 
 def _require_durable() -> None:
-    """Refuse write-behind changes (503) on a Redis that would lose them in a crash, unless
-    WRITE_BEHIND_ALLOW_VOLATILE: start-up checks it too, but Redis may have been down then."""
+    """Refuse write-behind changes (503) on a Redis that would lose them in a crash or evict
+    them, unless WRITE_BEHIND_ALLOW_VOLATILE: start-up checks it too, but Redis may have been
+    down then."""
     if current_app.config["WRITE_BEHIND_ALLOW_VOLATILE"]:
         return
     try:
@@ -631,8 +632,8 @@ def _require_durable() -> None:
         raise _queue_unavailable() from None
     if volatile:
         raise ServiceUnavailable(
-            "the write-behind queue's Redis runs with appendonly no and would lose answered "
-            "changes in a crash; the change was not made"
+            f"the write-behind queue's Redis runs with {volatile} and could lose answered "
+            "changes; the change was not made"
         )
 
 
