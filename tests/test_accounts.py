@@ -4,6 +4,7 @@ deletion, revocation when Redis loses or cannot serve its keys, and the anonymou
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pymongo
@@ -155,6 +156,34 @@ def test_with_redis_down_two_concurrent_refreshes_of_one_token_at_most_one_succe
     private_redis.kill()
     outcomes = concurrent_refreshes(app, email)
     assert all(outcome in ([200, 401, 401], [401, 401]) for outcome in outcomes), outcomes
+
+
+@pytest.mark.parametrize("left", [600, 1209600], ids=["10-minutes-left", "just-issued"])
+def test_a_refresh_claim_lives_as_long_as_the_refresh_token_it_guards(
+    app, monkeypatch, redis_url, key_prefix, left
+):
+    """The mark of a refresh token's presentation outlives the token (its ``exp``, plus the
+    clock margin), never REFRESH_TOKEN_TTL from the presentation: a token presented 10 minutes
+    before it expires leaves a claim of about 11 minutes, not 14 days."""
+    from types import SimpleNamespace
+
+    from taskapp.auth import tokens
+
+    client = app.test_client()
+    user_id, email = sign_up(client)
+    issued = time.time() - (app.config["REFRESH_TOKEN_TTL"] - left)
+    monkeypatch.setattr(tokens, "time", SimpleNamespace(time=lambda: issued))
+    token = log_in(client, email)["refresh_token"]  # issued ``left`` seconds before its exp
+    monkeypatch.undo()
+    assert refresh(client, token).status_code == 200
+    server = redis.Redis.from_url(redis_url)
+    try:
+        (claim,) = server.scan_iter(match=f"{key_prefix}{{u:{user_id}}}:refreshed:*")
+        ttl_ms = server.pttl(claim)
+    finally:
+        server.close()
+    longest = (left + tokens.CLOCK_MARGIN_S) * 1000
+    assert longest - 10_000 < ttl_ms <= longest, ttl_ms
 
 
 # Logout and password change

@@ -31,7 +31,9 @@ while Redis is down").
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -39,7 +41,7 @@ from bson import ObjectId
 from flask import current_app
 
 from taskapp import db, keys
-from taskapp.auth.tokens import Access
+from taskapp.auth.tokens import CLOCK_MARGIN_S, Access
 from taskapp.cache import scripts
 from taskapp.cache.context import NOT_ASKED, RequestState
 from taskapp.cache.scripts import RUN
@@ -106,7 +108,7 @@ return 1
 )
 
 # CLAIM: mark a refresh token as presented, once.
-# KEYS[1] the token's claim, ARGV[1] time to live in ms (the refresh token's lifetime)
+# KEYS[1] the token's claim, ARGV[1] time to live in ms (what is left of the refresh token's life)
 # returns 1 for the first caller, 0 for every later one
 CLAIM = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
@@ -177,11 +179,15 @@ def rebuild(user_id: str) -> None:
     _record(user_id, build=build, generation=generation, gone=user is None, sessions=revoked)
 
 
-def claim_refresh(user_id: str, refresh_id: str) -> bool | None:
+def claim_refresh(user_id: str, refresh_id: str, expires_at: int) -> bool | None:
     """True for the first presentation of a refresh token, False for a later one, None when
     Redis cannot say. With MongoDB's conditional rotation this makes a refresh token single use
-    also on a MongoDB that loses concurrent updates of one document (FerretDB 1.24)."""
-    ttl_ms = int(current_app.config["REFRESH_TOKEN_TTL"]) * 1000
+    also on a MongoDB that loses concurrent updates of one document (FerretDB 1.24).
+
+    The claim lives as long as the token can still be presented: until its ``exp``
+    (``expires_at``, Unix seconds) by this host's clock, plus ``tokens.CLOCK_MARGIN_S``.
+    """
+    ttl_ms = max(math.ceil((expires_at + CLOCK_MARGIN_S - time.time()) * 1000), 1)
     claimed = cache.run_script(CLAIM, [keys.refresh_claim(user_id, refresh_id)], [ttl_ms], None)
     return None if claimed is None else bool(int(claimed))
 

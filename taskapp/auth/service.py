@@ -129,7 +129,7 @@ def refresh(token: str) -> dict[str, Any]:
     user = find_user(claims.user_id)
     if user is None or claims.generation < user.token_generation:
         raise _unauthorized("the refresh token was revoked")
-    if revocation.claim_refresh(claims.user_id, claims.refresh_id) is False:
+    if revocation.claim_refresh(claims.user_id, claims.refresh_id, claims.expires_at) is False:
         _reused(claims)  # presented before (Redis says so at once, even for concurrent ones)
     sid, uid = ObjectId(claims.session_id), ObjectId(claims.user_id)
     new_id = secrets.token_urlsafe(16)
