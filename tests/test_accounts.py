@@ -373,6 +373,87 @@ def test_while_redis_is_down_revoked_tokens_are_refused_by_mongodb(make_app, pri
     assert client.get(path, headers=bearer(pair["access_token"])).status_code == 401
 
 
+# Sessions in MongoDB: deleted by later logins once no token of theirs can be used
+
+
+def session_of(pair: dict) -> ObjectId:
+    """The id of the login (session) a token pair belongs to."""
+    import jwt
+
+    return ObjectId(jwt.decode(pair["access_token"], options={"verify_signature": False})["sid"])
+
+
+def move_back(app, session_id: ObjectId, seconds: float) -> None:
+    """Make a session's expiry (and revocation) ``seconds`` older: time passing, for MongoDB."""
+    from datetime import timedelta
+
+    with app.app_context():
+        session = Session.objects.get(id=session_id)
+        changes = {"expires_at": session.expires_at - timedelta(seconds=seconds)}
+        if session.revoked_at is not None:
+            changes["revoked_at"] = session.revoked_at - timedelta(seconds=seconds)
+        Session.objects(id=session_id).update(**{f"set__{k}": v for k, v in changes.items()})
+
+
+def stored_sessions(app, *session_ids: ObjectId) -> set[ObjectId]:
+    with app.app_context():
+        return {s.id for s in Session.objects(id__in=session_ids)}
+
+
+def test_a_login_deletes_the_sessions_no_token_can_use_any_more(app):
+    """A session is deleted ACCESS_TOKEN_TTL (plus the clock margin) after its refresh token
+    expired, when its access tokens have expired too; not before. FerretDB 1.24 has no TTL
+    index, so later logins (of any user) delete it."""
+    from taskapp.auth.tokens import CLOCK_MARGIN_S
+
+    client = app.test_client()
+    _, email = sign_up(client)
+    dead, kept, live = (session_of(log_in(client, email)) for _ in range(3))
+    grace = app.config["ACCESS_TOKEN_TTL"] + CLOCK_MARGIN_S
+    refresh_ttl = app.config["REFRESH_TOKEN_TTL"]
+    move_back(app, dead, refresh_ttl + grace + 5)  # refresh token expired grace + 5 s ago
+    move_back(app, kept, refresh_ttl + grace - 30)  # 30 s before it may go
+    log_in(client, sign_up(client)[1])  # another user's login
+    assert stored_sessions(app, dead, kept, live) == {kept, live}
+
+
+def test_the_sessions_purge_query_has_its_index_on_the_test_mongodb(app):
+    """The purge's range query on ``expires_at`` is served by an index (a plain one: FerretDB
+    1.24, the test MongoDB by default, refuses ``expireAfterSeconds``)."""
+    from taskapp import db
+
+    with app.app_context():
+        indexes = db.current().database["sessions"].index_information()
+    assert [("expires_at", 1)] in [index["key"] for index in indexes.values()], indexes
+
+
+def test_a_revoked_session_is_kept_while_a_revocation_rebuild_reads_it_then_deleted(
+    app, redis_url, key_prefix
+):
+    """A logout ends the refresh token at once; its access token lives up to ACCESS_TOKEN_TTL
+    more, so the session stays as long as a rebuild of the revocation hash reads it (revoked
+    within ACCESS_TOKEN_TTL), and is deleted by a login after that (plus the clock margin)."""
+    from taskapp.auth.tokens import CLOCK_MARGIN_S
+
+    client = app.test_client()
+    user_id, email = sign_up(client)
+    pair = log_in(client, email)
+    session_id = session_of(pair)
+    assert client.post(LOGOUT, headers=bearer(pair["access_token"])).status_code == 204
+    move_back(app, session_id, app.config["ACCESS_TOKEN_TTL"] - 30)  # revoked 14.5 min ago
+    log_in(client, email)
+    assert stored_sessions(app, session_id) == {session_id}
+    direct = redis.Redis.from_url(redis_url)
+    try:
+        assert direct.delete(f"{key_prefix}{keys.revocation(user_id)}") == 1
+    finally:
+        direct.close()
+    assert client.get(ME, headers=bearer(pair["access_token"])).status_code == 401  # rebuilt
+    move_back(app, session_id, 30 + CLOCK_MARGIN_S + 5)
+    log_in(client, email)
+    assert stored_sessions(app, session_id) == set()
+
+
 # Requests without a valid token
 
 

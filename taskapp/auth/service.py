@@ -21,6 +21,9 @@ from taskapp.models import ROLES, Session, User, check_dummy_password, utcnow
 
 log = logging.getLogger(__name__)
 
+#: The most sessions one login deletes (``purge_sessions``): a bounded cost per login.
+PURGE_BATCH = 100
+
 
 def normalise_email(email: str) -> str:
     """The one spelling of an email the app stores and looks up."""
@@ -95,6 +98,7 @@ def is_admin(user_id: str) -> bool:
 
 def start_session(user: User) -> dict[str, Any]:
     """A new login of ``user``: its session in MongoDB and its token pair (the login answer)."""
+    purge_sessions()
     refresh_id = secrets.token_urlsafe(16)
     session = Session(
         user=user.id,
@@ -113,6 +117,26 @@ def start_session(user: User) -> dict[str, Any]:
     # The user's revocation hash exists from the first login on, so requests find it built.
     revocation.rebuild(str(user.id))
     return _token_pair(str(user.id), str(session.id), refresh_id, user.token_generation)
+
+
+def purge_sessions() -> None:
+    """Delete up to PURGE_BATCH sessions, of any user, that no token can use any more.
+
+    A TTL index would do this on MongoDB, but FerretDB 1.x has none (its issue 2415), so logins
+    do it: they are what creates sessions, and each deletes up to PURGE_BATCH dead ones, so dead
+    sessions cannot pile up. A session's refresh token is of no use after ``expires_at`` (a
+    revocation sets it to its own time); its access tokens were all issued before that, so they
+    expire within ACCESS_TOKEN_TTL of it, the window in which a revocation rebuild reads revoked
+    sessions (``revocation.rebuild``). The session is kept that long, plus CLOCK_MARGIN_S.
+    """
+    grace = current_app.config["ACCESS_TOKEN_TTL"] + tokens.CLOCK_MARGIN_S
+    cutoff = utcnow() - timedelta(seconds=grace)
+    dead = db.read(
+        lambda: [s.id for s in Session.objects(expires_at__lt=cutoff).only("id").limit(PURGE_BATCH)]
+    )
+    if dead:
+        # Filtered again: a revocation meanwhile (of an expired session) set expires_at to now.
+        Session.objects(id__in=dead, expires_at__lt=cutoff).delete()
 
 
 def refresh(token: str) -> dict[str, Any]:
@@ -154,8 +178,10 @@ def _reused(claims: tokens.Refresh) -> NoReturn:
 
 def revoke_session(user_id: str, session_id: str) -> None:
     """Revoke one login (logout, a reused refresh token): MongoDB, then Redis."""
+    now = utcnow()
+    # Its refresh token stops working now: expires_at says so, for purge_sessions.
     Session.objects(id=ObjectId(session_id), user=ObjectId(user_id)).update(
-        set__revoked=True, set__revoked_at=utcnow()
+        set__revoked=True, set__revoked_at=now, set__expires_at=now
     )
     revocation.revoke_session(user_id, session_id)
 
@@ -175,7 +201,10 @@ def change_password(access: Access, current: str, new: str) -> None:
     )
     if changed is None:
         raise Conflict("the password was changed meanwhile")
-    Session.objects(user=user.id, revoked=False).update(set__revoked=True, set__revoked_at=utcnow())
+    now = utcnow()
+    Session.objects(user=user.id, revoked=False).update(
+        set__revoked=True, set__revoked_at=now, set__expires_at=now
+    )
     revocation.revoke_generation(access.user_id, changed.token_generation)
 
 
