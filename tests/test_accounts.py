@@ -400,7 +400,15 @@ def stored_sessions(app, *session_ids: ObjectId) -> set[ObjectId]:
         return {s.id for s in Session.objects(id__in=session_ids)}
 
 
-def test_a_login_deletes_the_sessions_no_token_can_use_any_more(app):
+@pytest.fixture
+def purge_each_login(monkeypatch):
+    """Every login purges (not one per process and minute), so a test sees each purge."""
+    from taskapp.auth import service
+
+    monkeypatch.setattr(service, "PURGE_INTERVAL_S", 0.0)
+
+
+def test_a_login_deletes_the_sessions_no_token_can_use_any_more(app, purge_each_login):
     """A session is deleted ACCESS_TOKEN_TTL (plus the clock margin) after its refresh token
     expired, when its access tokens have expired too; not before. FerretDB 1.24 has no TTL
     index, so later logins (of any user) delete it."""
@@ -417,6 +425,28 @@ def test_a_login_deletes_the_sessions_no_token_can_use_any_more(app):
     assert stored_sessions(app, dead, kept, live) == {kept, live}
 
 
+def test_a_process_purges_once_a_minute_unless_a_purge_found_a_full_batch(make_app, monkeypatch):
+    """The purge's query scans every session on FerretDB 1.24: one login per process and
+    PURGE_INTERVAL_S runs it, and every login while purges find full batches."""
+    from taskapp.auth import service
+
+    monkeypatch.setattr(service, "PURGE_BATCH", 2)
+    app = make_app()
+    _, email = sign_up(app.test_client())
+    dead = [session_of(log_in(app.test_client(), email)) for _ in range(6)]
+    for session_id in dead[:5]:
+        move_back(app, session_id, app.config["REFRESH_TOKEN_TTL"] + 3600)
+    client = make_app().test_client()  # another process: its first login purges
+    remaining = []
+    for _ in range(4):
+        log_in(client, email)
+        remaining.append(len(stored_sessions(app, *dead[:5])))
+    assert remaining == [3, 1, 0, 0]  # 2 each while a batch was full; the third found 1
+    move_back(app, dead[5], app.config["REFRESH_TOKEN_TTL"] + 3600)
+    log_in(client, email)
+    assert stored_sessions(app, dead[5]) == {dead[5]}  # not due: within the minute
+
+
 def test_the_sessions_purge_query_has_its_index_on_the_test_mongodb(app):
     """The purge's range query on ``expires_at`` is served by an index (a plain one: FerretDB
     1.24, the test MongoDB by default, refuses ``expireAfterSeconds``)."""
@@ -428,7 +458,7 @@ def test_the_sessions_purge_query_has_its_index_on_the_test_mongodb(app):
 
 
 def test_a_revoked_session_is_kept_while_a_revocation_rebuild_reads_it_then_deleted(
-    app, redis_url, key_prefix
+    app, redis_url, key_prefix, purge_each_login
 ):
     """A logout ends the refresh token at once; its access token lives up to ACCESS_TOKEN_TTL
     more, so the session stays as long as a rebuild of the revocation hash reads it (revoked

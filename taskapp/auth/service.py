@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
+import time
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -21,8 +23,35 @@ from taskapp.models import ROLES, Session, User, check_dummy_password, utcnow
 
 log = logging.getLogger(__name__)
 
-#: The most sessions one login deletes (``purge_sessions``): a bounded cost per login.
+#: The most sessions one purge deletes (``purge_sessions``): a bounded cost for its login.
 PURGE_BATCH = 100
+#: Seconds between two purges of one process while no purge found a full batch: on FerretDB
+#: 1.24 (SQLite) the purge's query scans every session, indexed or not.
+PURGE_INTERVAL_S = 60.0
+PURGE_EXTENSION = "taskapp.session_purge"
+
+
+class _PurgeDue:
+    """When this process (this app) purges sessions next: one login at a time, at most once per
+    PURGE_INTERVAL_S unless the last purge left more to delete."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 0.0  # time.monotonic() from which a login purges
+
+    def take(self) -> bool:
+        """True for the login that is to purge now (the next one waits PURGE_INTERVAL_S)."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                return False
+            self._next = now + PURGE_INTERVAL_S
+            return True
+
+    def again(self) -> None:
+        """A full batch was deleted: more may be left, so the next login purges too."""
+        with self._lock:
+            self._next = 0.0
 
 
 def normalise_email(email: str) -> str:
@@ -123,12 +152,16 @@ def purge_sessions() -> None:
     """Delete up to PURGE_BATCH sessions, of any user, that no token can use any more.
 
     A TTL index would do this on MongoDB, but FerretDB 1.x has none (its issue 2415), so logins
-    do it: they are what creates sessions, and each deletes up to PURGE_BATCH dead ones, so dead
-    sessions cannot pile up. A session's refresh token is of no use after ``expires_at`` (a
-    revocation sets it to its own time); its access tokens were all issued before that, so they
-    expire within ACCESS_TOKEN_TTL of it, the window in which a revocation rebuild reads revoked
-    sessions (``revocation.rebuild``). The session is kept that long, plus CLOCK_MARGIN_S.
+    do it: they are what creates sessions. One login per process and PURGE_INTERVAL_S purges,
+    and every login while the last purge found a full batch, so dead sessions cannot pile up.
+    A session's refresh token is of no use after ``expires_at`` (a revocation sets it to its own
+    time); its access tokens were all issued before that, so they expire within
+    ACCESS_TOKEN_TTL of it, the window in which a revocation rebuild reads revoked sessions
+    (``revocation.rebuild``). The session is kept that long, plus CLOCK_MARGIN_S.
     """
+    due: _PurgeDue = current_app.extensions.setdefault(PURGE_EXTENSION, _PurgeDue())
+    if not due.take():
+        return
     grace = current_app.config["ACCESS_TOKEN_TTL"] + tokens.CLOCK_MARGIN_S
     cutoff = utcnow() - timedelta(seconds=grace)
     dead = db.read(
@@ -137,6 +170,8 @@ def purge_sessions() -> None:
     if dead:
         # Filtered again: a revocation meanwhile (of an expired session) set expires_at to now.
         Session.objects(id__in=dead, expires_at__lt=cutoff).delete()
+    if len(dead) == PURGE_BATCH:
+        due.again()
 
 
 def refresh(token: str) -> dict[str, Any]:
