@@ -24,8 +24,8 @@ The check is ``CHECK``, chained (``scripts.chain``) in front of what the request
 anyway: a request's admission (``ratelimit.admission``) is the check and the user's rate limit,
 itself chained in front of the response-cache lookup on the fast path. It refuses like a rate
 limit refuses (first value 0), so a revoked token's request counts nowhere. While Redis is
-unavailable every authenticated request is checked against MongoDB instead (README, "Revocation
-while Redis is down").
+unavailable every authenticated request is checked against MongoDB instead (docs/tokens.md,
+"While Redis is down").
 """
 
 from __future__ import annotations
