@@ -19,6 +19,10 @@ EMBEDDED_MONGODB = "mongomock://"
 EMBEDDED_REDIS = "memory://"
 log = logging.getLogger("taskapp.config")
 
+#: The shortest SECRET_KEY (in UTF-8 bytes) the app signs tokens with outside the embedded mode:
+#: the 256 bits of HS256's own output, as RFC 7518 (3.2) asks of its key.
+MIN_SECRET_KEY_BYTES = 32
+
 # The most MongoDB reads one cache fill makes (a page: its items and its count; the stats: two
 # aggregations). Each is bounded by MONGODB_TIMEOUT_MS, so a fill takes at most this many
 # of them: the longest a caller waits for another caller's fill (CACHE_FILL_TIMEOUT).
@@ -149,6 +153,8 @@ def _validate(values: dict[str, Any]) -> None:
                 "setting SECRET_KEY is required when a real Redis or MongoDB is configured"
             )
         values["SECRET_KEY"] = secrets.token_urlsafe(32)
+    elif real_backend:
+        _check_secret_key(values["SECRET_KEY"])
     try:  # again for a list passed to create_app(config)
         values["CORS_ORIGINS"] = _origin_list(values["CORS_ORIGINS"])
     except (ValueError, TypeError, AttributeError) as exc:
@@ -158,6 +164,18 @@ def _validate(values: dict[str, Any]) -> None:
         raise ConfigError(
             f"setting CACHE_KEY_PREFIX={prefix!r} is invalid: non-empty, without braces, "
             "spaces or glob characters"
+        )
+
+
+def _check_secret_key(key: str | bytes) -> None:
+    """Refuse a SECRET_KEY shorter than MIN_SECRET_KEY_BYTES (a short key can be guessed offline
+    from one token); its value is never printed."""
+    size = len(key.encode() if isinstance(key, str) else key)
+    if size < MIN_SECRET_KEY_BYTES:
+        raise ConfigError(
+            f"setting SECRET_KEY is too short ({size} bytes): use at least "
+            f"{MIN_SECRET_KEY_BYTES} random bytes when a real Redis or MongoDB is configured, "
+            "e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
         )
 
 

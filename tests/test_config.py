@@ -21,7 +21,8 @@ BAD = {
     "MONGODB_URI": "postgres://db/taskapp",
     "CACHE_KEY_PREFIX": "bad {prefix}",
 }
-#: Settings any string is fine for (names, lists of emails, the secret).
+#: Settings any string is fine for in the environment alone (lists of emails; the secret, whose
+#: length is checked with a real backend: see the SECRET_KEY tests below).
 FREE_FORM = {"SECRET_KEY", "ADMIN_EMAILS"}
 
 
@@ -65,6 +66,44 @@ def test_a_real_backend_without_a_secret_key_names_it(monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
     with pytest.raises(ConfigError, match="SECRET_KEY"):
         load()
+
+
+REAL_REDIS = {"REDIS_URL": "redis://cache:6379/0"}
+REAL_MONGODB = {"MONGODB_URI": "mongodb://db:27017/taskapp"}
+
+
+@pytest.mark.parametrize("backend", [REAL_REDIS, REAL_MONGODB], ids=["redis", "mongodb"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("k" * 31, id="31-ascii"),
+        pytest.param("é" * 15 + "k", id="16-chars-31-bytes"),
+        pytest.param(b"k" * 31, id="31-bytes-object"),
+    ],
+)
+def test_a_secret_key_shorter_than_32_bytes_is_refused_with_a_real_backend(backend, key):
+    with pytest.raises(ConfigError, match=r"^setting SECRET_KEY is too short \(31 bytes\)") as err:
+        load({**backend, "SECRET_KEY": key})
+    assert "\n" not in str(err.value.message)  # one line
+    assert "k" * 8 not in str(err.value.message)  # the value is never printed
+
+
+@pytest.mark.parametrize("backend", [REAL_REDIS, REAL_MONGODB], ids=["redis", "mongodb"])
+@pytest.mark.parametrize("key", ["k" * 32, "é" * 16, b"k" * 32], ids=["ascii", "utf8", "bytes"])
+def test_a_secret_key_of_32_bytes_is_accepted_with_a_real_backend(backend, key):
+    assert load({**backend, "SECRET_KEY": key})["SECRET_KEY"] == key
+
+
+def test_a_short_secret_key_from_the_environment_is_refused(monkeypatch):
+    monkeypatch.setenv("MONGODB_URI", "mongodb://db:27017/taskapp")
+    monkeypatch.setenv("SECRET_KEY", "changeme")
+    with pytest.raises(ConfigError, match="setting SECRET_KEY is too short"):
+        load()
+
+
+def test_a_short_secret_key_is_accepted_in_the_embedded_mode():
+    """Demos and unit tests on memory:// and mongomock:// sign nothing anyone else holds."""
+    assert load({"SECRET_KEY": "dev"})["SECRET_KEY"] == "dev"
 
 
 def test_write_behind_on_a_cluster_is_refused_naming_both_settings():

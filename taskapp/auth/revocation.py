@@ -32,14 +32,16 @@ unavailable every authenticated request is checked against MongoDB instead (docs
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from datetime import timedelta
 
 from bson import ObjectId
 from flask import current_app
 
 from taskapp import db, keys
-from taskapp.auth.tokens import Access
+from taskapp.auth.tokens import CLOCK_MARGIN_S, Access
 from taskapp.cache.admission import OK, REVOKED, UNKNOWN, Admission, Answer
 from taskapp.cache.context import NOT_ASKED, RequestState
 from taskapp.extensions import cache
@@ -112,11 +114,15 @@ def rebuild(user_id: str) -> None:
     _record(user_id, build=build, generation=generation, gone=user is None, sessions=revoked)
 
 
-def claim_refresh(user_id: str, refresh_id: str) -> bool | None:
+def claim_refresh(user_id: str, refresh_id: str, expires_at: int) -> bool | None:
     """True for the first presentation of a refresh token, False for a later one, None when
     Redis cannot say. With MongoDB's conditional rotation this makes a refresh token single use
-    also on a MongoDB that loses concurrent updates of one document (FerretDB 1.24)."""
-    ttl_ms = int(current_app.config["REFRESH_TOKEN_TTL"]) * 1000
+    also on a MongoDB that loses concurrent updates of one document (FerretDB 1.24).
+
+    The claim lives as long as the token can still be presented: until its ``exp``
+    (``expires_at``, Unix seconds) by this host's clock, plus ``tokens.CLOCK_MARGIN_S``.
+    """
+    ttl_ms = max(math.ceil((expires_at + CLOCK_MARGIN_S - time.time()) * 1000), 1)
     claimed = cache.call("claim", [keys.refresh_claim(user_id, refresh_id)], [ttl_ms])
     return None if claimed is None else bool(int(claimed))
 
