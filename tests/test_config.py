@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from taskapp.config import SETTINGS, ConfigError, load
+from taskapp.config import SETTINGS, ConfigError, check_redis, load
 
 #: A value each setting refuses, by the kind of its conversion.
 BAD = {
@@ -132,10 +132,19 @@ APPENDONLY = "setting TASK_WRITE_STRATEGY=write-behind needs a Redis with append
 WRITE_BEHIND = {"TASK_WRITE_STRATEGY": "write-behind", "SECRET_KEY": "x" * 32}
 
 
+def started(overrides: dict) -> dict:
+    """The settings, checked as start-up checks them: read, then the Redis they name."""
+    values = load(overrides)
+    check_redis(values)
+    return values
+
+
 def test_write_behind_on_the_embedded_redis_is_refused_naming_appendonly():
     with pytest.raises(ConfigError, match=f"^{APPENDONLY}: REDIS_URL='memory://'"):
-        load({**WRITE_BEHIND, "REDIS_URL": "memory://"})
-    allowed = load({**WRITE_BEHIND, "REDIS_URL": "memory://", "WRITE_BEHIND_ALLOW_VOLATILE": "1"})
+        started({**WRITE_BEHIND, "REDIS_URL": "memory://"})
+    allowed = started(
+        {**WRITE_BEHIND, "REDIS_URL": "memory://", "WRITE_BEHIND_ALLOW_VOLATILE": "1"}
+    )
     assert allowed["WRITE_BEHIND_ALLOW_VOLATILE"] is True
 
 
@@ -143,10 +152,10 @@ def test_write_behind_on_a_redis_without_appendonly_is_refused_unless_allowed(
     private_redis, durable_redis
 ):
     with pytest.raises(ConfigError, match=f"^{APPENDONLY}: .*appendonly no.*ALLOW_VOLATILE=1$"):
-        load({**WRITE_BEHIND, "REDIS_URL": private_redis.url})
-    load({**WRITE_BEHIND, "REDIS_URL": private_redis.url, "WRITE_BEHIND_ALLOW_VOLATILE": "1"})
-    load({**WRITE_BEHIND, "REDIS_URL": durable_redis.url})
-    load({"REDIS_URL": private_redis.url, "SECRET_KEY": "x" * 32})  # other strategies: no need
+        started({**WRITE_BEHIND, "REDIS_URL": private_redis.url})
+    started({**WRITE_BEHIND, "REDIS_URL": private_redis.url, "WRITE_BEHIND_ALLOW_VOLATILE": "1"})
+    started({**WRITE_BEHIND, "REDIS_URL": durable_redis.url})
+    started({"REDIS_URL": private_redis.url, "SECRET_KEY": "x" * 32})  # other strategies: no need
 
 
 def test_write_behind_on_a_redis_that_may_lose_its_last_second_is_started_with_a_warning(
@@ -156,14 +165,14 @@ def test_write_behind_on_a_redis_that_may_lose_its_last_second_is_started_with_a
 
     everysec = RedisServer(appendonly=True)  # Redis's default appendfsync
     try:
-        load({**WRITE_BEHIND, "REDIS_URL": everysec.url})
+        started({**WRITE_BEHIND, "REDIS_URL": everysec.url})
     finally:
         everysec.stop()
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and "appendfsync everysec" in warned[0], warned
     assert "appendfsync always makes every answered change reach MongoDB" in warned[0]
     caplog.clear()
-    load({**WRITE_BEHIND, "REDIS_URL": durable_redis.url})  # appendfsync always
+    started({**WRITE_BEHIND, "REDIS_URL": durable_redis.url})  # appendfsync always
     assert [r for r in caplog.records if r.levelname == "WARNING"] == []
 
 

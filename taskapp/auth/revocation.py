@@ -157,10 +157,13 @@ def _record(
         "1" if gone else "0",
         *(f"s:{session}" for session in sessions),
     )
-    if cache.call("revocation_record", [keys.revocation(user_id)], args) is None:
-        # MongoDB has it; while Redis is down every request is checked there, and a hash that
-        # Redis kept through the outage expires within ACCESS_TOKEN_TTL (the tokens' lifetime).
-        log.warning("could not record a revocation of user %s in Redis", user_id)
+    if build:
+        cache.call("revocation_record", [keys.revocation(user_id)], args)
+        return  # a build that did not record is made again by the next request
+    if cache.call("revocation_record", [keys.revocation(user_id)], args, must_reach=True) is None:
+        # MongoDB has it, and while Redis is down every request is checked there; this process
+        # sends it before it uses the cache again.
+        log.warning("revocation of user %s held back until Redis takes it", user_id)
 
 
 def _ttl_ms() -> int:

@@ -297,14 +297,31 @@ class RedisCache:
         except Unavailable:
             return None
 
-    def call(self, function: str, keys: list[str], args: list[Any], default: Any = None) -> Any:
+    def call(
+        self,
+        function: str,
+        keys: list[str],
+        args: list[Any],
+        default: Any = None,
+        *,
+        must_reach: bool = False,
+    ) -> Any:
         """Call a function of the cache's library (``library.lua``: its comment says what each
         takes and answers) on ``keys`` given the cache's prefix; ``default`` when Redis is
         unavailable. Functions that read or change versions take the version arguments first
-        (``versioned``)."""
+        (``versioned``).
+
+        With ``must_reach`` (a write other processes must see, such as a revocation), a call
+        Redis does not take is held back with the invalidations: this process uses the cache
+        again only once it was sent.
+        """
         state = self._state()
+        prefixed = [state.keys.entry(k) for k in keys]
+        if must_reach:
+            answer = state.store.call_or_hold(function, prefixed, list(args), op="held")
+            return default if answer is None else answer
         try:
-            return state.store.call(function, [state.keys.entry(k) for k in keys], list(args))
+            return state.store.call(function, prefixed, list(args))
         except Unavailable:
             return default
 

@@ -497,11 +497,17 @@ end)
 -- args: version arguments, time to live in ms, a build id from revocation_begin when this is a
 -- build from the source of truth ('' otherwise), a token generation ('' for none; only
 -- raises), '1' when the subject is gone, the revoked sessions' fields (`s:<session>`)
--- answers 1, or 0 when a build's hash is no longer the one it began on (nothing written)
+-- answers 1, or 0 when a build's hash is no longer the one it began on, in this server run
+-- (nothing written)
 register('revocation_record', ANYTIME, function(keys, args)
   begin(args[1], tonumber(args[2]))
   local key = keys[1]
-  if args[4] ~= '' and redis.call('HGET', key, 'building') ~= args[4] then return 0 end
+  if args[4] ~= '' then
+    -- A build records only into the hash it marked, in this server run: a mark restored from
+    -- disk (the same id, another run) belongs to a hash without what was recorded since.
+    local building = redis.call('HGET', key, 'building')
+    if building ~= args[4] or not ours(building) then return 0 end
+  end
   if args[5] ~= '' and tonumber(args[5]) > tonumber(redis.call('HGET', key, 'gen') or '-1') then
     redis.call('HSET', key, 'gen', args[5])
   end

@@ -18,6 +18,7 @@ from taskapp.cache.client import Unavailable, connect, redacted
 from taskapp.cache.counting import Counter
 from taskapp.cache.derived_keys import Keys
 from taskapp.cache.resilience import Breaker, HeldBack
+from taskapp.cache.resilience import Call as HeldCall
 from taskapp.cache.settings import CacheSettings
 
 log = logging.getLogger("taskapp.cache")
@@ -161,9 +162,23 @@ class Store:
             )
         return existed
 
-    def _send_invalidations(self, tags: list[str], full_keys: list[str]) -> None:
+    def _send_invalidations(
+        self, tags: list[str], full_keys: list[str], calls: list[HeldCall]
+    ) -> None:
         self.send_invalidate(tags)
         self.send_delete(full_keys)
+        for function, keys, args in calls:
+            self.fcall(function, list(keys), list(args))
+
+    def call_or_hold(self, function: str, keys: list[str], args: list[Any], op: str) -> Any:
+        """Call a function whose write must take effect before the cache is used again (a
+        revocation): when Redis does not take it, it is held back with the invalidations and
+        sent first (None then)."""
+        try:
+            return self.call(function, keys, args, op=op)
+        except Unavailable:
+            self.held_back.hold(calls=[(function, tuple(keys), tuple(args))])
+            return None
 
     # -- Redis Cluster ----------------------------------------------------------------------
 
