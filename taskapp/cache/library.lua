@@ -331,7 +331,7 @@ register('fill', WHEN_ROOM, function(keys, args)
   if stored == 1 then
     local stamp = args[7] == '1' and current(keys[3]) or ''
     redis.call('SET', keys[1], stored_form(keys, 4, n, {unpack(args, 9, 8 + n)}, stamp, args[3]), 'PX', ttl)
-    keep(keys, 4, 4 + n, ttl)
+    keep(keys, stamp == '' and 4 or 3, 4 + n, ttl)  -- the stamp's scope version too
   end
   if args[5] ~= '' and redis.call('GET', keys[2]) == args[5] then redis.call('DEL', keys[2]) end
   if args[6] ~= '' then redis.call('PUBLISH', args[6], keys[1]) end
@@ -409,7 +409,7 @@ register('write_through', WHEN_ROOM, function(keys, args)
   local ttl = tonumber(args[4])
   local stamp = args[6] == '1' and current(keys[2]) or ''
   redis.call('SET', keys[1], stored_form(keys, 3, n, {unpack(args, 9, 8 + n)}, stamp, args[3]), 'PX', ttl)
-  keep(keys, 3, 3 + n, ttl)
+  keep(keys, stamp == '' and 3 or 2, 3 + n, ttl)  -- the stamp's scope version too
   return 1
 end)
 
