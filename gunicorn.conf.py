@@ -14,7 +14,14 @@ import tempfile
 
 import gunicorn.util
 
-from taskapp.config import EMBEDDED_MONGODB, EMBEDDED_REDIS, SETTINGS, ConfigError, load
+from taskapp.config import (
+    EMBEDDED_MONGODB,
+    EMBEDDED_REDIS,
+    SETTINGS,
+    ConfigError,
+    check_redis,
+    load,
+)
 
 MAX_AUTO_WORKERS = 8  # past this, more processes mostly add Redis and MongoDB connections
 
@@ -70,10 +77,11 @@ if os.environ.get("GUNICORN_CONTROL_SOCKET"):
 else:
     control_socket_disable = True
 
-# The app's settings are checked here, in the master, so a bad value stops start-up with one line
-# and exit status 1 instead of a traceback from every worker that fails to boot.
+# The app's settings, and the Redis they name, are checked here, in the master, so a bad value or
+# a Redis that refuses the app stops start-up with one line and exit status 1 instead of a
+# traceback from every worker that fails to boot.
 try:
-    load()
+    check_redis(load())
 except ConfigError as exc:
     raise SystemExit(f"taskapp: {exc}") from None
 
