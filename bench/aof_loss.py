@@ -2,17 +2,11 @@
 
     .venv/bin/python -m bench.aof_loss [--rounds 20] [--policy everysec --policy always]
 
-Write-behind answers a PATCH once Redis acknowledged its stage, so what Redis keeps through a
-crash is what "2xx means the change reaches MongoDB" rests on. Each round starts a redis-server
-(``appendonly yes``, the policy under test), INCRs one key as fast as one client can for 0.5-2 s
-while another thread writes 64 MB files with fsync (the disk load of a busy host), SIGKILLs the
-server, starts it again from its AOF and compares the counter with the last value Redis
-acknowledged. It prints one Markdown row per policy: rounds, rounds that lost acknowledged
-writes, and the most writes one round lost.
-
-With ``everysec`` Redis postpones writing its AOF buffer while a background fsync is still
-running (up to 2 s) yet keeps answering clients, so a kill in that window loses what it
-acknowledged; with ``always`` it writes and syncs before it answers.
+Write-behind's "2xx means the change reaches MongoDB" rests on what Redis keeps through a crash.
+Each round INCRs one key of a redis-server (``appendonly yes``) for 0.5-2 s while a thread
+writes 64 MB files with fsync (a busy host's disk), SIGKILLs it, restarts it from its AOF and
+compares the counter with the last value acknowledged. With ``everysec`` Redis postpones its
+AOF write while a background fsync runs (up to 2 s) yet keeps answering; ``always`` syncs first.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""The bench's apps besides ``wsgi:app``, served like it (``gunicorn -c gunicorn.conf.py``).
-
-``bare`` is the reference of every speed ratio; the others are taskapp with one mechanism taken
-out (no setting turns it off) or, for ``same_client``, with its Redis call replaced.
-"""
+"""The bench's apps besides ``wsgi:app``: bare Flask (the reference of every speed ratio) and
+taskapp with one mechanism taken out (no setting turns it off) or its Redis call replaced."""
 
 from __future__ import annotations
 

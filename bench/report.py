@@ -171,6 +171,10 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *redis_cost(results["throughput"]),
         "",
+        f"While no row ran, Redis spent {results['idle'][0]:.0f} µs of CPU and ran "
+        f"{results['idle'][1]:.1f} commands a second (its timer, the idle servers, one INFO): "
+        "every row's figures include that.",
+        "",
         f"## A write with 1 and with {args['pages']} cached list pages",
         "",
         *writes(results["writes"]),

@@ -311,6 +311,10 @@ class Bench:
             status, _, answer = http("GET", url, token=token)
             assert status == 200 and len(answer) == len(body), (label, status, answer[:200])
         results: dict[str, Any] = {"load_before": os.getloadavg(), "args": vars(self.args)}
+        cpu, calls = self.redis_now()
+        time.sleep(2)  # Redis's work while no row runs, which every row's figures include
+        idle = self.redis_now()
+        results["idle"] = [(idle[0] - cpu) / 2, (sum(idle[1].values()) - sum(calls.values())) / 2]
         results["throughput"] = self.throughput(rows)
         results["load_after"] = os.getloadavg()
         results["writes"] = self.write_cost()
@@ -324,10 +328,8 @@ class Bench:
 def main() -> None:
     """``bench/run``: measure, then write the results, stopping every server it started."""
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
-    for flag, default, meaning in OPTIONS:
-        parser.add_argument(
-            flag, type=type(default), default=default, help=f"{meaning} ({default})"
-        )
+    for flag, value, meaning in OPTIONS:
+        parser.add_argument(flag, type=type(value), default=value, help=f"{meaning} ({value})")
     parser.add_argument("--smoke", action="store_true", help="a quick check: bench/out/ only")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)

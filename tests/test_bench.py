@@ -34,6 +34,7 @@ def results(defaults_us: list[float]) -> dict:
         "git": "abc",
         "load_before": [1.0],
         "load_after": [1.0],
+        "idle": [1000.0, 5.0],
         "throughput": runs,
         "writes": {"1": [write | {"longest": "FCALL invalidate"}]},
         "stampede": [{"db_reads": 1.0, "ok": 100}],
