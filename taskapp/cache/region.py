@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from flask import current_app
 
-from taskapp.cache import metrics, scripts, stats
+from taskapp.cache import metrics, scripts, stats, tracing
 from taskapp.cache.client import Unavailable
 from taskapp.cache.context import RequestState, mark_source_read
 from taskapp.cache.counting import Counter
@@ -400,9 +400,12 @@ class Region:
         seconds = self.ttl(ttl, None)
         entry = Entry(raw_json, time.time() + seconds, lease.tags, meta=meta)
         announce = self.keys.fill_channel if lease.token else ""
-        return self.store_entry(
+        stored = self.store_entry(
             lease.full_key, entry, seconds, lease.versions, request, lease.token, announce=announce
         )
+        if tracing.tracer is not None:
+            tracing.note("fill" if stored else "refused_stale_fill")
+        return stored
 
     def delete(self, full_keys: list[str], request: RequestState | None) -> int:
         """Delete entries everywhere (Redis and every process's memory); fills in flight lose."""
@@ -592,6 +595,8 @@ class Region:
             announce=self.keys.fill_channel,
         )
         metrics.CACHE_FILLS.labels("stored" if stored else "refused").inc()
+        if tracing.tracer is not None:
+            tracing.note("fill" if stored else "refused_stale_fill")
         if not stored:
             log.debug("fill of %s not stored: invalidated during the fetch", full_key)
         return value
