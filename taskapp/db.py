@@ -19,6 +19,8 @@ from pymongo.database import Database as PyMongoDatabase
 from pymongo.errors import ConnectionFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
+from taskapp import tracing
+from taskapp.cache import context
 from taskapp.config import EMBEDDED_MONGODB
 from taskapp.extensions import cache
 from taskapp.http_metrics import DB_READS
@@ -48,6 +50,42 @@ def unavailable(exc: BaseException) -> bool:
         if isinstance(err, PyMongoError) and err.timeout:
             return True
     return False
+
+
+class Spent(Unavailable):
+    """This request has used all its MongoDB time (MONGODB_TIMEOUT_MS): its next operation is
+    not even tried (503)."""
+
+
+class BoundedClient(pymongo.MongoClient):  # type: ignore[type-arg]
+    """A MongoClient whose operations in a request share one bound: MONGODB_TIMEOUT_MS for all
+    of them together, not each.
+
+    Each operation of a collection (a query, each batch of a cursor, a count, an aggregation,
+    each write) passes through pymongo's ``_retry_internal``, where pymongo applies its
+    client-side operation timeout; here it runs under ``pymongo.timeout`` of what is left of the
+    request's MongoDB time (``RequestState.source_time``, which waits for other callers' fills
+    also use up), and its duration is added to it. Time between operations (hashing a password,
+    Redis calls) is not counted. Outside a request each operation has the whole bound.
+    """
+
+    def __init__(self, *args: Any, bound: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bound = bound
+
+    def _retry_internal(self, *args: Any, **kwargs: Any) -> Any:
+        state = context.current()
+        if state is None:
+            return super()._retry_internal(*args, **kwargs)
+        left = self._bound - state.source_time
+        if left <= 0:
+            raise Spent("this request has used all its MongoDB time; try again")
+        started = monotonic()
+        try:
+            with pymongo.timeout(left):
+                return super()._retry_internal(*args, **kwargs)
+        finally:
+            state.source_time += monotonic() - started
 
 
 class Gate(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
@@ -140,16 +178,18 @@ class Database:
         else:
             name = parse_uri(uri).get("database") or "taskapp"
             # timeoutMS (pymongo's client-side operation timeout) bounds each operation as a
-            # whole: server selection, connection checkout and the query. A deadline per
-            # operation rather than per request: time a request spends elsewhere (hashing a
-            # password on a busy host, waiting for a fill) must not fail its next query.
-            self.client = pymongo.MongoClient(
+            # whole: server selection, connection checkout and the query; in a request,
+            # BoundedClient bounds them all together. Not a deadline per request: time a
+            # request spends elsewhere (hashing a password on a busy host) must not fail its
+            # next query.
+            self.client = BoundedClient(
                 uri,
+                bound=self.timeout,
                 connect=False,
                 timeoutMS=timeout_ms,
                 serverSelectionTimeoutMS=timeout_ms,
                 connectTimeoutMS=timeout_ms,
-                event_listeners=[self.gate],
+                event_listeners=[self.gate, *tracing.mongodb_listeners()],
                 uuidRepresentation="standard",
             )
         self.database: PyMongoDatabase = self.client[name]

@@ -287,7 +287,11 @@ class Region:
                     return None, None, answer  # LOOKUP did not run: no lock was taken
                 first = self._looked_up(full_key, reply[0], token, False, request)
             entry, token, versions = self.lock.fill_or_wait(
-                full_key, attempt, lambda: self.read(full_key, request), first=first
+                full_key,
+                attempt,
+                lambda: self.read(full_key, request),
+                first=first,
+                request=request,
             )
         except Unavailable:  # nothing to wait for: no lease
             return None, None, answer
@@ -509,7 +513,7 @@ class Region:
 
         try:
             entry, token, _ = self.lock.fill_or_wait(
-                full_key, attempt, lambda: self.read(full_key, request), stale
+                full_key, attempt, lambda: self.read(full_key, request), stale, request=request
             )
         except Unavailable:
             log.debug("no lock for %s: Redis unavailable, fetching without the cache", full_key)
