@@ -14,7 +14,7 @@ from tests.api import account
 from tests.test_gunicorn import call, serve  # noqa: F401  (the fixture)
 
 TASKS = "/api/v1/tasks"
-MADE = re.compile(r"[0-9a-f]{32}")
+MADE = re.compile(r"[0-9a-f]{24,}")
 ORIGIN = "https://app.example.test"
 
 
