@@ -129,7 +129,9 @@ METRICS_DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 def _write_problem(sock, status_int, reason, mesg):
     """gunicorn's own error answers (headers over 8 KB: 431, a request line over 4 KB: 414, a
-    malformed request: 400) as the API's problem details instead of an HTML page."""
+    malformed request: 400) as the API's problem details instead of an HTML page, with a
+    request id of their own (the request's was not read)."""
+    from taskapp import request_id
     from taskapp.errors import PROBLEM_JSON, problem_body, title
 
     body = problem_body(status_int, mesg or title(status_int).lower())
@@ -137,6 +139,7 @@ def _write_problem(sock, status_int, reason, mesg):
         f"HTTP/1.1 {status_int} {reason}\r\n"
         "Connection: close\r\n"
         f"Content-Type: {PROBLEM_JSON}\r\n"
+        f"{request_id.HEADER}: {request_id.new()}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from taskapp.request_id import WELL_FORMED
 from tests.api import PROBLEM_JSON, problem_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -281,6 +282,7 @@ def test_requests_gunicorn_refuses_itself_get_problem_details(serve, real_redis_
     status, head, body = call(server.base, "GET", "/healthz", headers={"X-Big": "x" * 9000})
     assert status == 431
     assert head["Content-Type"] == PROBLEM_JSON
+    assert WELL_FORMED.fullmatch(head["X-Request-ID"])
     problem_of(body, 431)
     status, head, body = call(server.base, "GET", "/healthz?" + "a" * 5000)
     assert (status, head["Content-Type"]) == (414, PROBLEM_JSON)
