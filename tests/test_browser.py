@@ -348,6 +348,9 @@ def authorize(page: Page, token: str) -> None:
     dialog.locator("button.btn-done").click()
 
 
+# Every operation opened, tried and its answer rendered, with a header table per documented
+# status: over a minute of browser work, more on a busy machine.
+@pytest.mark.timeout(300)
 def test_swagger_ui_try_it_out_succeeds_for_every_operation_with_its_example(browser, api):
     """No 4xx caused by the document's own examples: each operation answers its success status
     to what Swagger UI sends from the document, once authorized with a real token (the example
