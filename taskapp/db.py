@@ -21,7 +21,7 @@ from pymongo.uri_parser import parse_uri
 
 from taskapp import tracing
 from taskapp.cache import context
-from taskapp.config import EMBEDDED_MONGODB
+from taskapp.config import EMBEDDED_MONGODB, FILL_READS
 from taskapp.extensions import cache
 from taskapp.http_metrics import DB_READS
 from taskapp.models import DB_EXTENSION, MODELS, AppDocument, Task
@@ -59,7 +59,8 @@ class Spent(Unavailable):
 
 class BoundedClient(pymongo.MongoClient):  # type: ignore[type-arg]
     """A MongoClient whose operations in a request share one bound: MONGODB_TIMEOUT_MS for all
-    of them together, not each.
+    of them together, not each (plus, when SIMULATED_DB_LATENCY_MS is set, the delays of a
+    fill's reads, which the request's waits for other callers' fills may have used up).
 
     Each operation of a collection (a query, each batch of a cursor, a count, an aggregation,
     each write) passes through pymongo's ``_retry_internal``, where pymongo applies its
@@ -167,9 +168,12 @@ class Database:
     ``mongomock://host/name`` is the embedded store: a database inside this process only.
     """
 
-    def __init__(self, uri: str, timeout_ms: int = 3000) -> None:
+    def __init__(self, uri: str, timeout_ms: int = 3000, simulated_ms: int = 0) -> None:
         self.uri = uri
         self.timeout = timeout_ms / 1000
+        # A request's MongoDB time in all: the bound, and the simulated delays of a fill's reads
+        # it may wait for (as CACHE_FILL_TIMEOUT; both the bound alone when nothing is simulated).
+        self.bound = (timeout_ms + FILL_READS * simulated_ms) / 1000
         self.gate = Gate(self.timeout)
         self.client: Any
         if uri.startswith(EMBEDDED_MONGODB):
@@ -184,7 +188,7 @@ class Database:
             # next query.
             self.client = BoundedClient(
                 uri,
-                bound=self.timeout,
+                bound=self.bound,
                 connect=False,
                 timeoutMS=timeout_ms,
                 serverSelectionTimeoutMS=timeout_ms,
@@ -245,7 +249,11 @@ class Database:
 
 def init_app(app: Flask) -> None:
     """Give the app a MongoDB client of its own and ensure the models' indexes."""
-    database = Database(app.config["MONGODB_URI"], app.config["MONGODB_TIMEOUT_MS"])
+    database = Database(
+        app.config["MONGODB_URI"],
+        app.config["MONGODB_TIMEOUT_MS"],
+        app.config["SIMULATED_DB_LATENCY_MS"],
+    )
     app.extensions[DB_EXTENSION] = database
     app.teardown_request(lambda exc: database.gate.leave())
     with app.app_context():

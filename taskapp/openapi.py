@@ -121,9 +121,10 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         "in": "header",
         "required": False,
         "description": "Your id of this request, sent back in the response's X-Request-ID and "
-        "written in the server's log lines of the request; 1 to 64 letters, digits, dots, "
-        "underscores and hyphens (another value is replaced by one the server makes).",
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+        "written in the server's log lines of the request, when it is 1 to 64 letters, digits, "
+        "dots, underscores and hyphens; another value is not refused, but replaced by an id the "
+        "server makes.",
+        "schema": {"type": "string"},
     },
 }
 #: The tags (one per blueprint), in the order the documentation shows them.
