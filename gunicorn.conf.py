@@ -13,7 +13,14 @@ import tempfile
 
 import gunicorn.util
 
-from taskapp.config import EMBEDDED_MONGODB, EMBEDDED_REDIS, SETTINGS, ConfigError, load
+from taskapp.config import (
+    EMBEDDED_MONGODB,
+    EMBEDDED_REDIS,
+    SETTINGS,
+    ConfigError,
+    check_redis,
+    load,
+)
 
 MAX_AUTO_WORKERS = 8  # past this, more processes mostly add Redis and MongoDB connections
 
@@ -69,10 +76,12 @@ if os.environ.get("GUNICORN_CONTROL_SOCKET"):
 else:
     control_socket_disable = True
 
-# The app's settings are checked here, in the master, so a bad value stops start-up with one line
-# and exit status 1 instead of a traceback from every worker that fails to boot.
+# The app's settings, and the Redis they name, are checked here, in the master, so a bad value or
+# a Redis that refuses the app stops start-up with one line and exit status 1 instead of a
+# traceback from every worker that fails to boot.
 try:
     _SETTINGS = load()
+    check_redis(_SETTINGS)
 except ConfigError as exc:
     raise SystemExit(f"taskapp: {exc}") from None
 

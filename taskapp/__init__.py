@@ -44,6 +44,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app: settings from the environment, overridden by ``config``."""
     app = TaskApp(__name__, static_folder=None)  # a JSON API: no static route
     app.config.from_mapping(settings.load(config))
+    settings.check_redis(app.config)  # a Redis that refuses the app stops start-up here
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # A bearer-token API keeps no cookie session: skip Flask's signer on every request.
     app.session_interface = NullSessionInterface()

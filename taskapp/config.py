@@ -11,13 +11,16 @@ from typing import Any
 
 import click
 
-from taskapp.cache.client import redacted
 from taskapp.cache.settings import SETTINGS as CACHE_SETTINGS
 from taskapp.cache.settings import boolean, choice, int_at_least, seconds
 
 EMBEDDED_MONGODB = "mongomock://"
 EMBEDDED_REDIS = "memory://"
 log = logging.getLogger("taskapp.config")
+
+#: The shortest SECRET_KEY (in UTF-8 bytes) the app signs tokens with outside the embedded mode:
+#: the 256 bits of HS256's own output, as RFC 7518 (3.2) asks of its key.
+MIN_SECRET_KEY_BYTES = 32
 
 # The most MongoDB reads one cache fill makes (a page: its items and its count; the stats: two
 # aggregations), each delayed by SIMULATED_DB_LATENCY_MS. A request's MongoDB time is
@@ -109,7 +112,6 @@ def load(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         values[name] = _convert(name, raw, convert)
     values.update(overrides)  # other Flask / Flask-Caching keys pass through untouched
     _validate(values)
-    _check_write_behind_durability(values)
     return values
 
 
@@ -153,6 +155,8 @@ def _validate(values: dict[str, Any]) -> None:
                 "setting SECRET_KEY is required when a real Redis or MongoDB is configured"
             )
         values["SECRET_KEY"] = secrets.token_urlsafe(32)
+    elif real_backend:
+        _check_secret_key(values["SECRET_KEY"])
     try:  # again for a list passed to create_app(config)
         values["CORS_ORIGINS"] = _origin_list(values["CORS_ORIGINS"])
     except (ValueError, TypeError, AttributeError) as exc:
@@ -165,60 +169,29 @@ def _validate(values: dict[str, Any]) -> None:
         )
 
 
-def _check_write_behind_durability(values: dict[str, Any]) -> None:
-    """Refuse write-behind on a Redis that would lose answered changes in a crash.
-
-    Asks the server (INFO persistence), so the gunicorn master and every CLI run stop with one
-    line before anything is served. A Redis that does not answer now is asked again by the
-    first write-behind change (which is refused, 503, on a volatile one).
-    """
-    if values["TASK_WRITE_STRATEGY"] != "write-behind" or values["WRITE_BEHIND_ALLOW_VOLATILE"]:
-        return
-    redis_url = values["REDIS_URL"]
-    if redis_url.startswith(EMBEDDED_REDIS):
+def _check_secret_key(key: str | bytes) -> None:
+    """Refuse a SECRET_KEY shorter than MIN_SECRET_KEY_BYTES (a short key can be guessed offline
+    from one token); its value is never printed."""
+    size = len(key.encode() if isinstance(key, str) else key)
+    if size < MIN_SECRET_KEY_BYTES:
         raise ConfigError(
-            _volatile_message(f"REDIS_URL={redis_url!r} keeps nothing (no appendonly)")
-        )
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        aof = int(client.info("persistence").get("aof_enabled", 0))
-        fsync = _appendfsync(client) if aof else None
-    except redis.RedisError as exc:
-        log.warning("write-behind: could not ask Redis whether appendonly is on (%s)", exc)
-        return
-    finally:
-        client.close()
-    if not aof:
-        raise ConfigError(
-            _volatile_message(f"the Redis at {redacted(redis_url)} runs with appendonly no")
-        )
-    if fsync != "always":
-        log.warning(
-            "write-behind: the Redis at %s runs with appendfsync %s: a crash of Redis can lose "
-            "the changes it acknowledged in its last second or two (with everysec Redis "
-            "answers before it writes while an fsync is slow); appendfsync always makes every "
-            "answered change reach MongoDB",
-            redacted(redis_url),
-            fsync or "unknown (CONFIG GET refused)",
+            f"setting SECRET_KEY is too short ({size} bytes): use at least "
+            f"{MIN_SECRET_KEY_BYTES} random bytes when a real Redis or MongoDB is configured, "
+            "e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
         )
 
 
-def _appendfsync(client: Any) -> str | None:
-    """The server's appendfsync policy, or None when it does not say (CONFIG refused, as on
-    managed services)."""
-    import redis
+def check_redis(values: dict[str, Any]) -> None:
+    """Check the configured Redis before serving (``taskapp.cache.preflight``): a refusal (a
+    wrong password, a missing permission, no appendonly under write-behind) stops start-up with
+    one line; a Redis that is down only logs a warning."""
+    from taskapp.cache import CacheSettings, RedisRefused, check_server
 
-    try:
-        return client.config_get("appendfsync").get("appendfsync")
-    except redis.ResponseError:
-        return None
-
-
-def _volatile_message(what: str) -> str:
-    return (
-        f"setting TASK_WRITE_STRATEGY=write-behind needs a Redis with appendonly yes: {what}, "
-        "so a crash would lose answered changes; turn appendonly on or set "
-        "WRITE_BEHIND_ALLOW_VOLATILE=1"
+    durable = (
+        values["TASK_WRITE_STRATEGY"] == "write-behind"
+        and not values["WRITE_BEHIND_ALLOW_VOLATILE"]
     )
+    try:
+        check_server(CacheSettings.from_config(dict(values)), durable=durable)
+    except RedisRefused as exc:
+        raise ConfigError(str(exc)) from None

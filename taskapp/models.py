@@ -199,7 +199,10 @@ class Session(AppDocument):
     """One login: the id of its current refresh token, its expiry, and whether it was revoked.
 
     Both tokens of a login carry the session's id (``sid``); refreshing replaces ``refresh_id``
-    with a conditional update, so a refresh token works once.
+    with a conditional update, so a refresh token works once. ``expires_at`` is when its refresh
+    token stops working: REFRESH_TOKEN_TTL after the last refresh (or the login), or the moment
+    of its revocation. Logins delete the sessions no token can use any more
+    (``taskapp.auth.service.purge_sessions``).
     """
 
     user = ObjectIdField(required=True)
@@ -210,7 +213,10 @@ class Session(AppDocument):
     created_at = DateTimeField(required=True, default=utcnow)
     expires_at = DateTimeField(required=True)
 
-    meta = {"collection": "sessions", "indexes": [{"fields": ["user", "revoked_at"]}]}
+    meta = {
+        "collection": "sessions",
+        "indexes": [{"fields": ["user", "revoked_at"]}, {"fields": ["expires_at"]}],
+    }
 
 
 MODELS: tuple[type[AppDocument], ...] = (User, Task, Activity, Session)

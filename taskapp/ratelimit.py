@@ -1,12 +1,11 @@
-"""Sliding-window rate limits in Redis sorted sets: per user, per email and address on login,
-per address on registration, per address for requests without a valid token. Every response a
-limit counted carries the IETF RateLimit and RateLimit-Policy fields of each limit."""
+"""Rate limits per user, per email and address on login, per address on registration, per
+address for requests without a valid token: windows of the last 61 whole seconds in Redis (the
+cache's ``Admission.limit``: one small hash per window, however many requests it counts). Every
+response a limit counted carries the IETF RateLimit and RateLimit-Policy fields of each limit."""
 
 from __future__ import annotations
 
 import math
-import os
-from typing import Any
 
 from flask import Flask, current_app, g, request
 from werkzeug.exceptions import TooManyRequests
@@ -15,37 +14,15 @@ from taskapp import keys
 from taskapp.auth import revocation
 from taskapp.auth.identity import current_user_id
 from taskapp.auth.tokens import Access, current_access
-from taskapp.cache import scripts
+from taskapp.cache.admission import Admission, Answer, Limited
 from taskapp.cache.context import NOT_ASKED, RequestState
-from taskapp.cache.scripts import Call
 from taskapp.extensions import cache
 
-WINDOW_MS = 60_000
+WINDOW_MS = 61_000
 
-# SLIDING_WINDOW: count a request in a sliding window (a sorted set scored by time) and say
-# whether it is allowed. Members are unique (time plus a caller-made nonce), so two requests in
-# the same millisecond both count.
-# KEYS[1] window
-# ARGV[1] window length in ms, ARGV[2] limit, ARGV[3] nonce
-# returns {allowed (1/0), requests in the window, ms until the oldest request leaves the window}
-SLIDING_WINDOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-local allowed = 0
-if count < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], now, now .. '-' .. ARGV[3])
-  count = count + 1
-  allowed = 1
-end
-redis.call('PEXPIRE', KEYS[1], window)
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local reset = window
-if #oldest == 2 then reset = tonumber(oldest[2]) + window - now end
-return {allowed, count, reset}
-"""
+#: A count while Redis is unavailable: allowed (a limit is a protection, not a reason to refuse
+#: service during an outage).
+UNCOUNTED = Limited(True, 0, WINDOW_MS)
 
 
 class RateLimited(TooManyRequests):
@@ -61,30 +38,19 @@ class RateLimited(TooManyRequests):
         return super().get_headers(environ, scope) + [("Retry-After", str(seconds(self.reset_ms)))]
 
 
-def _hit(key: str, limit: int, policy: str) -> tuple[bool, int, int]:
-    """Count one request in ``key``'s window: (allowed, requests in window, ms to reset); the
-    count goes into the response's RateLimit fields as ``policy``.
-
-    When Redis is unavailable the request is allowed: a limit is a protection, not a reason to
-    refuse service during an outage.
-    """
-    outcome = _outcome(cache.run_script(*window(key, limit), None))
-    g.setdefault("_rate_limits", []).append((policy, limit, outcome[1], outcome[2]))
-    return outcome
+def _hit(key: str, limit: int, policy: str) -> Limited:
+    """Count one request in ``key``'s window (allowed when Redis is unavailable); the count goes
+    into the response's RateLimit fields as ``policy``."""
+    window = _outcome(cache.admit(Admission().limit(key, limit)))
+    g.setdefault("_rate_limits", []).append((policy, limit, window.requests, window.reset_ms))
+    return window
 
 
-def window(key: str, limit: int) -> Call:
-    """The script, keys and arguments that count one request in ``key``'s window."""
-    return SLIDING_WINDOW, [key], [WINDOW_MS, limit, os.urandom(8).hex()]
-
-
-def _outcome(answer: list[Any] | None) -> tuple[bool, int, int]:
-    """SLIDING_WINDOW's answer as (allowed, requests in window, ms to reset); allowed when Redis
-    was unavailable (None)."""
-    if answer is None:
-        return True, 0, WINDOW_MS
-    allowed, count, reset = (int(x) for x in answer[:3])
-    return bool(allowed), count, reset
+def _outcome(answer: Answer | None) -> Limited:
+    """A limit's count in an admission's answer; allowed when Redis was unavailable (None)."""
+    if answer is None or answer.limited is None:
+        return UNCOUNTED
+    return answer.limited
 
 
 def limit_login(email: str) -> None:
@@ -93,9 +59,9 @@ def limit_login(email: str) -> None:
     if limit <= 0:
         return
     for kind, value in (("email", email or ""), ("addr", request.remote_addr or "")):
-        allowed, _, reset = _hit(keys.login_limit(kind, value), limit, LOGIN_POLICIES[kind])
-        if not allowed:
-            raise RateLimited(limit, reset)
+        window = _hit(keys.login_limit(kind, value), limit, LOGIN_POLICIES[kind])
+        if not window.allowed:
+            raise RateLimited(limit, window.reset_ms)
 
 
 def limit_register() -> None:
@@ -103,45 +69,48 @@ def limit_register() -> None:
     limit = current_app.config["REGISTER_RATE_LIMIT_PER_MINUTE"]
     if limit <= 0:
         return
-    allowed, _, reset = _hit(keys.register_limit(request.remote_addr or ""), limit, "register")
-    if not allowed:
-        raise RateLimited(limit, reset)
+    window = _hit(keys.register_limit(request.remote_addr or ""), limit, "register")
+    if not window.allowed:
+        raise RateLimited(limit, window.reset_ms)
 
 
-def admission(access: Access, limit: int) -> Call:
-    """What a request of ``access`` runs in Redis before anything else: the revocation check,
-    then (when ``limit`` is above 0) the user's rate limit, in one call that stops at the first
-    refusal (``scripts.chain``); its answer is read by ``revocation.verdict_of`` and
+def admission(access: Access, limit: int) -> Admission:
+    """What a request of ``access`` checks in Redis before anything else: the revocation check,
+    then (when ``limit`` is above 0) the user's rate limit, in the one call the request makes,
+    which stops at the first refusal; its answer is read by ``revocation.verdict_of`` and
     ``counted``."""
     checked = revocation.check(access)
     if limit <= 0:
-        return scripts.chain(checked)
-    return scripts.chain(checked, window(keys.rate_limit(access.user_id), limit))
+        return checked
+    return checked.limit(keys.rate_limit(access.user_id), limit)
 
 
-def counted(request: RequestState) -> tuple[bool, int, int] | None:
-    """The user's request as its admission counted it: (allowed,
-    requests in window, ms to reset); None when it was not counted (no admission yet, a refused
-    token, or an admission without the rate limit). Allowed when Redis was unavailable."""
+def counted(request: RequestState) -> Limited | None:
+    """The user's request as its admission counted it; None when it was not counted (no
+    admission yet, a refused token, or an admission without the rate limit). Allowed when Redis
+    was unavailable."""
     answer = request.admission
     if answer is NOT_ASKED:
         return None
     if answer is None:
-        return _outcome(None)
-    return _outcome(answer[2]) if len(answer) > 2 else None
+        return UNCOUNTED
+    return answer.limited
 
 
-def count_user_request(
-    request: RequestState, access: Access, limit: int
-) -> tuple[bool, int, int] | None:
+def count_user_request(request: RequestState, access: Access, limit: int) -> Limited | None:
     """Count a request of ``access``'s user once, in its admission (the revocation check and the
-    rate limit in one call, which also reads the user's scope version for the in-process layer):
-    (allowed, requests in window, ms to reset); None, not counted, when the token was refused."""
+    rate limit in one call, which also reads the user's scope version for the in-process layer);
+    None, not counted, when the token was refused."""
     if request.admission is NOT_ASKED:
-        request.admission = cache.run_script(*admission(access, limit), None, read_scope=True)
+        request.admission = cache.admit(
+            admission(access, limit), scope_of=keys.revocation(access.user_id)
+        )
     return counted(request)
 
 
+#: The window of every limit's policy, as the settings state it ("per minute"): counted over the
+#: last 61 whole seconds (WINDOW_MS), a request may be held back up to a second longer.
+POLICY_WINDOW_S = 60
 #: The RateLimit fields' names of the limits (the quota policies a response reports).
 USER_POLICY = "user"
 ANONYMOUS_POLICY = "anonymous"
@@ -160,7 +129,7 @@ def header_items(
     one count: the quota in the window, and what is left of it and the seconds until more is
     made available. Both paths add exactly these."""
     return [
-        ("RateLimit-Policy", f'"{policy}";q={limit};w={WINDOW_MS // 1000}'),
+        ("RateLimit-Policy", f'"{policy}";q={limit};w={POLICY_WINDOW_S}'),
         ("RateLimit", f'"{policy}";r={max(0, limit - count)};t={seconds(reset_ms)}'),
     ]
 
@@ -212,11 +181,9 @@ def init_app(app: Flask) -> None:
             return
         if current_user_id() is not None:
             return
-        allowed, _, reset = _hit(
-            keys.anon_limit(request.remote_addr or ""), limit, ANONYMOUS_POLICY
-        )
-        if not allowed:
-            raise RateLimited(limit, reset)
+        window = _hit(keys.anon_limit(request.remote_addr or ""), limit, ANONYMOUS_POLICY)
+        if not window.allowed:
+            raise RateLimited(limit, window.reset_ms)
 
     @app.after_request
     def headers(response):

@@ -200,6 +200,23 @@ def durable_redis():
     server.stop()
 
 
+@pytest.fixture
+def make_redis():
+    """redis-servers of this test alone, each started with the given redis-server arguments
+    (asked for before a gunicorn fixture, so stopped after gunicorn)."""
+    from tests.redis_server import RedisServer
+
+    made: list[RedisServer] = []
+
+    def make(*args: str) -> RedisServer:
+        made.append(RedisServer(*args))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster():
     """A 3-master Redis Cluster on loopback ports, shared by the cluster tests of the session."""

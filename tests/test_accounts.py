@@ -4,6 +4,7 @@ deletion, revocation when Redis loses or cannot serve its keys, and the anonymou
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pymongo
@@ -155,6 +156,34 @@ def test_with_redis_down_two_concurrent_refreshes_of_one_token_at_most_one_succe
     private_redis.kill()
     outcomes = concurrent_refreshes(app, email)
     assert all(outcome in ([200, 401, 401], [401, 401]) for outcome in outcomes), outcomes
+
+
+@pytest.mark.parametrize("left", [600, 1209600], ids=["10-minutes-left", "just-issued"])
+def test_a_refresh_claim_lives_as_long_as_the_refresh_token_it_guards(
+    app, monkeypatch, redis_url, key_prefix, left
+):
+    """The mark of a refresh token's presentation outlives the token (its ``exp``, plus the
+    clock margin), never REFRESH_TOKEN_TTL from the presentation: a token presented 10 minutes
+    before it expires leaves a claim of about 11 minutes, not 14 days."""
+    from types import SimpleNamespace
+
+    from taskapp.auth import tokens
+
+    client = app.test_client()
+    user_id, email = sign_up(client)
+    issued = time.time() - (app.config["REFRESH_TOKEN_TTL"] - left)
+    monkeypatch.setattr(tokens, "time", SimpleNamespace(time=lambda: issued))
+    token = log_in(client, email)["refresh_token"]  # issued ``left`` seconds before its exp
+    monkeypatch.undo()
+    assert refresh(client, token).status_code == 200
+    server = redis.Redis.from_url(redis_url)
+    try:
+        (claim,) = server.scan_iter(match=f"{key_prefix}{{u:{user_id}}}:refreshed:*")
+        ttl_ms = server.pttl(claim)
+    finally:
+        server.close()
+    longest = (left + tokens.CLOCK_MARGIN_S) * 1000
+    assert longest - 10_000 < ttl_ms <= longest, ttl_ms
 
 
 # Logout and password change
@@ -342,6 +371,117 @@ def test_while_redis_is_down_revoked_tokens_are_refused_by_mongodb(make_app, pri
         private_redis.start()
     # Redis came back empty: the revocation key is rebuilt from MongoDB.
     assert client.get(path, headers=bearer(pair["access_token"])).status_code == 401
+
+
+# Sessions in MongoDB: deleted by later logins once no token of theirs can be used
+
+
+def session_of(pair: dict) -> ObjectId:
+    """The id of the login (session) a token pair belongs to."""
+    import jwt
+
+    return ObjectId(jwt.decode(pair["access_token"], options={"verify_signature": False})["sid"])
+
+
+def move_back(app, session_id: ObjectId, seconds: float) -> None:
+    """Make a session's expiry (and revocation) ``seconds`` older: time passing, for MongoDB."""
+    from datetime import timedelta
+
+    with app.app_context():
+        session = Session.objects.get(id=session_id)
+        changes = {"expires_at": session.expires_at - timedelta(seconds=seconds)}
+        if session.revoked_at is not None:
+            changes["revoked_at"] = session.revoked_at - timedelta(seconds=seconds)
+        Session.objects(id=session_id).update(**{f"set__{k}": v for k, v in changes.items()})
+
+
+def stored_sessions(app, *session_ids: ObjectId) -> set[ObjectId]:
+    with app.app_context():
+        return {s.id for s in Session.objects(id__in=session_ids)}
+
+
+@pytest.fixture
+def purge_each_login(monkeypatch):
+    """Every login purges (not one per process and minute), so a test sees each purge."""
+    from taskapp.auth import service
+
+    monkeypatch.setattr(service, "PURGE_INTERVAL_S", 0.0)
+
+
+def test_a_login_deletes_the_sessions_no_token_can_use_any_more(app, purge_each_login):
+    """A session is deleted ACCESS_TOKEN_TTL (plus the clock margin) after its refresh token
+    expired, when its access tokens have expired too; not before. FerretDB 1.24 has no TTL
+    index, so later logins (of any user) delete it."""
+    from taskapp.auth.tokens import CLOCK_MARGIN_S
+
+    client = app.test_client()
+    _, email = sign_up(client)
+    dead, kept, live = (session_of(log_in(client, email)) for _ in range(3))
+    grace = app.config["ACCESS_TOKEN_TTL"] + CLOCK_MARGIN_S
+    refresh_ttl = app.config["REFRESH_TOKEN_TTL"]
+    move_back(app, dead, refresh_ttl + grace + 5)  # refresh token expired grace + 5 s ago
+    move_back(app, kept, refresh_ttl + grace - 30)  # 30 s before it may go
+    log_in(client, sign_up(client)[1])  # another user's login
+    assert stored_sessions(app, dead, kept, live) == {kept, live}
+
+
+def test_a_process_purges_once_a_minute_unless_a_purge_found_a_full_batch(make_app, monkeypatch):
+    """The purge's query scans every session on FerretDB 1.24: one login per process and
+    PURGE_INTERVAL_S runs it, and every login while purges find full batches."""
+    from taskapp.auth import service
+
+    monkeypatch.setattr(service, "PURGE_BATCH", 2)
+    app = make_app()
+    _, email = sign_up(app.test_client())
+    dead = [session_of(log_in(app.test_client(), email)) for _ in range(6)]
+    for session_id in dead[:5]:
+        move_back(app, session_id, app.config["REFRESH_TOKEN_TTL"] + 3600)
+    client = make_app().test_client()  # another process: its first login purges
+    remaining = []
+    for _ in range(4):
+        log_in(client, email)
+        remaining.append(len(stored_sessions(app, *dead[:5])))
+    assert remaining == [3, 1, 0, 0]  # 2 each while a batch was full; the third found 1
+    move_back(app, dead[5], app.config["REFRESH_TOKEN_TTL"] + 3600)
+    log_in(client, email)
+    assert stored_sessions(app, dead[5]) == {dead[5]}  # not due: within the minute
+
+
+def test_the_sessions_purge_query_has_its_index_on_the_test_mongodb(app):
+    """The purge's range query on ``expires_at`` is served by an index (a plain one: FerretDB
+    1.24, the test MongoDB by default, refuses ``expireAfterSeconds``)."""
+    from taskapp import db
+
+    with app.app_context():
+        indexes = db.current().database["sessions"].index_information()
+    assert [("expires_at", 1)] in [index["key"] for index in indexes.values()], indexes
+
+
+def test_a_revoked_session_is_kept_while_a_revocation_rebuild_reads_it_then_deleted(
+    app, redis_url, key_prefix, purge_each_login
+):
+    """A logout ends the refresh token at once; its access token lives up to ACCESS_TOKEN_TTL
+    more, so the session stays as long as a rebuild of the revocation hash reads it (revoked
+    within ACCESS_TOKEN_TTL), and is deleted by a login after that (plus the clock margin)."""
+    from taskapp.auth.tokens import CLOCK_MARGIN_S
+
+    client = app.test_client()
+    user_id, email = sign_up(client)
+    pair = log_in(client, email)
+    session_id = session_of(pair)
+    assert client.post(LOGOUT, headers=bearer(pair["access_token"])).status_code == 204
+    move_back(app, session_id, app.config["ACCESS_TOKEN_TTL"] - 30)  # revoked 14.5 min ago
+    log_in(client, email)
+    assert stored_sessions(app, session_id) == {session_id}
+    direct = redis.Redis.from_url(redis_url)
+    try:
+        assert direct.delete(f"{key_prefix}{keys.revocation(user_id)}") == 1
+    finally:
+        direct.close()
+    assert client.get(ME, headers=bearer(pair["access_token"])).status_code == 401  # rebuilt
+    move_back(app, session_id, 30 + CLOCK_MARGIN_S + 5)
+    log_in(client, email)
+    assert stored_sessions(app, session_id) == set()
 
 
 # Requests without a valid token

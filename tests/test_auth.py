@@ -79,6 +79,24 @@ def test_register_gives_the_admin_role_to_admin_emails_only(make_app):
         assert User.objects.get(email="alice@example.com").role == "user"
 
 
+def test_admin_emails_trust_whoever_registers_the_address_when_it_is_registered(make_app):
+    """No proof of owning the address is asked: the first registration of a listed address is an
+    admin, and so is a new one after that account was deleted. The list is read at registration
+    only: an app without it leaves the stored role as it is."""
+    app = make_app(ADMIN_EMAILS="boss@example.com")
+    client = app.test_client()
+    register(client, email="boss@example.com", password="the first registrant's")
+    first = bearer(
+        login(client, "boss@example.com", "the first registrant's").get_json()["access_token"]
+    )
+    assert client.get("/api/v1/auth/me", headers=first).get_json()["role"] == "admin"
+    assert client.delete("/api/v1/auth/me", headers=first).status_code == 204
+    register(client, email="boss@example.com", password="the next registrant's")
+    later = make_app(ADMIN_EMAILS="")  # the same database, the address no longer listed
+    with later.app_context():
+        assert User.objects.get(email="boss@example.com").role == "admin"
+
+
 @pytest.mark.parametrize(
     ("payload", "field"),
     [

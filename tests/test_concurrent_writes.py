@@ -2,8 +2,8 @@
 
 This needs a MongoDB that updates one document atomically. FerretDB 1.x, the suite's own
 stand-in, does not: two ``update_one`` calls with ``$set`` + ``$inc`` on one document from two
-connections lose one of them in most rounds (``bench/ferretdb_standin.py``; README, "FerretDB is
-a stand-in"). So the test runs only against a MongoDB you give (``--mongodb-uri`` or
+connections lose one of them in most rounds (``bench/ferretdb_standin.py``; docs/testing.md,
+"FerretDB is a stand-in"). So the test runs only against a MongoDB you give (``--mongodb-uri`` or
 ``TEST_MONGODB_URI``) and otherwise says why it does not run.
 """
 
@@ -28,7 +28,7 @@ def given_mongodb(request) -> None:
     if not request.config.getoption("--mongodb-uri"):
         pytest.skip(
             "needs --mongodb-uri / TEST_MONGODB_URI: the suite's own FerretDB 1.x loses one of two "
-            "concurrent updates of one document (README: FerretDB is a stand-in)"
+            "concurrent updates of one document (docs/testing.md: FerretDB is a stand-in)"
         )
 
 

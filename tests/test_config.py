@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from taskapp.config import SETTINGS, ConfigError, load
+from taskapp.config import SETTINGS, ConfigError, check_redis, load
 
 #: A value each setting refuses, by the kind of its conversion.
 BAD = {
@@ -22,7 +22,8 @@ BAD = {
     "CACHE_KEY_PREFIX": "bad {prefix}",
     "LOG_FORMAT": "xml",
 }
-#: Settings any string is fine for (names, lists of emails, the secret).
+#: Settings any string is fine for in the environment alone (lists of emails; the secret, whose
+#: length is checked with a real backend: see the SECRET_KEY tests below).
 FREE_FORM = {"SECRET_KEY", "ADMIN_EMAILS"}
 
 
@@ -70,6 +71,44 @@ def test_a_real_backend_without_a_secret_key_names_it(monkeypatch):
         load()
 
 
+REAL_REDIS = {"REDIS_URL": "redis://cache:6379/0"}
+REAL_MONGODB = {"MONGODB_URI": "mongodb://db:27017/taskapp"}
+
+
+@pytest.mark.parametrize("backend", [REAL_REDIS, REAL_MONGODB], ids=["redis", "mongodb"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("k" * 31, id="31-ascii"),
+        pytest.param("é" * 15 + "k", id="16-chars-31-bytes"),
+        pytest.param(b"k" * 31, id="31-bytes-object"),
+    ],
+)
+def test_a_secret_key_shorter_than_32_bytes_is_refused_with_a_real_backend(backend, key):
+    with pytest.raises(ConfigError, match=r"^setting SECRET_KEY is too short \(31 bytes\)") as err:
+        load({**backend, "SECRET_KEY": key})
+    assert "\n" not in str(err.value.message)  # one line
+    assert "k" * 8 not in str(err.value.message)  # the value is never printed
+
+
+@pytest.mark.parametrize("backend", [REAL_REDIS, REAL_MONGODB], ids=["redis", "mongodb"])
+@pytest.mark.parametrize("key", ["k" * 32, "é" * 16, b"k" * 32], ids=["ascii", "utf8", "bytes"])
+def test_a_secret_key_of_32_bytes_is_accepted_with_a_real_backend(backend, key):
+    assert load({**backend, "SECRET_KEY": key})["SECRET_KEY"] == key
+
+
+def test_a_short_secret_key_from_the_environment_is_refused(monkeypatch):
+    monkeypatch.setenv("MONGODB_URI", "mongodb://db:27017/taskapp")
+    monkeypatch.setenv("SECRET_KEY", "changeme")
+    with pytest.raises(ConfigError, match="setting SECRET_KEY is too short"):
+        load()
+
+
+def test_a_short_secret_key_is_accepted_in_the_embedded_mode():
+    """Demos and unit tests on memory:// and mongomock:// sign nothing anyone else holds."""
+    assert load({"SECRET_KEY": "dev"})["SECRET_KEY"] == "dev"
+
+
 def test_write_behind_on_a_cluster_is_refused_naming_both_settings():
     with pytest.raises(ConfigError, match="TASK_WRITE_STRATEGY.*REDIS_CLUSTER"):
         load(
@@ -96,10 +135,19 @@ APPENDONLY = "setting TASK_WRITE_STRATEGY=write-behind needs a Redis with append
 WRITE_BEHIND = {"TASK_WRITE_STRATEGY": "write-behind", "SECRET_KEY": "x" * 32}
 
 
+def started(overrides: dict) -> dict:
+    """The settings, checked as start-up checks them: read, then the Redis they name."""
+    values = load(overrides)
+    check_redis(values)
+    return values
+
+
 def test_write_behind_on_the_embedded_redis_is_refused_naming_appendonly():
     with pytest.raises(ConfigError, match=f"^{APPENDONLY}: REDIS_URL='memory://'"):
-        load({**WRITE_BEHIND, "REDIS_URL": "memory://"})
-    allowed = load({**WRITE_BEHIND, "REDIS_URL": "memory://", "WRITE_BEHIND_ALLOW_VOLATILE": "1"})
+        started({**WRITE_BEHIND, "REDIS_URL": "memory://"})
+    allowed = started(
+        {**WRITE_BEHIND, "REDIS_URL": "memory://", "WRITE_BEHIND_ALLOW_VOLATILE": "1"}
+    )
     assert allowed["WRITE_BEHIND_ALLOW_VOLATILE"] is True
 
 
@@ -107,10 +155,10 @@ def test_write_behind_on_a_redis_without_appendonly_is_refused_unless_allowed(
     private_redis, durable_redis
 ):
     with pytest.raises(ConfigError, match=f"^{APPENDONLY}: .*appendonly no.*ALLOW_VOLATILE=1$"):
-        load({**WRITE_BEHIND, "REDIS_URL": private_redis.url})
-    load({**WRITE_BEHIND, "REDIS_URL": private_redis.url, "WRITE_BEHIND_ALLOW_VOLATILE": "1"})
-    load({**WRITE_BEHIND, "REDIS_URL": durable_redis.url})
-    load({"REDIS_URL": private_redis.url, "SECRET_KEY": "x" * 32})  # other strategies: no need
+        started({**WRITE_BEHIND, "REDIS_URL": private_redis.url})
+    started({**WRITE_BEHIND, "REDIS_URL": private_redis.url, "WRITE_BEHIND_ALLOW_VOLATILE": "1"})
+    started({**WRITE_BEHIND, "REDIS_URL": durable_redis.url})
+    started({"REDIS_URL": private_redis.url, "SECRET_KEY": "x" * 32})  # other strategies: no need
 
 
 def test_write_behind_on_a_redis_that_may_lose_its_last_second_is_started_with_a_warning(
@@ -120,14 +168,14 @@ def test_write_behind_on_a_redis_that_may_lose_its_last_second_is_started_with_a
 
     everysec = RedisServer(appendonly=True)  # Redis's default appendfsync
     try:
-        load({**WRITE_BEHIND, "REDIS_URL": everysec.url})
+        started({**WRITE_BEHIND, "REDIS_URL": everysec.url})
     finally:
         everysec.stop()
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and "appendfsync everysec" in warned[0], warned
     assert "appendfsync always makes every answered change reach MongoDB" in warned[0]
     caplog.clear()
-    load({**WRITE_BEHIND, "REDIS_URL": durable_redis.url})  # appendfsync always
+    started({**WRITE_BEHIND, "REDIS_URL": durable_redis.url})  # appendfsync always
     assert [r for r in caplog.records if r.levelname == "WARNING"] == []
 
 

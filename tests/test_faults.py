@@ -242,22 +242,6 @@ def mongodb_title(mongodb_uri: str, task_id: str) -> int | None:
 
 
 @pytest.fixture
-def make_redis():
-    """redis-servers of this test alone (asked for before ``start``, so stopped after gunicorn)."""
-    from tests.redis_server import RedisServer
-
-    made: list[RedisServer] = []
-
-    def make(*args: str) -> RedisServer:
-        made.append(RedisServer(*args))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.stop()
-
-
-@pytest.fixture
 def private_ferretdb():
     """A FerretDB of this test alone, to pause, kill and restart."""
     from tests.ferretdb import FerretDBServer

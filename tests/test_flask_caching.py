@@ -198,6 +198,47 @@ def test_a_memoized_tuple_is_returned_as_a_tuple(decorated):
     assert pair(1) == (1, 1)
 
 
+def test_a_template_fragment_is_cached_as_text_and_given_back_as_markup(decorated, key_prefix):
+    """``{% cache %}`` stores an autoescaped fragment (``Markup``): the second render is answered
+    from Redis; the value read back is ``Markup`` again, so a template it is passed to does not
+    escape it twice; Redis holds JSON text, never a pickle. (Flask-Caching's own template test
+    runs on this backend in ``tests/flask_caching_upstream``.)"""
+    from flask import render_template_string
+    from flask_caching import make_template_fragment_key
+    from markupsafe import Markup
+
+    app, ext, _, _ = decorated
+    runs = []
+    template = '{% cache 60, "card" %}<b>{{ run() }}</b> {{ name }}{% endcache %}'
+    with app.test_request_context():
+        rendered = [
+            render_template_string(template, run=lambda: runs.append(1) or len(runs), name="<i>")
+            for _ in range(2)
+        ]
+        cached = ext._flask_cache.get(make_template_fragment_key("card"))
+        reused = render_template_string("{{ fragment }}", fragment=cached)
+    assert rendered == ["<b>1</b> &lt;i&gt;"] * 2
+    assert runs == [1]  # the second render came from the cache
+    assert type(cached) is Markup and reused == "<b>1</b> &lt;i&gt;"
+    (key,) = ext.client.scan_iter(match=key_prefix + "fc:*card*")
+    assert ext.client.get(key) == b'markup:"<b>1</b> &lt;i&gt;"'
+
+
+def test_a_stored_string_is_given_back_as_text_never_as_markup(decorated):
+    """Only a stored ``Markup`` comes back as markup: a ``str`` (under any key) stays text, which
+    a template escapes."""
+    from flask import render_template_string
+    from flask_caching import make_template_fragment_key
+
+    app, ext, _, _ = decorated
+    for key in ("plain", make_template_fragment_key("card")):
+        assert ext._flask_cache.set(key, "<script>")
+        value = ext._flask_cache.get(key)
+        assert type(value) is str
+        with app.test_request_context():
+            assert render_template_string("{{ v }}", v=value) == "&lt;script&gt;"
+
+
 @pytest.mark.parametrize(
     "setting",
     [

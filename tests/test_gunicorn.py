@@ -235,6 +235,10 @@ def test_config_rejects_bad_counts_naming_the_setting(monkeypatch, tmp_path, nam
     [
         ({"MONGODB_URI": "postgres://db/x"}, "setting MONGODB_URI='postgres://db/x' is invalid"),
         ({"MONGODB_URI": "mongodb://db/x", "SECRET_KEY": ""}, "setting SECRET_KEY is required"),
+        (
+            {"MONGODB_URI": "mongodb://db/x", "SECRET_KEY": "changeme"},
+            "setting SECRET_KEY is too short (8 bytes)",
+        ),
         ({"TASK_CACHE_TTL": "soon"}, "setting TASK_CACHE_TTL='soon' is invalid"),
         ({"CORS_ORIGINS": "app.example.com"}, "setting CORS_ORIGINS='app.example.com' is invalid"),
     ],

@@ -17,46 +17,71 @@ def store(make_app):
     return state_of(app).store
 
 
-ECHO = "return {KEYS[1], ARGV[1]}"
+def claim(store, name: str) -> int:
+    """Call the library's ``claim`` (SET NX) on a key of this test: 1 the first time, then 0."""
+    return store.call("claim", [store.keys.entry(f"{{t}}:{name}")], [60_000])
 
 
-def test_a_script_runs_on_a_direct_connection_and_is_loaded_when_redis_forgot_it(store):
-    key = store.keys.entry("{t}:direct")
+def test_a_function_runs_on_a_direct_connection_and_is_loaded_when_redis_forgot_it(store):
     assert store.direct is not None
-    assert store.call(ECHO, [key], ["a"]) == [key.encode(), b"a"]
-    store.client.script_flush()  # Redis forgets every script (a restart, a failover)
-    assert store.call(ECHO, [key], ["b"]) == [key.encode(), b"b"]
+    assert claim(store, "a") == 1
+    store.client.function_flush()  # Redis forgets every function (restarted empty, say)
+    assert claim(store, "b") == 1
+    assert claim(store, "b") == 0
 
 
-def test_a_connection_killed_under_the_cache_is_replaced_without_an_error(store):
-    key = store.keys.entry("{t}:direct")
-    store.call(ECHO, [key], ["a"])
+def test_a_connection_killed_while_idle_is_replaced_before_the_call_is_sent(store):
+    claim(store, "a")
     killed = store.client.client_kill_filter(_type="normal", skipme=True)
     assert killed >= 1
     errors = store.breaker._failures
-    assert store.call(ECHO, [key], ["b"]) == [key.encode(), b"b"]
-    assert store.get(key) is None
+    assert claim(store, "b") == 1
+    assert store.get(store.keys.entry("{t}:none")) is None
     assert store.breaker._failures == errors
 
 
-def test_a_script_error_is_a_command_error_and_the_connection_stays_usable(store):
-    key = store.keys.entry("{t}:direct")
-    store.client.set(key, "not a number")
+def test_a_call_whose_connection_drops_under_it_is_not_sent_again(store, monkeypatch):
+    """A function such as a rate limit's count must not run twice: a connection that drops
+    after the call was written fails the call (the server may have run it)."""
+    claim(store, "warm")
+    connection = store.direct._idle[-1]
+    sent = []
+    send = connection.send_packed_command
+
+    def send_counted(packed, *args, **kwargs):
+        sent.append(packed)
+        return send(packed, *args, **kwargs)
+
+    def drop(*args, **kwargs):
+        connection.disconnect()  # the reply is never read: the connection is gone
+        raise redis.ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(connection, "send_packed_command", send_counted)
+    monkeypatch.setattr(connection, "read_response", drop)
     with pytest.raises(Unavailable):
-        store.call("return redis.call('INCR', KEYS[1])", [key], [])
+        claim(store, "once")
+    assert len(sent) == 1
+    monkeypatch.undo()
+    assert claim(store, "once") == 0  # the one send was run by Redis
+
+
+def test_a_function_error_is_a_command_error_and_the_connection_stays_usable(store):
+    key = store.keys.entry("{t}:direct")
+    store.client.set(key, "not a hash")
+    with pytest.raises(Unavailable):
+        store.call("request", [key], ["L", *store.versioned(), 10])  # HMGET on a string
     assert not store.breaker.is_open
-    assert store.call(ECHO, [key], ["c"]) == [key.encode(), b"c"]
+    assert claim(store, "c") == 1
 
 
 def test_threads_take_connections_of_their_own_and_give_them_back(store):
-    key = store.keys.entry("{t}:direct")
     barrier = threading.Barrier(8)
     results: list[object] = []
 
     def call(n: int) -> None:
         barrier.wait()
-        for _ in range(50):
-            results.append(store.call(ECHO, [key], [str(n)]) == [key.encode(), str(n).encode()])
+        for i in range(50):
+            results.append(claim(store, f"{n}-{i}") == 1)
 
     threads = [threading.Thread(target=call, args=(n,)) for n in range(8)]
     for thread in threads:
@@ -72,13 +97,12 @@ def test_threads_take_connections_of_their_own_and_give_them_back(store):
 def test_a_hung_server_times_out_and_counts_towards_the_breaker(make_app, private_redis):
     app = make_app(REDIS_URL=private_redis.url, CACHE_BREAKER_THRESHOLD=2)
     store = state_of(app).store
-    key = store.keys.entry("{t}:direct")
-    store.call(ECHO, [key], ["a"])
+    claim(store, "a")
     private_redis.pause()
     try:
         for _ in range(2):
             with pytest.raises(Unavailable):
-                store.call(ECHO, [key], ["b"])
+                claim(store, "b")
         assert store.breaker.is_open
     finally:
         private_redis.resume()
@@ -87,7 +111,7 @@ def test_a_hung_server_times_out_and_counts_towards_the_breaker(make_app, privat
 def test_closing_the_store_closes_its_direct_connections(make_app):
     state = state_of(make_app())
     store = state.store
-    store.call(ECHO, [store.keys.entry("{t}:direct")], ["a"])
+    claim(store, "a")
     connections = list(store.direct._made)
     assert connections and all(c._sock is not None for c in connections)
     state.close()

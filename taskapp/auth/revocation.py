@@ -5,7 +5,8 @@ MongoDB is the source of truth: a login is a ``Session`` (revoked on logout or w
 token is reused), and a user has a ``token_generation`` (raised by a password change); a deleted
 user has no document. Each user has one Redis hash, ``{u:<id>}:revoked``, in the user's hash slot:
 
-- ``built``: the run id of the Redis server that built the hash from MongoDB. A missing hash
+- ``built``: the run mark of the Redis server run that built the hash from MongoDB (see
+  ``taskapp/cache/library.lua``: a mark that a restart or a failover resets). A missing hash
   (Redis restarted empty, flushed, evicted or expired), or one built by another server run
   (restored from an RDB or AOF file without the revocations made after it was written, or a
   replica promoted without them), therefore never reads as "nothing revoked": the check says
@@ -20,112 +21,48 @@ first write and is then rebuilt: a revoked login only matters while its access t
 refresh token is checked against MongoDB), and a hash that missed a revocation (its Redis write
 failed while Redis kept its data) is wrong at most that long.
 
-The check is ``CHECK``, chained (``scripts.chain``) in front of what the request runs in Redis
-anyway: a request's admission (``ratelimit.admission``) is the check and the user's rate limit,
-itself chained in front of the response-cache lookup on the fast path. It refuses like a rate
-limit refuses (first value 0), so a revoked token's request counts nowhere. While Redis is
-unavailable every authenticated request is checked against MongoDB instead (README, "Revocation
-while Redis is down").
+The check is the first step of a request's admission (``ratelimit.admission``: the check, then
+the user's rate limit), which runs in the one Redis call the request makes anyway, in front of
+the response cache's lookup on the fast path (the library's ``request`` function). It refuses
+as a rate limit refuses, so a revoked token's request counts nowhere. While Redis is
+unavailable every authenticated request is checked against MongoDB instead (docs/tokens.md,
+"While Redis is down").
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from datetime import timedelta
-from typing import Any
 
 from bson import ObjectId
 from flask import current_app
 
 from taskapp import db, keys
-from taskapp.auth.tokens import Access
-from taskapp.cache import scripts
+from taskapp.auth.tokens import CLOCK_MARGIN_S, Access
+from taskapp.cache.admission import OK, REVOKED, UNKNOWN, Admission, Answer
 from taskapp.cache.context import NOT_ASKED, RequestState
-from taskapp.cache.scripts import RUN
 from taskapp.extensions import cache
 from taskapp.models import Session, User, utcnow
 
+__all__ = ["OK", "REVOKED", "UNKNOWN", "admitted", "check", "verdict_of"]
+
 log = logging.getLogger(__name__)
 
-#: Verdicts: the token may be used; it was revoked; the user's hash is missing (rebuild it);
-#: Redis could not be asked (None).
-OK, REVOKED, UNKNOWN = 1, -1, -2
 
-# CHECK: the verdict on one token, from the user's revocation hash (built by this server run).
-# KEYS[1] the user's revocation hash
-# ARGV[1] the token's session id, ARGV[2] its generation
-# returns {1} when the token may be used, else {0, -1 (revoked) or -2 (the hash is unknown)}
-CHECK = (
-    RUN
-    + """
-local state = redis.call('HMGET', KEYS[1], 'built', 'gen', 'gone', 's:' .. ARGV[1])
-if state[1] ~= RUN then return {0, -2} end
-if state[3] or state[4] or tonumber(ARGV[2]) < tonumber(state[2] or '0') then return {0, -1} end
-return {1}
-"""
-)
-
-# BEGIN_BUILD: before a build reads MongoDB, mark the hash as being built (once: concurrent
-# builders share the mark), so a build whose hash vanished meanwhile (expired, flushed) with a
-# revocation in it is refused instead of recreating the hash without that revocation.
-# KEYS[1] the user's revocation hash
-# ARGV[1] time to live in ms, ARGV[2] a new build id
-# returns the build id to pass to RECORD
-BEGIN_BUILD = (
-    RUN
-    + """
-local built = redis.call('HGET', KEYS[1], 'built')
-if built and built ~= RUN then redis.call('DEL', KEYS[1]) end  -- from another server run
-redis.call('HSETNX', KEYS[1], 'building', ARGV[2])
-if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return redis.call('HGET', KEYS[1], 'building')
-"""
-)
-
-# RECORD: add revocations to a user's hash; the hash expires ACCESS_TOKEN_TTL after its first write.
-# KEYS[1] the user's revocation hash
-# ARGV[1] time to live in ms, ARGV[2] a build id from BEGIN_BUILD when this is a build from MongoDB
-# ('' otherwise), ARGV[3] a token generation ('' for none; only raises), ARGV[4] '1' when the user
-# is gone, ARGV[5 ..] revoked session ids
-# returns 1, or 0 when a build's hash is no longer the one it began on (nothing written)
-RECORD = (
-    RUN
-    + """
-local key = KEYS[1]
-if ARGV[2] ~= '' and redis.call('HGET', key, 'building') ~= ARGV[2] then return 0 end
-if ARGV[3] ~= '' and tonumber(ARGV[3]) > tonumber(redis.call('HGET', key, 'gen') or '-1') then
-  redis.call('HSET', key, 'gen', ARGV[3])
-end
-if ARGV[4] == '1' then redis.call('HSET', key, 'gone', '1') end
-for i = 5, #ARGV do redis.call('HSET', key, 's:' .. ARGV[i], '1') end
-if ARGV[2] ~= '' then redis.call('HSET', key, 'built', RUN) end
-if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[1]) end
-return 1
-"""
-)
-
-# CLAIM: mark a refresh token as presented, once.
-# KEYS[1] the token's claim, ARGV[1] time to live in ms (the refresh token's lifetime)
-# returns 1 for the first caller, 0 for every later one
-CLAIM = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
-return 0
-"""
-
-
-def check(access: Access) -> scripts.Call:
+def check(access: Access) -> Admission:
     """The revocation check of ``access``."""
-    return CHECK, [keys.revocation(access.user_id)], [access.session_id, access.generation]
+    return Admission().revocation(
+        keys.revocation(access.user_id), access.session_id, access.generation
+    )
 
 
-def verdict_of(answer: list[Any] | None) -> int | None:
-    """The verdict in the answer of a chain that begins with ``check`` (a request's admission,
+def verdict_of(answer: Answer | None) -> int | None:
+    """The verdict in the answer of an admission that begins with ``check`` (a request's,
     ``ratelimit.admission``): OK, REVOKED, UNKNOWN, or None (Redis unavailable)."""
-    if answer is None:
-        return None
-    checked = answer[1]
-    return int(checked[1]) if int(checked[0]) == 0 else OK
+    return None if answer is None else answer.verdict
 
 
 def admitted(request: RequestState, access: Access) -> bool:
@@ -134,7 +71,7 @@ def admitted(request: RequestState, access: Access) -> bool:
     decides."""
 
     def ask() -> int | None:
-        request.admission = cache.run_script(*scripts.chain(check(access)), None)
+        request.admission = cache.admit(check(access))
         return verdict_of(request.admission)
 
     verdict = ask() if request.admission is NOT_ASKED else verdict_of(request.admission)
@@ -164,7 +101,7 @@ def rebuild(user_id: str) -> None:
     a revocation recorded meanwhile is either in what was read or added to the same hash.
     """
     key = keys.revocation(user_id)
-    build = cache.run_script(BEGIN_BUILD, [key], [_ttl_ms(), os.urandom(8).hex()], None)
+    build = cache.call("revocation_begin", [key], cache.versioned(_ttl_ms(), os.urandom(8).hex()))
     if build is None:
         return
     oid = ObjectId(user_id)
@@ -177,12 +114,16 @@ def rebuild(user_id: str) -> None:
     _record(user_id, build=build, generation=generation, gone=user is None, sessions=revoked)
 
 
-def claim_refresh(user_id: str, refresh_id: str) -> bool | None:
+def claim_refresh(user_id: str, refresh_id: str, expires_at: int) -> bool | None:
     """True for the first presentation of a refresh token, False for a later one, None when
     Redis cannot say. With MongoDB's conditional rotation this makes a refresh token single use
-    also on a MongoDB that loses concurrent updates of one document (FerretDB 1.24)."""
-    ttl_ms = int(current_app.config["REFRESH_TOKEN_TTL"]) * 1000
-    claimed = cache.run_script(CLAIM, [keys.refresh_claim(user_id, refresh_id)], [ttl_ms], None)
+    also on a MongoDB that loses concurrent updates of one document (FerretDB 1.24).
+
+    The claim lives as long as the token can still be presented: until its ``exp``
+    (``expires_at``, Unix seconds) by this host's clock, plus ``tokens.CLOCK_MARGIN_S``.
+    """
+    ttl_ms = max(math.ceil((expires_at + CLOCK_MARGIN_S - time.time()) * 1000), 1)
+    claimed = cache.call("claim", [keys.refresh_claim(user_id, refresh_id)], [ttl_ms])
     return None if claimed is None else bool(int(claimed))
 
 
@@ -209,17 +150,20 @@ def _record(
     gone: bool = False,
     sessions: list[str] | tuple[str, ...] = (),
 ) -> None:
-    args = [
+    args = cache.versioned(
         _ttl_ms(),
         build.decode() if isinstance(build, bytes) else build,
         "" if generation is None else str(generation),
         "1" if gone else "0",
-        *sessions,
-    ]
-    if cache.run_script(RECORD, [keys.revocation(user_id)], args, None) is None:
-        # MongoDB has it; while Redis is down every request is checked there, and a hash that
-        # Redis kept through the outage expires within ACCESS_TOKEN_TTL (the tokens' lifetime).
-        log.warning("could not record a revocation of user %s in Redis", user_id)
+        *(f"s:{session}" for session in sessions),
+    )
+    if build:
+        cache.call("revocation_record", [keys.revocation(user_id)], args)
+        return  # a build that did not record is made again by the next request
+    if cache.call("revocation_record", [keys.revocation(user_id)], args, must_reach=True) is None:
+        # MongoDB has it, and while Redis is down every request is checked there; this process
+        # sends it before it uses the cache again.
+        log.warning("revocation of user %s held back until Redis takes it", user_id)
 
 
 def _ttl_ms() -> int:

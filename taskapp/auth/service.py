@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
+import time
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -20,6 +22,36 @@ from taskapp.errors import TokenRefused
 from taskapp.models import ROLES, Session, User, check_dummy_password, utcnow
 
 log = logging.getLogger(__name__)
+
+#: The most sessions one purge deletes (``purge_sessions``): a bounded cost for its login.
+PURGE_BATCH = 100
+#: Seconds between two purges of one process while no purge found a full batch: on FerretDB
+#: 1.24 (SQLite) the purge's query scans every session, indexed or not.
+PURGE_INTERVAL_S = 60.0
+PURGE_EXTENSION = "taskapp.session_purge"
+
+
+class _PurgeDue:
+    """When this process (this app) purges sessions next: one login at a time, at most once per
+    PURGE_INTERVAL_S unless the last purge left more to delete."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 0.0  # time.monotonic() from which a login purges
+
+    def take(self) -> bool:
+        """True for the login that is to purge now (the next one waits PURGE_INTERVAL_S)."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                return False
+            self._next = now + PURGE_INTERVAL_S
+            return True
+
+    def again(self) -> None:
+        """A full batch was deleted: more may be left, so the next login purges too."""
+        with self._lock:
+            self._next = 0.0
 
 
 def normalise_email(email: str) -> str:
@@ -95,6 +127,7 @@ def is_admin(user_id: str) -> bool:
 
 def start_session(user: User) -> dict[str, Any]:
     """A new login of ``user``: its session in MongoDB and its token pair (the login answer)."""
+    purge_sessions()
     refresh_id = secrets.token_urlsafe(16)
     session = Session(
         user=user.id,
@@ -115,6 +148,32 @@ def start_session(user: User) -> dict[str, Any]:
     return _token_pair(str(user.id), str(session.id), refresh_id, user.token_generation)
 
 
+def purge_sessions() -> None:
+    """Delete up to PURGE_BATCH sessions, of any user, that no token can use any more.
+
+    A TTL index would do this on MongoDB, but FerretDB 1.x has none (its issue 2415), so logins
+    do it: they are what creates sessions. One login per process and PURGE_INTERVAL_S purges,
+    and every login while the last purge found a full batch, so dead sessions cannot pile up.
+    A session's refresh token is of no use after ``expires_at`` (a revocation sets it to its own
+    time); its access tokens were all issued before that, so they expire within
+    ACCESS_TOKEN_TTL of it, the window in which a revocation rebuild reads revoked sessions
+    (``revocation.rebuild``). The session is kept that long, plus CLOCK_MARGIN_S.
+    """
+    due: _PurgeDue = current_app.extensions.setdefault(PURGE_EXTENSION, _PurgeDue())
+    if not due.take():
+        return
+    grace = current_app.config["ACCESS_TOKEN_TTL"] + tokens.CLOCK_MARGIN_S
+    cutoff = utcnow() - timedelta(seconds=grace)
+    dead = db.read(
+        lambda: [s.id for s in Session.objects(expires_at__lt=cutoff).only("id").limit(PURGE_BATCH)]
+    )
+    if dead:
+        # Filtered again: a revocation meanwhile (of an expired session) set expires_at to now.
+        Session.objects(id__in=dead, expires_at__lt=cutoff).delete()
+    if len(dead) == PURGE_BATCH:
+        due.again()
+
+
 def refresh(token: str) -> dict[str, Any]:
     """A new token pair for a refresh token, which is used up (401 for any refused token).
 
@@ -129,7 +188,7 @@ def refresh(token: str) -> dict[str, Any]:
     user = find_user(claims.user_id)
     if user is None or claims.generation < user.token_generation:
         raise _unauthorized("the refresh token was revoked")
-    if revocation.claim_refresh(claims.user_id, claims.refresh_id) is False:
+    if revocation.claim_refresh(claims.user_id, claims.refresh_id, claims.expires_at) is False:
         _reused(claims)  # presented before (Redis says so at once, even for concurrent ones)
     sid, uid = ObjectId(claims.session_id), ObjectId(claims.user_id)
     new_id = secrets.token_urlsafe(16)
@@ -154,8 +213,10 @@ def _reused(claims: tokens.Refresh) -> NoReturn:
 
 def revoke_session(user_id: str, session_id: str) -> None:
     """Revoke one login (logout, a reused refresh token): MongoDB, then Redis."""
+    now = utcnow()
+    # Its refresh token stops working now: expires_at says so, for purge_sessions.
     Session.objects(id=ObjectId(session_id), user=ObjectId(user_id)).update(
-        set__revoked=True, set__revoked_at=utcnow()
+        set__revoked=True, set__revoked_at=now, set__expires_at=now
     )
     revocation.revoke_session(user_id, session_id)
 
@@ -175,7 +236,10 @@ def change_password(access: Access, current: str, new: str) -> None:
     )
     if changed is None:
         raise Conflict("the password was changed meanwhile")
-    Session.objects(user=user.id, revoked=False).update(set__revoked=True, set__revoked_at=utcnow())
+    now = utcnow()
+    Session.objects(user=user.id, revoked=False).update(
+        set__revoked=True, set__revoked_at=now, set__expires_at=now
+    )
     revocation.revoke_generation(access.user_id, changed.token_generation)
 
 

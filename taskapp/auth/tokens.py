@@ -14,6 +14,10 @@ from cachetools import LRUCache
 from flask import current_app, g, request
 
 ALGORITHM = "HS256"
+#: Seconds that what guards a token outlives the token's ``exp`` by this host's clock (a refresh
+#: claim, a session in MongoDB): another host whose clock runs behind still accepts the token
+#: until its own clock reaches ``exp``.
+CLOCK_MARGIN_S = 60
 _UNSET = object()  # g memo sentinel: None is a valid memoised answer ("no valid token")
 
 
@@ -33,6 +37,7 @@ class Refresh(NamedTuple):
     session_id: str
     refresh_id: str
     generation: int
+    expires_at: int
 
 
 def issue(user_id: str, session_id: str, generation: int) -> tuple[str, int]:
@@ -81,6 +86,7 @@ def refresh_of(token: str) -> Refresh | None:
             str(ObjectId(claims["sid"])),
             str(claims["jti"]),
             int(claims["gen"]),
+            int(claims["exp"]),
         )
     except (jwt.InvalidTokenError, InvalidId, TypeError, ValueError):
         return None

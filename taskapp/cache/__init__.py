@@ -15,6 +15,9 @@ _EXPORTS = {
     "Entry": "taskapp.cache.entry",
     "RedisCache": "taskapp.cache.extension",
     "Unavailable": "taskapp.cache.client",
+    "CacheSettings": "taskapp.cache.settings",
+    "RedisRefused": "taskapp.cache.preflight",
+    "check_server": "taskapp.cache.preflight",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,11 +12,12 @@ from redis.retry import Retry
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
-#: Refusals that mean the server cannot serve now (a failover, a busy script, a full memory),
-#: so they count towards an outage like a timeout does.
+#: Refusals that mean the server cannot serve now (a failover, a busy script), so they count
+#: towards an outage like a timeout does. A full Redis (OOM, under noeviction) is not one: it
+#: still serves reads and the cache's small writes (its functions flagged allow-oom), and only
+#: refuses to store values, which is a miss like any refused command.
 _OUTAGE_REPLIES = (
     redis.exceptions.ReadOnlyError,
-    redis.exceptions.OutOfMemoryError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.AskError,

@@ -23,9 +23,9 @@ class RequestState:
 
     - ``started``: when the request reached the app (``time.perf_counter()``), for its latency;
       None once it was observed;
-    - ``admission``: the answer of the call a request makes before it reads the cache (in taskapp
-      the token's revocation check, then the user's rate limit: ``scripts.chain``), None when
-      Redis could not be asked, ``NOT_ASKED`` before;
+    - ``admission``: the answer (``admission.Answer``) of the checks a request passes in Redis
+      before it reads the cache (``admission.Admission``), None when Redis could not be asked,
+      ``NOT_ASKED`` before;
     - ``looked_up``: a response-cache lookup a layer in front of Flask made and handed on:
       (key, entry, lease);
     - ``scopes``: the scope versions Redis returned (scope key -> version), which check the

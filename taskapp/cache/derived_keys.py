@@ -58,7 +58,7 @@ class Keys:
         return f"{self.prefix}sv:{{{full_key}}}"
 
     def tag_version(self, tag: str) -> str:
-        """The version of a tag, bumped when it is invalidated (scripts.VERSIONS derives the
+        """The version of a tag, bumped when it is invalidated (library.lua derives the
         same name in Lua from the tags an entry records)."""
         if "\n" in tag:
             raise ValueError("cache tags cannot contain newlines")

@@ -34,8 +34,8 @@ def dumps(value: Any) -> bytes:
 
 def stored_payload(stored: bytes) -> bytes:
     """The entry's bytes of a value as Redis stores it: after the versions it was stored under
-    (see scripts.VERSIONS) and the empty line that ends them. For tools that read Redis
-    directly; the scripts check the versions before they return an entry."""
+    (see library.lua) and the empty line that ends them. For tools that read Redis
+    directly; the library checks the versions before it returns an entry."""
     return stored.partition(b"\n\n")[2]
 
 

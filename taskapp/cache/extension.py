@@ -19,6 +19,7 @@ from flask import Flask, current_app
 from flask_caching import Cache as FlaskCache
 
 from taskapp.cache import context, stats
+from taskapp.cache.admission import Admission, Answer
 from taskapp.cache.client import REDIS_ERRORS, Unavailable
 from taskapp.cache.context import RequestState, current
 from taskapp.cache.derived_keys import Keys
@@ -26,7 +27,6 @@ from taskapp.cache.entry import NO_VALUE, Entry
 from taskapp.cache.flask_caching import init_flask_caching
 from taskapp.cache.l1 import LocalCache
 from taskapp.cache.region import Lease, Ttl, refused
-from taskapp.cache.scripts import Call
 from taskapp.cache.settings import CacheSettings
 from taskapp.cache.state import EXTENSION_NAME, CacheState, state_of
 from taskapp.cache.writebehind import Flusher, WriteBehind
@@ -130,28 +130,26 @@ class RedisCache:
 
     def lookup_after(
         self,
-        before: Call,
+        admission: Admission,
         key: str,
         tags: Iterable[str] = (),
         layer: str | None = None,
         *,
         request: RequestState | None = None,
         app: Flask | None = None,
-    ) -> tuple[Any, Entry | None, Lease | None]:
-        """Run ``before`` (a script on keys in ``key``'s hash slot, unprefixed) and then
-        ``lookup(key, tags, layer)``, in one call (``scripts.chain``): (its answer, entry, lease).
+    ) -> tuple[Answer | None, Entry | None, Lease | None]:
+        """Run ``admission``'s checks (on keys in ``key``'s hash slot) and then
+        ``lookup(key, tags, layer)``, in one call: (its answer, entry, lease).
 
-        An answer whose first value is 0 refuses: nothing is looked up, counted or locked. The
-        answer is None when Redis is unavailable. A layer in front of Flask's dispatch (no Flask
-        context yet) passes its ``request`` state and its ``app``.
+        When a check refuses, nothing is looked up, counted or locked. The answer is None when
+        Redis is unavailable. A layer in front of Flask's dispatch (no Flask context yet) passes
+        its ``request`` state and its ``app``.
         """
         state = state_of(app) if app is not None else self._state()
         if request is None:
             request = current()
-        source, keys, args = before
-        prefixed = (source, [state.keys.entry(k) for k in keys], list(args))
         answer, entry, lease = state.region.lookup_after(
-            prefixed, state.keys.entry(key), list(tags), request
+            admission, state.keys.entry(key), list(tags), request
         )
         if layer is not None and not refused(answer):
             state.counter.count(stats.outcome(layer, entry is not None), family=layer)
@@ -282,31 +280,55 @@ class RedisCache:
         state = self._state()
         return state.lists.get(state.keys.entry(key), limit, fetch, maxlen, ttl)
 
-    # -- scripts for other modules (rate limits) ----------------------------------------
+    # -- admissions and the library's other functions -----------------------------------
 
-    def run_script(
+    def admit(self, admission: Admission, scope_of: str | None = None) -> Answer | None:
+        """Run a request's ``admission`` (see ``admission.py``); None when Redis is unavailable.
+
+        With ``scope_of`` (a key), the scope version that checks the in-process layer's entries
+        of that key's scope is read in the same call and kept for this request's reads (the
+        call a request makes anyway also checks its memory layer).
+        """
+        state = self._state()
+        try:
+            if scope_of is not None:
+                return state.region.admit(admission, state.keys.entry(scope_of), current())
+            return state.region.request(admission, "", [], [], op="admission")
+        except Unavailable:
+            return None
+
+    def call(
         self,
-        script: str,
+        function: str,
         keys: list[str],
         args: list[Any],
-        default: Any,
-        read_scope: bool = False,
+        default: Any = None,
+        *,
+        must_reach: bool = False,
     ) -> Any:
-        """Run a Lua script on prefixed ``keys`` through the breaker; ``default`` on failure.
+        """Call a function of the cache's library (``library.lua``: its comment says what each
+        takes and answers) on ``keys`` given the cache's prefix; ``default`` when Redis is
+        unavailable. Functions that read or change versions take the version arguments first
+        (``versioned``).
 
-        With ``read_scope`` the scope version of ``keys[0]`` is read in the same round trip and
-        kept for this request's in-process reads (the round trip a request makes anyway also
-        checks its memory layer).
+        With ``must_reach`` (a write other processes must see, such as a revocation), a call
+        Redis does not take is held back with the invalidations: this process uses the cache
+        again only once it was sent.
         """
         state = self._state()
         prefixed = [state.keys.entry(k) for k in keys]
+        if must_reach:
+            answer = state.store.call_or_hold(function, prefixed, list(args), op="held")
+            return default if answer is None else answer
         try:
-            if read_scope:
-                call = (script, prefixed, list(args))
-                return state.region.call_reading_scope(call, prefixed[0], current())
-            return state.store.call(script, prefixed, list(args))
+            return state.store.call(function, prefixed, list(args))
         except Unavailable:
             return default
+
+    def versioned(self, *args: Any) -> list[Any]:
+        """The arguments of a library function that reads or changes versions: the version
+        arguments (the prefix, the versions' time to live), then ``args``."""
+        return self._state().store.versioned(*args)
 
     # -- request bookkeeping and health -------------------------------------------------
 

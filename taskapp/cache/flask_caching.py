@@ -12,9 +12,11 @@ cached view's delete and ``delete_memoized`` (whose reset of a function's versio
 ``set_many``, held back as a delete of the version key when Redis does not take it).
 
 Only values that JSON gives back exactly are stored: ``None``, ``bool``, ``int``, finite
-``float``, ``str``, and lists and string-keyed dicts of those. Anything else (a tuple such as a
-view's ``("created", 201)``, bytes, a ``Response``, an exception) is not cached at all, so it can
-never be replayed as something else: the decorated function simply runs every time.
+``float``, ``str``, and lists and string-keyed dicts of those; and a ``Markup``, which is what
+the ``{% cache %}`` template tag stores (an autoescaped fragment), kept as a tagged JSON string
+and given back as ``Markup``. Anything else (a tuple such as a view's ``("created", 201)``, bytes,
+a ``Response``, an exception) is not cached at all, so it can never be replayed as something
+else: the decorated function simply runs every time.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from flask_caching.backends.rediscache import RedisCache as FlaskCachingRedisCache
+from markupsafe import Markup
 
 from taskapp.cache.client import CommandError, Unavailable
 from taskapp.cache.state import state_of
+from taskapp.cache.stats import escape_glob
 
 if TYPE_CHECKING:
     from taskapp.cache.store import Store
@@ -93,8 +97,21 @@ def _round_trips(value: Any) -> bool:
     return False  # tuples, bytes, Responses, exceptions, dict subclasses, ...
 
 
+def storable(value: Any) -> bool:
+    """True when the backend stores ``value``: it round-trips through JSON, or is a ``Markup``
+    (a template fragment, given back as ``Markup``)."""
+    return type(value) is Markup or round_trips(value)
+
+
+#: Leads a stored ``Markup``, whose text follows as a JSON string. No JSON text (nor an int's
+#: digits) begins with it, so each comes back as the type it was stored as: a ``str`` as text a
+#: template escapes, a fragment as markup a template does not escape a second time.
+MARKUP_TAG = b"markup:"
+
+
 class JSONSerializer:
-    """JSON for values; plain ASCII for ints, so Redis INCRBY keeps working on counters.
+    """JSON for values; plain ASCII for ints, so Redis INCRBY keeps working on counters; a
+    ``Markup`` as ``MARKUP_TAG`` and its text as a JSON string.
 
     It stands in for cachelib's serializer (the same two methods), whose default pickles.
     """
@@ -102,12 +119,17 @@ class JSONSerializer:
     def dumps(self, value: Any, protocol: int | None = None) -> bytes:
         if type(value) is int:
             return str(value).encode("ascii")
+        if type(value) is Markup:
+            return MARKUP_TAG + json.dumps(str(value)).encode()
         return json.dumps(value, separators=(",", ":")).encode()
 
     def loads(self, value: bytes | None) -> Any:
         if value is None:
             return None
         try:
+            if value.startswith(MARKUP_TAG):
+                text = json.loads(value[len(MARKUP_TAG) :])
+                return Markup(text) if type(text) is str else None
             return json.loads(value)
         except ValueError:
             return None  # not ours (an old pickled entry, say): a miss, never an unpickle
@@ -190,7 +212,8 @@ class JSONRedisCache(FlaskCachingRedisCache):
     """Flask-Caching's Redis backend with JSON serialisation and the extension's connection.
 
     ``set``, ``add`` and ``set_many`` store only values that JSON gives back exactly (see
-    ``round_trips``); another value is not stored (False), so it is never replayed altered.
+    ``round_trips``) and ``Markup`` (template fragments); another value is not stored (False),
+    so it is never replayed altered.
     Deletes that Redis does not take are held back (see the module's docstring).
     """
 
@@ -208,13 +231,13 @@ class JSONRedisCache(FlaskCachingRedisCache):
         return cls(*args, **kwargs)
 
     def set(self, key: str, value: Any, timeout: Any = None) -> Any:
-        if not round_trips(value):
+        if not storable(value):
             log.debug("not cached: %s does not round-trip through JSON", type(value).__name__)
             return False
         return super().set(key, value, timeout)
 
     def add(self, key: str, value: Any, timeout: Any = None) -> Any:
-        if not round_trips(value):
+        if not storable(value):
             log.debug("not cached: %s does not round-trip through JSON", type(value).__name__)
             return False
         return super().add(key, value, timeout)
@@ -227,11 +250,11 @@ class JSONRedisCache(FlaskCachingRedisCache):
         would be answered again once Redis returns. So a key Redis did not take is deleted before
         the cache is read again; a version made while Redis was away is then made anew.
         """
-        storable = {k: v for k, v in mapping.items() if round_trips(v)}
-        if not storable:
+        kept = {k: v for k, v in mapping.items() if storable(v)}
+        if not kept:
             return []
-        stored = super().set_many(storable, timeout)
-        missed = [k for k in storable if k not in stored]
+        stored = super().set_many(kept, timeout)
+        missed = [k for k in kept if k not in stored]
         if missed:
             self._write_client.store.held_back.hold(keys=self._full_keys(missed))
         return stored
@@ -254,11 +277,16 @@ class JSONRedisCache(FlaskCachingRedisCache):
         return self.delete_many(*keys) if keys else None
 
     def clear(self) -> bool:
-        """Delete every key of this backend; raises when Redis cannot list them (nothing to hold)."""
+        """Delete every key of this backend; raises when Redis cannot list them (nothing to hold).
+
+        Listed with SCAN, never KEYS (which blocks the server, and which a least-privilege user
+        may not run)."""
         store = self._write_client.store
-        pattern = self._get_prefix() + "*"
+        pattern = escape_glob(self._get_prefix()) + "*"
         try:
-            found = store.run(lambda: store.client.keys(pattern), op="flask_caching")
+            found = store.run(
+                lambda: list(store.client.scan_iter(match=pattern, count=1000)), op="flask_caching"
+            )
         except Unavailable as exc:
             raise RuntimeError(
                 f"Flask-Caching clear: Redis unavailable ({exc}); nothing cleared"

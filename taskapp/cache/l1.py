@@ -14,7 +14,7 @@ class LocalCache:
     Each entry is kept with the scope version Redis returned with it, in the same script (see
     ``Keys.scope_version``); the region serves it only while that is still the scope's version in
     Redis, so an answered write in any process is never followed by an older answer from this
-    memory. Versions are unique per change (scripts.VERSIONS): a scope version lost with Redis's
+    memory. Versions are unique per change (library.lua): a scope version lost with Redis's
     state comes back as a new value, never as the one an entry was kept under.
     """
 

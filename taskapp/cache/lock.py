@@ -1,7 +1,8 @@
 """The fill lock: one caller fills a key across threads, processes and hosts; the others wait.
 
-``SET lock token NX PX`` takes it; a compare-and-delete script releases it only for its owner
-and announces the key on the fill channel, so waiters wake on the message instead of polling.
+``SET lock token NX PX`` takes it; a compare-and-delete function (``release`` in
+``library.lua``) releases it only for its owner and announces the key on the fill channel, so
+waiters wake on the message instead of polling.
 
 A holder keeps its lock alive while it works: a renewer thread (one per process) extends every
 lock this process holds, every ``ttl / 3``, for as long as the owner token still owns it, up to
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from taskapp.cache import scripts, stats
+from taskapp.cache import functions, stats
 from taskapp.cache.client import Unavailable
 from taskapp.cache.context import RequestState
 from taskapp.cache.counting import Counter
@@ -38,18 +39,6 @@ Attempt = Callable[[bool], tuple[Entry | None, str, Any]]
 
 class FillLock:
     """The fill lock of one app's cache."""
-
-    # RENEW: extend the lock's expiry only while this caller's token still owns it (a lock that
-    # expired and passed to another caller is never extended for it).
-    # KEYS[1] lock
-    # ARGV[1] lock token, ARGV[2] time to live in ms
-    # returns 1 when extended, 0 when the lock is gone or another caller's
-    RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
 
     def __init__(
         self,
@@ -102,9 +91,9 @@ return 0
         self.done(full_key, token)
         try:
             self.store.call(
-                scripts.RELEASE,
-                keys=[self.store.keys.lock(full_key)],
-                args=[token, self.store.keys.fill_channel, full_key],
+                "release",
+                [self.store.keys.lock(full_key)],
+                [token, self.store.keys.fill_channel, full_key],
                 op="lock",
             )
         except Unavailable:
@@ -224,25 +213,27 @@ return 0
                     self.done(full_key, token)
 
     def _renew(self, held: list[tuple[str, str]]) -> list[bool]:
-        """Extend each lock's TTL while its token still owns it, in one round trip (one per
-        lock on a cluster, whose locks live on several nodes): whether each still is its
-        token's. A fill that stored its value released its lock in the same script, so here it
-        shows as no longer owned and is dropped."""
-        script = self.store.script(self.RENEW)
+        """Extend each lock's TTL while its token still owns it (``renew`` in ``library.lua``),
+        in one round trip (one per lock on a cluster, whose locks live on several nodes):
+        whether each still is its token's. A fill that stored its value released its lock in
+        the same function, so here it shows as no longer owned and is dropped."""
+        store = self.store
+        renew = functions.LIBRARY.function("renew")
 
         def renew_all() -> list[Any]:
-            if self.store.cluster:
-                return [self._renew_one(script, key, token) for key, token in held]
-            pipe = self.store.client.pipeline(transaction=False)
+            if store.cluster:
+                return [
+                    store.fcall("renew", [store.keys.lock(key)], [token, self.ttl_ms])
+                    for key, token in held
+                ]
+            pipe = store.client.pipeline(transaction=False)
             for key, token in held:
-                script(keys=[self.store.keys.lock(key)], args=[token, self.ttl_ms], client=pipe)
+                pipe.execute_command("FCALL", renew, 1, store.keys.lock(key), token, self.ttl_ms)
             return pipe.execute()  # type: ignore[no-any-return]
 
         try:
-            return [bool(renewed) for renewed in self.store.run(renew_all, op="lock")]
+            return [bool(renewed) for renewed in store.run(renew_all, op="lock")]
         except Unavailable:
-            # Kept for the next round; a lock expires meanwhile if Redis stays away.
+            # Kept for the next round; a lock expires meanwhile if Redis stays away (and a
+            # server that lost the functions gets them back with the next request's call).
             return [True] * len(held)
-
-    def _renew_one(self, script: Any, full_key: str, token: str) -> Any:
-        return script(keys=[self.store.keys.lock(full_key)], args=[token, self.ttl_ms])

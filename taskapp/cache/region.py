@@ -3,7 +3,7 @@
 Reads look in the in-process layer, then Redis. Every write either bumps the versions a fill
 read before its fetch (so a fill that began before the write is refused, and an entry stored
 before it is never served again) or is itself a fill checked against them. Versions are unique
-per change and per Redis server run (scripts.VERSIONS), so no check is satisfied by state made
+per change and per Redis server run (``library.lua``), so no check is satisfied by state made
 before Redis lost it. The in-process layer serves an entry only while its scope version is the
 one Redis has (read-your-writes across processes).
 """
@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 
 from flask import current_app
 
-from taskapp.cache import metrics, scripts, stats, tracing
+from taskapp.cache import metrics, stats, tracing
+from taskapp.cache.admission import NONE, Admission, Answer
 from taskapp.cache.client import Unavailable
 from taskapp.cache.context import RequestState, mark_source_read
 from taskapp.cache.counting import Counter
@@ -49,10 +50,10 @@ class Lease(NamedTuple):
     token: str = ""
 
 
-def refused(answer: list[Any] | None) -> bool:
-    """True when a script refused (its first value 0; ``scripts.chain``). None (Redis
-    unavailable) is no refusal."""
-    return answer is not None and int(answer[0]) == 0
+def refused(answer: Answer | None) -> bool:
+    """True when a check of a request's admission refused it. None (Redis unavailable) is no
+    refusal."""
+    return answer is not None and not answer.admitted
 
 
 def xfetch_due(entry: Entry, beta: float = 1.0) -> bool:
@@ -103,17 +104,25 @@ class Region:
         if entry is not None:
             return entry
         try:
-            payload, _, scope, *_ = self.store.call(
-                scripts.LOOKUP,
-                self._lookup_keys(full_key, []),
-                self.store.versioned("", 0),
-                op="get",
-            )
+            payload, _, scope, *_ = self.request(
+                NONE, "E", self._lookup_keys(full_key, []), [0, "", 0], op="get"
+            ).read
         except Unavailable:
             return None
         return self._from_redis(
             full_key, payload, self._note_scope(self.keys.scope_version(full_key), scope, request)
         )
+
+    def request(
+        self, admission: Admission, read: str, keys: list[str], args: list[Any], op: str = "get"
+    ) -> Answer:
+        """One call of the library's ``request``: ``admission``'s checks, then ``read`` ('E' an
+        entry's read, 'S' a version, '' nothing) on ``keys`` with ``args``. Raises Unavailable."""
+        steps, all_keys, step_args = admission.call(self.keys.entry, read, keys, args)
+        reply = self.store.call(
+            "request", all_keys, [steps, *self.store.versioned(), *step_args], op=op
+        )
+        return Answer.decode(steps, reply)
 
     def _from_memory(
         self, full_key: str, request: RequestState | None, found: Any = _LOOK
@@ -175,9 +184,16 @@ class Region:
         """Keep an entry in memory under the scope version Redis returned with it, when its
         tags are in its scope (an invalidation of a tag outside it would not bump that scope,
         so such an entry is served from Redis only)."""
-        own = self.keys.scope_version(full_key)
-        if all(self.keys.scope_version(self.keys.tag_version(t)) == own for t in entry.tags):
+        if self._stamp(full_key, entry.tags):
             self.l1.put(full_key, entry, scope)
+
+    def _stamp(self, full_key: str, tags: list[str]) -> str:
+        """'1' when every tag of an entry is in the entry's own scope, so that a change of any
+        of its versions bumps its scope version (a stamped entry in Redis, an entry in memory),
+        else ''."""
+        own = self.keys.scope_version(full_key)
+        in_scope = all(self.keys.scope_version(self.keys.tag_version(t)) == own for t in tags)
+        return "1" if in_scope else ""
 
     def lookup(
         self, full_key: str, tags: list[str], request: RequestState | None
@@ -193,49 +209,47 @@ class Region:
         entry = self._from_memory(full_key, request)
         if entry is not None:
             return entry, None
-        entry, lease, _ = self._lookup(full_key, tags, None, request)
+        entry, lease, _ = self._lookup(full_key, tags, NONE, request)
         return entry, lease
 
     def lookup_after(
-        self, before: scripts.Call, full_key: str, tags: list[str], request: RequestState | None
-    ) -> tuple[Any, Entry | None, Lease | None]:
-        """Run ``before`` and then ``lookup``, in one call (``scripts.chain``): (its answer,
-        entry, lease).
+        self,
+        admission: Admission,
+        full_key: str,
+        tags: list[str],
+        request: RequestState | None,
+    ) -> tuple[Answer | None, Entry | None, Lease | None]:
+        """Run ``admission``'s checks and then ``lookup``, in one call: (its answer, entry,
+        lease).
 
-        ``before`` is a script (an admission check, say) whose first value 0 refuses: then
-        nothing is looked up, no lock is taken, and the answer is (its answer, None, None). When
-        memory holds the entry, the scope version that checks it is read in that call instead of
-        the lookup. The answer is None when Redis is unavailable.
+        When a check refuses, nothing is looked up and no lock is taken: (its answer, None,
+        None). When memory holds the entry, the scope version that checks it is read in that
+        call instead of the lookup. The answer is None when Redis is unavailable.
         """
         self.store.check_slots(full_key, tags)
         found = self._in_memory(full_key)
-        if found is not None:
-            try:
-                answer = self.call_reading_scope(before, full_key, request)
-            except Unavailable:
-                return None, None, None
-            if refused(answer):
-                return answer, None, None
-            entry = self._from_memory(full_key, request, found)  # checked by the version just read
-            if entry is not None:
-                return answer, entry, None
-            entry, lease, _ = self._lookup(full_key, tags, None, request)
-            return answer, entry, lease
-        entry, lease, answer = self._lookup(full_key, tags, before, request)
+        if found is None:
+            entry, lease, looked_up = self._lookup(full_key, tags, admission, request)
+            return looked_up, entry, lease
+        try:
+            answer = self.admit(admission, full_key, request)
+        except Unavailable:
+            return None, None, None
+        if refused(answer):
+            return answer, None, None
+        entry = self._from_memory(full_key, request, found)  # checked by the version just read
+        if entry is not None:
+            return answer, entry, None
+        entry, lease, _ = self._lookup(full_key, tags, NONE, request)
         return answer, entry, lease
 
-    def call_reading_scope(
-        self, call: scripts.Call, full_key: str, request: RequestState | None
-    ) -> Any:
-        """Run ``call`` and read the scope version of ``full_key`` in the same call (chained);
-        the version is kept for ``request``'s memory reads, ``call``'s answer returned. Raises
-        Unavailable."""
+    def admit(self, admission: Admission, full_key: str, request: RequestState | None) -> Answer:
+        """Run ``admission``'s checks and read the scope version of ``full_key`` in the same
+        call; the version is kept for ``request``'s memory reads. Raises Unavailable."""
         scope_key = self.keys.scope_version(full_key)
-        _, answer, *scope = self.store.call(
-            *scripts.chain(call, (scripts.SCOPE_READ, [scope_key], self.store.versioned()))
-        )
-        if scope:
-            self._note_scope(scope_key, scope[0], request)
+        answer = self.request(admission, "S", [scope_key], [], op="admission")
+        if answer.admitted:
+            self._note_scope(scope_key, answer.read, request)
         return answer
 
     def _in_memory(self, full_key: str) -> tuple[Entry, bytes] | None:
@@ -262,30 +276,28 @@ class Region:
         self,
         full_key: str,
         tags: list[str],
-        before: scripts.Call | None,
+        admission: Admission,
         request: RequestState | None,
-    ) -> tuple[Entry | None, Lease | None, Any]:
-        """Redis's part of a lookup (after the caller checked memory and the slots): LOOKUP,
-        chained after ``before`` in the first attempt when given, under the fill lock's wait
-        loop; (entry, lease, ``before``'s answer, None when Redis was unavailable)."""
+    ) -> tuple[Entry | None, Lease | None, Answer | None]:
+        """Redis's part of a lookup (after the caller checked memory and the slots): an entry's
+        read, after ``admission``'s checks in the first attempt, under the fill lock's wait
+        loop; (entry, lease, the admission's answer, None when Redis was unavailable)."""
         keys = self._lookup_keys(full_key, tags)
 
-        def lookup(token: str) -> scripts.Call:
-            return scripts.LOOKUP, keys, self.store.versioned(token, self.lock.ttl_ms)
+        def read(checks: Admission, token: str) -> Answer:
+            return self.request(checks, "E", keys, [len(tags), token, self.lock.ttl_ms])
 
         def attempt(waited: bool) -> tuple[Entry | None, str, list[bytes]]:
             token = self.lock.token()
-            reply = self.store.call(*lookup(token), op="get")
-            return self._looked_up(full_key, reply, token, waited, request)
+            return self._looked_up(full_key, read(NONE, token).read, token, waited, request)
 
         answer = first = None
         try:
-            if before is not None:
-                token = self.lock.token()
-                _, answer, *reply = self.store.call(*scripts.chain(before, lookup(token)), op="get")
-                if refused(answer):
-                    return None, None, answer  # LOOKUP did not run: no lock was taken
-                first = self._looked_up(full_key, reply[0], token, False, request)
+            token = self.lock.token()
+            answer = read(admission, token)
+            if refused(answer):
+                return None, None, answer  # nothing was read: no lock was taken
+            first = self._looked_up(full_key, answer.read, token, False, request)
             entry, token, versions = self.lock.fill_or_wait(
                 full_key,
                 attempt,
@@ -353,25 +365,27 @@ class Region:
         stale_ttl: float = 0.0,
         announce: str = "",
     ) -> bool:
-        """Run FILL: store under the current versions, unless ``versions`` (read before the
+        """Run ``fill``: store under the current versions, unless ``versions`` (read before the
         fetch) changed since; without ``versions``, an overwrite. ``announce`` is the channel to
-        publish the key on (the fill channel wakes the callers waiting for it)."""
+        publish the key on (the fill channel wakes the callers waiting for it). A fill Redis
+        refuses (full) releases the lock, so its waiters fetch at once."""
         keys = self.keys
         self.store.check_slots(full_key, entry.tags)
         try:
             stored, scope = self.store.call(
-                scripts.FILL,
-                keys=[
+                "fill",
+                [
                     full_key,
                     keys.lock(full_key),
                     keys.scope_version(full_key),
                     *self._version_keys(full_key, entry.tags),
                 ],
-                args=self.store.versioned(
+                self.store.versioned(
                     entry.encode(),
                     max(1, int((seconds + stale_ttl) * 1000)),
                     token,
                     announce,
+                    self._stamp(full_key, entry.tags),
                     len(entry.tags),
                     *entry.tags,
                     *(versions or []),
@@ -379,10 +393,12 @@ class Region:
                 op="fill",
             )
         except Unavailable:
+            if token:
+                self.lock.release(full_key, token)
             return False
         finally:
             if token:
-                self.lock.done(full_key, token)  # FILL released it: no more renewals
+                self.lock.done(full_key, token)  # fill released it: no more renewals
         if stored:
             self._remember(
                 full_key, entry, self._note_scope(self.keys.scope_version(full_key), scope, request)
@@ -454,16 +470,22 @@ class Region:
         dropped_versions = [keys.tag_version(t) for t in dropped]
         try:
             stored = self.store.call(
-                scripts.WRITE_THROUGH,
-                keys=[
+                "write_through",
+                [
                     full_key,
                     keys.scope_version(full_key),
                     *self._version_keys(full_key, tags),
                     *dropped_versions,
                     *(keys.scope_version(v) for v in dropped_versions),
                 ],
-                args=self.store.versioned(
-                    entry.encode(), int(seconds * 1000), lease, len(tags), len(dropped), *tags
+                self.store.versioned(
+                    entry.encode(),
+                    int(seconds * 1000),
+                    lease,
+                    self._stamp(full_key, tags),
+                    len(tags),
+                    len(dropped),
+                    *tags,
                 ),
                 op="write_through",
             )
@@ -567,12 +589,9 @@ class Region:
     ) -> Any:
         """Holder of the fill lock: read versions, fetch, store if nothing was invalidated."""
         try:
-            current, _, _, *versions = self.store.call(
-                scripts.LOOKUP,
-                self._lookup_keys(full_key, tags),
-                self.store.versioned("", 0),
-                op="lease",
-            )
+            current, _, _, *versions = self.request(
+                NONE, "E", self._lookup_keys(full_key, tags), [len(tags), "", 0], op="lease"
+            ).read
         except Unavailable:
             self.lock.release(full_key, token)
             return fetch_source(fetch)[0]

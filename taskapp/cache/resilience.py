@@ -7,12 +7,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from taskapp.cache.client import REDIS_ERRORS, CommandError, Unavailable, is_command_error
 
 log = logging.getLogger("taskapp.cache")
 T = TypeVar("T")
+
+#: A call of one of the cache's functions that must reach Redis: (function, keys, arguments).
+Call = tuple[str, tuple[str, ...], tuple[Any, ...]]
 
 
 class Breaker:
@@ -132,6 +135,18 @@ class Breaker:
         """End the outage: calls go to Redis again (the probe's recovery hook decides when)."""
         self._succeeded()
 
+    def trip(self, reason: str) -> None:
+        """Open now: Redis answers but refused something this process must send before it uses
+        the cache again (the probe sends it, and closes the breaker once Redis takes it)."""
+        with self._lock:
+            if self._opened_at is not None:
+                return
+            self._opened_at = time.monotonic()
+            self._retry_at = self._opened_at + self.cooldown
+        log.warning("cache not used by this process until Redis takes what it refused (%s)", reason)
+        if self.on_open is not None:
+            self.on_open()
+
     def _succeeded(self) -> None:
         with self._lock:
             outage = self._opened_at
@@ -159,7 +174,7 @@ class HeldBack:
     def __init__(
         self,
         breaker: Breaker,
-        send: Callable[[list[str], list[str]], None],
+        send: Callable[[list[str], list[str], list[Call]], None],
         ping: Callable[[], object],
         run: Callable[[Callable[[], None]], None],
         on_hold: Callable[[], None],
@@ -172,8 +187,11 @@ class HeldBack:
         self._lock = threading.Lock()
         self._tags: set[str] = set()
         self._keys: set[str] = set()
+        self._calls: list[Call] = []  # in the order they were made
 
-    def hold(self, tags: Iterable[str] = (), keys: Iterable[str] = ()) -> None:
+    def hold(
+        self, tags: Iterable[str] = (), keys: Iterable[str] = (), calls: Iterable[Call] = ()
+    ) -> None:
         """Keep invalidations that failed and try to send them before the write is answered.
 
         While the breaker is closed (a failure below the threshold, or the probe closed it
@@ -185,6 +203,7 @@ class HeldBack:
         with self._lock:
             self._tags.update(tags)
             self._keys.update(keys)
+            self._calls.extend(calls)
         self._on_hold()
         # Each failure counts towards the threshold, so this ends within threshold tries.
         for attempt in range(self._breaker.threshold + 1):
@@ -196,7 +215,9 @@ class HeldBack:
                 self._run(self._send_all)
                 return
             except CommandError as exc:  # refused, not unreachable: retrying cannot help
-                log.error("invalidations refused by Redis (%s); kept for the next probe", exc)
+                # This process reads nothing from the cache until they are sent (other
+                # processes may: docs/guarantees.md, "What does not hold").
+                self._breaker.trip(f"invalidations refused: {exc}")
                 return
             except Unavailable:
                 continue
@@ -222,17 +243,20 @@ class HeldBack:
     def _send_all(self, close_when_done: bool = False) -> None:
         while True:
             with self._lock:
-                tags, keys = sorted(self._tags), sorted(self._keys)
-                if not tags and not keys:
+                tags, keys, calls = sorted(self._tags), sorted(self._keys), list(self._calls)
+                if not tags and not keys and not calls:
                     if close_when_done:
                         self._breaker.close()
                     return
-            self._send(tags, keys)
+            self._send(tags, keys, calls)
             with self._lock:
                 self._tags.difference_update(tags)
                 self._keys.difference_update(keys)
+                del self._calls[: len(calls)]
             log.warning(
-                "replayed %d tag and %d key invalidations held back by the outage",
+                "replayed %d tag and %d key invalidations and %d other writes held back by the "
+                "outage",
                 len(tags),
                 len(keys),
+                len(calls),
             )

@@ -10,11 +10,11 @@ from urllib.parse import urlencode
 from flask import Flask, Response, current_app, g, request
 from werkzeug.http import parse_etags, unquote_etag
 
+from taskapp.cache.admission import Admission, Answer
 from taskapp.cache.context import RequestState
 from taskapp.cache.entry import Entry
 from taskapp.cache.extension import RedisCache
 from taskapp.cache.region import Lease, refused
-from taskapp.cache.scripts import Call
 
 Identity = Callable[[], str | None]
 #: Who may read a view's cached answers: a check of the request's identity, made every time.
@@ -97,14 +97,14 @@ class ResponseCache:
         return self.cache.lookup(key, self.tags(user), layer=LAYER)
 
     def look_up_after(
-        self, app: Flask, request_state: RequestState, user: str, key: str, before: Call
-    ) -> tuple[Any, Entry | None, Lease | None]:
-        """For a layer in front of ``app``'s dispatch: ``before`` (source, keys, arguments; the
-        request's admission) and then the lookup, in one call: (its answer, entry, lease). When
-        ``before`` refuses (first value 0) the lookup is neither made nor counted; see
-        ``RedisCache.lookup_after``. A miss's lease goes with the request to Flask's path."""
+        self, app: Flask, request_state: RequestState, user: str, key: str, admission: Admission
+    ) -> tuple[Answer | None, Entry | None, Lease | None]:
+        """For a layer in front of ``app``'s dispatch: the request's ``admission`` and then the
+        lookup, in one call: (its answer, entry, lease). When a check refuses, the lookup is
+        neither made nor counted; see ``RedisCache.lookup_after``. A miss's lease goes with the
+        request to Flask's path."""
         answer, entry, lease = self.cache.lookup_after(
-            before, key, self.tags(user), layer=LAYER, request=request_state, app=app
+            admission, key, self.tags(user), layer=LAYER, request=request_state, app=app
         )
         if entry is None and not refused(answer):  # looked up (or Redis is down): not again
             request_state.looked_up = (key, entry, lease)

@@ -65,7 +65,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "CACHE_LOCK_TTL": (5, seconds),
     "CACHE_LOCK_WAIT": (5, seconds),
     "CACHE_FILL_TIMEOUT": (10, seconds),
-    "CACHE_VERSION_TTL": (3600, seconds),
+    # Unset: 2 x the longest of CACHE_FILL_TIMEOUT and CACHE_LOCK_TTL (see from_config).
+    "CACHE_VERSION_TTL": (None, seconds),
     "CACHE_BREAKER_THRESHOLD": (3, int_at_least(1)),
     "CACHE_BREAKER_COOLDOWN": (1.0, seconds),
     "REDIS_SOCKET_TIMEOUT": (0.25, seconds),
@@ -103,13 +104,19 @@ class CacheSettings:
 
         A bad value raises ``RuntimeError`` naming the setting and what it must be.
         """
-        values = {}
+        values: dict[str, Any] = {}
         for name, (default, convert) in SETTINGS.items():
             raw = config.setdefault(name, default)
             try:
-                values[name] = convert(raw)
+                values[name] = None if raw is None else convert(raw)
             except (TypeError, ValueError) as exc:
                 raise RuntimeError(f"setting {name}={raw!r} is invalid: {exc}") from None
+        if values["CACHE_VERSION_TTL"] is None:
+            # A version key needs to outlive what was stored under it (a fill keeps it as long
+            # as the entry) and a fill's lease (read before the fetch, checked at the store);
+            # one that expires is made anew, so what was stored under it only misses.
+            wait = max(values["CACHE_FILL_TIMEOUT"], values["CACHE_LOCK_TTL"])
+            values["CACHE_VERSION_TTL"] = 2 * wait
         return cls(
             redis_url=values["REDIS_URL"],
             cluster=values["REDIS_CLUSTER"],

@@ -1,9 +1,9 @@
-"""The Redis store: the client, its scripts, slot routing, and the breaker every call crosses."""
+"""The Redis store: the client, its functions, slot routing, and the breaker every call crosses."""
 
 from __future__ import annotations
 
 import logging
-import os
+import select
 import time
 from collections.abc import Callable
 from functools import partial
@@ -13,11 +13,12 @@ import redis
 from hiredis import pack_command
 from redis.crc import key_slot
 
-from taskapp.cache import metrics, scripts, stats, tracing
+from taskapp.cache import functions, metrics, stats, tracing
 from taskapp.cache.client import Unavailable, connect, redacted
 from taskapp.cache.counting import Counter
 from taskapp.cache.derived_keys import Keys
 from taskapp.cache.resilience import Breaker, HeldBack
+from taskapp.cache.resilience import Call as HeldCall
 from taskapp.cache.settings import CacheSettings
 
 log = logging.getLogger("taskapp.cache")
@@ -27,12 +28,11 @@ class Store:
     """One app's Redis in one process, behind a circuit breaker.
 
     Every call goes through ``run`` (the breaker: a failure is counted and raised as
-    ``Unavailable``; nothing else of the cache sees a redis-py error). Scripts are registered once
-    by name. On Redis Cluster, multi-key calls are grouped by hash slot. Invalidations that Redis
-    did not take are held back and replayed before the cache is used again.
+    ``Unavailable``; nothing else of the cache sees a redis-py error). The server-side code is
+    one library of Redis Functions (``functions.py``), called by name. On Redis Cluster,
+    multi-key calls are grouped by hash slot. Invalidations that Redis did not take are held
+    back and replayed before the cache is used again.
     """
-
-    SCRIPTS = ("FILL", "LOOKUP", "SCOPE_READ", "RELEASE", "INVALIDATE", "DELETE", "WRITE_THROUGH")
 
     def __init__(
         self,
@@ -63,16 +63,15 @@ class Store:
             run=lambda fn: self.run(fn, op="replay"),
             on_hold=on_outage,
         )
-        self._scripts: dict[str, Any] = {}
-        # Scripts run on each thread's own connection, off Cluster and the embedded server.
+        # Functions run on each thread's own connection, off Cluster and the embedded server.
         self.direct = (
             None
             if settings.cluster or settings.redis_url.startswith("memory://")
-            else Direct(self.client)
+            else Direct(self.client, self.load)
         )
         self._timers: dict[str, Any] = {}
-        for name in self.SCRIPTS:
-            self.script(getattr(scripts, name))
+        if settings.redis_url.startswith("memory://"):
+            self.load()  # the embedded server starts empty, in this process
         log.info("cache on %s (prefix %r)", redacted(settings.redis_url), keys.prefix)
 
     def run(self, fn: Callable[[], Any], op: str = "other") -> Any:
@@ -90,28 +89,30 @@ class Store:
                 timer = self._timers[op] = metrics.CACHE_OP_SECONDS.labels(op)
             timer.observe(time.perf_counter() - started)
 
-    def script(self, source: str) -> Any:
-        """The registered script of this Lua source (registered on first use)."""
-        registered = self._scripts.get(source)
-        if registered is None:
-            registered = self._scripts[source] = self.client.register_script(source)
-        return registered
+    def load(self) -> None:
+        """Load the cache's functions into Redis where they are missing (raises redis-py's
+        errors: for callers inside ``run``, and for the start-up check)."""
+        functions.LIBRARY.load(self.client)
 
-    def call(self, source: str, keys: list[str], args: list[Any], op: str = "script") -> Any:
-        """Run a script through the breaker; raises Unavailable."""
-        script = self.script(source)
+    def call(self, function: str, keys: list[str], args: list[Any], op: str = "script") -> Any:
+        """Call one of the cache's functions through the breaker; raises Unavailable."""
+        return self.run(partial(self.fcall, function, keys, args), op=op)
+
+    def fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
+        """Call one of the cache's functions on the request path's connections (no breaker:
+        for callers inside ``run``)."""
         if self.direct is not None:
-            return self.run(partial(self.direct.evalsha, script, keys, args), op=op)
-        return self.run(lambda: script(keys=keys, args=args), op=op)
+            return self.direct.fcall(function, keys, args)
+        return functions.call(self.client.execute_command, self.load, function, keys, args)
 
     def versioned(self, *args: Any) -> list[Any]:
-        """The arguments of a script that reads or changes versions (see scripts.VERSIONS): the
-        prefix, a nonce unique to this call and the versions' time to live, then ``args``."""
-        return [self.keys.prefix, os.urandom(8).hex(), self.version_ttl_ms, *args]
+        """The arguments of a function that reads or changes versions (see ``library.lua``):
+        the prefix and the versions' time to live, then ``args``."""
+        return [self.keys.prefix, self.version_ttl_ms, *args]
 
     def read_version(self, key: str, op: str = "version") -> bytes:
         """The current value of a version key (made anew when missing); raises Unavailable."""
-        return self.call(scripts.SCOPE_READ, [key], self.versioned(), op=op)  # type: ignore[no-any-return]
+        return self.call("request", [key], ["S", *self.versioned()], op=op)[1]  # type: ignore[no-any-return]
 
     def get(self, key: str, op: str = "get") -> Any:
         """GET ``key`` through the breaker; raises Unavailable."""
@@ -149,8 +150,8 @@ class Store:
         keys = self.keys
         for group in self.by_slot(tags, keys.tag_version):
             versions = [keys.tag_version(t) for t in group]
-            self.script(scripts.INVALIDATE)(
-                keys=versions + [keys.scope_version(v) for v in versions], args=self.versioned()
+            self.fcall(
+                "invalidate", versions + [keys.scope_version(v) for v in versions], self.versioned()
             )
 
     def send_delete(self, full_keys: list[str]) -> int:
@@ -158,17 +159,30 @@ class Store:
         existed = 0
         keys = self.keys
         for group in self.by_slot(full_keys, lambda k: k):
-            existed += self.script(scripts.DELETE)(
-                keys=group
-                + [keys.version(k) for k in group]
-                + [keys.scope_version(k) for k in group],
-                args=self.versioned(),
+            existed += self.fcall(
+                "delete",
+                group + [keys.version(k) for k in group] + [keys.scope_version(k) for k in group],
+                self.versioned(),
             )
         return existed
 
-    def _send_invalidations(self, tags: list[str], full_keys: list[str]) -> None:
+    def _send_invalidations(
+        self, tags: list[str], full_keys: list[str], calls: list[HeldCall]
+    ) -> None:
         self.send_invalidate(tags)
         self.send_delete(full_keys)
+        for function, keys, args in calls:
+            self.fcall(function, list(keys), list(args))
+
+    def call_or_hold(self, function: str, keys: list[str], args: list[Any], op: str) -> Any:
+        """Call a function whose write must take effect before the cache is used again (a
+        revocation): when Redis does not take it, it is held back with the invalidations and
+        sent first (None then)."""
+        try:
+            return self.call(function, keys, args, op=op)
+        except Unavailable:
+            self.held_back.hold(calls=[(function, tuple(keys), tuple(args))])
+            return None
 
     # -- Redis Cluster ----------------------------------------------------------------------
 
@@ -200,21 +214,25 @@ class Store:
 
 
 class Direct:
-    """Connections to the client's Redis for the commands of the request path.
+    """Connections to the client's Redis for the calls of the request path.
 
     A call takes an idle connection (or makes one), writes once, reads once and puts it back: no
-    pool lock, no poll of the socket before each use, no command wrappers. Taking and putting
-    back are single list operations, atomic between threads, so the process holds as many of
-    these as calls ever ran at once, besides the client's own pool. The connections have the
-    client's settings (timeouts, health checks, TLS, name), and a call fails as a client call
-    does (redis-py's errors, the connection dropped), so the breaker in front of it sees no
-    difference. A connection dropped under a call is replaced and the call sent once more, as
-    the client's retry does.
+    pool lock, no command wrappers. Taking and putting back are single list operations, atomic
+    between threads, so the process holds as many of these as calls ever ran at once, besides
+    the client's own pool. The connections have the client's settings (timeouts, health checks,
+    TLS, name), and a call fails as a client call does (redis-py's errors, the connection
+    dropped), so the breaker in front of it sees no difference.
+
+    A call is never sent twice: a function such as a rate limit's count is not idempotent, and
+    a connection that drops under a call cannot tell whether the server ran it. A connection
+    the server closed while it was idle (a restart, a timeout, CLIENT KILL) is seen before the
+    call is written (its socket reads as ready: end of file) and replaced then.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, load: Callable[[], None]) -> None:
         pool = client.connection_pool
         self._make = partial(pool.connection_class, **pool.connection_kwargs)
+        self._load = load
         self._idle: list[Any] = []
         self._made: list[Any] = []
 
@@ -226,23 +244,17 @@ class Direct:
             connection = self._make()
             self._made.append(connection)
         try:
-            packed = [pack_command(args)]  # hiredis: no per-argument checks (ours are plain)
-            try:
-                connection.send_packed_command(packed)
-                return connection.read_response()
-            except redis.exceptions.ConnectionError:  # dropped (and disconnected): once more
-                connection.send_packed_command(packed)
-                return connection.read_response()
+            sock = connection._sock
+            if sock is not None and select.select((sock,), (), (), 0)[0]:
+                connection.disconnect()  # closed by the server while idle: connect anew
+            connection.send_packed_command([pack_command(args)])  # hiredis: no per-argument checks
+            return connection.read_response()
         finally:
             self._idle.append(connection)
 
-    def evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """A registered script's reply; loaded first when the server does not know it."""
-        try:
-            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            self.execute("SCRIPT", "LOAD", script.script)
-            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+    def fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
+        """A function's reply; the library is loaded first when the server does not know it."""
+        return functions.call(self.execute, self._load, function, keys, args)
 
     def close(self) -> None:
         for connection in self._made:

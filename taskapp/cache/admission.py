@@ -1,0 +1,81 @@
+"""A request's admission: the checks it passes in Redis before it reads the cache, in the same call.
+
+An ``Admission`` lists the checks (a token's revocation, a rate limit) on the app's own keys; the
+cache runs them, then the request's read, as one call of the library's ``request`` function
+(``library.lua``), which stops at the first check that refuses. Its reply is decoded here, once,
+into an ``Answer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+#: Verdicts of a revocation check: the token may be used; it was revoked; the subject's
+#: revocation hash is missing or was built by another server run (rebuild it, then ask again).
+OK, REVOKED, UNKNOWN = 1, -1, -2
+
+
+class Limited(NamedTuple):
+    """A rate limit's count of one request."""
+
+    allowed: bool
+    requests: int  # in the window (this one included when allowed)
+    reset_ms: int  # until the oldest counted request leaves the window
+
+
+class Admission(NamedTuple):
+    """The checks of one request, in the order they run (made with ``revocation`` and
+    ``limit``, each giving a new admission); keys are the app's own, without the cache's
+    prefix."""
+
+    steps: str = ""
+    keys: tuple[str, ...] = ()
+    args: tuple[Any, ...] = ()
+
+    def revocation(self, key: str, session: str, generation: int) -> Admission:
+        """Refuse a token of ``session`` and ``generation`` that the revocation hash ``key``
+        revokes (or cannot vouch for: see ``Answer.verdict``)."""
+        return Admission(
+            self.steps + "R", (*self.keys, key), (*self.args, f"s:{session}", generation)
+        )
+
+    def limit(self, key: str, limit: int) -> Admission:
+        """Count the request in the rate-limit window ``key``; refuse it past ``limit`` in the
+        last 61 whole seconds (so never more than ``limit`` in any 60 seconds)."""
+        return Admission(self.steps + "L", (*self.keys, key), (*self.args, limit))
+
+    def call(
+        self, prefixed: Callable[[str], str], read: str, keys: list[str], args: list[Any]
+    ) -> tuple[str, list[str], list[Any]]:
+        """The steps, keys and arguments of the ``request`` call: these checks (their keys given
+        the cache's prefix by ``prefixed``), then ``read`` ('E' an entry, 'S' a version, '' none)
+        on ``keys`` with ``args``."""
+        return self.steps + read, [prefixed(k) for k in self.keys] + keys, [*self.args, *args]
+
+
+class Answer(NamedTuple):
+    """A ``request`` call's reply, decoded: whether every check passed, each check's outcome
+    (None when the admission did not ask it), and the read's answer (None when refused)."""
+
+    admitted: bool
+    verdict: int | None = None
+    limited: Limited | None = None
+    read: Any = None
+
+    @classmethod
+    def decode(cls, steps: str, reply: list[Any]) -> Answer:
+        """The answer of a call of ``steps``."""
+        verdict = limited = read = None
+        for step, answer in zip(steps, reply[1:], strict=False):
+            if step == "R":
+                verdict = int(answer)
+            elif step == "L":
+                limited = Limited(bool(answer[0]), int(answer[1]), int(answer[2]))
+            else:
+                read = answer
+        return cls(bool(reply[0]), verdict, limited, read)
+
+
+#: No admission: the request's read alone.
+NONE = Admission()

@@ -1,0 +1,527 @@
+#!lua name=taskapp
+--
+-- The cache's code on the Redis server: one library of functions (Redis >= 7.0, FUNCTION LOAD
+-- and FCALL), loaded by taskapp/cache/functions.py. The loader names the library and its
+-- functions after a digest of this file: it writes the digest into the first line and into
+-- VERSION below, and `request` is then called as `request_<digest>`. So two versions of the
+-- app can run side by side during a deploy without replacing each other's functions.
+--
+-- Every function touches only the keys it is given and, where one says so, keys in the same
+-- hash slot derived from them (on Redis Cluster the caller keeps them in one slot). Time is the
+-- server's (TIME), so hosts with skewed clocks agree on expiry and on rate-limit windows.
+--
+-- Functions flagged 'allow-oom' still run when Redis is full (maxmemory reached under the
+-- noeviction policy): they write only a few small keys, and what they write (an invalidation,
+-- a revocation, a lock release, a request's admission) must take effect whatever the memory.
+-- A function that stores a value (a fill) is not flagged: a full Redis refuses it, and the
+-- value is simply not cached.
+
+-- Versions ----------------------------------------------------------------------------------
+--
+-- An entry's own version (`v:`), each tag's version (`tagv:`), each scope's version (`sv:`), a
+-- list's version and a revocation hash's build hold a value that is unique per change: this
+-- server run's mark, then a count of the versions this run made. A check compares for equality,
+-- so no check is ever satisfied by state made before a loss:
+-- - a version key that is missing (flushed, evicted, expired, restarted empty) is made anew when
+--   read, so a fill that read the old value is refused and a memory entry kept under it is not
+--   served;
+-- - a version made by another server run (restarted from its RDB or AOF file, a replica
+--   promoted after a failover) is treated as missing: whatever came back from disk with it, and
+--   whatever a fill read before the loss, fails its check.
+--
+-- The server run's mark lives in this library's Lua state, never in a key: it is made from the
+-- server's clock (to the microsecond) by the first call after the library was loaded, and a
+-- restart (which loads the library again from the server's files) or a promoted replica (whose
+-- library never ran) starts without one. So the mark needs no INFO (which a least-privilege ACL
+-- user may not run) and costs nothing per call.
+
+local RUN = nil
+local made = 0
+
+-- The version arguments every versioned function takes first: the key prefix and the time to
+-- live (ms) of a version key it makes or changes.
+local PREFIX, VERSION_TTL
+
+local function begin(prefix, version_ttl)
+  PREFIX, VERSION_TTL = prefix, version_ttl
+  if not RUN then
+    local now = redis.call('TIME')
+    RUN = string.format('%x.%x:', tonumber(now[1]), tonumber(now[2]))
+  end
+end
+
+local function new_version()
+  made = made + 1
+  return RUN .. made
+end
+
+local function ours(version)
+  return version and string.sub(version, 1, #RUN) == RUN
+end
+
+-- The current value of a version key, made anew when missing or made by another server run.
+local function current(key)
+  local version = redis.call('GET', key)
+  if ours(version) then return version end
+  version = new_version()
+  redis.call('SET', key, version, 'PX', VERSION_TTL)
+  return version
+end
+
+local function bump(key)
+  redis.call('SET', key, new_version(), 'PX', VERSION_TTL)
+end
+
+-- Keep version keys at least `ttl` ms (an entry stored under them must not outlive them).
+local function keep(keys, from, to, ttl)
+  for i = from, to do
+    if redis.call('PTTL', keys[i]) < ttl then redis.call('PEXPIRE', keys[i], ttl) end
+  end
+end
+
+-- Entries ------------------------------------------------------------------------------------
+--
+-- Stored form of an entry: a stamp (the scope version it was stored under, or an empty line),
+-- its own version, one line per tag ("<version> <tag>"; the tag's version key is derived from
+-- the tag, in the same hash slot), an empty line, then the payload. An entry is served only
+-- while every version it records is current, so an invalidation is a version bump whatever the
+-- number of entries a tag holds.
+--
+-- The stamp is a shortcut for that check. Every change that bumps an entry's own version or a
+-- tag's also bumps the scope version of what it bumps (see invalidate, delete, fill,
+-- write_through), so while the scope version is the one an entry was stamped with, none of its
+-- versions changed. An entry is stamped only when all its tags are in its own scope; a scope
+-- version lost and made anew fails the shortcut, and the entry is then checked version by
+-- version.
+
+-- The payload of a stored entry (its stored form) when every version it records is current
+-- (read in one MGET), else nil.
+local function checked(stored)
+  local pos = string.find(stored, '\n', 1, true)
+  if not pos then return nil end
+  local keys, wanted = {}, {}
+  pos = pos + 1
+  while true do
+    local stop = string.find(stored, '\n', pos, true)
+    if not stop then return nil end
+    if stop == pos then break end
+    local line = string.sub(stored, pos, stop - 1)
+    if #keys == 0 then
+      keys[1], wanted[1] = false, line  -- the own version: its key is the caller's
+    else
+      local space = string.find(line, ' ', 1, true)
+      if not space then return nil end
+      wanted[#wanted + 1] = string.sub(line, 1, space - 1)
+      keys[#keys + 1] = PREFIX .. 'tagv:' .. string.sub(line, space + 1)
+    end
+    pos = stop + 1
+  end
+  return pos + 1, keys, wanted
+end
+
+-- The payload of an entry (keys: entry, lock, scope version, own version) still valid, else
+-- nil; and the scope version when current (nil when missing or made by another run).
+local function valid_entry(keys)
+  local found = redis.call('MGET', keys[1], keys[3])
+  local stored, scope = found[1], found[2]
+  if not ours(scope) then scope = nil end
+  if not stored then return nil, scope end
+  local stamp_end = string.find(stored, '\n', 1, true)
+  if not stamp_end then return nil, scope end
+  if scope and stamp_end == #scope + 1 and string.sub(stored, 1, stamp_end - 1) == scope then
+    -- The shortcut: nothing changed in the scope since the entry was stored.
+    local header_end = string.find(stored, '\n\n', stamp_end, true)
+    return header_end and string.sub(stored, header_end + 2), scope
+  end
+  local start, version_keys, wanted = checked(stored)
+  if not start then return nil, scope end
+  version_keys[1] = keys[4]
+  local versions = redis.call('MGET', unpack(version_keys))
+  for i = 1, #wanted do
+    if versions[i] ~= wanted[i] or not ours(versions[i]) then return nil, scope end
+  end
+  return string.sub(stored, start), scope
+end
+
+-- An entry's stored form under the current versions of its own key (keys[own]) and its n tags
+-- (the keys after it), stamped with the scope version `stamp` ('' for none).
+local function stored_form(keys, own, n, tags, stamp, payload)
+  local lines = {stamp, current(keys[own])}
+  for i = 1, n do lines[#lines + 1] = current(keys[own + i]) .. ' ' .. tags[i] end
+  return table.concat(lines, '\n') .. '\n\n' .. payload
+end
+
+-- The read of a cache entry: the payload when valid (an entry stored under versions that
+-- changed since is deleted, never returned), the fill lock when asked for and free, the scope
+-- version, and on a miss the versions to fill the entry under.
+-- keys: entry, lock, scope version, own version, the tags' versions
+-- token: the lock token ('' to take no lock); lock_ttl: its time to live in ms
+-- answers {payload or false, 1 when this caller took the lock else 0, scope version, on a miss
+-- the current versions of the own key and the tags}
+local function read_entry(keys, token, lock_ttl)
+  local payload, scope = valid_entry(keys)
+  if payload then return {payload, 0, scope or current(keys[3])} end
+  redis.call('DEL', keys[1])
+  local answer = {false, 0, scope or current(keys[3])}
+  if token ~= '' and redis.call('SET', keys[2], token, 'NX', 'PX', lock_ttl) then answer[2] = 1 end
+  for i = 4, #keys do answer[#answer + 1] = current(keys[i]) end
+  return answer
+end
+
+-- Rate limits --------------------------------------------------------------------------------
+--
+-- A window of the last 61 whole seconds, kept as one hash: a count per second that holds any
+-- ('<second>'), the total of those counts ('n') and the oldest second that holds any ('f'). At
+-- most N requests are allowed in any 61 consecutive seconds, hence in any 60-second interval,
+-- whatever it straddles: a request may be held back up to one second longer than an exact
+-- sliding window would. The hash holds at most 63 small fields (a listpack of about 1 KB)
+-- however many requests it counts, and expires 62 s after its newest second began.
+local WINDOW = 61
+
+-- Count one request at server time `now` ({seconds, microseconds}) if `limit` allows it.
+-- answers {1 allowed or 0 refused, requests in the window (this one included when allowed),
+-- ms until the oldest counted request leaves the window}
+local function count_request(key, limit, now)
+  local second = tonumber(now[1])
+  local now_ms = second * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local state = redis.call('HMGET', key, 'n', 'f', second)
+  local total, first, here = tonumber(state[1]) or 0, tonumber(state[2]) or second, tonumber(state[3]) or 0
+  local start = second - WINDOW + 1
+  if total > 0 and first < start and second - first >= 2 * WINDOW then
+    redis.call('DEL', key)  -- nothing counted is left (a clock that jumped)
+    total, here = 0, 0
+  elseif total > 0 and first < start then
+    -- Seconds left the window: subtract them and find the oldest second still holding any.
+    local seconds = {}
+    for s = first, second do seconds[#seconds + 1] = s end
+    local counts = redis.call('HMGET', key, unpack(seconds))
+    local gone, oldest = {}, nil
+    for i, s in ipairs(seconds) do
+      local count = tonumber(counts[i])
+      if count and s < start then
+        gone[#gone + 1] = s
+        total = total - count
+      elseif count and not oldest then
+        oldest = s
+      end
+    end
+    if total <= 0 then
+      redis.call('DEL', key)
+      total, oldest, here = 0, nil, 0
+    elseif #gone > 0 then
+      redis.call('HDEL', key, unpack(gone))
+    end
+    first = oldest or second
+    if total >= limit then redis.call('HSET', key, 'n', total, 'f', first) end  -- refused below
+  end
+  if total == 0 then first = second end
+  if total >= limit then return {0, total, (first + WINDOW) * 1000 - now_ms} end
+  total = total + 1
+  if redis.call('HSET', key, 'n', total, 'f', first, second, here + 1) > 0 then
+    redis.call('EXPIRE', key, WINDOW + 1)
+  end
+  return {1, total, (first + WINDOW) * 1000 - now_ms}
+end
+
+-- Revocation ---------------------------------------------------------------------------------
+--
+-- A subject's revocation hash (a user's): `built` the run mark of the server run that built it
+-- from the source of truth, `building` the build under way (its run mark, then its id), `gen`
+-- the subject's token generation (tokens of an older one are refused), `gone` the subject was
+-- deleted, `s:<session>` a revoked session. A missing hash, or one built by another server run
+-- (restored from disk without the revocations made after, or a replica promoted without them),
+-- never reads as "nothing revoked": the verdict is "unknown" and the caller rebuilds it.
+local OK, REVOKED, UNKNOWN = 1, -1, -2
+
+-- The verdict on a token (OK, REVOKED or UNKNOWN) of the session whose field is `session_field`
+-- (`s:<session>`) and of token generation `generation`.
+local function verdict(key, session_field, generation)
+  local state = redis.call('HMGET', key, 'built', 'gen', 'gone', session_field)
+  if state[1] ~= RUN then return UNKNOWN end
+  if state[3] or state[4] or tonumber(generation) < tonumber(state[2] or '0') then
+    return REVOKED
+  end
+  return OK
+end
+
+-- Public functions -----------------------------------------------------------------------------
+
+local VERSION = 'dev'  -- the loader writes the digest of this file here
+
+local function register(name, flags, callback)
+  redis.register_function{function_name = name .. '_' .. VERSION, callback = callback, flags = flags}
+end
+
+local ANYTIME = {'allow-oom'}
+local WHEN_ROOM = {}
+local R, L, E, S = 82, 76, 69, 83  -- the steps' letters, as string.byte gives them
+
+-- request: what a request asks of Redis, in one call: its checks, then its read.
+-- args: the steps (one letter each, in the order they run), the version arguments (prefix,
+-- version ttl), then each step's arguments; each step takes the next of the keys:
+--   R  a token's revocation check: key the subject's revocation hash; args its session's field
+--      (`s:<session>`), its generation; refuses unless the verdict is OK (answers the verdict)
+--   L  a rate limit (count_request): key its window; args the limit; refuses when over it
+--      (answers {allowed, count, ms to reset})
+--   E  a cache entry's read (read_entry): keys entry, lock, scope version, own version and the
+--      n tags' versions; args n, lock token ('' for none), lock ttl in ms (answers read_entry's
+--      answer)
+--   S  a version's current value (the scope version that checks the in-process layer): key the
+--      version key (answers the version)
+-- answers {1, each step's answer} when every step ran, or {0, the answers up to and including
+-- the step that refused}
+register('request', ANYTIME, function(keys, args)
+  begin(args[2], tonumber(args[3]))
+  local steps = args[1]
+  local answers, k, a = {1}, 1, 4
+  local now = nil
+  for i = 1, #steps do
+    local step, answer, refused = string.byte(steps, i), nil, false
+    if step == R then
+      answer = verdict(keys[k], args[a], args[a + 1])
+      refused = answer ~= OK
+      k, a = k + 1, a + 2
+    elseif step == L then
+      now = now or redis.call('TIME')
+      answer = count_request(keys[k], tonumber(args[a]), now)
+      refused = answer[1] == 0
+      k, a = k + 1, a + 1
+    elseif step == E then
+      local n = tonumber(args[a])
+      answer = read_entry({unpack(keys, k, k + 3 + n)}, args[a + 1], args[a + 2])
+      k, a = k + 4 + n, a + 3
+    elseif step == S then
+      answer = current(keys[k])
+      k = k + 1
+    else
+      return redis.error_reply('unknown request step ' .. string.char(step))
+    end
+    answers[#answers + 1] = answer
+    if refused then
+      answers[1] = 0
+      return answers
+    end
+  end
+  return answers
+end)
+
+-- fill: store an entry under its current versions, unless versions read before its fetch
+-- changed since (a leased fill); then release the fill lock if this caller still owns it and
+-- wake the callers waiting for the fill. A store without read versions (a set: it overwrites)
+-- bumps the entry's own version, refusing fills in flight, and the scope's, so no process's
+-- memory layer serves the value it replaced.
+-- keys: entry, lock, scope version, own version, n tag versions
+-- args: version arguments, payload, time to live in ms, lock token ('' when no lock is held),
+-- fill channel ('' for none), '1' to stamp the entry with its scope version (its tags are all
+-- in its scope) else '', n, the n tags, then the versions read before the fetch (own, then the
+-- tags'; none for a set)
+-- answers {1 stored or 0 refused (a version changed: nothing stored), the scope version after}
+register('fill', WHEN_ROOM, function(keys, args)
+  begin(args[1], tonumber(args[2]))
+  local ttl, n = tonumber(args[4]), tonumber(args[8])
+  local stored = 1
+  if #args > 8 + n then
+    for i = 0, n do
+      if current(keys[4 + i]) ~= args[9 + n + i] then stored = 0 end
+    end
+  else
+    bump(keys[4])
+    bump(keys[3])
+  end
+  if stored == 1 then
+    local stamp = args[7] == '1' and current(keys[3]) or ''
+    redis.call('SET', keys[1], stored_form(keys, 4, n, {unpack(args, 9, 8 + n)}, stamp, args[3]), 'PX', ttl)
+    keep(keys, stamp == '' and 4 or 3, 4 + n, ttl)  -- the stamp's scope version too
+  end
+  if args[5] ~= '' and redis.call('GET', keys[2]) == args[5] then redis.call('DEL', keys[2]) end
+  if args[6] ~= '' then redis.call('PUBLISH', args[6], keys[1]) end
+  return {stored, current(keys[3])}
+end)
+
+-- release: delete the fill lock only if this caller still owns it, and wake the waiters.
+-- keys: lock; args: lock token, fill channel, the entry key the waiters wait for
+-- answers 1 when released, 0 when the lock had expired or passed to another caller
+register('release', ANYTIME, function(keys, args)
+  local released = 0
+  if redis.call('GET', keys[1]) == args[1] then
+    redis.call('DEL', keys[1])
+    released = 1
+  end
+  redis.call('PUBLISH', args[2], args[3])
+  return released
+end)
+
+-- renew: extend the fill lock's expiry only while this caller's token still owns it.
+-- keys: lock; args: lock token, time to live in ms
+-- answers 1 when extended, 0 when the lock is gone or another caller's
+register('renew', ANYTIME, function(keys, args)
+  if redis.call('GET', keys[1]) == args[1] then
+    return redis.call('PEXPIRE', keys[1], args[2])
+  end
+  return 0
+end)
+
+-- invalidate: bump the versions of tags and of their scopes. Every entry stored under a tag's
+-- earlier version fails its check from now on (fills already in flight included), and memory
+-- layers drop what they kept of those scopes.
+-- keys: n tag versions, then their n scope versions; args: version arguments
+-- answers the number of tags
+register('invalidate', ANYTIME, function(keys, args)
+  begin(args[1], tonumber(args[2]))
+  for i = 1, #keys do bump(keys[i]) end
+  return #keys / 2
+end)
+
+-- delete: delete entries and bump their own versions (fills in flight are refused) and their
+-- scopes' (memory layers drop them).
+-- keys: n entries, their n own versions, their n scope versions; args: version arguments
+-- answers the number of entries that existed
+register('delete', ANYTIME, function(keys, args)
+  begin(args[1], tonumber(args[2]))
+  local n = #keys / 3
+  local existed = 0
+  for i = 1, n do existed = existed + redis.call('DEL', keys[i]) end
+  for i = n + 1, #keys do bump(keys[i]) end
+  return existed
+end)
+
+-- write_through: after a write to the source, invalidate tags and store the entry's new value
+-- in one step, when no other change of the entry came between the writer's lease (its own
+-- version, read before it wrote to the source) and now; else delete it, and the next reader
+-- fills it from the source. Writers that overlap never store at all, so the order in which they
+-- reach Redis does not matter, and a lease read before a loss of Redis's state never matches.
+-- keys: entry, its scope version, its own version, n tag versions, k versions of tags to
+-- invalidate, their k scope versions
+-- args: version arguments, payload, time to live in ms, the lease, '1' to stamp the entry (see
+-- fill), n, k, the n tags
+-- answers 1 when stored, 0 when deleted
+register('write_through', WHEN_ROOM, function(keys, args)
+  begin(args[1], tonumber(args[2]))
+  local n, k = tonumber(args[7]), tonumber(args[8])
+  for i = 4 + n, 3 + n + 2 * k do bump(keys[i]) end
+  bump(keys[2])
+  local leased = current(keys[3]) == args[5]
+  bump(keys[3])
+  if not leased then
+    redis.call('DEL', keys[1])
+    return 0
+  end
+  local ttl = tonumber(args[4])
+  local stamp = args[6] == '1' and current(keys[2]) or ''
+  redis.call('SET', keys[1], stored_form(keys, 3, n, {unpack(args, 9, 8 + n)}, stamp, args[3]), 'PX', ttl)
+  keep(keys, stamp == '' and 3 or 2, 3 + n, ttl)  -- the stamp's scope version too
+  return 1
+end)
+
+-- Capped lists (feeds): a list is served only while the version it was last made or extended
+-- under (its mark) is its current version: a list that came back from disk, or that missed a
+-- push while its version was lost, is never read.
+
+-- list_read: the first items of a list still valid, and its current version.
+-- keys: list, its version, its mark; args: version arguments, how many items
+-- answers {the items (none when missing or no longer valid), the current version}
+register('list_read', ANYTIME, function(keys, args)
+  begin(args[1], tonumber(args[2]))
+  local version = current(keys[2])
+  if redis.call('GET', keys[3]) ~= version then
+    redis.call('DEL', keys[1])
+    return {{}, version}
+  end
+  return {redis.call('LRANGE', keys[1], 0, tonumber(args[3]) - 1), version}
+end)
+
+-- list_push: prepend an item to a capped list only if the list is cached and valid (a missing
+-- list is rebuilt from the source of truth by its next reader), and bump the list's version so
+-- that a rebuild already in flight is refused.
+-- keys: list, its version, its mark; args: version arguments, item, maximum length
+-- answers the new length (0 when the list was not cached)
+register('list_push', WHEN_ROOM, function(keys, args)
+  begin(args[1], tonumber(args[2]))
+  local valid_list = redis.call('GET', keys[3]) == current(keys[2])
+  bump(keys[2])
+  if not valid_list then
+    redis.call('DEL', keys[1], keys[3])
+    return 0
+  end
+  local length = redis.call('LPUSHX', keys[1], args[3])
+  if length > 0 then
+    redis.call('LTRIM', keys[1], 0, tonumber(args[4]) - 1)
+    redis.call('SET', keys[3], current(keys[2]), 'PX', math.max(redis.call('PTTL', keys[1]), 1))
+  end
+  return length
+end)
+
+-- list_fill: store a list rebuilt from the source of truth unless it changed since the rebuild
+-- began or another caller stored a valid one first.
+-- keys: list, its version, its mark
+-- args: version arguments, time to live in ms, the version read before the rebuild, the items
+-- (oldest first)
+-- answers 1 when stored, 0 otherwise
+register('list_fill', WHEN_ROOM, function(keys, args)
+  begin(args[1], tonumber(args[2]))
+  local version = current(keys[2])
+  if version ~= args[4] then return 0 end
+  if redis.call('GET', keys[3]) == version and redis.call('EXISTS', keys[1]) == 1 then return 0 end
+  redis.call('DEL', keys[1])
+  if #args > 4 then
+    redis.call('LPUSH', keys[1], unpack(args, 5))
+    redis.call('PEXPIRE', keys[1], args[3])
+    redis.call('SET', keys[3], version, 'PX', args[3])
+    keep(keys, 2, 2, tonumber(args[3]))
+  end
+  return 1
+end)
+
+-- revocation_begin: before a build reads the source of truth, mark the hash as being built by
+-- this server run (once: concurrent builders share the mark), so a build whose hash vanished
+-- meanwhile (expired, flushed, restored from disk) is refused instead of recreating the hash
+-- without a revocation recorded in it. A hash built, or being built, by another server run is
+-- dropped first: every revocation it held is in the source of truth, which the build reads
+-- after this.
+-- keys: the revocation hash; args: version arguments, time to live in ms, a new build id
+-- answers the build id to pass to revocation_record
+register('revocation_begin', ANYTIME, function(keys, args)
+  begin(args[1], tonumber(args[2]))
+  local state = redis.call('HMGET', keys[1], 'built', 'building')
+  if (state[1] and state[1] ~= RUN) or (state[2] and not ours(state[2])) then
+    redis.call('DEL', keys[1])
+  end
+  redis.call('HSETNX', keys[1], 'building', RUN .. args[4])
+  if redis.call('PTTL', keys[1]) < 0 then redis.call('PEXPIRE', keys[1], args[3]) end
+  return redis.call('HGET', keys[1], 'building')
+end)
+
+-- revocation_record: add revocations to a subject's hash; the hash expires `ttl` after its
+-- first write (the tokens' lifetime: a revoked session only matters while its tokens live).
+-- keys: the revocation hash
+-- args: version arguments, time to live in ms, a build id from revocation_begin when this is a
+-- build from the source of truth ('' otherwise), a token generation ('' for none; only
+-- raises), '1' when the subject is gone, the revoked sessions' fields (`s:<session>`)
+-- answers 1, or 0 when a build's hash is no longer the one it began on, in this server run
+-- (nothing written)
+register('revocation_record', ANYTIME, function(keys, args)
+  begin(args[1], tonumber(args[2]))
+  local key = keys[1]
+  if args[4] ~= '' then
+    -- A build records only into the hash it marked, in this server run: a mark restored from
+    -- disk (the same id, another run) belongs to a hash without what was recorded since.
+    local building = redis.call('HGET', key, 'building')
+    if building ~= args[4] or not ours(building) then return 0 end
+  end
+  if args[5] ~= '' and tonumber(args[5]) > tonumber(redis.call('HGET', key, 'gen') or '-1') then
+    redis.call('HSET', key, 'gen', args[5])
+  end
+  if args[6] == '1' then redis.call('HSET', key, 'gone', '1') end
+  for i = 7, #args do redis.call('HSET', key, args[i], '1') end
+  if args[4] ~= '' then redis.call('HSET', key, 'built', RUN) end
+  if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, args[3]) end
+  return 1
+end)
+
+-- claim: mark something as done once (a refresh token as presented).
+-- keys: the claim; args: its time to live in ms
+-- answers 1 for the first caller, 0 for every later one
+register('claim', ANYTIME, function(keys, args)
+  if redis.call('SET', keys[1], '1', 'NX', 'PX', args[1]) then return 1 end
+  return 0
+end)
