@@ -33,6 +33,7 @@ FILL_READS = 2
 # on the task (WRITE_BEHIND_APPLY_LEASE_MS) outlives it by this factor, so no other flusher
 # applies the task meanwhile.
 APPLY_LEASE_TIMEOUTS = 3
+APPLY_LEASE_MIN_MS = 100  # the lease's floor (the cache's setting refuses less)
 
 
 def _email_list(raw: str) -> list[str]:
@@ -136,7 +137,9 @@ def _validate(values: dict[str, Any]) -> None:
         delays_ms = FILL_READS * values["SIMULATED_DB_LATENCY_MS"]
         values["CACHE_FILL_TIMEOUT"] = (values["MONGODB_TIMEOUT_MS"] + delays_ms) / 1000
     if values["WRITE_BEHIND_APPLY_LEASE_MS"] is None:
-        values["WRITE_BEHIND_APPLY_LEASE_MS"] = APPLY_LEASE_TIMEOUTS * values["MONGODB_TIMEOUT_MS"]
+        values["WRITE_BEHIND_APPLY_LEASE_MS"] = max(
+            APPLY_LEASE_MIN_MS, APPLY_LEASE_TIMEOUTS * values["MONGODB_TIMEOUT_MS"]
+        )
     redis_url = values["REDIS_URL"]
     if not redis_url.startswith((EMBEDDED_REDIS, "redis://", "rediss://", "unix://")):
         raise ConfigError(
