@@ -96,6 +96,22 @@ def unmarked_tests_start_no_server(request, monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", Popen)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def quick_password_hashes():
+    """argon2id at its lowest cost in the test process: the app's default (64 MiB, 3 passes) costs
+    about a second per account on this suite's machines, and hundreds of tests make one. The
+    hashes stay argon2id; gunicorn and other child processes keep the app's own cost."""
+    from argon2 import PasswordHasher
+
+    from taskapp import models
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(models, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+        models._dummy_hash.cache_clear()
+        yield
+    models._dummy_hash.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def redis_url(request) -> str:
     """The test Redis URL, probed once: a missing server fails the run instead of skipping tests.
