@@ -7,7 +7,6 @@ This file runs in the master before any worker exists, and the app is imported o
 from __future__ import annotations
 
 import gc
-import json
 import os
 import shutil
 import tempfile
@@ -81,9 +80,47 @@ else:
 # a Redis that refuses the app stops start-up with one line and exit status 1 instead of a
 # traceback from every worker that fails to boot.
 try:
-    check_redis(load())
+    _SETTINGS = load()
+    check_redis(_SETTINGS)
 except ConfigError as exc:
     raise SystemExit(f"taskapp: {exc}") from None
+
+# Each access line ends with the response's request id (the client's, or the one the app made).
+access_log_format = (
+    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
+)
+if _SETTINGS["LOG_FORMAT"] == "json":
+    # gunicorn's own lines (its error log and the access log) as one JSON object each too, like
+    # the app's (taskapp.logs, which gives the root logger its handler in each worker).
+    _ACCESS = (
+        {"class": "logging.NullHandler"}
+        if accesslog is None
+        else {"class": "logging.StreamHandler", "stream": "ext://sys.stdout"}
+        if accesslog == "-"
+        else {"class": "logging.FileHandler", "filename": accesslog}
+    )
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "taskapp.logs.JsonFormatter"}},
+        "handlers": {
+            "error": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            },
+            "access": {**_ACCESS, "formatter": "json"},
+        },
+        "root": {"level": "INFO", "handlers": []},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["error"], "level": "INFO", "propagate": False},
+            "gunicorn.access": {
+                "handlers": ["access"],
+                "level": "INFO" if accesslog is not None else "WARNING",
+                "propagate": False,
+            },
+        },
+    }
 
 workers = _auto_workers()
 _EMBEDDED = _embedded_backends()
@@ -99,22 +136,27 @@ if _OWN_METRICS_DIR:
 METRICS_DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
-def _write_json_error(sock, status_int, reason, mesg):
+def _write_problem(sock, status_int, reason, mesg):
     """gunicorn's own error answers (headers over 8 KB: 431, a request line over 4 KB: 414, a
-    malformed request: 400) as the API's JSON error body instead of an HTML page."""
-    body = json.dumps({"error": {"code": status_int, "message": mesg or reason}}).encode()
+    malformed request: 400) as the API's problem details instead of an HTML page, with a
+    request id of their own (the request's was not read)."""
+    from taskapp import request_id
+    from taskapp.errors import PROBLEM_JSON, problem_body, title
+
+    body = problem_body(status_int, mesg or title(status_int).lower())
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\n"
         "Connection: close\r\n"
-        "Content-Type: application/json\r\n"
+        f"Content-Type: {PROBLEM_JSON}\r\n"
+        f"{request_id.HEADER}: {request_id.new()}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 # The workers call gunicorn.util.write_error for requests gunicorn refuses before the app sees
-# them; they fork from this master, so they inherit the JSON version.
-gunicorn.util.write_error = _write_json_error
+# them; they fork from this master, so they inherit the problem-details version.
+gunicorn.util.write_error = _write_problem
 
 
 def on_starting(server):
@@ -143,6 +185,14 @@ def nworkers_changed(server, new_value, old_value):
             ", ".join(_EMBEDDED),
         )
         server.num_workers = 1
+
+
+def post_fork(server, worker):
+    """Start tracing in the worker when the OTEL_* variables ask for it: its own tracer provider
+    and exporter thread (a thread started in the master would not survive the fork)."""
+    from taskapp import tracing
+
+    tracing.start()
 
 
 def post_worker_init(worker):

@@ -1,24 +1,20 @@
-"""The two reference apps of the bench, served like taskapp (``gunicorn -c gunicorn.conf.py``).
-
-``bare`` and ``raw`` answer every GET with the bytes of taskapp's task answer
-(``BENCH_TASK_JSON``, set by the runner): ``bare`` is a bare Flask route, the reference of every
-ratio; ``raw`` is a WSGI callable without Flask, the server's own ceiling. ``pooled`` is taskapp
-with one mechanism taken out, to show what it buys.
-"""
+"""The bench's apps besides ``wsgi:app``: bare Flask (the reference of every speed ratio) and
+taskapp with one mechanism taken out (no setting turns it off) or its Redis call replaced."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+import time
 from typing import Any
 
 from flask import Flask, Response
 
 BODY = os.environ.get("BENCH_TASK_JSON", '{"id": "bench"}\n').encode()
+GET_KEY = "bench:get"  # the runner stores a value of the task's size here
 
 
 def bare() -> Flask:
-    """A Flask app with one route answering the task's JSON bytes."""
+    """A Flask app with one route answering the task's JSON bytes (``BENCH_TASK_JSON``)."""
     app = Flask(__name__)
 
     @app.get("/<path:anything>")
@@ -28,24 +24,12 @@ def bare() -> Flask:
     return app
 
 
-def raw() -> Callable[..., Iterable[bytes]]:
-    """A plain WSGI callable answering the same bytes with the same Content-Type."""
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(BODY)))]
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        start_response("200 OK", headers)
-        return [BODY]
-
-    return app
-
-
 def pooled() -> Flask:
-    """taskapp whose request path sends its Redis calls through redis-py's connection pool, as
-    every other call does (``Direct`` off: ``taskapp/cache/store.py``)."""
+    """taskapp whose request path calls Redis through redis-py's pool (``Direct`` off)."""
     from taskapp import create_app
     from taskapp.cache import store
 
-    store.Direct = lambda client: None  # type: ignore[assignment,misc,return-value]
+    store.Direct = lambda client, load: None  # type: ignore[assignment,misc,return-value]
     return create_app()
 
 
@@ -54,4 +38,30 @@ def unrouted() -> Flask:
     from taskapp import create_app, fastpath
 
     fastpath.FastPath.route = fastpath.FastPath._match  # type: ignore[method-assign]
+    return create_app()
+
+
+def same_client() -> Flask:
+    """taskapp with the defaults whose request-path call of the library's ``request`` is one
+    plain GET on the same connection, answered with what a real call with the same arguments
+    answered (a real call again once that answer is a second old, so the entry, the rate
+    limit and the in-process layer's expiry stay as in the defaults): the same Python work
+    and pacing per request, only what Redis runs differs."""
+    from taskapp import create_app
+    from taskapp.cache.store import Store
+
+    real, answers = Store.fcall, {}
+
+    def fcall(self: Store, function: str, keys: list[str], args: list[Any]) -> Any:
+        if function != "request" or self.direct is None:
+            return real(self, function, keys, args)
+        key, now = (function, *keys, *args), time.monotonic()
+        known = answers.get(key)
+        if known is None or now - known[0] > 1:
+            answers[key] = known = (now, real(self, function, keys, args))
+        else:
+            self.direct.execute("GET", GET_KEY)
+        return known[1]
+
+    Store.fcall = fcall  # type: ignore[method-assign]
     return create_app()

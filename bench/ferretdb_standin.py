@@ -1,25 +1,16 @@
-"""FerretDB as a stand-in for MongoDB: its query plans, its lost updates, what a scan costs.
+"""FerretDB as a stand-in for MongoDB: its lost updates, what a scan costs, its query plans.
 
-    .venv/bin/python -m bench.ferretdb_standin [--mongodb-uri URI] [--docs 20000] [--rounds 30]
+    .venv/bin/python -m bench.ferretdb_standin [--mongodb-uri URI] [--docs 5000,10000,20000]
 
-Without ``--mongodb-uri`` it starts the tests' FerretDB 1.24 (SQLite) on a free port, and a
-redis-server for the API part. It prints, as Markdown:
-
-1. the explain output of each query the app relies on (``taskapp/tasks/service.py``: the list
-   page and its count, the stats, one task, the PATCH's find-and-modify), on a collection with
-   the app's indexes (``taskapp/models.py``);
-2. lost updates: two connections each ``update_one`` (and ``find_one_and_update``) one document
-   with ``$set`` of a field of their own and ``$inc`` of a counter, at once, ``--rounds`` times;
-   a round is lost when the counter rose by less than 2 or a field is missing;
-3. through the API (Flask's test client, real Redis, this MongoDB): a list-page miss, a hit and
-   a PATCH for a user who owns 10 tasks, with 0 and with each of ``--docs`` other users'
-   documents in the collection (medians of 5), and the miss's cost per document.
+With a redis-server and (without ``--mongodb-uri``) the tests' FerretDB 1.24 of its own, it
+prints as Markdown: the rounds in which one of two simultaneous updates of a document was lost;
+through the API, a list-page miss, hit and PATCH of a user who owns 10 tasks among 0 and
+``--docs`` documents of 100 other users; the explain of each query the app relies on.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import statistics
@@ -27,274 +18,161 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pymongo
 from bson import Int64, ObjectId
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-# The app's task indexes (taskapp/models.py), as pymongo specs.
-INDEXES = [
-    [("owner", 1), ("created_at", -1)],
-    [("owner", 1), ("completed", 1), ("created_at", -1)],
-    [("owner", 1), ("priority", 1), ("created_at", -1)],
-    [("owner", 1), ("due_date", 1), ("_id", 1)],
-    [("owner", 1), ("priority_rank", 1), ("_id", 1)],
-]
-# What MongoDB's planner would choose for each query (index prefix on owner; not run here).
-MONGODB_WOULD_USE = {
-    "list page": "IXSCAN owner_1_created_at_-1 (the sort from the index, 10 keys read)",
-    "list count": "COUNT_SCAN / IXSCAN on the owner prefix (owner_1_created_at_-1)",
-    "stats $group": "IXSCAN on the owner prefix, then $group over the user's documents only",
-    "stats overdue count": "IXSCAN owner_1_completed_1_created_at_-1 or owner_1_due_date_1__id_1",
-    "by _id alone (not a query of the app)": "IDHACK (the _id index)",
-    "one task": "IDHACK (the _id index), owner checked on the one document",
-    "PATCH findAndModify": "IDHACK (the _id index), one document updated atomically",
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def task_doc(owner: ObjectId, n: int) -> dict[str, Any]:
-    """A task document as the app stores it."""
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    return {
-        "owner": owner,
-        "title": f"task {n}",
-        "description": "",
-        "completed": n % 3 == 0,
-        "priority": "medium",
-        "priority_rank": 1,
-        "due_date": now + dt.timedelta(days=n % 30 - 10),
-        "created_at": now - dt.timedelta(seconds=n),
-        "updated_at": now,
-        "version": 1,
-    }
+def plans(tasks: Any) -> dict[str, str]:
+    """The server's explain of each query the app relies on, on the app's own collection."""
+    mine = tasks.find_one()
+    owner, one = {"owner": mine["owner"]}, {"_id": mine["_id"], "owner": mine["owner"]}
+    overdue = {**owner, "completed": False, "due_date": {"$lt": mine["created_at"]}}
+    change = {"$set": {"title": "x"}, "$inc": {"version": 1}}
+    newest = {"sort": {"created_at": -1, "_id": -1}, "skip": Int64(0), "limit": Int64(10)}
 
+    def grouped(by: Any) -> dict[str, Any]:
+        group = {"$group": {"_id": by, "n": {"$sum": 1}}}
+        return {"aggregate": "tasks", "pipeline": [{"$match": owner}, group], "cursor": {}}
 
-def explain_plans(db) -> list[tuple[str, str, str]]:
-    """(query, FerretDB's plan, what MongoDB would use) for each query the app relies on."""
-    tasks = db["tasks"]
-    tasks.drop()
-    for spec in INDEXES:
-        tasks.create_index(spec)
-    owner = ObjectId()
-    tasks.insert_many([task_doc(owner, n) for n in range(10)])
-    one = tasks.find_one({"owner": owner})["_id"]
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     commands = {
-        "list page": {
-            "find": "tasks",
-            "filter": {"owner": owner},
-            "sort": {"created_at": -1, "_id": -1},
-            "skip": Int64(0),
-            "limit": Int64(10),
-        },
-        "list count": {
-            "aggregate": "tasks",
-            "pipeline": [{"$match": {"owner": owner}}, {"$group": {"_id": 1, "n": {"$sum": 1}}}],
-            "cursor": {},
-        },
-        "stats $group": {
-            "aggregate": "tasks",
-            "pipeline": [
-                {"$match": {"owner": owner}},
-                {"$group": {"_id": "$completed", "n": {"$sum": 1}}},
-            ],
-            "cursor": {},
-        },
-        "stats overdue count": {
-            "count": "tasks",
-            "query": {"owner": owner, "completed": False, "due_date": {"$lt": now}},
-        },
-        "one task": {"find": "tasks", "filter": {"_id": one, "owner": owner}, "limit": Int64(1)},
-        "by _id alone (not a query of the app)": {"find": "tasks", "filter": {"_id": one}},
-        "PATCH findAndModify": {
-            "findAndModify": "tasks",
-            "query": {"_id": one, "owner": owner},
-            "update": {"$set": {"title": "x"}, "$inc": {"version": 1}},
-            "new": True,
-        },
+        "list page": {"find": "tasks", "filter": owner, **newest},
+        "list count": grouped(1),
+        "stats $group": grouped("$completed"),
+        "stats overdue count": {"count": "tasks", "query": overdue},
+        "one task": {"find": "tasks", "filter": one, "limit": Int64(1)},
+        "PATCH findAndModify": {"findAndModify": "tasks", "query": one, "update": change},
+        "(not the app's) by _id alone": {"find": "tasks", "filter": {"_id": mine["_id"]}},
     }
-    rows = []
+    shown = {}
     for name, command in commands.items():
-        try:
-            plan = db.command("explain", command, verbosity="queryPlanner")
-            shown = json.dumps(
-                {k: plan[k] for k in plan if k not in ("serverInfo", "command", "ok")},
-                default=str,
-            )
-        except pymongo.errors.PyMongoError as exc:
-            shown = f"explain refused: {exc}"
-        rows.append((name, shown, MONGODB_WOULD_USE[name]))
-    tasks.drop()
-    return rows
+        plan = tasks.database.command("explain", command, verbosity="queryPlanner")
+        drop = ("serverInfo", "command", "ok")
+        shown[name] = json.dumps({k: v for k, v in plan.items() if k not in drop}, default=str)
+    return shown
 
 
-def lost_updates(uri: str, dbname: str, rounds: int, how: str) -> int:
+def update(how: str, _id: ObjectId, gate: threading.Barrier, collection: Any, n: int) -> None:
+    """One of two simultaneous updates of a document: its own field, and the shared counter."""
+    gate.wait()
+    getattr(collection, how)({"_id": _id}, {"$set": {f"field{n}": True}, "$inc": {"n": 1}})
+
+
+def lost_updates(uri: str, rounds: int, how: str) -> int:
     """Rounds (of ``rounds``) in which one of two simultaneous updates of one document was lost."""
-    clients = [pymongo.MongoClient(uri) for _ in range(2)]
-    collections = [client[dbname]["lost_updates"] for client in clients]
+    collections = [pymongo.MongoClient(uri)["standin_lost"]["updates"] for _ in range(2)]
     lost = 0
-    try:
+    with ThreadPoolExecutor(2) as pool:  # each update on a connection of its own
         for _ in range(rounds):
-            _id = collections[0].insert_one({"n": 0}).inserted_id
-            barrier = threading.Barrier(2)
-
-            def update(n: int, _id=_id, barrier=barrier) -> None:
-                change = {"$set": {f"field{n}": True}, "$inc": {"n": 1}}
-                barrier.wait()
-                if how == "update_one":
-                    collections[n].update_one({"_id": _id}, change)
-                else:
-                    collections[n].find_one_and_update({"_id": _id}, change)
-
-            threads = [threading.Thread(target=update, args=(n,)) for n in range(2)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            _id, gate = collections[0].insert_one({"n": 0}).inserted_id, threading.Barrier(2)
+            list(pool.map(partial(update, how, _id, gate), collections, range(2)))
             doc = collections[0].find_one({"_id": _id})
-            if doc["n"] != 2 or not (doc.get("field0") and doc.get("field1")):
-                lost += 1
-    finally:
-        collections[0].drop()
-        for client in clients:
-            client.close()
+            lost += doc["n"] != 2 or not (doc.get("field0") and doc.get("field1"))
+    collections[0].database.client.drop_database("standin_lost")
+    for collection in collections:
+        collection.database.client.close()
     return lost
 
 
-def median_ms(run, repeats: int = 5) -> float:
-    """The median of ``repeats`` calls of ``run`` (each returns its own seconds), in ms."""
-    return statistics.median(run() for _ in range(repeats)) * 1000
-
-
-def api_timings(uri: str, redis_url: str, others: int) -> dict[str, float]:
-    """A list miss, a list hit and a PATCH, through the API, with ``others`` foreign documents."""
+def api_timings(uri: str, redis_url: str, others: int) -> tuple[dict[str, float], dict[str, str]]:
+    """A list miss, a list hit and a PATCH through the API with ``others`` foreign documents
+    (medians of 5, ms); and the query plans on that collection."""
     from taskapp import create_app
 
-    dbname = f"taskapp_standin_{uuid.uuid4().hex[:8]}"
-    app = create_app(
-        {
-            "SECRET_KEY": "standin-bench-secret-key-with-32-bytes!!",
-            "REDIS_URL": redis_url,
-            "MONGODB_URI": f"{uri.rstrip('/')}/{dbname}",
-            "CACHE_KEY_PREFIX": f"standin:{dbname}:",
-            "RATE_LIMIT_PER_MINUTE": 0,
-            "HTTP_CACHE_TTL": 30,
-        }
-    )
+    dbname = f"standin_{uuid.uuid4().hex[:8]}"
+    settings = {"SECRET_KEY": "standin-bench-secret-key-with-32-bytes!!", "REDIS_URL": redis_url}
+    settings |= {"MONGODB_URI": f"{uri.rstrip('/')}/{dbname}", "RATE_LIMIT_PER_MINUTE": 0}
+    app = create_app(settings)
     client = app.test_client()
     creds = {"email": f"{dbname}@example.com", "password": "correct horse battery"}
     assert client.post("/api/v1/auth/register", json=creds).status_code == 201
     token = client.post("/api/v1/auth/login", json=creds).get_json()["access_token"]
     auth = {"Authorization": f"Bearer {token}"}
-    ids = [
-        client.post("/api/v1/tasks", json={"title": f"mine {n}"}, headers=auth).get_json()["id"]
-        for n in range(10)
-    ]
+    for n in range(10):
+        task = client.post("/api/v1/tasks", json={"title": f"mine {n}"}, headers=auth).get_json()
     mongo = pymongo.MongoClient(uri)
-    batch = 5000
-    for start in range(0, others, batch):
-        owners = [ObjectId() for _ in range(100)]
-        docs = [task_doc(owners[n % 100], n) for n in range(start, min(start + batch, others))]
-        mongo[dbname]["tasks"].insert_many(docs)
+    tasks = mongo[dbname]["tasks"]
+    mine, owners = tasks.find_one(), [ObjectId() for _ in range(100)]
+    for start in range(0, others, 5000):
+        ns = range(start, min(start + 5000, others))
+        tasks.insert_many([{**mine, "_id": ObjectId(), "owner": owners[n % 100]} for n in ns])
 
-    def timed(method: str, path: str, expect: str | None = None, **kw) -> float:
+    def timed(method: str, path: str, expect: str | None = "", **kw: Any) -> float:
         began = time.perf_counter()
         response = client.open(path, method=method, headers=auth, **kw)
         took = time.perf_counter() - began
         assert response.status_code == 200, response.get_data(as_text=True)
-        if expect:
-            assert response.headers.get("X-Cache") == expect, response.headers.get("X-Cache")
+        assert expect is None or response.headers.get("X-Cache", "") == expect, response.headers
         return took
 
-    page = "/api/v1/tasks?per_page=10"
-    counter = iter(range(1000))
+    page, counter = "/api/v1/tasks?per_page=10", iter(range(1000))
 
     def patch() -> float:
-        return timed("PATCH", f"/api/v1/tasks/{ids[0]}", json={"title": f"t{next(counter)}"})
+        return timed("PATCH", f"/api/v1/tasks/{task['id']}", json={"title": f"t{next(counter)}"})
 
     def miss() -> float:
         patch()  # drops the user's pages: the next GET reads MongoDB
-        return timed("GET", page, expect="MISS")
+        return timed("GET", page, "MISS")
 
     def hit() -> float:
-        timed("GET", page)
-        return timed("GET", page, expect="HIT")
+        timed("GET", page, None)
+        return timed("GET", page, "HIT")
 
     try:
-        return {
-            "documents": others + 10,
-            "list miss ms": median_ms(miss),
-            "list hit ms": median_ms(hit),
-            "PATCH ms": median_ms(patch),
-        }
+        row = {"documents": others + 10}
+        for name, run in (("list miss", miss), ("list hit", hit), ("PATCH", patch)):
+            row[name] = statistics.median(run() for _ in range(5)) * 1000
+        return row, plans(tasks) if not others else {}
     finally:
         mongo.drop_database(dbname)
         mongo.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> None:
+    """Run the three measurements and print them."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mongodb-uri", default="", help="default: start the tests' FerretDB")
-    parser.add_argument("--redis-url", default="", help="default: start a redis-server")
-    parser.add_argument(
-        "--docs", default="5000,10000,20000", help="other users' documents, one run per size"
-    )
+    parser.add_argument("--docs", default="5000,10000,20000", help="other users' documents")
     parser.add_argument("--rounds", type=int, default=30, help="rounds of two updates at once")
-    args = parser.parse_args(argv)
+    args = parser.parse_args()
     logging.getLogger("taskapp").setLevel(logging.ERROR)  # the app's start-up lines
-    stop = []
-    uri, redis_url = args.mongodb_uri, args.redis_url
-    if not uri:
-        from tests.ferretdb import FerretDBServer
+    from tests.ferretdb import FerretDBServer
+    from tests.redis_server import RedisServer
 
-        ferretdb = FerretDBServer()
-        stop.append(ferretdb.stop)
-        uri = ferretdb.url
-    if not redis_url:
-        from tests.redis_server import RedisServer
-
-        redis_server = RedisServer()
-        stop.append(redis_server.stop)
-        redis_url = redis_server.url
+    started = [RedisServer(), *([] if args.mongodb_uri else [FerretDBServer()])]
+    uri = args.mongodb_uri or started[-1].url
     try:
-        client = pymongo.MongoClient(uri)
-        build = client.admin.command("buildInfo")
-        print(f"server: {build.get('version')} {build.get('ferretdbVersion', '')}".strip())
-        dbname = f"standin_{uuid.uuid4().hex[:8]}"
-        print("\n## Query plans\n")
-        print("| query | this server's explain | MongoDB would use |")
-        print("|---|---|---|")
-        for name, plan, would in explain_plans(client[dbname]):
-            print(f"| {name} | `{plan}` | {would} |")
-        print(f"\n## Lost updates ({args.rounds} rounds, two connections at once)\n")
+        print(f"## Lost updates ({args.rounds} rounds, two connections at once)\n")
         for how in ("update_one", "find_one_and_update"):
-            lost = lost_updates(uri, dbname, args.rounds, how)
+            lost = lost_updates(uri, args.rounds, how)
             print(f"- `{how}` with `$set` + `$inc`: {lost} of {args.rounds} rounds lost an update")
-        client.drop_database(dbname)
-        client.close()
         print("\n## Through the API (median of 5, ms)\n")
         print("| documents in the collection | list miss | µs per document | list hit | PATCH |")
         print("|---:|---:|---:|---:|---:|")
-        sizes = [0, *(int(n) for n in args.docs.split(","))]
-        base = None
-        for others in sizes:
-            row = api_timings(uri, redis_url, others)
-            base = base if base is not None else row["list miss ms"]
-            per_doc = (row["list miss ms"] - base) / others * 1000 if others else 0.0
+        plan: dict[str, str] = {}
+        base = 0.0
+        for others in [0, *(int(n) for n in args.docs.split(","))]:
+            row, found = api_timings(uri, started[0].url, others)
+            plan, base = plan or found, base if others else row["list miss"]
+            per_doc = (row["list miss"] - base) / others * 1000 if others else 0
             print(
-                f"| {row['documents']} | {row['list miss ms']:.1f} | {per_doc:.0f} "
-                f"| {row['list hit ms']:.2f} | {row['PATCH ms']:.1f} |",
+                f"| {row['documents']} | {row['list miss']:.1f} | {per_doc:.0f} "
+                f"| {row['list hit']:.2f} | {row['PATCH']:.1f} |",
                 flush=True,
             )
+        print("\n## Query plans\n\n| query | this server's explain |\n|---|---|")
+        for name, shown in plan.items():
+            print(f"| {name} | `{shown}` |")
     finally:
-        for done in stop:
-            done()
-    return 0
+        for server in started:
+            server.stop()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Flask, Response
@@ -50,14 +49,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # A bearer-token API keeps no cookie session: skip Flask's signer on every request.
     app.session_interface = NullSessionInterface()
     app.url_map.converters["objectid"] = ObjectIdConverter
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-    from taskapp import cors, db, errors, http_metrics
+    from taskapp import cors, db, errors, http_metrics, logs, request_id, tracing
     from taskapp.extensions import cache
 
+    logs.configure(app.config["LOG_FORMAT"])
+    if tracing.provider() is None:
+        tracing.start()  # from the OTEL_* variables, when they ask (gunicorn starts it post_fork)
     errors.init_app(app)
+    tracing.init_app(app)
     cors.init_app(app)  # before every other hook: its headers go on every final response
     db.init_app(app)
     cache.init_app(app)
@@ -80,7 +79,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(tasks_bp, url_prefix="/api/v1")
     app.register_blueprint(admin_bp, url_prefix="/api/v1/admin")
     cli.init_app(app)
-    responses.install_fast_path(app)  # in front of Flask's dispatch, behind ProxyFix
+    responses.install_fast_path(app)  # in front of Flask's dispatch
+    tracing.wrap(app)  # a span around each request, fast path included
+    app.wsgi_app = request_id.RequestIds(app.wsgi_app)  # type: ignore[method-assign]
     if app.config["TRUSTED_PROXIES"]:
         # The client address (the per-address limits, logs) and scheme as the proxies saw them,
         # trusting exactly that many hops of X-Forwarded-For/-Proto and no client-sent ones.

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
+import redis
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from pydantic import ValidationError
@@ -241,9 +242,13 @@ def _echo_events(counts: cache_stats.Counts) -> None:
 
 
 def _memory_used(client: Any) -> str:
-    """INFO memory used_memory_human (summed over the primaries of a cluster)."""
+    """INFO memory used_memory_human (summed over the primaries of a cluster); "unknown" when
+    the Redis user may not run INFO (a least-privilege user)."""
     primaries = getattr(client, "PRIMARIES", None)  # only RedisCluster has it
-    info = client.info("memory", target_nodes=primaries) if primaries else client.info("memory")
+    try:
+        info = client.info("memory", target_nodes=primaries) if primaries else client.info("memory")
+    except redis.exceptions.NoPermissionError:
+        return "unknown (the Redis user may not run INFO)"
     if "used_memory_human" in info:
         return str(info["used_memory_human"])
     nodes = [node for node in info.values() if isinstance(node, dict)]

@@ -13,9 +13,16 @@ import re
 from flask import Flask, Response, current_app, request
 from flask_cors import CORS
 
-#: Request headers a script may send: the token, JSON bodies, the cache's request directives
-#: and the conditions of conditional requests.
-ALLOWED_HEADERS = ["Authorization", "Content-Type", "If-None-Match", "If-Match", "Cache-Control"]
+#: Request headers a script may send: the token, JSON bodies, the cache's request directives,
+#: the conditions of conditional requests and its own request id.
+ALLOWED_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "If-None-Match",
+    "If-Match",
+    "Cache-Control",
+    "X-Request-ID",
+]
 #: Response headers a script may read (besides the CORS-safelisted ones).
 EXPOSED_HEADERS = [
     "ETag",
@@ -23,9 +30,9 @@ EXPOSED_HEADERS = [
     "Location",
     "Retry-After",
     "WWW-Authenticate",
-    "X-RateLimit-Limit",
-    "X-RateLimit-Remaining",
-    "X-RateLimit-Reset",
+    "RateLimit",
+    "RateLimit-Policy",
+    "X-Request-ID",
 ]
 PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight's answer
 ALLOW_METHODS = "Access-Control-Allow-Methods"

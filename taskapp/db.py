@@ -19,7 +19,9 @@ from pymongo.database import Database as PyMongoDatabase
 from pymongo.errors import ConnectionFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
-from taskapp.config import EMBEDDED_MONGODB
+from taskapp import tracing
+from taskapp.cache import context
+from taskapp.config import EMBEDDED_MONGODB, FILL_READS
 from taskapp.extensions import cache
 from taskapp.http_metrics import DB_READS
 from taskapp.models import DB_EXTENSION, MODELS, AppDocument, Task
@@ -48,6 +50,43 @@ def unavailable(exc: BaseException) -> bool:
         if isinstance(err, PyMongoError) and err.timeout:
             return True
     return False
+
+
+class Spent(Unavailable):
+    """This request has used all its MongoDB time (MONGODB_TIMEOUT_MS): its next operation is
+    not even tried (503)."""
+
+
+class BoundedClient(pymongo.MongoClient):  # type: ignore[type-arg]
+    """A MongoClient whose operations in a request share one bound: MONGODB_TIMEOUT_MS for all
+    of them together, not each (plus, when SIMULATED_DB_LATENCY_MS is set, the delays of a
+    fill's reads, which the request's waits for other callers' fills may have used up).
+
+    Each operation of a collection (a query, each batch of a cursor, a count, an aggregation,
+    each write) passes through pymongo's ``_retry_internal``, where pymongo applies its
+    client-side operation timeout; here it runs under ``pymongo.timeout`` of what is left of the
+    request's MongoDB time (``RequestState.source_time``, which waits for other callers' fills
+    also use up), and its duration is added to it. Time between operations (hashing a password,
+    Redis calls) is not counted. Outside a request each operation has the whole bound.
+    """
+
+    def __init__(self, *args: Any, bound: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bound = bound
+
+    def _retry_internal(self, *args: Any, **kwargs: Any) -> Any:
+        state = context.current()
+        if state is None:
+            return super()._retry_internal(*args, **kwargs)
+        left = self._bound - state.source_time
+        if left <= 0:
+            raise Spent("this request has used all its MongoDB time; try again")
+        started = monotonic()
+        try:
+            with pymongo.timeout(left):
+                return super()._retry_internal(*args, **kwargs)
+        finally:
+            state.source_time += monotonic() - started
 
 
 class Gate(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
@@ -129,9 +168,12 @@ class Database:
     ``mongomock://host/name`` is the embedded store: a database inside this process only.
     """
 
-    def __init__(self, uri: str, timeout_ms: int = 3000) -> None:
+    def __init__(self, uri: str, timeout_ms: int = 3000, simulated_ms: int = 0) -> None:
         self.uri = uri
         self.timeout = timeout_ms / 1000
+        # A request's MongoDB time in all: the bound, and the simulated delays of a fill's reads
+        # it may wait for (as CACHE_FILL_TIMEOUT; both the bound alone when nothing is simulated).
+        self.bound = (timeout_ms + FILL_READS * simulated_ms) / 1000
         self.gate = Gate(self.timeout)
         self.client: Any
         if uri.startswith(EMBEDDED_MONGODB):
@@ -140,16 +182,18 @@ class Database:
         else:
             name = parse_uri(uri).get("database") or "taskapp"
             # timeoutMS (pymongo's client-side operation timeout) bounds each operation as a
-            # whole: server selection, connection checkout and the query. A deadline per
-            # operation rather than per request: time a request spends elsewhere (hashing a
-            # password on a busy host, waiting for a fill) must not fail its next query.
-            self.client = pymongo.MongoClient(
+            # whole: server selection, connection checkout and the query; in a request,
+            # BoundedClient bounds them all together. Not a deadline per request: time a
+            # request spends elsewhere (hashing a password on a busy host) must not fail its
+            # next query.
+            self.client = BoundedClient(
                 uri,
+                bound=self.bound,
                 connect=False,
                 timeoutMS=timeout_ms,
                 serverSelectionTimeoutMS=timeout_ms,
                 connectTimeoutMS=timeout_ms,
-                event_listeners=[self.gate],
+                event_listeners=[self.gate, *tracing.mongodb_listeners()],
                 uuidRepresentation="standard",
             )
         self.database: PyMongoDatabase = self.client[name]
@@ -205,7 +249,11 @@ class Database:
 
 def init_app(app: Flask) -> None:
     """Give the app a MongoDB client of its own and ensure the models' indexes."""
-    database = Database(app.config["MONGODB_URI"], app.config["MONGODB_TIMEOUT_MS"])
+    database = Database(
+        app.config["MONGODB_URI"],
+        app.config["MONGODB_TIMEOUT_MS"],
+        app.config["SIMULATED_DB_LATENCY_MS"],
+    )
     app.extensions[DB_EXTENSION] = database
     app.teardown_request(lambda exc: database.gate.leave())
     with app.app_context():

@@ -53,7 +53,10 @@ _PAGE = """<!DOCTYPE html>
 @bp.get("/docs")
 @response(None, media_type="text/html")
 def docs() -> Response:
-    """Interactive documentation of this API (Swagger UI), with no asset from another host."""
+    """Interactive documentation of this API (Swagger UI).
+
+    Every asset comes from this server, none from another host.
+    """
     page = _PAGE.format(
         css=url_for("docs.static", filename="swagger-ui.css"),
         icon=url_for("docs.static", filename="favicon-32x32.png"),

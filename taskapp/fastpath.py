@@ -25,7 +25,7 @@ from werkzeug.http import parse_cache_control_header
 from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Response
 
-from taskapp import http_metrics, ratelimit
+from taskapp import http_metrics, ratelimit, tracing
 from taskapp.auth import revocation
 from taskapp.auth.tokens import access_of
 from taskapp.cache.context import RequestState
@@ -65,6 +65,7 @@ class FastPath:
         self.secret: str = app.config["SECRET_KEY"]
         self.limit: int = app.config["RATE_LIMIT_PER_MINUTE"]
         self.cors = bool(app.config["CORS_ORIGINS"])
+        self.traced = tracing.provider() is not None
         # taskapp.cors adds Origin to Vary on every response when CORS is configured.
         self.vary = "Authorization, Origin" if self.cors else "Authorization"
         # Routing is a function of the path alone unless hosts or subdomains take part in it.
@@ -100,6 +101,8 @@ class FastPath:
         if route is None:
             return None
         rule, view, readers = route
+        if self.traced:
+            tracing.name_request(environ["REQUEST_METHOD"], rule)
         args: MultiDict[str, str] = _NO_ARGS
         if environ.get("QUERY_STRING"):
             args = self.flask.request_class(environ, populate_request=False).args

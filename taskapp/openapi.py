@@ -9,6 +9,7 @@ for an unknown query parameter everywhere, a 429 and a 503 under ``/api/``, ...)
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -17,7 +18,7 @@ from typing import Any
 from flask import Flask
 from pydantic import BaseModel
 
-from taskapp.errors import ErrorResponse
+from taskapp.errors import PROBLEM_JSON, Problem
 
 View = Callable[..., Any]
 
@@ -29,18 +30,20 @@ _PARAMETERS = "#/components/parameters/{name}"
 _STATUS_TEXT = {
     304: "Not modified: the ETag in If-None-Match is current",
     400: "The request body cannot be parsed: not JSON, not a JSON object, or nested too deeply",
-    401: "Missing, expired or invalid bearer token",
+    401: "No bearer token, or one that is expired, revoked or not valid",
     403: "Not allowed for this user",
     404: "Not found",
     409: "Conflict with existing data",
     412: "If-Match names no current ETag of the task: nothing was changed",
     413: "Request body too large",
     415: "The request body must be application/json",
-    422: "A field of the body or a query parameter is invalid, unknown or repeated",
+    422: "A field of the body or a query parameter is invalid, unknown or repeated: each is "
+    "listed in errors",
     429: "Rate limited; see Retry-After",
     503: "MongoDB (or the write-behind queue) is unavailable; retry after Retry-After",
 }
-_RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+#: The fields of every response a rate limit counted (every response under /api/).
+_RATE_LIMIT_HEADERS = ("RateLimit", "RateLimit-Policy")
 #: Response headers, each described once (components.headers) and referred to by responses.
 HEADERS: dict[str, dict[str, Any]] = {
     "ETag": {
@@ -66,24 +69,35 @@ HEADERS: dict[str, dict[str, Any]] = {
         "description": "Seconds to wait before trying again.",
         "schema": {"type": "integer", "minimum": 0},
     },
-    "X-RateLimit-Limit": {
-        "description": "Requests allowed in any 60-second window.",
-        "schema": {"type": "integer", "minimum": 0},
+    "RateLimit-Policy": {
+        "description": "The rate limits that counted this request (IETF "
+        'draft-ietf-httpapi-ratelimit-headers), one item each: `"user";q=600;w=60` allows '
+        "q requests in any window of w seconds. `user`: each user's requests; `anonymous`: "
+        "requests without a valid token, per client address; `login-email` and "
+        "`login-address`: login attempts; `register`: registrations per address.",
+        "schema": {"type": "string"},
+        "example": '"user";q=600;w=60',
     },
-    "X-RateLimit-Remaining": {
-        "description": "Requests left in the current window.",
-        "schema": {"type": "integer", "minimum": 0},
+    "RateLimit": {
+        "description": "What is left of each limit in RateLimit-Policy: "
+        '`"user";r=599;t=60` says r requests remain and t seconds (whole, rounded up) pass '
+        "before more are allowed.",
+        "schema": {"type": "string"},
+        "example": '"user";r=599;t=60',
     },
-    "X-RateLimit-Reset": {
-        "description": "Seconds until the window has room again.",
-        "schema": {"type": "integer", "minimum": 0},
+    "X-Request-ID": {
+        "description": "The id of this request: the X-Request-ID sent, when well-formed, else "
+        "one the server made. Log lines of the request carry it.",
+        "schema": {"type": "string"},
     },
     "WWW-Authenticate": {
-        "description": "The authentication scheme to use: Bearer.",
+        "description": "The scheme to authenticate with: `Bearer`, or `Bearer "
+        'error="invalid_token"` when the token sent was refused (expired, revoked, not valid).',
         "schema": {"type": "string"},
     },
 }
-#: Request headers of conditional requests (components.parameters).
+#: Request headers: the conditions of conditional requests, and the request's id
+#: (components.parameters).
 PARAMETERS: dict[str, dict[str, Any]] = {
     "IfNoneMatch": {
         "name": "If-None-Match",
@@ -100,6 +114,16 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         "description": "ETags the task must still have (strong comparison, RFC 9110 "
         'section 13.1.1: a weak W/"..." never matches; * matches any existing task): '
         "otherwise 412 and nothing is changed.",
+        "schema": {"type": "string"},
+    },
+    "RequestId": {
+        "name": "X-Request-ID",
+        "in": "header",
+        "required": False,
+        "description": "Your id of this request, sent back in the response's X-Request-ID and "
+        "written in the server's log lines of the request, when it is 1 to 64 letters, digits, "
+        "dots, underscores and hyphens; another value is not refused, but replaced by an id the "
+        "server makes.",
         "schema": {"type": "string"},
     },
 }
@@ -152,10 +176,24 @@ def response(
     return decorator
 
 
+#: The document's description (CommonMark: anything in angle brackets goes in a code span).
+DESCRIPTION = (
+    "A task API on MongoDB with a Redis cache. Log in for a bearer token "
+    "(`POST /api/v1/auth/login`) and send it as `Authorization: Bearer <token>`.\n\n"
+    "Errors are RFC 9457 problem details (`application/problem+json`): `type`, `title`, "
+    "`status` and `detail`, and for a 422 an `errors` list naming each invalid field (a JSON "
+    "Pointer into the body, or a query parameter). 400 is a body that cannot be parsed, 422 "
+    "input that is well-formed but invalid.\n\n"
+    "Every response under `/api/` reports the rate limits that counted it in the "
+    "`RateLimit-Policy` and `RateLimit` fields; a 429 says when to retry in `Retry-After`. "
+    "Every response carries `X-Request-ID`."
+)
+
+
 def build(app: Flask) -> dict[str, Any]:
     """The OpenAPI document of every route of ``app``."""
     components: dict[str, Any] = {}
-    _ref(ErrorResponse, components)
+    _ref(Problem, components)
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         if rule.endpoint == "static" or rule.endpoint.endswith(".static"):
@@ -170,10 +208,7 @@ def build(app: Flask) -> dict[str, Any]:
         "info": {
             "title": "taskapp",
             "version": _version(),
-            "description": "A task API on MongoDB with a Redis cache. Log in for a bearer token "
-            "(POST /api/v1/auth/login) and send it as Authorization: Bearer <token>. Errors are "
-            'JSON {"error": {"code", "message"}}: 400 for a body that cannot be parsed, 422 for '
-            "input that is well-formed but invalid.",
+            "description": DESCRIPTION,
         },
         # Relative to the document: the API is served by the host (and path prefix) serving it.
         "servers": [{"url": "/", "description": "the server of this document"}],
@@ -198,8 +233,33 @@ def _facts(view: View) -> dict[str, Any]:
         errors.update(layer_facts.get("errors", ()))
         facts = {**layer_facts, **facts}  # the outer layer wins, except errors add up
     facts["errors"] = errors
-    facts["doc"] = (view.__doc__ or "").strip()
+    facts["doc"] = inspect.cleandoc(view.__doc__ or "")
     return facts
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])")
+_RST_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def _paragraphs(doc: str) -> list[str]:
+    """A docstring's paragraphs, each on one line."""
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", inspect.cleandoc(doc)) if p.strip()]
+
+
+def commonmark(doc: str) -> str:
+    """A docstring as CommonMark: paragraphs kept, their lines joined, ``x`` as a code span."""
+    return "\n\n".join(_RST_LITERAL.sub(r"`\1`", p) for p in _paragraphs(doc))
+
+
+def summary_and_description(doc: str) -> tuple[str, str]:
+    """A docstring as an operation's one-line summary (its first sentence, plain text) and
+    description (the rest, CommonMark; "" when there is none)."""
+    paragraphs = _paragraphs(doc)
+    if not paragraphs:
+        return "", ""
+    sentences = _SENTENCE_END.split(paragraphs[0], maxsplit=1)
+    summary = _RST_LITERAL.sub(r"\1", sentences[0])
+    return summary, commonmark("\n\n".join([*sentences[1:], *paragraphs[1:]]))
 
 
 def _layers(view: View) -> Iterator[View]:
@@ -212,13 +272,14 @@ def _layers(view: View) -> Iterator[View]:
 def _operation(
     endpoint: str, path: str, method: str, facts: dict[str, Any], components: dict[str, Any]
 ) -> dict[str, Any]:
-    summary = facts["doc"].partition("\n")[0]
+    summary, description = summary_and_description(facts["doc"])
     operation: dict[str, Any] = {
         "operationId": endpoint.replace(".", "_"),
         "tags": [endpoint.partition(".")[0]],
-        "summary": summary.strip() or endpoint,
-        "description": " ".join(facts["doc"].split()) or endpoint,
+        "summary": summary or endpoint,
     }
+    if description:
+        operation["description"] = description
     parameters = (
         _path_parameters(path)
         + _query_parameters(facts.get("query"), components)
@@ -249,7 +310,7 @@ def _query_parameters(
 ) -> list[dict[str, Any]]:
     if schema is None:
         return []
-    json_schema = schema.model_json_schema(ref_template=_SCHEMAS)
+    json_schema = _markdown(schema.model_json_schema(ref_template=_SCHEMAS))
     components.update(json_schema.pop("$defs", {}))
     required = set(json_schema.get("required", ()))
     parameters = []
@@ -276,43 +337,43 @@ def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
 
 
 def _header_parameters(facts: dict[str, Any]) -> list[dict[str, Any]]:
-    names = (["IfNoneMatch"] if facts.get("cached") else []) + (
-        ["IfMatch"] if facts.get("if_match") else []
+    names = (
+        (["IfNoneMatch"] if facts.get("cached") else [])
+        + (["IfMatch"] if facts.get("if_match") else [])
+        + ["RequestId"]
     )
     return [{"$ref": _PARAMETERS.format(name=name)} for name in names]
 
 
 def _responses(path: str, facts: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
     status = facts.get("status", 200)
-    # Answers to a counted (authenticated) request carry its rate-limit state.
-    counted = _RATE_LIMIT_HEADERS if facts.get("auth") else ()
-    success_headers: tuple[str, ...] = (*facts.get("headers", ()), *counted)
+    # Every answer under /api/ was counted by a rate limit (the user's, or the anonymous one
+    # of a request without a valid token); every answer has its request id.
+    common = (*(_RATE_LIMIT_HEADERS if path.startswith("/api/") else ()), "X-Request-ID")
+    success_headers: tuple[str, ...] = (*facts.get("headers", ()), *common)
     if facts.get("cached"):
         success_headers = ("ETag", "X-Cache", "Cache-Control", *success_headers)
     responses: dict[str, Any] = {str(status): _success(facts, components)}
     _add_headers(responses[str(status)], success_headers)
     for code, schema in facts.get("also", {}).items():
         responses[str(code)] = _body(schema.__doc__ or "", schema, components)
+        _add_headers(responses[str(code)], common)
     if facts.get("cached"):
         responses["304"] = {"description": _STATUS_TEXT[304]}
-        _add_headers(responses["304"], ("ETag", "X-Cache", "Cache-Control", *counted))
-    error_content = {
-        "application/json": {"schema": {"$ref": _SCHEMAS.format(model="ErrorResponse")}}
-    }
+        _add_headers(responses["304"], ("ETag", "X-Cache", "Cache-Control", *common))
+    error_content = {PROBLEM_JSON: {"schema": {"$ref": _SCHEMAS.format(model="Problem")}}}
     descriptions = {**_STATUS_TEXT, **facts.get("descriptions", {})}
     for code in sorted(_error_statuses(path, facts)):
         error = {"description": descriptions[code], "content": error_content}
-        _add_headers(error, _error_headers(code, facts))
+        _add_headers(error, (*_error_headers(code), *common))
         responses[str(code)] = error
     return responses
 
 
-def _error_headers(code: int, facts: dict[str, Any]) -> tuple[str, ...]:
-    if code == 401 and facts.get("auth"):
-        return ("WWW-Authenticate",)  # a missing or refused token, not wrong credentials
-    if code == 429:
-        return ("Retry-After", *_RATE_LIMIT_HEADERS)
-    if code == 503:
+def _error_headers(code: int) -> tuple[str, ...]:
+    if code == 401:
+        return ("WWW-Authenticate",)  # Bearer; error="invalid_token" for a refused token
+    if code in (429, 503):
         return ("Retry-After",)
     return ()
 
@@ -336,7 +397,7 @@ def _success(facts: dict[str, Any], components: dict[str, Any]) -> dict[str, Any
 
 
 def _body(description: str, schema: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
-    summary = description.strip().splitlines()[0] if description.strip() else schema.__name__
+    summary = summary_and_description(description)[0] or schema.__name__
     return {
         "description": summary,
         "content": {"application/json": {"schema": _ref(schema, components)}},
@@ -358,8 +419,21 @@ def _error_statuses(path: str, facts: dict[str, Any]) -> set[int]:
     return codes
 
 
+def _markdown(node: Any) -> Any:
+    """A JSON schema with its docstring-made descriptions as CommonMark: paragraphs kept,
+    lines joined, ``literal`` as a code span."""
+    if isinstance(node, list):
+        return [_markdown(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    described = {key: _markdown(value) for key, value in node.items()}
+    if isinstance(described.get("description"), str):
+        described["description"] = commonmark(described["description"])
+    return described
+
+
 def _ref(schema: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
-    json_schema = schema.model_json_schema(ref_template=_SCHEMAS)
+    json_schema = _markdown(schema.model_json_schema(ref_template=_SCHEMAS))
     components.update(json_schema.pop("$defs", {}))
     components[schema.__name__] = json_schema
     return {"$ref": _SCHEMAS.format(model=schema.__name__)}

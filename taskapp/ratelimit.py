@@ -1,12 +1,13 @@
 """Rate limits per user, per email and address on login, per address on registration, per
 address for requests without a valid token: windows of the last 61 whole seconds in Redis (the
-cache's ``Admission.limit``: one small hash per window, however many requests it counts)."""
+cache's ``Admission.limit``: one small hash per window, however many requests it counts). Every
+response a limit counted carries the IETF RateLimit and RateLimit-Policy fields of each limit."""
 
 from __future__ import annotations
 
 import math
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, request
 from werkzeug.exceptions import TooManyRequests
 
 from taskapp import keys
@@ -25,26 +26,24 @@ UNCOUNTED = Limited(True, 0, WINDOW_MS)
 
 
 class RateLimited(TooManyRequests):
-    """A 429 carrying Retry-After and the X-RateLimit-* headers."""
+    """A 429 carrying Retry-After: the seconds until a request is allowed again (the RateLimit
+    fields of every policy that counted the request are added in ``after_request``)."""
 
     def __init__(self, limit: int, reset_ms: int) -> None:
-        super().__init__("too many requests; retry later")
+        super().__init__("too many requests; retry after the seconds in Retry-After")
         self.limit = limit
         self.reset_ms = reset_ms
 
     def get_headers(self, environ=None, scope=None):
-        seconds = str(max(1, math.ceil(self.reset_ms / 1000)))
-        return super().get_headers(environ, scope) + [
-            ("Retry-After", seconds),
-            ("X-RateLimit-Limit", str(self.limit)),
-            ("X-RateLimit-Remaining", "0"),
-            ("X-RateLimit-Reset", seconds),
-        ]
+        return super().get_headers(environ, scope) + [("Retry-After", str(seconds(self.reset_ms)))]
 
 
-def _hit(key: str, limit: int) -> Limited:
-    """Count one request in ``key``'s window (allowed when Redis is unavailable)."""
-    return _outcome(cache.admit(Admission().limit(key, limit)))
+def _hit(key: str, limit: int, policy: str) -> Limited:
+    """Count one request in ``key``'s window (allowed when Redis is unavailable); the count goes
+    into the response's RateLimit fields as ``policy``."""
+    window = _outcome(cache.admit(Admission().limit(key, limit)))
+    g.setdefault("_rate_limits", []).append((policy, limit, window.requests, window.reset_ms))
+    return window
 
 
 def _outcome(answer: Answer | None) -> Limited:
@@ -60,7 +59,7 @@ def limit_login(email: str) -> None:
     if limit <= 0:
         return
     for kind, value in (("email", email or ""), ("addr", request.remote_addr or "")):
-        window = _hit(keys.login_limit(kind, value), limit)
+        window = _hit(keys.login_limit(kind, value), limit, LOGIN_POLICIES[kind])
         if not window.allowed:
             raise RateLimited(limit, window.reset_ms)
 
@@ -70,7 +69,7 @@ def limit_register() -> None:
     limit = current_app.config["REGISTER_RATE_LIMIT_PER_MINUTE"]
     if limit <= 0:
         return
-    window = _hit(keys.register_limit(request.remote_addr or ""), limit)
+    window = _hit(keys.register_limit(request.remote_addr or ""), limit, "register")
     if not window.allowed:
         raise RateLimited(limit, window.reset_ms)
 
@@ -109,27 +108,64 @@ def count_user_request(request: RequestState, access: Access, limit: int) -> Lim
     return counted(request)
 
 
-def header_items(limit: int, count: int, reset_ms: int) -> list[tuple[str, str]]:
-    """The X-RateLimit-* headers of an allowed request (both paths add exactly these)."""
+#: The window of every limit's policy, as the settings state it ("per minute"): counted over the
+#: last 61 whole seconds (WINDOW_MS), a request may be held back up to a second longer.
+POLICY_WINDOW_S = 60
+#: The RateLimit fields' names of the limits (the quota policies a response reports).
+USER_POLICY = "user"
+ANONYMOUS_POLICY = "anonymous"
+LOGIN_POLICIES = {"email": "login-email", "addr": "login-address"}
+
+
+def seconds(reset_ms: int) -> int:
+    """Whole seconds until a request is allowed again (at least 1)."""
+    return max(1, math.ceil(reset_ms / 1000))
+
+
+def header_items(
+    limit: int, count: int, reset_ms: int, policy: str = USER_POLICY
+) -> list[tuple[str, str]]:
+    """The IETF RateLimit-Policy and RateLimit fields (draft-ietf-httpapi-ratelimit-headers) of
+    one count: the quota in the window, and what is left of it and the seconds until more is
+    made available. Both paths add exactly these."""
     return [
-        ("X-RateLimit-Limit", str(limit)),
-        ("X-RateLimit-Remaining", str(max(0, limit - count))),
-        ("X-RateLimit-Reset", str(max(1, math.ceil(reset_ms / 1000)))),
+        ("RateLimit-Policy", f'"{policy}";q={limit};w={POLICY_WINDOW_S}'),
+        ("RateLimit", f'"{policy}";r={max(0, limit - count)};t={seconds(reset_ms)}'),
     ]
 
 
-#: Endpoints never limited: probes and scrapes of the operators' own tools.
-UNLIMITED = frozenset({"service.healthz", "service.readyz", "service.metrics"})
+def fields(counts: list[tuple[str, int, int, int]]) -> list[tuple[str, str]]:
+    """The RateLimit fields of every (policy, limit, count, reset_ms) that counted a request,
+    each field one list (a login is counted per address, per email and as anonymous)."""
+    joined: dict[str, list[str]] = {}
+    for policy, limit, count, reset_ms in counts:
+        for name, value in header_items(limit, count, reset_ms, policy):
+            joined.setdefault(name, []).append(value)
+    return [(name, ", ".join(values)) for name, values in joined.items()]
+
+
+#: Endpoints never limited: probes and scrapes of the operators' own tools, and the API's
+#: documentation (one page view of /docs is several requests: the page, its assets, the document).
+UNLIMITED = frozenset(
+    {
+        "service.healthz",
+        "service.readyz",
+        "service.metrics",
+        "service.openapi_document",
+        "docs.docs",
+        "docs.static",
+    }
+)
 
 
 def init_app(app: Flask) -> None:
     """Limit each authenticated user's requests and, per client address, requests without a
-    valid token; add the X-RateLimit-* headers to answers."""
+    valid token; add the RateLimit fields of every limit that counted a request to its answer."""
 
     @app.before_request
     def limit_user() -> None:
         limit = app.config["RATE_LIMIT_PER_MINUTE"]
-        if request.method == "OPTIONS":
+        if request.method == "OPTIONS" or request.endpoint in UNLIMITED:
             return  # a CORS preflight: never limited, it runs no view and reads nothing
         access = current_access() if limit > 0 else None
         if access is None:
@@ -145,15 +181,16 @@ def init_app(app: Flask) -> None:
             return
         if current_user_id() is not None:
             return
-        window = _hit(keys.anon_limit(request.remote_addr or ""), limit)
+        window = _hit(keys.anon_limit(request.remote_addr or ""), limit, ANONYMOUS_POLICY)
         if not window.allowed:
             raise RateLimited(limit, window.reset_ms)
 
     @app.after_request
     def headers(response):
+        counts = list(g.get("_rate_limits", ()))
         outcome = counted(RequestState.of(request.environ))
-        if outcome is not None and outcome[0]:  # a refused request's 429 carries its own
-            _, count, reset = outcome
-            for name, value in header_items(app.config["RATE_LIMIT_PER_MINUTE"], count, reset):
-                response.headers[name] = value
+        if outcome is not None:  # the user's count, allowed or refused (then 0 remain)
+            counts.insert(0, (USER_POLICY, app.config["RATE_LIMIT_PER_MINUTE"], *outcome[1:]))
+        for name, value in fields(counts):
+            response.headers[name] = value
         return response

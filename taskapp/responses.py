@@ -1,8 +1,9 @@
-"""The app's HTTP response cache: the cache extension's ResponseCache with taskapp's keys and auth."""
+"""The app's HTTP response cache (the cache extension's ResponseCache with taskapp's keys and
+auth), and the empty answer of a success without content."""
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, Response
 
 from taskapp import keys
 from taskapp.auth.identity import current_user_id
@@ -21,6 +22,13 @@ responses = ResponseCache(
 #: ``@cached_response(readers=...)``: a view whose 200 JSON responses are cached per user, and
 #: who may read them (checked before any cached answer, on both paths).
 cached_response = responses.mark
+
+
+def no_content() -> Response:
+    """A 204: no body, so no Content-Type either (RFC 9110 section 8.3)."""
+    response = Response(status=204)
+    del response.headers["Content-Type"]
+    return response
 
 
 def signed_in(user_id: str) -> bool:

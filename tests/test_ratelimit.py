@@ -11,12 +11,12 @@ import redis
 from taskapp import keys
 from taskapp.cache.admission import Admission
 from taskapp.extensions import cache
+from tests.api import problem, rate_limits
 
 LOGIN = "/api/v1/auth/login"
 REGISTER = "/api/v1/auth/register"
 TASKS = "/api/v1/tasks"
 PASSWORD = "correct horse battery"
-RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
 @pytest.fixture(params=[True, False], ids=["fast-path", "flask-path"])
@@ -56,17 +56,15 @@ def bearer(client, email: str, address: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {response.get_json()['access_token']}"}
 
 
-def assert_rate_limited(response, limit: int) -> None:
-    """A JSON 429 with Retry-After and the X-RateLimit-* headers."""
-    assert response.status_code == 429
-    assert response.mimetype == "application/json"
-    assert response.get_json()["error"]["code"] == 429
-    assert response.get_json()["error"]["message"]
+def assert_rate_limited(response, limit: int, policy: str) -> None:
+    """A problem-details 429 with Retry-After, and the RateLimit fields saying that ``policy``
+    (a quota of ``limit`` a minute) has nothing left until then."""
+    problem(response, 429)
     # The window is the last 61 whole seconds: the oldest request leaves it within 61 s.
-    assert 1 <= int(response.headers["Retry-After"]) <= 61
-    assert response.headers["X-RateLimit-Limit"] == str(limit)
-    assert response.headers["X-RateLimit-Remaining"] == "0"
-    assert 1 <= int(response.headers["X-RateLimit-Reset"]) <= 61
+    retry = int(response.headers["Retry-After"])
+    assert 1 <= retry <= 61
+    reported = rate_limits(response.headers)[policy]
+    assert reported == {"q": limit, "w": 60, "r": 0, "t": retry}
 
 
 # Logins
@@ -82,7 +80,7 @@ def test_the_fourth_login_attempt_for_one_email_is_429_from_any_address(client):
     ]
     limited = login(client, email, "10.1.0.4")  # a fresh address, the right password
     assert attempts == [200, 401, 200]
-    assert_rate_limited(limited, 3)
+    assert_rate_limited(limited, 3, "login-email")
     assert "access_token" not in limited.get_json()
 
 
@@ -90,7 +88,7 @@ def test_the_email_limit_ignores_the_case_and_spaces_of_the_email(client):
     email = new_account(client)
     for n, spelling in enumerate([email, email.upper(), f"  {email}  "]):
         assert login(client, spelling, f"10.2.0.{n}").status_code == 200
-    assert_rate_limited(login(client, email.title(), "10.2.0.9"), 3)
+    assert_rate_limited(login(client, email.title(), "10.2.0.9"), 3, "login-email")
 
 
 def test_other_emails_from_an_address_at_its_limit_are_429(client):
@@ -98,7 +96,7 @@ def test_other_emails_from_an_address_at_its_limit_are_429(client):
     statuses = [login(client, email, "10.3.0.1").status_code for email in emails[:3]]
     limited = login(client, emails[3], "10.3.0.1")  # an email never tried before
     assert statuses == [200, 200, 200]
-    assert_rate_limited(limited, 3)
+    assert_rate_limited(limited, 3, "login-address")
     # Another address may still log that email in: the address, not the email, was limited.
     assert login(client, emails[3], "10.3.0.2").status_code == 200
 
@@ -106,7 +104,7 @@ def test_other_emails_from_an_address_at_its_limit_are_429(client):
 def test_unknown_emails_count_towards_the_address_limit(client):
     for n in range(3):
         assert login(client, f"nobody-{n}@example.com", "10.4.0.1").status_code == 401
-    assert_rate_limited(login(client, new_account(client), "10.4.0.1"), 3)
+    assert_rate_limited(login(client, new_account(client), "10.4.0.1"), 3, "login-address")
 
 
 def test_attempts_in_one_second_each_count(app, redis_client, key_prefix):
@@ -147,7 +145,7 @@ def test_concurrent_login_attempts_for_one_email_each_count_once(app, redis_clie
         assert redis_client.hget(key_prefix + keys.login_limit("addr", address), "n") == b"1"
     # The third attempt is still allowed, the fourth is not.
     assert login(client, email, "10.5.0.3").status_code == 200
-    assert_rate_limited(login(client, email, "10.5.0.4"), 3)
+    assert_rate_limited(login(client, email, "10.5.0.4"), 3, "login-email")
 
 
 def test_login_windows_are_small_hashes_that_expire_with_the_window(app, redis_client, key_prefix):
@@ -168,9 +166,11 @@ def test_responses_carry_the_rate_limit_headers_with_a_decreasing_remaining(clie
     for _ in range(5):
         response = client.get(TASKS, headers=headers)
         assert response.status_code == 200
-        assert response.headers["X-RateLimit-Limit"] == "5"
-        assert 1 <= int(response.headers["X-RateLimit-Reset"]) <= 61
-        remaining.append(int(response.headers["X-RateLimit-Remaining"]))
+        reported = rate_limits(response.headers)
+        assert set(reported) == {"user"}  # a request with a valid token: the user's limit only
+        assert (reported["user"]["q"], reported["user"]["w"]) == (5, 60)
+        assert 1 <= reported["user"]["t"] <= 61
+        remaining.append(reported["user"]["r"])
     assert remaining == [4, 3, 2, 1, 0]
 
 
@@ -180,19 +180,19 @@ def test_the_sixth_request_in_a_minute_is_429_and_other_users_are_unaffected(cli
     for _ in range(5):
         assert client.get(TASKS, headers=alice).status_code == 200
     limited = client.get(TASKS, headers=alice)
-    assert_rate_limited(limited, 5)
+    assert_rate_limited(limited, 5, "user")
     assert client.post(TASKS, json={"title": "t"}, headers=alice).status_code == 429
 
     response = client.get(TASKS, headers=bob)
     assert response.status_code == 200
-    assert response.headers["X-RateLimit-Remaining"] == "4"
+    assert rate_limits(response.headers)["user"]["r"] == 4
 
 
 def test_a_cached_response_still_counts_towards_the_limit(client):
     headers = bearer(client, new_account(client), "10.9.0.1")
     hits = [client.get(TASKS, headers=headers).headers.get("X-Cache") for _ in range(5)]
     assert hits[1:] == ["HIT"] * 4
-    assert_rate_limited(client.get(TASKS, headers=headers), 5)
+    assert_rate_limited(client.get(TASKS, headers=headers), 5, "user")
 
 
 def test_anonymous_requests_are_not_limited_per_user(client):
@@ -235,7 +235,7 @@ def test_registrations_are_limited_per_address(make_app):
     client = make_app(REGISTER_RATE_LIMIT_PER_MINUTE=2).test_client()
     statuses = [register_from(client, "10.7.0.1").status_code for _ in range(2)]
     assert statuses == [201, 201]
-    assert_rate_limited(register_from(client, "10.7.0.1"), 2)
+    assert_rate_limited(register_from(client, "10.7.0.1"), 2, "register")
     assert register_from(client, "10.7.0.2").status_code == 201
 
 
@@ -251,10 +251,10 @@ def test_behind_trusted_proxies_the_login_limit_sees_each_client(make_app):
         )
 
     assert [attempt("203.0.113.1").status_code for _ in range(2)] == [401, 401]
-    assert_rate_limited(attempt("203.0.113.1"), 2)
+    assert_rate_limited(attempt("203.0.113.1"), 2, "login-address")
     assert attempt("203.0.113.2").status_code == 401  # another client behind the same proxy
     # A client cannot escape by sending its own X-Forwarded-For: one hop is trusted, the last.
-    assert_rate_limited(attempt("198.51.100.9, 203.0.113.1"), 2)
+    assert_rate_limited(attempt("198.51.100.9, 203.0.113.1"), 2, "login-address")
 
 
 def test_without_trusted_proxies_a_sent_x_forwarded_for_is_ignored(make_app):

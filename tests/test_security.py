@@ -101,7 +101,7 @@ def test_a_bad_token_is_401_even_for_a_url_cached_for_its_user(client, path):
         )
         if (
             response.status_code != 401
-            or response.get_json()["error"]["code"] != 401
+            or response.get_json()["status"] != 401
             or "X-Cache" in response.headers
             or "ETag" in response.headers
             or b"cached secret" in response.data
@@ -119,7 +119,7 @@ def test_an_anonymous_get_of_a_cached_url_is_401(client, headers):
         assert client.get(TASKS, headers=user["headers"]).status_code == 200
     response = client.get(TASKS, headers=headers)
     assert response.status_code == 401
-    assert response.get_json()["error"]["code"] == 401
+    assert response.get_json()["status"] == 401
     assert b"cached secret" not in response.data
     assert "X-Cache" not in response.headers
 
@@ -143,7 +143,7 @@ def test_a_demoted_admin_is_403_on_the_very_next_request(client):
 
     response = client.get(admin_url, headers=chief["headers"])  # same token, minted as admin
     assert response.status_code == 403
-    assert response.get_json()["error"]["code"] == 403
+    assert response.get_json()["status"] == 403
     response = client.patch(
         f"/api/v1/admin/users/{root['id']}", json={"role": "user"}, headers=chief["headers"]
     )

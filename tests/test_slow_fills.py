@@ -31,6 +31,9 @@ from tests.test_gunicorn import call
 LATENCY_MS = 1500
 SLOW = {
     "SIMULATED_DB_LATENCY_MS": str(LATENCY_MS),
+    # A request's MongoDB bound, its waits for fills included: long enough for what waiters do
+    # here (wait 3 s for a live holder, then for the fill of the one that takes over).
+    "MONGODB_TIMEOUT_MS": "10000",
     "CACHE_LOCK_WAIT": "0.5",
     "CACHE_LOCK_TTL": "1",
     "RATE_LIMIT_PER_MINUTE": "0",

@@ -7,6 +7,7 @@ from bson import ObjectId
 
 from taskapp import keys
 from taskapp.models import Task
+from tests.api import problem
 from tests.cache_helpers import wait_until
 
 TASKS = "/api/v1/tasks"
@@ -104,9 +105,9 @@ def test_list_filters_by_priority_and_due_dates(client, alice, mixed, query, exp
 )
 def test_invalid_filters_and_orders_are_422_naming_the_parameter(client, alice, query, parameter):
     response = client.get(f"{TASKS}?{query}", headers=alice)
-    assert response.status_code == 422
-    assert response.mimetype == "application/json"
-    assert f"parameter '{parameter}'" in response.get_json()["error"]["message"]
+    body = problem(response, 422)
+    assert f"parameter '{parameter}'" in body["detail"]
+    assert [error["parameter"] for error in body["errors"]] == [parameter]
 
 
 def test_each_filter_and_order_is_part_of_the_page_key():
@@ -178,8 +179,9 @@ def test_a_repeated_parameter_is_refused_in_either_order(client, alice, mixed):
     for query in ("priority=low&priority=high", "priority=high&priority=low"):
         for _ in range(2):
             response = client.get(f"{TASKS}?{query}", headers=alice)
-            assert response.status_code == 422
-            assert "priority" in response.get_json()["error"]["message"]
+            body = problem(response, 422)
+            assert "priority" in body["detail"]
+            assert body["errors"] == [{"parameter": "priority", "detail": "repeated; send it once"}]
 
 
 def test_an_encoded_ampersand_never_passes_for_two_parameters(client, alice, mixed):

@@ -10,7 +10,7 @@ from bson import ObjectId
 from taskapp import keys
 from taskapp.extensions import cache
 from taskapp.models import User
-from tests.api import db_reads
+from tests.api import db_reads, problem
 
 TASKS = "/api/v1/tasks"
 STATS = "/api/v1/tasks/stats"
@@ -109,8 +109,9 @@ def test_create_stores_every_field_with_the_due_date_in_utc(client, alice):
 )
 def test_create_with_invalid_fields_is_422_naming_the_field(client, alice, payload, field):
     response = client.post(TASKS, json=payload, headers=alice)
-    assert response.status_code == 422
-    assert f"field '{field}'" in response.get_json()["error"]["message"]
+    body = problem(response, 422)
+    assert f"field '{field}'" in body["detail"]
+    assert f"/{field}" in [error.get("pointer") for error in body["errors"]]
 
 
 def test_create_with_a_non_json_body_is_415(client, alice):
@@ -157,7 +158,7 @@ def test_get_returns_the_users_task(client, alice):
 def test_get_of_an_unknown_or_malformed_id_is_404(client, alice, task_id):
     response = client.get(f"{TASKS}/{task_id}", headers=alice)
     assert response.status_code == 404
-    assert response.get_json()["error"]["code"] == 404
+    assert response.get_json()["status"] == 404
 
 
 def test_another_users_task_is_404_for_every_method(client, alice, bob):
@@ -253,8 +254,9 @@ def test_list_filters_by_completed(client, alice, flag, expected):
 )
 def test_list_with_invalid_parameters_is_422_naming_them(client, alice, query, parameter):
     response = client.get(f"{TASKS}?{query}", headers=alice)
-    assert response.status_code == 422
-    assert f"'{parameter}'" in response.get_json()["error"]["message"]
+    body = problem(response, 422)
+    assert f"'{parameter}'" in body["detail"]
+    assert parameter in [error.get("parameter") for error in body["errors"]]
 
 
 def test_list_accepts_the_largest_page_size(client, alice):
@@ -305,8 +307,10 @@ def test_update_with_a_null_due_date_clears_it(client, alice):
 def test_update_with_invalid_fields_is_422(client, alice, payload, fragment):
     task = create(client, alice)
     response = client.patch(f"{TASKS}/{task['id']}", json=payload, headers=alice)
-    assert response.status_code == 422
-    assert fragment in response.get_json()["error"]["message"]
+    body = problem(response, 422)
+    assert fragment in body["detail"]
+    pointers = [error["pointer"] for error in body["errors"]]
+    assert pointers == ([""] if payload == {} else [f"/{fragment.strip(chr(39))}"])
 
 
 @pytest.mark.parametrize("task_id", [UNKNOWN_ID, "not-an-id"])
@@ -399,7 +403,7 @@ def test_patch_with_an_if_match_that_is_not_current_is_412_and_changes_nothing(w
     if_match = {"stale": stale, "weak": f"W/{current}", "unknown": '"nope"'}[kind]
     response = client.patch(url, json={"title": "third"}, headers={**headers, "If-Match": if_match})
     assert response.status_code == 412
-    assert response.get_json()["error"]["code"] == 412
+    assert response.get_json()["status"] == 412
     after = client.get(url, headers=headers)
     assert after.get_json()["title"] == "second"
     assert after.headers["ETag"] == current

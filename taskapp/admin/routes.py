@@ -80,7 +80,7 @@ def existing_user(user_id: str) -> User:
 @admin_required
 @arguments(UserQuery)
 def users(query: UserQuery) -> dict[str, Any]:
-    """List the accounts by email, or find one with ``email`` (admin only)."""
+    """List the accounts by email, or find one by its email (admin only)."""
     found, total = accounts.list_users(query.email, query.page, query.per_page)
     items = [user.to_dict() for user in found]
     return {"items": items, "page": query.page, "per_page": query.per_page, "total": total}
@@ -101,7 +101,10 @@ def user_tasks(user_id: str, query: ListQuery) -> dict[str, Any]:
 @admin_required
 @body(RoleUpdate)
 def set_role(user_id: str, body: RoleUpdate) -> dict[str, Any]:
-    """Give a user the user or admin role (admin only); effective on their next request."""
+    """Give a user the user or admin role (admin only).
+
+    The role is checked on every request: it takes effect on the user's next one.
+    """
     user = accounts.set_role(user_id, body.role)
     if user is None:
         raise NotFound("user not found")

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import g, request
-from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
 from taskapp.auth import revocation
 from taskapp.auth.tokens import current_access
 from taskapp.cache.context import RequestState
+from taskapp.errors import TokenRefused
 from taskapp.openapi import annotate
 
 _UNSET = object()  # g memo sentinel: None is a valid memoised answer ("no valid token")
@@ -32,16 +32,26 @@ def current_user_id() -> str | None:
     return memo  # type: ignore[return-value]
 
 
+def bearer_presented() -> bool:
+    """True when the request carries a bearer token, valid or not."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and bool(token.strip())
+
+
 def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
-    """401 unless the request carries a valid token; the view finds the id in ``g.user_id``."""
+    """401 unless the request carries a valid token; the view finds the id in ``g.user_id``.
+
+    A presented bearer token that is refused (expired, revoked, malformed) is told so
+    (``error="invalid_token"``, RFC 6750 section 3); a request without one only learns the scheme.
+    """
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         user_id = current_user_id()
         if user_id is None:
-            raise Unauthorized(
-                "a valid bearer token is required", www_authenticate=WWWAuthenticate("bearer")
-            )
+            if bearer_presented():
+                raise TokenRefused("the bearer token is expired, revoked or not valid")
+            raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
         g.user_id = user_id
         return view(*args, **kwargs)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, g
-from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
 from taskapp.auth import service
@@ -21,8 +20,10 @@ from taskapp.auth.schemas import (
     UserOut,
 )
 from taskapp.auth.tokens import current_access
+from taskapp.errors import TokenRefused
 from taskapp.openapi import response
 from taskapp.ratelimit import limit_login, limit_register
+from taskapp.responses import no_content
 from taskapp.validation import body
 
 bp = Blueprint("auth", __name__)
@@ -61,55 +62,66 @@ def login(body: Credentials) -> dict[str, Any]:
 @response(TokenOut, errors=(401, 429))
 @body(RefreshIn)
 def refresh(body: RefreshIn) -> dict[str, Any]:
-    """Exchange a refresh token (single use) for a new token pair. Presenting one that was
-    already used revokes every token of its login (401)."""
+    """Exchange a refresh token for a new token pair.
+
+    A refresh token is single use: presenting one that was already used revokes every token of
+    its login (401).
+    """
     return service.refresh(body.refresh_token)
 
 
 @bp.post("/logout")
 @response(None, status=204)
 @login_required
-def logout() -> tuple[str, int]:
-    """End this login: its access and refresh tokens are refused from now on."""
+def logout() -> Response:
+    """End this login.
+
+    Its access and refresh tokens are refused from now on.
+    """
     access = current_access()
     assert access is not None  # login_required admitted it
     service.revoke_session(access.user_id, access.session_id)
-    return "", 204
+    return no_content()
 
 
 @bp.post("/password")
 @response(None, status=204, errors=(403, 409, 429))
 @login_required
 @body(PasswordChange)
-def change_password(body: PasswordChange) -> tuple[str, int]:
-    """Change your password: every token issued before (this one included) is refused."""
+def change_password(body: PasswordChange) -> Response:
+    """Change your password.
+
+    Every token issued before, this one included, is refused from now on.
+    """
     access = current_access()
     assert access is not None  # login_required admitted it
     user = service.find_user(access.user_id)
     limit_login(user.email if user is not None else "")  # guessing the current one is a login
     service.change_password(access, body.current_password, body.new_password)
-    return "", 204
+    return no_content()
 
 
 @bp.get("/me")
 @response(AccountOut)
 @login_required
 def me() -> dict[str, Any]:
-    """Your account: id, email and current role (read from MongoDB, never cached)."""
+    """Your account: id, email and current role.
+
+    Read from MongoDB on every request, never cached.
+    """
     user = service.find_user(g.user_id)
     if user is None:  # a valid token of an account that no longer exists
-        raise Unauthorized(
-            "the account of this token no longer exists",
-            www_authenticate=WWWAuthenticate("bearer"),
-        )
+        raise TokenRefused("the account of this token no longer exists")
     return user.to_dict()
 
 
 @bp.delete("/me")
 @response(None, status=204)
 @login_required
-def delete_me() -> tuple[str, int]:
-    """Delete your account with its tasks and activity; its tokens are refused from now on and
-    the email can register again."""
+def delete_me() -> Response:
+    """Delete your account, its tasks and its activity.
+
+    Its tokens are refused from now on, and its email can register again.
+    """
     service.delete_account(g.user_id)
-    return "", 204
+    return no_content()

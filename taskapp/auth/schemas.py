@@ -91,8 +91,12 @@ class AccountOut(BaseModel):
 
 
 class TokenOut(BaseModel):
-    """An access token to send as ``Authorization: Bearer <access_token>`` (valid
-    ``expires_in`` seconds) and a single-use refresh token for ``POST /api/v1/auth/refresh``."""
+    """A token pair of one login.
+
+    Send the access token as ``Authorization: Bearer <access_token>`` (valid ``expires_in``
+    seconds); exchange the refresh token (single use) for a new pair at
+    ``POST /api/v1/auth/refresh``.
+    """
 
     access_token: str
     token_type: Literal["Bearer"]

@@ -13,12 +13,12 @@ from typing import Any, NoReturn
 from bson import ObjectId
 from flask import current_app
 from mongoengine import NotUniqueError
-from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Conflict, Forbidden, Unauthorized
 
 from taskapp import db
 from taskapp.auth import revocation, tokens
 from taskapp.auth.tokens import Access
+from taskapp.errors import TokenRefused
 from taskapp.models import ROLES, Session, User, check_dummy_password, utcnow
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def start_session(user: User) -> dict[str, Any]:
     now = db.read(lambda: User.objects(id=user.id).only("token_generation").first())
     if now is None or now.token_generation != user.token_generation:
         revoke_session(str(user.id), str(session.id))
-        raise _unauthorized("the account changed while logging in; log in again")
+        raise Unauthorized("the account changed while logging in; log in again")
     # The user's revocation hash exists from the first login on, so requests find it built.
     revocation.rebuild(str(user.id))
     return _token_pair(str(user.id), str(session.id), refresh_id, user.token_generation)
@@ -267,4 +267,5 @@ def _token_pair(user_id: str, session_id: str, refresh_id: str, generation: int)
 
 
 def _unauthorized(message: str) -> Unauthorized:
-    return Unauthorized(message, www_authenticate=WWWAuthenticate("bearer"))
+    """401 for a presented token (a refresh token, an access token) that is refused."""
+    return TokenRefused(message)

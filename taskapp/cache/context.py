@@ -30,10 +30,13 @@ class RequestState:
       (key, entry, lease);
     - ``scopes``: the scope versions Redis returned (scope key -> version), which check the
       in-process layer's entries for the rest of the request;
-    - ``source_read``: the request read the source of truth (its answer is an ``X-Cache: MISS``).
+    - ``source_read``: the request read the source of truth (its answer is an ``X-Cache: MISS``);
+    - ``source_time``: seconds the request spent waiting on the source of truth: its own reads
+      and writes (as the app counts them) and other callers' fills it waited for; a request
+      waits for fills only while this is under CACHE_FILL_TIMEOUT.
     """
 
-    __slots__ = ("started", "admission", "looked_up", "scopes", "source_read")
+    __slots__ = ("started", "admission", "looked_up", "scopes", "source_read", "source_time")
 
     #: The environ key holding a request's state.
     KEY = "taskapp.request"
@@ -44,6 +47,7 @@ class RequestState:
         self.looked_up: tuple[str, Any, Any] | None = None
         self.scopes: dict[str, bytes] = {}
         self.source_read = False
+        self.source_time = 0.0
 
     def take_looked_up(self) -> tuple[str, Any, Any] | None:
         """The lookup handed on by a layer in front of Flask, once (it is used or released)."""

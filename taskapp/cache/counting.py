@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskapp.cache import metrics, stats
+from taskapp.cache import metrics, stats, tracing
 from taskapp.cache.derived_keys import Keys
 
 _PROMETHEUS: dict[str, Any] = {
@@ -33,7 +33,10 @@ class Counter:
         self.recorder = stats.StatsRecorder()
 
     def count(self, event: str, full_key: str | None = None, family: str | None = None) -> None:
-        """Count ``event`` in Prometheus and in the shared stats, by the key's family."""
+        """Count ``event`` in Prometheus and in the shared stats, by the key's family (and note
+        it on the request's span when tracing is on)."""
+        if tracing.tracer is not None:
+            tracing.note(event)
         child = _PROMETHEUS.get(event)
         if child is not None:
             child.inc()

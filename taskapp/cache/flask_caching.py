@@ -32,6 +32,7 @@ from markupsafe import Markup
 
 from taskapp.cache.client import CommandError, Unavailable
 from taskapp.cache.state import state_of
+from taskapp.cache.stats import escape_glob
 
 if TYPE_CHECKING:
     from taskapp.cache.store import Store
@@ -276,11 +277,16 @@ class JSONRedisCache(FlaskCachingRedisCache):
         return self.delete_many(*keys) if keys else None
 
     def clear(self) -> bool:
-        """Delete every key of this backend; raises when Redis cannot list them (nothing to hold)."""
+        """Delete every key of this backend; raises when Redis cannot list them (nothing to hold).
+
+        Listed with SCAN, never KEYS (which blocks the server, and which a least-privilege user
+        may not run)."""
         store = self._write_client.store
-        pattern = self._get_prefix() + "*"
+        pattern = escape_glob(self._get_prefix()) + "*"
         try:
-            found = store.run(lambda: store.client.keys(pattern), op="flask_caching")
+            found = store.run(
+                lambda: list(store.client.scan_iter(match=pattern, count=1000)), op="flask_caching"
+            )
         except Unavailable as exc:
             raise RuntimeError(
                 f"Flask-Caching clear: Redis unavailable ({exc}); nothing cleared"

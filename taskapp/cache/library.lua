@@ -94,9 +94,9 @@ end
 -- version lost and made anew fails the shortcut, and the entry is then checked version by
 -- version.
 
--- The payload of a stored entry (its stored form) when every version it records is current
--- (read in one MGET), else nil.
-local function checked(stored)
+-- What a stored form records: where its payload starts, the keys of the versions it records
+-- (the first, its own version's, left to the caller) and those versions; nil when malformed.
+local function recorded(stored)
   local pos = string.find(stored, '\n', 1, true)
   if not pos then return nil end
   local keys, wanted = {}, {}
@@ -133,7 +133,7 @@ local function valid_entry(keys)
     local header_end = string.find(stored, '\n\n', stamp_end, true)
     return header_end and string.sub(stored, header_end + 2), scope
   end
-  local start, version_keys, wanted = checked(stored)
+  local start, version_keys, wanted = recorded(stored)
   if not start then return nil, scope end
   version_keys[1] = keys[4]
   local versions = redis.call('MGET', unpack(version_keys))

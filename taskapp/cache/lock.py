@@ -24,6 +24,7 @@ from typing import Any
 
 from taskapp.cache import functions, stats
 from taskapp.cache.client import Unavailable
+from taskapp.cache.context import RequestState
 from taskapp.cache.counting import Counter
 from taskapp.cache.entry import Entry
 from taskapp.cache.notifier import Notifier
@@ -105,6 +106,7 @@ class FillLock:
         read: Callable[[], Entry | None],
         stale: Entry | None = None,
         first: tuple[Entry | None, str, Any] | None = None,
+        request: RequestState | None = None,
     ) -> tuple[Entry | None, str, Any]:
         """Take the lock, or wait for the holder's fill; every caller of the cache goes here.
 
@@ -114,8 +116,13 @@ class FillLock:
         when another caller's fill (or, given ``stale``, the stale entry) answers; (None, token,
         extra) when this caller holds the lock and must fill; (None, "", extra) when the wait ran
         out and the caller fetches without the lock. Raises Unavailable from ``attempt``.
+
+        A ``request`` waits for fills, as for the source itself, at most ``fill_timeout`` in
+        all: what it spent on the source before (``source_time``) shortens its wait, and its
+        wait is added to it.
         """
-        deadline = time.monotonic() + self.fill_timeout
+        spent = request.source_time if request is not None else 0.0
+        deadline = time.monotonic() + max(0.0, self.fill_timeout - spent)
         waited = False
         outcome = first
         while True:
@@ -135,13 +142,14 @@ class FillLock:
             if not waited:
                 self.counter.count(stats.LOCK_WAIT, full_key)
                 waited = True
+            began = time.monotonic()
             entry = self._wait_for_fill(full_key, deadline, read)
+            if request is not None:
+                request.source_time += time.monotonic() - began
             if entry is not None:
                 return entry, "", extra
             if time.monotonic() >= deadline:
-                log.debug(
-                    "waited %.1fs for %s; fetching without the lock", self.fill_timeout, full_key
-                )
+                log.debug("gave up waiting for the fill of %s; fetching without the lock", full_key)
                 return None, "", extra
             # Still held (the next attempt takes it if not): the holder is alive and renewing.
 

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from flask import current_app
 
-from taskapp.cache import metrics, stats
+from taskapp.cache import metrics, stats, tracing
 from taskapp.cache.admission import NONE, Admission, Answer
 from taskapp.cache.client import Unavailable
 from taskapp.cache.context import RequestState, mark_source_read
@@ -299,7 +299,11 @@ class Region:
                 return None, None, answer  # nothing was read: no lock was taken
             first = self._looked_up(full_key, answer.read, token, False, request)
             entry, token, versions = self.lock.fill_or_wait(
-                full_key, attempt, lambda: self.read(full_key, request), first=first
+                full_key,
+                attempt,
+                lambda: self.read(full_key, request),
+                first=first,
+                request=request,
             )
         except Unavailable:  # nothing to wait for: no lease
             return None, None, answer
@@ -416,9 +420,12 @@ class Region:
         seconds = self.ttl(ttl, None)
         entry = Entry(raw_json, time.time() + seconds, lease.tags, meta=meta)
         announce = self.keys.fill_channel if lease.token else ""
-        return self.store_entry(
+        stored = self.store_entry(
             lease.full_key, entry, seconds, lease.versions, request, lease.token, announce=announce
         )
+        if tracing.tracer is not None:
+            tracing.note("fill" if stored else "refused_stale_fill")
+        return stored
 
     def delete(self, full_keys: list[str], request: RequestState | None) -> int:
         """Delete entries everywhere (Redis and every process's memory); fills in flight lose."""
@@ -528,7 +535,7 @@ class Region:
 
         try:
             entry, token, _ = self.lock.fill_or_wait(
-                full_key, attempt, lambda: self.read(full_key, request), stale
+                full_key, attempt, lambda: self.read(full_key, request), stale, request=request
             )
         except Unavailable:
             log.debug("no lock for %s: Redis unavailable, fetching without the cache", full_key)
@@ -611,6 +618,8 @@ class Region:
             announce=self.keys.fill_channel,
         )
         metrics.CACHE_FILLS.labels("stored" if stored else "refused").inc()
+        if tracing.tracer is not None:
+            tracing.note("fill" if stored else "refused_stale_fill")
         if not stored:
             log.debug("fill of %s not stored: invalidated during the fetch", full_key)
         return value

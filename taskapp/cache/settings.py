@@ -104,7 +104,7 @@ class CacheSettings:
 
         A bad value raises ``RuntimeError`` naming the setting and what it must be.
         """
-        values = {}
+        values: dict[str, Any] = {}
         for name, (default, convert) in SETTINGS.items():
             raw = config.setdefault(name, default)
             try:

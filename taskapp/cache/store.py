@@ -13,7 +13,7 @@ import redis
 from hiredis import pack_command
 from redis.crc import key_slot
 
-from taskapp.cache import functions, metrics, stats
+from taskapp.cache import functions, metrics, stats, tracing
 from taskapp.cache.client import Unavailable, connect, redacted
 from taskapp.cache.counting import Counter
 from taskapp.cache.derived_keys import Keys
@@ -75,11 +75,15 @@ class Store:
         log.info("cache on %s (prefix %r)", redacted(settings.redis_url), keys.prefix)
 
     def run(self, fn: Callable[[], Any], op: str = "other") -> Any:
-        """Run ``fn`` through the breaker, timed as cache operation ``op``; raises Unavailable."""
+        """Run ``fn`` through the breaker, timed as cache operation ``op`` (and traced as a span
+        of its own when tracing is on); raises Unavailable."""
         started = time.perf_counter()
+        span = tracing.redis_span(op, self.breaker.is_open) if tracing.tracer is not None else None
         try:
             return self.breaker.call(fn)
         finally:
+            if span is not None:
+                tracing.end(span)
             timer = self._timers.get(op)
             if timer is None:
                 timer = self._timers[op] = metrics.CACHE_OP_SECONDS.labels(op)

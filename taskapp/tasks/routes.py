@@ -11,7 +11,7 @@ from werkzeug.http import parse_etags, unquote_etag
 from taskapp.auth.identity import login_required
 from taskapp.cache.response_cache import _etag as user_etag
 from taskapp.openapi import response
-from taskapp.responses import cached_response, signed_in
+from taskapp.responses import cached_response, no_content, signed_in
 from taskapp.tasks import service
 from taskapp.tasks.schemas import (
     ActivityFeed,
@@ -69,7 +69,10 @@ def if_match() -> service.Precondition | None:
 @login_required
 @arguments(ListQuery)
 def list_tasks(query: ListQuery) -> dict[str, Any]:
-    """List your tasks one page at a time: newest first, or filtered and sorted as you ask."""
+    """List your tasks one page at a time.
+
+    Newest first, or filtered and sorted as you ask.
+    """
     return service.list_tasks(g.user_id, query)
 
 
@@ -108,7 +111,10 @@ def get_task(task_id: str) -> dict[str, Any]:
 @login_required
 @body(TaskUpdate)
 def update_task(task_id: str, body: TaskUpdate) -> Response:
-    """Change any subset of a task's fields (only while If-Match, if sent, is current)."""
+    """Change any subset of a task's fields.
+
+    With If-Match, only while it names the task's current ETag (else 412, nothing changed).
+    """
     return task_response(found(service.update_task(g.user_id, task_id, body, if_match())))
 
 
@@ -116,12 +122,13 @@ def update_task(task_id: str, body: TaskUpdate) -> Response:
 @response(None, status=204, if_match=True)
 @login_required
 def delete_task(task_id: str) -> Response:
-    """Delete one of your tasks (only while If-Match, if sent, is current)."""
+    """Delete one of your tasks.
+
+    With If-Match, only while it names the task's current ETag (else 412, nothing changed).
+    """
     if not service.delete_task(g.user_id, task_id, if_match()):
         raise NotFound("task not found")
-    resp = Response(status=204)
-    del resp.headers["Content-Type"]  # no content, so no type of it (RFC 9110 section 8.3)
-    return resp
+    return no_content()
 
 
 @bp.get("/activity")
