@@ -215,6 +215,16 @@ def post_worker_init(worker):
     gc.freeze()
 
 
+def worker_exit(server, worker):
+    """In the worker, as it exits (SIGTERM, max requests): stop its write-behind flusher after
+    the batch in hand, so no task it was applying waits for its lease to run out."""
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        from taskapp.tasks.service import stop_flushers
+
+        stop_flushers(app)
+
+
 def child_exit(server, worker):
     """Drop a dead worker's live gauges (its counters stay counted)."""
     from prometheus_client import multiprocess

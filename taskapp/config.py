@@ -28,6 +28,11 @@ MIN_SECRET_KEY_BYTES = 32
 # caller waits for another caller's fill (CACHE_FILL_TIMEOUT), a wait that counts as its own
 # MongoDB time.
 FILL_READS = 2
+# A write-behind apply is one MongoDB update, bounded by MONGODB_TIMEOUT_MS on the client's
+# side; MongoDB may still run it a while after the flusher gave up waiting. The flusher's lease
+# on the task (WRITE_BEHIND_APPLY_LEASE_MS) outlives it by this factor, so no other flusher
+# applies the task meanwhile.
+APPLY_LEASE_TIMEOUTS = 3
 
 
 def _email_list(raw: str) -> list[str]:
@@ -58,6 +63,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     "MONGODB_TIMEOUT_MS": (3000, int_at_least(1)),
     # Unset: derived from MONGODB_TIMEOUT_MS in _validate (see FILL_READS).
     "CACHE_FILL_TIMEOUT": (None, seconds),
+    # Unset: derived from MONGODB_TIMEOUT_MS in _validate (see APPLY_LEASE_TIMEOUTS).
+    "WRITE_BEHIND_APPLY_LEASE_MS": (None, int_at_least(100)),
     "SECRET_KEY": (None, str),
     "ADMIN_EMAILS": ([], _email_list),
     "CORS_ORIGINS": ([], _origin_list),
@@ -128,6 +135,8 @@ def _validate(values: dict[str, Any]) -> None:
     if values["CACHE_FILL_TIMEOUT"] is None:
         delays_ms = FILL_READS * values["SIMULATED_DB_LATENCY_MS"]
         values["CACHE_FILL_TIMEOUT"] = (values["MONGODB_TIMEOUT_MS"] + delays_ms) / 1000
+    if values["WRITE_BEHIND_APPLY_LEASE_MS"] is None:
+        values["WRITE_BEHIND_APPLY_LEASE_MS"] = APPLY_LEASE_TIMEOUTS * values["MONGODB_TIMEOUT_MS"]
     redis_url = values["REDIS_URL"]
     if not redis_url.startswith((EMBEDDED_REDIS, "redis://", "rediss://", "unix://")):
         raise ConfigError(

@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 
 import pytest
 import redis
 
-from taskapp.cache.writebehind import MAX_ATTEMPTS, SourceUnavailable, WriteBehind
+from taskapp.cache.writebehind import (
+    MAX_ATTEMPTS,
+    VERSION_MARK_TTL_MS,
+    SourceUnavailable,
+    WriteBehind,
+)
 from tests.cache_helpers import wait_until
 from tests.test_cache_processes import child, next_event
 
@@ -224,3 +230,136 @@ def test_each_objects_changes_are_applied_in_the_order_they_were_staged(write_be
         i: state["version"] for i, state in source.items()
     }
     assert all(versions == sorted(set(versions)) for versions in applied.values())
+
+
+def test_an_object_has_one_entry_queued_however_many_changes_it_has(write_behind):
+    write_behind.ensure_group()
+    for n in range(5):
+        write_behind.stage("o", "o", {"n": 0, "version": 0}, {"n": n})
+    write_behind.stage("p", "p", {"n": 0, "version": 0}, {"n": 1})
+    assert write_behind.client.xlen(write_behind.stream) == 2
+
+
+def test_a_change_staged_during_an_apply_is_applied_on_the_next_round(write_behind):
+    write_behind.ensure_group()
+    write_behind.stage("o", "o", {"n": 0, "version": 0}, {"n": 1})
+    applied = []
+
+    def apply(object_id, state):
+        applied.append(state["version"])
+        if len(applied) == 1:  # a change arrives while the first state is being applied
+            write_behind.stage("o", "o", state, {"n": 2})
+
+    assert write_behind.flush_once(apply, "c1", block_ms=10) == 1
+    assert write_behind.pending("o") == {"n": 2, "version": 2}  # not dropped: newer than applied
+    assert write_behind.client.xlen(write_behind.stream) == 1  # queued again
+    assert write_behind.flush_once(apply, "c1", block_ms=10) == 1
+    assert applied == [1, 2]
+    assert write_behind.pending("o") is None
+    assert write_behind.client.xlen(write_behind.stream) == 0
+
+
+def test_two_flushers_never_apply_one_object_at_once(write_behind, raw, key_prefix):
+    """Flusher A is slow to apply; flusher B takes A for dead (claim idle 0) and claims its
+    entry: B must leave the object alone while A holds it, and A's settling (a change came
+    meanwhile) queues the newer state, which B then applies."""
+    other = WriteBehind(raw, key_prefix, flush_ms=100, claim_idle_ms=0, apply_lease_ms=10_000)
+    write_behind.ensure_group()
+    write_behind.stage("o", "o", {"n": 0, "version": 0}, {"n": 1})
+    inside, leave = threading.Event(), threading.Event()
+    applying, most, applied = [0], [0], []
+    lock = threading.Lock()
+
+    def apply(object_id, state):
+        with lock:
+            applying[0] += 1
+            most[0] = max(most[0], applying[0])
+        if not inside.is_set():
+            inside.set()
+            assert leave.wait(10)
+        applied.append(state["version"])
+        with lock:
+            applying[0] -= 1
+
+    slow = threading.Thread(target=write_behind.flush_once, args=(apply, "a"), daemon=True)
+    slow.start()
+    assert inside.wait(10)
+    write_behind.stage("o", "o", {"n": 1, "version": 1}, {"n": 2})  # merged, nothing queued
+    assert other.flush_once(apply, "b", block_ms=10) == 1  # A's entry, claimed: left alone
+    assert applied == []
+    leave.set()
+    slow.join(10)
+    assert applied == [1]
+    wait_until(lambda: other.flush_once(apply, "b", block_ms=10) and applied == [1, 2])
+    assert most[0] == 1
+    assert write_behind.pending("o") is None
+    assert write_behind.client.xlen(write_behind.stream) == 0
+
+
+def test_an_object_whose_flusher_died_mid_apply_is_applied_once_its_lease_runs_out(raw, key_prefix):
+    dead = WriteBehind(raw, key_prefix, flush_ms=100, claim_idle_ms=0, apply_lease_ms=300)
+    dead.ensure_group()
+    dead.stage("o", "o", {"n": 0, "version": 0}, {"n": 1})
+    dead.client.xreadgroup(dead.group, "dead", {dead.stream: ">"}, count=1)
+    assert dead._take(keys=[dead.pending_key("o"), dead.lease_key("o")], args=["gone", 300])
+    applied = []  # "dead" took the lease and the entry, and died before it applied anything
+    assert dead.flush_once(lambda i, s: applied.append(s), "live", block_ms=10) == 1
+    assert applied == []  # held by the dead flusher's lease
+    wait_until(
+        lambda: dead.flush_once(lambda i, s: applied.append(s), "live", block_ms=10) and applied
+    )
+    assert applied == [{"n": 1, "version": 1}]
+    assert dead.pending("o") is None
+    assert dead.client.exists(dead.lease_key("o")) == 0
+
+
+def test_a_change_over_a_view_read_longer_ago_than_the_marker_lives_is_refused(write_behind):
+    write_behind.ensure_group()
+    now = int(time.time() * 1000)
+    old = now - VERSION_MARK_TTL_MS - 1000  # its marker may have expired since
+    assert write_behind.stage("o", "o", {"n": 0, "version": 0}, {"n": 1}, read_at_ms=old) is None
+    assert write_behind.stage("o", "o", {"n": 0, "version": 0}, {"n": 1}, read_at_ms=now)
+    # With a pending state the caller's view is not used: nothing to refuse.
+    assert write_behind.stage("o", "o", {"n": 0, "version": 0}, {"m": 1}, read_at_ms=old) == {
+        "n": 1,
+        "m": 1,
+        "version": 2,
+    }
+
+
+def test_a_newer_change_of_a_dead_lettered_object_gets_tries_of_its_own(write_behind):
+    write_behind.ensure_group()
+    write_behind.claim_idle_ms = 0  # retry the failed change at once (XAUTOCLAIM)
+    write_behind.stage("o", "o", {"n": 0, "version": 0}, {"n": "bad"})
+    applied = []
+
+    def apply(object_id, state):
+        if state["n"] == "bad":
+            if len(tried) == MAX_ATTEMPTS - 1:  # a good change comes during the last try
+                write_behind.stage("o", "o", state, {"n": 2})
+            tried.append(state["version"])
+            raise ValueError("document refused")
+        applied.append(state)
+
+    tried = []
+    for _ in range(MAX_ATTEMPTS):
+        write_behind.flush_once(apply, "c1", block_ms=10)
+    assert len(tried) == MAX_ATTEMPTS
+    assert write_behind.client.xlen(write_behind.dead_letters) == 1
+    write_behind.flush_once(apply, "c1", block_ms=10)
+    assert applied == [{"n": 2, "version": 2}]
+    assert write_behind.pending("o") is None
+    assert write_behind.client.xlen(write_behind.stream) == 0
+
+
+def test_a_redis_that_may_evict_any_key_is_volatile(durable_redis, key_prefix):
+    client = redis.Redis(port=durable_redis.port)
+    try:
+        assert WriteBehind(client, key_prefix, flush_ms=100, claim_idle_ms=300).volatile() is None
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        queue = WriteBehind(client, key_prefix, flush_ms=100, claim_idle_ms=300)
+        assert queue.volatile() == "maxmemory-policy allkeys-lru"
+        client.config_set("maxmemory-policy", "volatile-lru")  # never evicts the queue
+        assert WriteBehind(client, key_prefix, flush_ms=100, claim_idle_ms=300).volatile() is None
+    finally:
+        client.close()

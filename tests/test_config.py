@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 from taskapp.config import SETTINGS, ConfigError, check_redis, load
 
@@ -159,6 +160,28 @@ def test_write_behind_on_a_redis_without_appendonly_is_refused_unless_allowed(
     started({**WRITE_BEHIND, "REDIS_URL": private_redis.url, "WRITE_BEHIND_ALLOW_VOLATILE": "1"})
     started({**WRITE_BEHIND, "REDIS_URL": durable_redis.url})
     started({"REDIS_URL": private_redis.url, "SECRET_KEY": "x" * 32})  # other strategies: no need
+
+
+def test_write_behind_on_a_redis_that_may_evict_its_queue_is_refused_unless_allowed():
+    """allkeys-* may evict any key, the write-behind queue's too (it has no expiry): answered
+    changes would be lost (tests/test_faults.py measured it); volatile-* never evicts it."""
+    from tests.redis_server import RedisServer
+
+    evicting = RedisServer(
+        "--maxmemory-policy", "allkeys-lru", appendonly=True, appendfsync="always"
+    )
+    try:
+        with pytest.raises(
+            ConfigError,
+            match="^setting TASK_WRITE_STRATEGY=write-behind needs a Redis that never evicts its "
+            "queue: .*maxmemory-policy allkeys-lru.*ALLOW_VOLATILE=1$",
+        ):
+            started({**WRITE_BEHIND, "REDIS_URL": evicting.url})
+        started({**WRITE_BEHIND, "REDIS_URL": evicting.url, "WRITE_BEHIND_ALLOW_VOLATILE": "1"})
+        redis.Redis(port=evicting.port).config_set("maxmemory-policy", "volatile-lru")
+        started({**WRITE_BEHIND, "REDIS_URL": evicting.url})
+    finally:
+        evicting.stop()
 
 
 def test_write_behind_on_a_redis_that_may_lose_its_last_second_is_started_with_a_warning(

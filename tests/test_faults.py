@@ -21,7 +21,9 @@ import dataclasses
 import http.client
 import itertools
 import json
+import os
 import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -59,7 +61,8 @@ _ids = itertools.count()
 
 
 def send(port: int, method: str, path: str, body=None, headers=None):
-    """(status, headers, parsed body, request id) over a fresh connection; status 0 when unanswered."""
+    """(status, headers, parsed body (a 5xx: its text), request id) over a fresh connection;
+    status 0 when unanswered."""
     rid = f"r{next(_ids)}"
     head = {"Content-Type": "application/json", "X-Request-Id": rid, **(headers or {})}
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
@@ -67,7 +70,9 @@ def send(port: int, method: str, path: str, body=None, headers=None):
         connection.request(method, path, json.dumps(body) if body is not None else None, head)
         response = connection.getresponse()
         raw = response.read()
-        parsed = json.loads(raw) if raw and response.status < 500 else None
+        if response.status >= 500:  # its text, for the messages of failed tests
+            return response.status, response.headers, raw.decode(errors="replace"), rid
+        parsed = json.loads(raw) if raw else None
         return response.status, response.headers, parsed, rid
     except (OSError, http.client.HTTPException, ValueError):
         return 0, {}, None, rid
@@ -585,3 +590,154 @@ def test_a_write_answered_during_a_slow_fill_is_seen_by_every_worker_after_redis
     print(f"[finding-1-{loss}] {len(stale)} of {len(seen)} reads stale; workers {dict(workers)}")
     assert len(workers) == WORKERS  # every worker answered
     assert stale == [], f"{len(stale)} of {len(seen)} reads answered the old title: {stale[:5]}"
+
+
+# Write-behind with several flushers (every worker runs one)
+
+WB_TASKS = 6
+WB_PATCHES = 80  # sequential PATCHes per task, each on a fresh connection
+
+
+class Writers:
+    """One sequential writer per task, each setting its task's title to 1, 2, 3, ... (a PATCH on
+    a fresh connection each, so the kernel spreads them over the workers); ``halfway`` is set
+    once half of all PATCHes were answered."""
+
+    def __init__(self, port: int, headers: dict[str, str], task_ids: list[str]) -> None:
+        self.port, self.headers, self.task_ids = port, headers, task_ids
+        self.statuses: dict[str, list[tuple[int, int]]] = {t: [] for t in task_ids}
+        self.refusals: list[tuple[str, int, int, str]] = []  # (task, title, status, why)
+        self.halfway = threading.Event()
+        self._done = itertools.count(1)
+        self.threads = [threading.Thread(target=self.write, args=(t,)) for t in task_ids]
+
+    def run(self, during: Callable[[], None]) -> None:
+        """Write every task's titles; ``during`` runs once half of them were answered."""
+        for thread in self.threads:
+            thread.start()
+        self.halfway.wait(REQUEST_TIMEOUT * WB_PATCHES)
+        during()
+        for thread in self.threads:
+            thread.join()
+
+    def write(self, task_id: str) -> None:
+        for value in range(1, WB_PATCHES + 1):
+            status, _, body, _ = send(
+                self.port, "PATCH", f"/api/v1/tasks/{task_id}", {"title": str(value)}, self.headers
+            )
+            self.statuses[task_id].append((value, status))
+            if status != 200:
+                self.refusals.append((task_id, value, status, str(body)))
+            if next(self._done) == WB_TASKS * WB_PATCHES // 2:
+                self.halfway.set()
+
+    def refused(self) -> list[tuple[str, int, int, str]]:
+        """(task, title, status, why) of every PATCH not answered 200."""
+        return list(self.refusals)
+
+    def newest_answered(self, task_id: str) -> int:
+        """The last title of the task answered 200 (0: none)."""
+        return max((v for v, s in self.statuses[task_id] if s == 200), default=0)
+
+
+def sigterm_a_worker(server) -> Callable[[], None]:
+    """SIGTERM to one worker mid-run: it finishes what it serves and exits, gunicorn starts
+    another (its flusher dies with it, whatever it held)."""
+    from tests.test_gunicorn import worker_pids
+
+    def fault() -> None:
+        os.kill(worker_pids(server.proc.pid)[0], signal.SIGTERM)
+
+    return fault
+
+
+class Ballast:
+    """volatile-lru with ``maxmemory`` just above what Redis uses, and 1 KB keys with an expiry
+    (as cache entries have) written until stopped: Redis evicts all the while, any key with an
+    expiry it picks: the app's cache entries and version keys, the ballast.
+
+    (Under allkeys-lru Redis may evict the write-behind queue itself, which has no expiry:
+    answered changes are lost, so write-behind refuses such a Redis at start-up.)"""
+
+    def __init__(self, redis_server) -> None:
+        self.client = redis.Redis(port=redis_server.port)
+        used = int(self.client.info("memory")["used_memory"])
+        self.client.config_set("maxmemory-policy", "volatile-lru")
+        self.client.config_set("maxmemory", used + 2 * 1024 * 1024)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.fill, daemon=True)
+        self.thread.start()
+
+    def fill(self) -> None:
+        filler = b"x" * 1024
+        for batch in itertools.count():
+            if self.stop.is_set():
+                return
+            pipe = self.client.pipeline(transaction=False)
+            for n in range(100):
+                pipe.set(f"ballast:{batch}:{n}", filler, ex=3600)
+            pipe.execute()
+            time.sleep(0.05)
+
+    def evicted(self) -> int:
+        """Keys Redis evicted so far (the ballast's and the app's)."""
+        self.stop.set()
+        self.thread.join(5)
+        return int(self.client.info("stats")["evicted_keys"])
+
+
+@pytest.mark.parametrize("fault", ["none", "worker-sigterm", "volatile-lru"])
+def test_write_behind_with_three_flushers_loses_no_answered_patch_and_refuses_none(
+    make_redis, start, mongodb_uri, fault
+):
+    """6 tasks, one sequential writer each (80 PATCHes), 3 workers each running a flusher,
+    flushed every 200 ms: every PATCH is answered 200 (nothing is down), and MongoDB ends with
+    each task's last answered title; so with a worker SIGTERMed midway (gunicorn starts
+    another) and under volatile-lru eviction. A task is never applied by two flushers at once,
+    so this holds on a MongoDB whose conditional update is not atomic (FerretDB)."""
+    redis_server = make_redis("--appendonly", "yes", "--appendfsync", "always")
+    server, _, headers, _ = start(
+        redis_server.url,
+        mongodb_uri,
+        TASK_WRITE_STRATEGY="write-behind",
+        WRITE_BEHIND_FLUSH_MS="200",
+        # Nothing is down here: a Redis that answers later than the default 250 ms is taken for
+        # down (503), which a loaded test host (appendfsync always, shared cores) can cause.
+        REDIS_SOCKET_TIMEOUT="1",
+    )
+    task_ids = []
+    for _ in range(WB_TASKS):
+        status, _, task, _ = send(server.port, "POST", "/api/v1/tasks", {"title": "0"}, headers)
+        assert status == 201, task
+        task_ids.append(task["id"])
+    ballast = Ballast(redis_server) if fault == "volatile-lru" else None
+    during = sigterm_a_worker(server) if fault == "worker-sigterm" else lambda: None
+    writers = Writers(server.port, headers, task_ids)
+    started = time.monotonic()
+    writers.run(during)
+    took = time.monotonic() - started
+    evicted = ballast.evicted() if ballast is not None else 0
+    newest = {t: writers.newest_answered(t) for t in task_ids}
+    stored = {t: wait_in_mongodb(mongodb_uri, t, newest[t]) for t in task_ids}
+    lost = {t: (newest[t], stored[t]) for t in task_ids if stored[t] != newest[t]}
+    refused = writers.refused()
+    statuses = dict(Counter(status for _, _, status, _ in refused))
+    print(
+        f"[write-behind-3-flushers-{fault}] {WB_TASKS * WB_PATCHES} PATCHes in {took:.1f}s, "
+        f"{len(refused)} not answered 200 {statuses}, {len(lost)} of {WB_TASKS} tasks without "
+        f"their last answered title in MongoDB, {evicted} keys evicted"
+    )
+    warnings = [line for line in server.output().splitlines() if "WARNING" in line]
+    assert (lost, refused) == ({}, []), (
+        f"(last answered, MongoDB's) titles: {lost}; "
+        f"(task, title, status, why) of PATCHes not answered 200: {refused[:5]}; "
+        f"the workers' warnings: {warnings[-10:]}"
+    )
+    if ballast is not None:
+        assert evicted > 0  # Redis did evict meanwhile
+    for task_id in task_ids:  # every task still takes a change at once
+        status, _, body, _ = send(
+            server.port, "PATCH", f"/api/v1/tasks/{task_id}", {"title": "1000"}, headers
+        )
+        assert status == 200, body
+        assert wait_in_mongodb(mongodb_uri, task_id, 1000) == 1000

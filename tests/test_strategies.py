@@ -151,10 +151,10 @@ def test_a_page_read_while_its_change_is_flushed_still_shows_the_change(make_app
         settled.set()
         return result
 
-    settle = writebehind.WriteBehind._settle_entry
+    settle = writebehind.WriteBehind._settle_object
     monkeypatch.setitem(service.FETCHERS, "task_list", slow_page)
     monkeypatch.setattr(service, "apply_pending", late_apply)
-    monkeypatch.setattr(writebehind.WriteBehind, "_settle_entry", settle_and_tell)
+    monkeypatch.setattr(writebehind.WriteBehind, "_settle_object", settle_and_tell)
     app = make_app(TASK_WRITE_STRATEGY="write-behind", WRITE_BEHIND_FLUSH_MS=20)
     service.start_flushers(app)  # with the apply patched above
     client = app.test_client()
@@ -256,6 +256,47 @@ def test_write_behind_keeps_concurrent_patches_of_one_task(make_app):
             "high",
             4,
         )
+
+
+def test_a_write_behind_patch_whose_stage_a_flush_outdated_reads_the_task_as_it_is_now(
+    make_app, monkeypatch
+):
+    """A PATCH reads the task (this process's memory holds it); before it stages, another
+    PATCH is staged and flushed, so its stage is refused (its view predates the flushed
+    version). It must read the task again as it is now: this request learned, when it began,
+    the versions that check memory, and memory still holds the task as it was then. Reading
+    that again, every retry was refused and the PATCH answered 503 with nothing down."""
+    app = make_app(TASK_WRITE_STRATEGY="write-behind", WRITE_BEHIND_FLUSH_MS=60_000)
+    client = app.test_client()
+    headers = login(client)
+    task = client.post(TASKS, json={"title": "t"}, headers=headers).get_json()
+    path = f"{TASKS}/{task['id']}"
+    for _ in range(2):  # cached, then held in this process's memory
+        client.get(path, headers={**headers, **NO_HTTP_CACHE})
+    stage = writebehind.WriteBehind.stage
+    raced = threading.Event()
+
+    def another_change_flushed():
+        assert (
+            app.test_client().patch(path, json={"completed": True}, headers=headers).status_code
+            == 200
+        )
+        with app.app_context():
+            cache.write_behind().ensure_group()
+            assert cache.write_behind().flush_once(service.apply_pending, "flusher", block_ms=10)
+
+    def stage_after_another_change(self, *args, **kwargs):
+        if not raced.is_set():
+            raced.set()  # the other PATCH's stage comes through here too: straight on
+            other = threading.Thread(target=another_change_flushed)
+            other.start()
+            other.join(10)
+        return stage(self, *args, **kwargs)
+
+    monkeypatch.setattr(writebehind.WriteBehind, "stage", stage_after_another_change)
+    response = client.patch(path, json={"title": "both"}, headers=headers)
+    assert response.status_code == 200, response.get_json()
+    assert (response.get_json()["title"], response.get_json()["completed"]) == ("both", True)
 
 
 @pytest.mark.parametrize("read", READ)

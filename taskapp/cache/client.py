@@ -25,6 +25,11 @@ _OUTAGE_REPLIES = (
 _OUTAGE_PREFIXES = ("BUSY", "MASTERDOWN", "LOADING", "NOREPLICAS", "CLUSTERDOWN")
 
 
+#: The prefix of the ``maxmemory-policy`` values under which Redis may evict any key, those
+#: without an expiry included (the others evict nothing, or only keys with an expiry).
+EVICTS_ANY_KEY = "allkeys-"
+
+
 class Unavailable(Exception):
     """Redis cannot be used right now (it failed, or the breaker is open); treat as a miss."""
 

@@ -186,6 +186,20 @@ class RedisCache:
         state = self._state()
         return state.region.delete([state.keys.entry(k) for k in keys], current())
 
+    def recheck_memory(self) -> None:
+        """For the rest of this request, check the in-process layer's entries against Redis
+        again before serving them.
+
+        A request learns the versions that check them once (read-your-writes across processes
+        at the cost of one round trip), so it does not see what other processes changed after
+        it learned them. A read-modify-write that must see such a change (it was refused for
+        having read an older state) calls this before it reads again. Outside a request there
+        is nothing to forget: every read asks Redis.
+        """
+        request = current()
+        if request is not None:
+            request.scopes.clear()
+
     def invalidate_tags(self, *tags: str) -> int:
         """Remove every entry stored with any of ``tags``, including fills already in flight;
         the number of tags Redis took now (0 when held back).

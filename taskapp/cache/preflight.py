@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from taskapp.cache import functions
-from taskapp.cache.client import connect, redacted
+from taskapp.cache.client import EVICTS_ANY_KEY, connect, redacted
 from taskapp.cache.settings import CacheSettings
 
 log = logging.getLogger("taskapp.cache")
@@ -97,10 +97,12 @@ def _run_functions(client: Any, settings: CacheSettings) -> None:
 
 
 def _check_durable(client: Any, url: str) -> None:
-    """Refuse a Redis without appendonly (write-behind would lose answered changes in a crash);
-    warn when appendfsync is not ``always`` (a crash may lose the last second or two)."""
+    """Refuse a Redis without appendonly (write-behind would lose answered changes in a crash)
+    or with a ``maxmemory-policy`` of ``allkeys-*`` (it may evict the queue, which has no
+    expiry); warn when appendfsync is not ``always`` (a crash may lose the last second or two)."""
     try:
         aof = int(client.info("persistence").get("aof_enabled", 0))
+        policy = str(client.info("memory").get("maxmemory_policy", ""))
     except redis.exceptions.NoPermissionError as exc:
         raise RedisRefused(
             "setting TASK_WRITE_STRATEGY=write-behind needs to know whether Redis keeps what it "
@@ -109,6 +111,13 @@ def _check_durable(client: Any, url: str) -> None:
         ) from None
     if not aof:
         raise RedisRefused(_volatile(f"the Redis at {url} runs with appendonly no"))
+    if policy.startswith(EVICTS_ANY_KEY):
+        raise RedisRefused(
+            "setting TASK_WRITE_STRATEGY=write-behind needs a Redis that never evicts its "
+            f"queue: the Redis at {url} runs with maxmemory-policy {policy}, which may evict "
+            "answered changes before they reach MongoDB; use noeviction or a volatile-* "
+            "policy, or set WRITE_BEHIND_ALLOW_VOLATILE=1"
+        )
     try:
         fsync = client.config_get("appendfsync").get("appendfsync")
     except redis.exceptions.ResponseError:

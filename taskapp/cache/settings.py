@@ -74,6 +74,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "L1_CACHE_TTL": (5, seconds),
     "WRITE_BEHIND_FLUSH_MS": (1000, int_at_least(10)),
     "WRITE_BEHIND_CLAIM_IDLE_MS": (5000, int_at_least(100)),
+    # How long a flusher holds an object it applies: longer than any apply takes.
+    "WRITE_BEHIND_APPLY_LEASE_MS": (10_000, int_at_least(100)),
 }
 
 
@@ -97,6 +99,7 @@ class CacheSettings:
     l1_ttl: float
     flush_ms: int
     claim_idle_ms: int
+    apply_lease_ms: int
 
     @classmethod
     def from_config(cls, config: Any) -> CacheSettings:
@@ -134,4 +137,5 @@ class CacheSettings:
             l1_ttl=values["L1_CACHE_TTL"],
             flush_ms=values["WRITE_BEHIND_FLUSH_MS"],
             claim_idle_ms=values["WRITE_BEHIND_CLAIM_IDLE_MS"],
+            apply_lease_ms=values["WRITE_BEHIND_APPLY_LEASE_MS"],
         )

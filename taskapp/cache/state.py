@@ -66,6 +66,7 @@ class CacheState:
                 self.keys.prefix,
                 flush_ms=settings.flush_ms,
                 claim_idle_ms=settings.claim_idle_ms,
+                apply_lease_ms=settings.apply_lease_ms,
                 guard=partial(self.store.run, op="write_behind"),
                 flusher_client=flusher_client,
             )

@@ -1,18 +1,30 @@
 """Write-behind: changes answered from Redis at once, applied to the source by flushers.
 
-A change is merged into the object's pending state and queued on a Redis Stream in one script
-(STAGE). Flushers read the stream in a consumer group, apply the newest state of each object to
-the source (idempotent: the source keeps the version and ignores older ones), and only then
-acknowledge it (SETTLE). A flusher that dies keeps its entries pending in the group; another
-flusher claims them after ``claim_idle_ms`` (XAUTOCLAIM) and applies them again, which the
-version makes harmless. A change whose apply keeps failing (the source refuses that object)
-is moved to a dead-letter stream after ``MAX_ATTEMPTS`` tries, without holding up the other
-objects of its batch; an outage of the source (``SourceUnavailable``) holds everything and counts
-no attempt. A deleted object leaves a tombstone that refuses any later change of it.
+A change is merged into the object's pending state in one script (STAGE); the first change of
+an object with nothing pending also queues one entry for it on a Redis Stream. So an object has
+at most one entry queued, whatever the number of its changes: the entry says "this object has a
+pending state", not which one. Flushers read the stream in a consumer group; for each object
+they take its apply lease (TAKE: one flusher applies an object at a time, so the source never
+sees two applies of one object at once, whether or not its conditional update is atomic), read
+the object's current pending state, apply it to the source (idempotent: the source keeps the
+version and ignores older ones), and only then acknowledge the entry (SETTLE): the pending state
+is dropped if it is still the one applied, and otherwise (a change came during the apply) the
+object is queued again, to be applied on the next round.
+
+A flusher that dies keeps its entries pending in the group; another flusher claims them after
+``claim_idle_ms`` (XAUTOCLAIM). A lease outlives the longest apply (``apply_lease_ms``): an
+object whose flusher died mid-apply, or whose apply timed out (the source may still run it), is
+applied again only once its lease has run out. A change whose apply keeps failing (the source
+refuses that object) is moved to a dead-letter stream after ``MAX_ATTEMPTS`` tries, without
+holding up the other objects of its batch; an outage of the source (``SourceUnavailable``) holds
+everything and counts no attempt. A deleted object leaves a tombstone that refuses any later
+change of it.
 
 Durability is Redis's: without AOF (``appendonly yes``, ``appendfsync everysec`` or ``always``)
 a Redis crash loses the changes not yet flushed, so ``volatile`` tells whether a server keeps
-what it acknowledged.
+what it acknowledged. Nor may Redis evict the queue: the pending states, the stream and the
+leases have no expiry, so ``maxmemory-policy`` ``noeviction`` or ``volatile-*`` keeps them, while
+``allkeys-*`` may evict them and lose answered changes (``volatile`` says so too).
 """
 
 from __future__ import annotations
@@ -23,22 +35,30 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from taskapp.cache import metrics
-from taskapp.cache.client import REDIS_ERRORS, Unavailable
+from taskapp.cache.client import EVICTS_ANY_KEY, REDIS_ERRORS, Unavailable
 
 log = logging.getLogger("taskapp.cache.writebehind")
 
 #: What a Redis outage raises here: redis-py's errors, or the breaker's refusal.
 OUTAGES = (*REDIS_ERRORS, Unavailable)
 
-#: How long the last staged version of an object (and the tombstone of a deleted one) is
-#: remembered: far longer than any read-modify-stage takes.
-VERSION_MARK_TTL_MS = 3_600_000
+#: How long the last staged version of an object is remembered. It only has to outlive one
+#: read-modify-stage (a writer that read the object, then stages its change over what it read):
+#: STAGE refuses a base read longer ago than this, to be read again, so the marker is always
+#: there for the stages that need it. Kept short because a marker ahead of the source with no
+#: pending state (the pending state lost with Redis's keys) refuses every change until it ends.
+VERSION_MARK_TTL_MS = 30_000
+
+#: How long a deleted object's tombstone refuses its changes: far longer than any
+#: read-modify-stage takes (a writer that read the object before the delete).
+TOMBSTONE_TTL_MS = 3_600_000
 
 #: Failed applies of one change (the source refused the object, not an outage) before it is
 #: moved to the dead-letter stream.
@@ -47,9 +67,11 @@ MAX_ATTEMPTS = 5
 #: Dead letters kept (approximately: XADD MAXLEN ~); the oldest go first.
 DEAD_LETTERS_MAXLEN = 10_000
 
-#: What STAGE answers for an object with a tombstone, and past the caller's deadline.
+#: What STAGE answers for an object with a tombstone, and past the caller's deadline; what
+#: TAKE answers for an object another flusher is applying.
 DELETED = b"deleted"
 LATE = b"late"
+BUSY = b"busy"
 
 
 class Deleted(Exception):
@@ -61,33 +83,35 @@ class SourceUnavailable(Exception):
     fault): the whole batch waits for the source to return, and no attempt is counted."""
 
 
-# STAGE: merge a change into an object's pending state, give it the next version and queue it on
-# the write-behind stream, in one step (concurrent changes of one object never lose each other).
-# A caller whose view of the object is older than the last version staged (a flusher applied and
-# dropped the pending state since the caller read it) is refused, to read again. A change of a
-# deleted object (its tombstone is set: the caller read it before the delete) is refused too.
-# KEYS[1] the object's pending state (JSON, no expiry: it lives until the flusher applied it),
+# STAGE: merge a change into an object's pending state and give it the next version, in one
+# step (concurrent changes of one object never lose each other); when nothing was pending, also
+# queue the object on the write-behind stream (when something was, its entry is queued already:
+# the flusher applies the pending state as it is when it gets there). A caller whose view of the
+# object is older than the last version staged (a flusher applied and dropped the pending state
+# since the caller read it), or was read longer ago than that version is remembered, is refused,
+# to read again. A change of a deleted object (its tombstone is set: the caller read it before
+# the delete) is refused too.
+# KEYS[1] the object's pending state (JSON, no expiry: it lives until a flusher applied it),
 # KEYS[2] the stream, KEYS[3] the last version staged for the object, KEYS[4] its tombstone
 # ARGV[1] the object as the caller read it (JSON with its version; used when nothing is
 # pending), ARGV[2] the change (a JSON object of fields), ARGV[3] the object's id,
 # ARGV[4] time to live of the last-version marker in ms, ARGV[5] the latest time the change may
 # be queued (ms since the epoch, '' for none): a script that reaches Redis later (it sat in the
-# socket of a paused server) belongs to a request already answered 503, so it changes nothing.
+# socket of a paused server) belongs to a request already answered 503, so it changes nothing;
+# ARGV[6] when the caller read the object (ms since the epoch, '' when unknown)
 # returns the new pending state (JSON), false when the caller's object is outdated, 'deleted'
 # when the object has a tombstone, or 'late' past the deadline
 STAGE = """
-if ARGV[5] ~= '' then
-  local now = redis.call('TIME')
-  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[5]) then
-    return 'late'
-  end
-end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if ARGV[5] ~= '' and now_ms > tonumber(ARGV[5]) then return 'late' end
 if redis.call('EXISTS', KEYS[4]) == 1 then return 'deleted' end
 local current = redis.call('GET', KEYS[1])
 local state
 if current then
   state = cjson.decode(current)
 else
+  if ARGV[6] ~= '' and now_ms - tonumber(ARGV[6]) >= tonumber(ARGV[4]) then return false end
   state = cjson.decode(ARGV[1])
   local staged = tonumber(redis.call('GET', KEYS[3]) or '0')
   if (tonumber(state['version']) or 0) < staged then return false end
@@ -97,14 +121,15 @@ state['version'] = (tonumber(state['version']) or 0) + 1
 local encoded = cjson.encode(state)
 redis.call('SET', KEYS[1], encoded)
 redis.call('SET', KEYS[3], state['version'], 'PX', ARGV[4])
-redis.call('XADD', KEYS[2], '*',
-  'id', ARGV[3], 'key', KEYS[1], 'version', state['version'], 'state', encoded)
+if not current then
+  redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'key', KEYS[1])
+end
 return encoded
 """
 
 # TOMBSTONE: before an object is deleted from the source, refuse every later change of it (a
 # writer that read it before the delete would otherwise stage a state that brings it back) and
-# drop its pending state (its queued changes then match nothing in the source).
+# drop its pending state (its queued entry then finds nothing to apply).
 # KEYS[1] the object's pending state, KEYS[2] its tombstone
 # ARGV[1] time to live of the tombstone in ms
 # returns the pending state dropped (JSON), or false when none was pending
@@ -116,8 +141,8 @@ return current
 """
 
 # REVIVE: the delete failed at the source: lift the tombstone and put back the pending state it
-# dropped, queued again, so a flusher settles it (and drops it) once applied (idempotent by
-# version if it already was).
+# dropped, queued again (the entry queued before may have been acknowledged meanwhile, finding
+# nothing to apply; if not, the object is queued twice, which its apply lease makes harmless).
 # KEYS[1] the object's pending state, KEYS[2] its tombstone, KEYS[3] the stream
 # ARGV[1] the pending state the tombstone dropped (JSON, or '' when none), ARGV[2] the object id
 # returns 1 when a pending state was put back, else 0
@@ -125,41 +150,103 @@ REVIVE = """
 redis.call('DEL', KEYS[2])
 if ARGV[1] == '' or redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('XADD', KEYS[3], '*',
-  'id', ARGV[2], 'key', KEYS[1], 'version', cjson.decode(ARGV[1])['version'], 'state', ARGV[1])
+redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'key', KEYS[1])
 return 1
 """
 
-# SETTLE: after the flusher applied a change to the source, acknowledge and delete its entry (the
-# stream holds only changes not yet applied), forget its failed attempts, and drop the pending
-# state if no newer change arrived meanwhile.
-# KEYS[1] the stream, KEYS[2] the object's pending state, KEYS[3] the failed-attempts hash
-# ARGV[1] the consumer group, ARGV[2] the stream entry id, ARGV[3] the version applied
-# returns 1 when the pending state was dropped, 0 when a newer change is still pending
+# TAKE: before a flusher applies an object, take the object's apply lease and read its pending
+# state as it is now, in one step: no other flusher applies the object until the lease is given
+# back (SETTLE, RELEASE) or runs out (a flusher that died mid-apply). The lease keeps its end
+# in its value, not as a Redis expiry, so an eviction policy that evicts keys with an expiry
+# (volatile-*) never takes it from under a flusher.
+# KEYS[1] the object's pending state, KEYS[2] its apply lease ("<token> <end, ms since epoch>")
+# ARGV[1] this apply's token, ARGV[2] how long the lease lasts in ms
+# returns the pending state (JSON) with the lease taken, false when nothing is pending (applied
+# and settled already, or deleted; no lease taken), or 'busy' when another flusher holds it
+TAKE = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local lease = redis.call('GET', KEYS[2])
+if lease then
+  local holder, ends = string.match(lease, '^(%S+) (%d+)$')
+  if holder ~= ARGV[1] and tonumber(ends or '0') > now_ms then return 'busy' end
+end
+local current = redis.call('GET', KEYS[1])
+if not current then
+  if lease then redis.call('DEL', KEYS[2]) end
+  return false
+end
+redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. (now_ms + tonumber(ARGV[2])))
+return current
+"""
+
+# SETTLE: after the flusher applied an object's pending state to the source (or found nothing
+# to apply), acknowledge and delete the object's entries (the stream holds only objects not yet
+# applied) and forget their failed attempts; then give the lease back and drop the pending
+# state if it is still the version applied, or else queue the object again: a change that came
+# during the apply is applied on the next round. When the lease ran out and another flusher
+# took the object meanwhile, that flusher settles it.
+# KEYS[1] the stream, KEYS[2] the object's pending state, KEYS[3] the failed-attempts hash,
+# KEYS[4] the object's apply lease
+# ARGV[1] the consumer group, ARGV[2] the version applied ('' when nothing was: only
+# acknowledge), ARGV[3] the lease's token, ARGV[4] the object id, ARGV[5..] the entry ids
+# returns 1 when nothing is left pending, 0 when the object was queued again for a newer
+# change, 2 when another flusher holds the object now
 SETTLE = """
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('HDEL', KEYS[3], ARGV[2])
+for i = 5, #ARGV do
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+  redis.call('HDEL', KEYS[3], ARGV[i])
+end
+if ARGV[2] == '' then return 1 end
+local lease = redis.call('GET', KEYS[4])
+if lease then
+  if string.match(lease, '^%S+') ~= ARGV[3] then return 2 end
+  redis.call('DEL', KEYS[4])
+end
 local current = redis.call('GET', KEYS[2])
-if current and tonumber(cjson.decode(current)['version']) <= tonumber(ARGV[3]) then
+if not current then return 1 end
+if tonumber(cjson.decode(current)['version']) <= tonumber(ARGV[2]) then
   redis.call('DEL', KEYS[2])
   return 1
 end
+redis.call('XADD', KEYS[1], '*', 'id', ARGV[4], 'key', KEYS[2])
 return 0
 """
 
-# DEAD_LETTER: a change that failed too often (or cannot even be read) moves to the dead-letter
-# stream, with why and how often it failed; it leaves the work stream, and its pending state is
-# dropped unless a newer change is pending (readers then see what the source has: the truth).
+# RELEASE: give an object's apply lease back (the apply failed and the source is done with it),
+# only if this apply still holds it (compare and delete).
+# KEYS[1] the object's apply lease
+# ARGV[1] the lease's token
+# returns 1 when released, 0 when the lease was not this apply's
+RELEASE = """
+local lease = redis.call('GET', KEYS[1])
+if lease and string.match(lease, '^%S+') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# DEAD_LETTER: a change that failed too often (or an entry that cannot even be read) moves to
+# the dead-letter stream, with why, how often it failed and the state tried (with its version);
+# its entry leaves the work stream, and the pending state is dropped if it is the state tried
+# (readers then see what the source has: the truth), or else the object is queued again: a
+# newer change gets tries of its own.
 # KEYS[1] the stream, KEYS[2] the dead-letter stream, KEYS[3] the failed-attempts hash,
 # KEYS[4] the object's pending state (the stream's own name when the entry names none)
-# ARGV[1] the consumer group, ARGV[2] the entry id, ARGV[3] the version ('' when unknown),
-# ARGV[4] the error, ARGV[5] the attempts, ARGV[6] the dead letters kept, ARGV[7..] the
-# entry's fields and values
+# ARGV[1] the consumer group, ARGV[2] the entry id, ARGV[3] the version tried ('' when
+# unknown), ARGV[4] the error, ARGV[5] the attempts, ARGV[6] the dead letters kept, ARGV[7] the
+# state tried (JSON, '' when none), ARGV[8] the object id, ARGV[9..] the entry's fields and values
 # returns the dead letter's id
 DEAD_LETTER = """
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+if ARGV[3] ~= '' then
+  fields[#fields + 1] = 'version'
+  fields[#fields + 1] = ARGV[3]
+end
+if ARGV[7] ~= '' then
+  fields[#fields + 1] = 'state'
+  fields[#fields + 1] = ARGV[7]
+end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
   'entry', ARGV[2], 'error', ARGV[4], 'attempts', ARGV[5], unpack(fields))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
@@ -167,8 +254,12 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[2])
 if KEYS[4] ~= KEYS[1] and ARGV[3] ~= '' then
   local current = redis.call('GET', KEYS[4])
-  if current and tonumber(cjson.decode(current)['version']) <= tonumber(ARGV[3]) then
-    redis.call('DEL', KEYS[4])
+  if current then
+    if tonumber(cjson.decode(current)['version']) <= tonumber(ARGV[3]) then
+      redis.call('DEL', KEYS[4])
+    else
+      redis.call('XADD', KEYS[1], '*', 'id', ARGV[8], 'key', KEYS[4])
+    end
   end
 end
 return id
@@ -198,8 +289,9 @@ return removed
 DEAD_CONSUMER_MIN_MS = 60_000
 
 #: apply(object_id, state) writes ``state`` to the source unless it holds a newer version; it
-#: raises ``SourceUnavailable`` when the source is down and ``Unavailable`` when Redis is (any
-#: other error is this object's).
+#: raises ``SourceUnavailable`` when the source is down (it may still run the write later) and
+#: ``Unavailable`` when Redis is, the source being done with it (any other error is this
+#: object's). One flusher at a time applies an object: ``apply`` need not be atomic.
 Apply = Callable[[str, dict[str, Any]], None]
 
 
@@ -215,6 +307,7 @@ class WriteBehind:
         *,
         flush_ms: int,
         claim_idle_ms: int,
+        apply_lease_ms: int | None = None,
         guard: Callable[[Callable[[], Any]], Any] | None = None,
         flusher_client: Any = None,
     ) -> None:
@@ -222,7 +315,9 @@ class WriteBehind:
         cache's breaker, raising ``Unavailable``), on a client with short timeouts, so a hung
         Redis costs a request no more than any other cache call. ``flusher_client`` (default
         ``client``) serves only the flushers, whose blocking stream read needs a socket timeout
-        longer than the block."""
+        longer than the block. ``apply_lease_ms`` (default ``claim_idle_ms``) is how long a
+        flusher holds an object it applies: longer than any apply takes, including what the
+        source may still run after the flusher gave up waiting (a timeout)."""
         self.client = client
         self.flusher_client = flusher_client if flusher_client is not None else client
         self._guard = guard or _unguarded
@@ -233,16 +328,19 @@ class WriteBehind:
         self.attempts = f"{prefix}wb:attempts"  # entry id -> failed applies
         self.flush_ms = flush_ms
         self.claim_idle_ms = claim_idle_ms
+        self.apply_lease_ms = apply_lease_ms if apply_lease_ms is not None else claim_idle_ms
         self._stage = client.register_script(STAGE)
         self._tombstone = client.register_script(TOMBSTONE)
         self._revive = client.register_script(REVIVE)
+        self._take = self.flusher_client.register_script(TAKE)
         self._settle = self.flusher_client.register_script(SETTLE)
+        self._release = self.flusher_client.register_script(RELEASE)
         self._dead_letter = self.flusher_client.register_script(DEAD_LETTER)
         self._prune = self.flusher_client.register_script(PRUNE_CONSUMERS)
         #: A consumer idle this long with nothing pending is a flusher gone for good.
         self.dead_consumer_ms = max(DEAD_CONSUMER_MIN_MS, 10 * claim_idle_ms)
-        #: Whether the server keeps what it acknowledged (None: not asked yet).
-        self.durable: bool | None = None
+        #: What makes the server lose what it acknowledged ("": nothing; None: not asked yet).
+        self._volatility: str | None = None
 
     def pending_key(self, key: str) -> str:
         """The Redis key of an object's pending state."""
@@ -256,6 +354,10 @@ class WriteBehind:
         """The Redis key marking an object as deleted."""
         return f"{self.prefix}wb:gone:{key}"
 
+    def lease_key(self, key: str) -> str:
+        """The Redis key naming the flusher that applies an object now (its apply lease)."""
+        return f"{self.prefix}wb:lease:{key}"
+
     def stage(
         self,
         key: str,
@@ -263,10 +365,13 @@ class WriteBehind:
         base: dict[str, Any],
         change: dict[str, Any],
         deadline_ms: int | None = None,
+        read_at_ms: int | None = None,
     ) -> dict[str, Any] | None:
         """Queue ``change`` of an object whose state, as the caller read it, is ``base`` (with
         its ``version``); the new pending state, or None when ``base`` is outdated (a newer
-        version was staged and already flushed): read the object again and retry.
+        version was staged and already flushed, or ``base`` was read at ``read_at_ms``, this
+        host's clock in ms since the epoch, longer ago than the last staged version is
+        remembered): read the object again and retry.
 
         Raises ``Deleted`` when the object was deleted since the caller read it, and
         ``Unavailable`` when Redis cannot take it: a change that cannot be queued must be
@@ -289,6 +394,7 @@ class WriteBehind:
                     object_id,
                     VERSION_MARK_TTL_MS,
                     "" if deadline_ms is None else deadline_ms,
+                    "" if read_at_ms is None else read_at_ms,
                 ],
             )
         )
@@ -303,7 +409,7 @@ class WriteBehind:
         the state dropped (JSON, for ``revive``) or None. Raises ``Unavailable``."""
         dropped = self._guard(
             lambda: self._tombstone(
-                keys=[self.pending_key(key), self.tombstone_key(key)], args=[VERSION_MARK_TTL_MS]
+                keys=[self.pending_key(key), self.tombstone_key(key)], args=[TOMBSTONE_TTL_MS]
             )
         )
         return dropped.decode() if dropped else None
@@ -318,13 +424,22 @@ class WriteBehind:
             )
         )
 
-    def volatile(self) -> bool:
-        """True when the server does not keep what it acknowledged (``appendonly no``): a crash
-        then loses changes not yet flushed. Asked once per process; raises ``Unavailable``."""
-        if self.durable is None:
-            info = self._guard(lambda: self.client.info("persistence"))
-            self.durable = bool(int(info.get("aof_enabled", 0)))
-        return not self.durable
+    def volatile(self) -> str | None:
+        """What makes the server lose what it acknowledged, None when nothing does:
+        ``appendonly no`` (a crash loses changes not yet flushed) or a ``maxmemory-policy`` of
+        ``allkeys-*`` (it may evict the queue's keys, which have no expiry). Asked once per
+        process; raises ``Unavailable``."""
+        if self._volatility is None:
+            persistence = self._guard(lambda: self.client.info("persistence"))
+            memory = self._guard(lambda: self.client.info("memory"))
+            policy = str(memory.get("maxmemory_policy", ""))
+            if not int(persistence.get("aof_enabled", 0)):
+                self._volatility = "appendonly no"
+            elif policy.startswith(EVICTS_ANY_KEY):
+                self._volatility = f"maxmemory-policy {policy}"
+            else:
+                self._volatility = ""
+        return self._volatility or None
 
     def pending(self, key: str) -> dict[str, Any] | None:
         """The object's state with its changes not yet flushed, or None. Raises Unavailable
@@ -378,47 +493,97 @@ class WriteBehind:
         return len(entries)
 
     def _apply_batch(self, apply: Apply, entries: list[tuple[bytes, dict]]) -> None:
-        """Apply the newest state of each object once and settle its entries; an object whose
-        apply fails keeps its entries for a later try (dead letters after ``MAX_ATTEMPTS``)
-        while the others go through. ``SourceUnavailable`` stops the batch, and so does
-        ``Unavailable`` (the apply could not finish its work in Redis, such as invalidating what
-        the cache kept): what is left is applied again once the cause is gone."""
-        newest: dict[str, dict[str, Any]] = {}
-        grouped: dict[str, list[tuple[bytes, dict]]] = {}
+        """Apply each object of the batch once, as its pending state is now, and settle it; an
+        object whose apply fails keeps its entries for a later try (dead letters after
+        ``MAX_ATTEMPTS``) while the others go through. ``SourceUnavailable`` stops the batch,
+        and so does ``Unavailable`` (the apply could not finish its work in Redis, such as
+        invalidating what the cache kept): what is left is applied again once the cause is
+        gone."""
+        grouped: dict[str, tuple[str, list[tuple[bytes, dict]]]] = {}
         for entry_id, fields in entries:
             try:
-                state = json.loads(fields[b"state"])
                 object_id = fields[b"id"].decode()
-                fields[b"key"].decode()
-                state["version"] = int(state["version"])
-                int(fields[b"version"])
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                pending_key = fields[b"key"].decode()
+                if not pending_key.startswith(self.prefix_of_queue):
+                    raise ValueError(f"not a pending state of this queue: {pending_key!r}")
+            except (KeyError, ValueError, AttributeError) as exc:
                 # It will never read better: no retry can help it.
                 self._bury(entry_id, fields, f"unreadable entry: {exc!r}", 1)
                 continue
-            grouped.setdefault(object_id, []).append((entry_id, fields))
-            if object_id not in newest or state["version"] > newest[object_id]["version"]:
-                newest[object_id] = state
-        for object_id, state in newest.items():
-            try:
-                apply(object_id, state)
-            except (SourceUnavailable, Unavailable):
-                raise  # not this object's fault: nothing counted
-            except Exception as exc:  # noqa: BLE001 - this object's failure: count it, go on
-                self._failed(object_id, grouped[object_id], exc)
-                continue
-            for entry_id, fields in grouped[object_id]:
-                self._settle_entry(entry_id, fields)
+            grouped.setdefault(object_id, (pending_key, []))[1].append((entry_id, fields))
+        for object_id, (pending_key, object_entries) in grouped.items():
+            self._apply_object(apply, object_id, pending_key, object_entries)
 
-    def _settle_entry(self, entry_id: bytes, fields: dict) -> None:
-        """Acknowledge an applied entry and drop its pending state unless a newer one came."""
+    def _apply_object(
+        self, apply: Apply, object_id: str, pending_key: str, entries: list[tuple[bytes, dict]]
+    ) -> None:
+        """Take the object's lease, apply its pending state as it is now, settle it.
+
+        While another flusher holds the object (its lease), the entries are left alone: that
+        flusher settles the object, and what is left here is claimed again later. A failed
+        apply gives the lease back, except after an outage of the source
+        (``SourceUnavailable``): the source may still run the update this flusher gave up
+        waiting for, so the lease runs out by itself.
+        """
+        lease_key = self.lease_key(pending_key[len(self.prefix_of_queue) :])
+        token = uuid.uuid4().hex
+        taken = self._take(keys=[pending_key, lease_key], args=[token, self.apply_lease_ms])
+        if taken == BUSY:
+            log.debug("write-behind: %s is being applied by another flusher", object_id)
+            return
+        if taken is None:  # applied and settled already, or deleted: nothing left to apply
+            self._settle_object(object_id, pending_key, lease_key, token, "", entries)
+            return
+        try:
+            state = json.loads(taken)
+            state["version"] = int(state["version"])
+            apply(object_id, state)
+        except SourceUnavailable:
+            raise  # not this object's fault: nothing counted; the lease runs out by itself
+        except Unavailable:
+            # The source is done (only the cache's Redis failed): the lease can go back now,
+            # if this flusher's own connection still reaches Redis.
+            self._release_quietly(lease_key, token)
+            raise
+        except Exception as exc:  # noqa: BLE001 - this object's failure: count it, go on
+            self._release(keys=[lease_key], args=[token])
+            self._failed(object_id, pending_key, entries, taken.decode(errors="replace"), exc)
+            return
+        self._settle_object(object_id, pending_key, lease_key, token, state["version"], entries)
+
+    def _release_quietly(self, lease_key: str, token: str) -> None:
+        """Give an object's lease back if Redis takes it; else it runs out by itself."""
+        try:
+            self._release(keys=[lease_key], args=[token])
+        except REDIS_ERRORS as exc:
+            log.debug("write-behind: lease %s left to run out (%s)", lease_key, exc)
+
+    def _settle_object(
+        self,
+        object_id: str,
+        pending_key: str,
+        lease_key: str,
+        token: str,
+        version: int | str,
+        entries: list[tuple[bytes, dict]],
+    ) -> None:
+        """Acknowledge an object's entries once ``version`` was applied ('': nothing was); drop
+        its pending state, or queue it again when a newer change came meanwhile."""
         self._settle(
-            keys=[self.stream, fields[b"key"].decode(), self.attempts],
-            args=[self.group, entry_id, fields[b"version"]],
+            keys=[self.stream, pending_key, self.attempts, lease_key],
+            args=[self.group, version, token, object_id, *(entry_id for entry_id, _ in entries)],
         )
 
-    def _failed(self, object_id: str, entries: list[tuple[bytes, dict]], exc: Exception) -> None:
-        """Count a failed apply against each entry of the object; bury those out of tries.
+    def _failed(
+        self,
+        object_id: str,
+        pending_key: str,
+        entries: list[tuple[bytes, dict]],
+        state: str,
+        exc: Exception,
+    ) -> None:
+        """Count a failed apply of ``state`` against each entry of the object; bury those out
+        of tries.
 
         The others stay pending in the group: XAUTOCLAIM hands them out again after
         ``claim_idle_ms``, so a failing object is retried at that pace, not in a tight loop.
@@ -428,22 +593,35 @@ class WriteBehind:
         for entry_id, fields in entries:
             attempts = int(self.flusher_client.hincrby(self.attempts, entry_id, 1))
             if attempts >= MAX_ATTEMPTS:
-                self._bury(entry_id, fields, error, attempts)
+                self._bury(entry_id, fields, error, attempts, pending_key, state)
 
-    def _bury(self, entry_id: bytes, fields: dict, error: str, attempts: int) -> None:
-        """Move an entry to the dead-letter stream (counted in
+    def _bury(
+        self,
+        entry_id: bytes,
+        fields: dict,
+        error: str,
+        attempts: int,
+        pending_key: str = "",
+        state: str = "",
+    ) -> None:
+        """Move an entry to the dead-letter stream with the state tried, if any (counted in
         ``taskapp_write_behind_dead_letters_total``)."""
-        pending = fields.get(b"key", self.stream.encode())
+        try:
+            version: int | str = int(json.loads(state)["version"]) if state else ""
+        except (ValueError, TypeError, KeyError):
+            version = ""
         flat = [part for pair in fields.items() for part in pair]
         self._dead_letter(
-            keys=[self.stream, self.dead_letters, self.attempts, pending],
+            keys=[self.stream, self.dead_letters, self.attempts, pending_key or self.stream],
             args=[
                 self.group,
                 entry_id,
-                fields.get(b"version", b""),
+                version,
                 error,
                 attempts,
                 DEAD_LETTERS_MAXLEN,
+                state,
+                fields.get(b"id", b""),
                 *flat,
             ],
         )

@@ -400,6 +400,9 @@ class Invalidate:
     def start(self, app: Flask) -> None:
         """Start what this strategy runs in each serving process (see ``start_flushers``)."""
 
+    def stop(self) -> None:
+        """Stop what ``start`` started in this process (see ``stop_flushers``)."""
+
 
 class WriteThrough(Invalidate):
     """write-through: the same drops, and the task as written is stored in the same atomic step,
@@ -476,6 +479,13 @@ class WriteBehind(Invalidate):
                 self._pid = os.getpid()
             self._flusher.start()
 
+    def stop(self) -> None:
+        """Stop this process's flusher after the batch in hand (a stopping worker hands its
+        tasks on settled, not held until their leases run out)."""
+        with self._lock:
+            if self._flusher is not None and self._pid == os.getpid():
+                self._flusher.stop()
+
 
 EXTENSION = "taskapp.tasks"
 
@@ -518,7 +528,8 @@ def _stage(
         for name, value in data.changes().items()
     }
     change["updated_at"] = isoformat(utcnow())
-    current = _read_checked(user_id, task_id, precondition)
+    read_at_ms = _now_ms()
+    current = _read_latest(user_id, task_id, precondition)
     if current is None:
         return None
     entry = Activity(
@@ -529,7 +540,7 @@ def _stage(
     )
     entry.save()
     try:
-        state = _queue_change(user_id, task_id, current, change, precondition)
+        state = _queue_change(user_id, task_id, current, read_at_ms, change, precondition)
     except BaseException:
         _forget(entry)  # the change was refused: so is its record
         raise
@@ -541,16 +552,35 @@ def _stage(
     return _public(state)
 
 
+def _read_latest(
+    user_id: str, tid: str, precondition: Precondition | None
+) -> dict[str, Any] | None:
+    """The task as it is now, for a write-behind change (see ``_read_checked``).
+
+    What this process's memory holds is checked against Redis again: this request learned
+    the versions that check it when it began, and a flush that settled since (in any process)
+    must be seen, or every stage over the older task is refused again.
+    """
+    cache.recheck_memory()
+    return _read_checked(user_id, tid, precondition)
+
+
+def _now_ms() -> int:
+    """This host's clock, in ms since the epoch (what STAGE compares with Redis's)."""
+    return int(time.time() * 1000)
+
+
 def _queue_change(
     user_id: str,
     task_id: str,
     current: dict[str, Any],
+    read_at_ms: int,
     change: dict[str, Any],
     precondition: Precondition | None = None,
 ) -> dict[str, Any] | None:
-    """Stage ``change`` over the task as read; the new pending state, None when the task is
-    gone (deleted since it was read), 412 when a change that came between no longer meets
-    ``precondition``, 503 when Redis cannot take it."""
+    """Stage ``change`` over the task as read at ``read_at_ms``; the new pending state, None
+    when the task is gone (deleted since it was read), 412 when a change that came between no
+    longer meets ``precondition``, 503 when Redis cannot take it."""
     write_behind = cache.write_behind()
     # A stage that Redis runs later than this (it sat in the socket of a paused server) is
     # refused there: this request gives up waiting (503) one socket timeout after it sends,
@@ -564,7 +594,8 @@ def _queue_change(
                 task_id,
                 {**current, "owner": user_id},
                 change,
-                deadline_ms=int(time.time() * 1000 + budget_ms),
+                deadline_ms=int(_now_ms() + budget_ms),
+                read_at_ms=read_at_ms,
             )
         except Deleted:
             return None  # a DELETE came between our read and our stage: it wins
@@ -573,7 +604,8 @@ def _queue_change(
         if state is not None:
             return state
         # A flush between our read and our stage: read again.
-        fresh = _read_checked(user_id, task_id, precondition)
+        read_at_ms = _now_ms()
+        fresh = _read_latest(user_id, task_id, precondition)
         if fresh is None:
             return None
         current = fresh
@@ -589,8 +621,9 @@ def _forget(entry: Activity) -> None:
 
 
 def _require_durable() -> None:
-    """Refuse write-behind changes (503) on a Redis that would lose them in a crash, unless
-    WRITE_BEHIND_ALLOW_VOLATILE: start-up checks it too, but Redis may have been down then."""
+    """Refuse write-behind changes (503) on a Redis that would lose them in a crash or evict
+    them, unless WRITE_BEHIND_ALLOW_VOLATILE: start-up checks it too, but Redis may have been
+    down then."""
     if current_app.config["WRITE_BEHIND_ALLOW_VOLATILE"]:
         return
     try:
@@ -599,8 +632,8 @@ def _require_durable() -> None:
         raise _queue_unavailable() from None
     if volatile:
         raise ServiceUnavailable(
-            "the write-behind queue's Redis runs with appendonly no and would lose answered "
-            "changes in a crash; the change was not made"
+            f"the write-behind queue's Redis runs with {volatile} and could lose answered "
+            "changes; the change was not made"
         )
 
 
@@ -686,6 +719,14 @@ def start_flushers(app: Flask) -> None:
     strategies = getattr(app, "extensions", {}).get(EXTENSION)
     if strategies is not None:
         strategies.writes.start(app)
+
+
+def stop_flushers(app: Flask) -> None:
+    """Stop this serving process's background work as its worker exits (gunicorn's
+    ``worker_exit``): the flusher finishes the batch in hand instead of dying in it."""
+    strategies = getattr(app, "extensions", {}).get(EXTENSION)
+    if strategies is not None:
+        strategies.writes.stop()
 
 
 # MongoDB reads (each through db.read, materialised inside it)
