@@ -194,7 +194,7 @@ def _server_usec(ext, tag: str) -> int:
     """Microseconds Redis spent running scripts for one ``invalidate_tags(tag)``."""
 
     def usec() -> int:
-        return ext.client.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0)
+        return ext.client.info("commandstats").get("cmdstat_fcall", {}).get("usec", 0)
 
     before = usec()
     ext.invalidate_tags(tag)

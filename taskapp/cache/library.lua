@@ -525,3 +525,211 @@ register('claim', ANYTIME, function(keys, args)
   if redis.call('SET', keys[1], '1', 'NX', 'PX', args[1]) then return 1 end
   return 0
 end)
+
+-- Write-behind ---------------------------------------------------------------------------------
+--
+-- Changes answered from Redis at once and applied to the source by flushers: see
+-- taskapp/cache/writebehind.py. The pending states, the stream and the apply leases have no
+-- expiry (they live until applied); only wb_stage stores a change, so a full Redis refuses a
+-- new change (the request is answered 503: nothing was queued) and never what settles one.
+
+-- wb_stage: merge a change into an object's pending state and give it the next version, in one
+-- step (concurrent changes of one object never lose each other); when nothing was pending, also
+-- queue the object on the write-behind stream (when something was, its entry is queued already:
+-- the flusher applies the pending state as it is when it gets there). A caller whose view of the
+-- object is older than the last version staged (a flusher applied and dropped the pending state
+-- since the caller read it), or was read longer ago than that version is remembered, is refused,
+-- to read again. A change of a deleted object (its tombstone is set: the caller read it before
+-- the delete) is refused too.
+-- keys[1] the object's pending state (JSON, no expiry: it lives until a flusher applied it),
+-- keys[2] the stream, keys[3] the last version staged for the object, keys[4] its tombstone
+-- args[1] the object as the caller read it (JSON with its version; used when nothing is
+-- pending), args[2] the change (a JSON object of fields), args[3] the object's id,
+-- args[4] time to live of the last-version marker in ms, args[5] the latest time the change may
+-- be queued (ms since the epoch, '' for none): a script that reaches Redis later (it sat in the
+-- socket of a paused server) belongs to a request already answered 503, so it changes nothing;
+-- args[6] when the caller read the object (ms since the epoch, '' when unknown)
+-- answers the new pending state (JSON), false when the caller's object is outdated, 'deleted'
+-- when the object has a tombstone, or 'late' past the deadline
+register('wb_stage', WHEN_ROOM, function(keys, args)
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  if args[5] ~= '' and now_ms > tonumber(args[5]) then return 'late' end
+  if redis.call('EXISTS', keys[4]) == 1 then return 'deleted' end
+  local current = redis.call('GET', keys[1])
+  local state
+  if current then
+    state = cjson.decode(current)
+  else
+    if args[6] ~= '' and now_ms - tonumber(args[6]) >= tonumber(args[4]) then return false end
+    state = cjson.decode(args[1])
+    local staged = tonumber(redis.call('GET', keys[3]) or '0')
+    if (tonumber(state['version']) or 0) < staged then return false end
+  end
+  for field, value in pairs(cjson.decode(args[2])) do state[field] = value end
+  state['version'] = (tonumber(state['version']) or 0) + 1
+  local encoded = cjson.encode(state)
+  redis.call('SET', keys[1], encoded)
+  redis.call('SET', keys[3], state['version'], 'PX', args[4])
+  if not current then
+    redis.call('XADD', keys[2], '*', 'id', args[3], 'key', keys[1])
+  end
+  return encoded
+end)
+
+-- wb_tombstone: before an object is deleted from the source, refuse every later change of it (a
+-- writer that read it before the delete would otherwise stage a state that brings it back) and
+-- drop its pending state (its queued entry then finds nothing to apply).
+-- keys[1] the object's pending state, keys[2] its tombstone
+-- args[1] time to live of the tombstone in ms
+-- answers the pending state dropped (JSON), or false when none was pending
+register('wb_tombstone', ANYTIME, function(keys, args)
+  local current = redis.call('GET', keys[1])
+  redis.call('SET', keys[2], '1', 'PX', args[1])
+  redis.call('DEL', keys[1])
+  return current
+end)
+
+-- wb_revive: the delete failed at the source: lift the tombstone and put back the pending state it
+-- dropped, queued again (the entry queued before may have been acknowledged meanwhile, finding
+-- nothing to apply; if not, the object is queued twice, which its apply lease makes harmless).
+-- keys[1] the object's pending state, keys[2] its tombstone, keys[3] the stream
+-- args[1] the pending state the tombstone dropped (JSON, or '' when none), args[2] the object id
+-- answers 1 when a pending state was put back, else 0
+register('wb_revive', ANYTIME, function(keys, args)
+  redis.call('DEL', keys[2])
+  if args[1] == '' or redis.call('EXISTS', keys[1]) == 1 then return 0 end
+  redis.call('SET', keys[1], args[1])
+  redis.call('XADD', keys[3], '*', 'id', args[2], 'key', keys[1])
+  return 1
+end)
+
+-- wb_take: before a flusher applies an object, take the object's apply lease and read its pending
+-- state as it is now, in one step: no other flusher applies the object until the lease is given
+-- back (wb_settle, wb_release) or runs out (a flusher that died mid-apply). The lease keeps its end
+-- in its value, not as a Redis expiry, so an eviction policy that evicts keys with an expiry
+-- (volatile-*) never takes it from under a flusher.
+-- keys[1] the object's pending state, keys[2] its apply lease ("<token> <end, ms since epoch>")
+-- args[1] this apply's token, args[2] how long the lease lasts in ms
+-- answers the pending state (JSON) with the lease taken, false when nothing is pending (applied
+-- and settled already, or deleted; no lease taken), or 'busy' when another flusher holds it
+register('wb_take', ANYTIME, function(keys, args)
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local lease = redis.call('GET', keys[2])
+  if lease then
+    local holder, ends = string.match(lease, '^(%S+) (%d+)$')
+    if holder ~= args[1] and tonumber(ends or '0') > now_ms then return 'busy' end
+  end
+  local current = redis.call('GET', keys[1])
+  if not current then
+    if lease then redis.call('DEL', keys[2]) end
+    return false
+  end
+  redis.call('SET', keys[2], args[1] .. ' ' .. (now_ms + tonumber(args[2])))
+  return current
+end)
+
+-- wb_settle: after the flusher applied an object's pending state to the source (or found nothing
+-- to apply), acknowledge and delete the object's entries (the stream holds only objects not yet
+-- applied) and forget their failed attempts; then give the lease back and drop the pending
+-- state if it is still the version applied, or else queue the object again: a change that came
+-- during the apply is applied on the next round. When the lease ran out and another flusher
+-- took the object meanwhile, that flusher settles it.
+-- keys[1] the stream, keys[2] the object's pending state, keys[3] the failed-attempts hash,
+-- keys[4] the object's apply lease
+-- args[1] the consumer group, args[2] the version applied ('' when nothing was: only
+-- acknowledge), args[3] the lease's token, args[4] the object id, args[5..] the entry ids
+-- answers 1 when nothing is left pending, 0 when the object was queued again for a newer
+-- change, 2 when another flusher holds the object now
+register('wb_settle', ANYTIME, function(keys, args)
+  for i = 5, #args do
+    redis.call('XACK', keys[1], args[1], args[i])
+    redis.call('XDEL', keys[1], args[i])
+    redis.call('HDEL', keys[3], args[i])
+  end
+  if args[2] == '' then return 1 end
+  local lease = redis.call('GET', keys[4])
+  if lease then
+    if string.match(lease, '^%S+') ~= args[3] then return 2 end
+    redis.call('DEL', keys[4])
+  end
+  local current = redis.call('GET', keys[2])
+  if not current then return 1 end
+  if tonumber(cjson.decode(current)['version']) <= tonumber(args[2]) then
+    redis.call('DEL', keys[2])
+    return 1
+  end
+  redis.call('XADD', keys[1], '*', 'id', args[4], 'key', keys[2])
+  return 0
+end)
+
+-- wb_release: give an object's apply lease back (the apply failed and the source is done with it),
+-- only if this apply still holds it (compare and delete).
+-- keys[1] the object's apply lease
+-- args[1] the lease's token
+-- answers 1 when released, 0 when the lease was not this apply's
+register('wb_release', ANYTIME, function(keys, args)
+  local lease = redis.call('GET', keys[1])
+  if lease and string.match(lease, '^%S+') == args[1] then return redis.call('DEL', keys[1]) end
+  return 0
+end)
+
+-- wb_dead_letter: a change that failed too often (or an entry that cannot even be read) moves to
+-- the dead-letter stream, with why, how often it failed and the state tried (with its version);
+-- its entry leaves the work stream, and the pending state is dropped if it is the state tried
+-- (readers then see what the source has: the truth), or else the object is queued again: a
+-- newer change gets tries of its own.
+-- keys[1] the stream, keys[2] the dead-letter stream, keys[3] the failed-attempts hash,
+-- keys[4] the object's pending state (the stream's own name when the entry names none)
+-- args[1] the consumer group, args[2] the entry id, args[3] the version tried ('' when
+-- unknown), args[4] the error, args[5] the attempts, args[6] the dead letters kept, args[7] the
+-- state tried (JSON, '' when none), args[8] the object id, args[9..] the entry's fields and values
+-- answers the dead letter's id
+register('wb_dead_letter', ANYTIME, function(keys, args)
+  local fields = {}
+  for i = 9, #args do fields[#fields + 1] = args[i] end
+  if args[3] ~= '' then
+    fields[#fields + 1] = 'version'
+    fields[#fields + 1] = args[3]
+  end
+  if args[7] ~= '' then
+    fields[#fields + 1] = 'state'
+    fields[#fields + 1] = args[7]
+  end
+  local id = redis.call('XADD', keys[2], 'MAXLEN', '~', args[6], '*',
+    'entry', args[2], 'error', args[4], 'attempts', args[5], unpack(fields))
+  redis.call('XACK', keys[1], args[1], args[2])
+  redis.call('XDEL', keys[1], args[2])
+  redis.call('HDEL', keys[3], args[2])
+  if keys[4] ~= keys[1] and args[3] ~= '' then
+    local current = redis.call('GET', keys[4])
+    if current then
+      if tonumber(cjson.decode(current)['version']) <= tonumber(args[3]) then
+        redis.call('DEL', keys[4])
+      else
+        redis.call('XADD', keys[1], '*', 'id', args[8], 'key', keys[4])
+      end
+    end
+  end
+  return id
+end)
+
+-- wb_prune_consumers: forget the consumers of a group that hold no pending change and have been idle
+-- far longer than a live flusher ever is (a flusher that died or was scaled away). Atomic, so no
+-- consumer can read entries between the check and the delete (DELCONSUMER drops what it holds).
+-- keys[1] the stream
+-- args[1] the consumer group, args[2] the idle time in ms past which an empty consumer is dead
+-- answers the names of the consumers removed
+register('wb_prune_consumers', ANYTIME, function(keys, args)
+  local removed = {}
+  for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', keys[1], args[1])) do
+    local info = {}
+    for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+    if tonumber(info['pending']) == 0 and tonumber(info['idle']) > tonumber(args[2]) then
+      redis.call('XGROUP', 'DELCONSUMER', keys[1], args[1], info['name'])
+      removed[#removed + 1] = info['name']
+    end
+  end
+  return removed
+end)

@@ -1,15 +1,16 @@
 """Write-behind: changes answered from Redis at once, applied to the source by flushers.
 
-A change is merged into the object's pending state in one script (STAGE); the first change of
-an object with nothing pending also queues one entry for it on a Redis Stream. So an object has
-at most one entry queued, whatever the number of its changes: the entry says "this object has a
-pending state", not which one. Flushers read the stream in a consumer group; for each object
-they take its apply lease (TAKE: one flusher applies an object at a time, so the source never
-sees two applies of one object at once, whether or not its conditional update is atomic), read
-the object's current pending state, apply it to the source (idempotent: the source keeps the
-version and ignores older ones), and only then acknowledge the entry (SETTLE): the pending state
-is dropped if it is still the one applied, and otherwise (a change came during the apply) the
-object is queued again, to be applied on the next round.
+A change is merged into the object's pending state in one function (``wb_stage`` in
+``library.lua``); the first change of an object with nothing pending also queues one entry for
+it on a Redis Stream. So an object has at most one entry queued, whatever the number of its
+changes: the entry says "this object has a pending state", not which one. Flushers read the
+stream in a consumer group; for each object they take its apply lease (``wb_take``: one flusher
+applies an object at a time, so the source never sees two applies of one object at once,
+whether or not its conditional update is atomic), read the object's current pending state,
+apply it to the source (idempotent: the source keeps the version and ignores older ones), and
+only then acknowledge the entry (``wb_settle``): the pending state is dropped if it is still the
+one applied, and otherwise (a change came during the apply) the object is queued again, to be
+applied on the next round.
 
 A flusher that dies keeps its entries pending in the group; another flusher claims them after
 ``claim_idle_ms`` (XAUTOCLAIM). A lease outlives the longest apply (``apply_lease_ms``): an
@@ -37,11 +38,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import redis
 
-from taskapp.cache import metrics
+from taskapp.cache import functions, metrics
 from taskapp.cache.client import EVICTS_ANY_KEY, REDIS_ERRORS, Unavailable
 
 log = logging.getLogger("taskapp.cache.writebehind")
@@ -51,7 +53,7 @@ OUTAGES = (*REDIS_ERRORS, Unavailable)
 
 #: How long the last staged version of an object is remembered. It only has to outlive one
 #: read-modify-stage (a writer that read the object, then stages its change over what it read):
-#: STAGE refuses a base read longer ago than this, to be read again, so the marker is always
+#: ``wb_stage`` refuses a base read longer ago than this, to be read again, so the marker is always
 #: there for the stages that need it. Kept short because a marker ahead of the source with no
 #: pending state (the pending state lost with Redis's keys) refuses every change until it ends.
 VERSION_MARK_TTL_MS = 30_000
@@ -67,8 +69,8 @@ MAX_ATTEMPTS = 5
 #: Dead letters kept (approximately: XADD MAXLEN ~); the oldest go first.
 DEAD_LETTERS_MAXLEN = 10_000
 
-#: What STAGE answers for an object with a tombstone, and past the caller's deadline; what
-#: TAKE answers for an object another flusher is applying.
+#: What ``wb_stage`` answers for an object with a tombstone, and past the caller's deadline; what
+#: ``wb_take`` answers for an object another flusher is applying.
 DELETED = b"deleted"
 LATE = b"late"
 BUSY = b"busy"
@@ -82,207 +84,6 @@ class SourceUnavailable(Exception):
     """Raised by an apply function when the source itself is unreachable (not this object's
     fault): the whole batch waits for the source to return, and no attempt is counted."""
 
-
-# STAGE: merge a change into an object's pending state and give it the next version, in one
-# step (concurrent changes of one object never lose each other); when nothing was pending, also
-# queue the object on the write-behind stream (when something was, its entry is queued already:
-# the flusher applies the pending state as it is when it gets there). A caller whose view of the
-# object is older than the last version staged (a flusher applied and dropped the pending state
-# since the caller read it), or was read longer ago than that version is remembered, is refused,
-# to read again. A change of a deleted object (its tombstone is set: the caller read it before
-# the delete) is refused too.
-# KEYS[1] the object's pending state (JSON, no expiry: it lives until a flusher applied it),
-# KEYS[2] the stream, KEYS[3] the last version staged for the object, KEYS[4] its tombstone
-# ARGV[1] the object as the caller read it (JSON with its version; used when nothing is
-# pending), ARGV[2] the change (a JSON object of fields), ARGV[3] the object's id,
-# ARGV[4] time to live of the last-version marker in ms, ARGV[5] the latest time the change may
-# be queued (ms since the epoch, '' for none): a script that reaches Redis later (it sat in the
-# socket of a paused server) belongs to a request already answered 503, so it changes nothing;
-# ARGV[6] when the caller read the object (ms since the epoch, '' when unknown)
-# returns the new pending state (JSON), false when the caller's object is outdated, 'deleted'
-# when the object has a tombstone, or 'late' past the deadline
-STAGE = """
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if ARGV[5] ~= '' and now_ms > tonumber(ARGV[5]) then return 'late' end
-if redis.call('EXISTS', KEYS[4]) == 1 then return 'deleted' end
-local current = redis.call('GET', KEYS[1])
-local state
-if current then
-  state = cjson.decode(current)
-else
-  if ARGV[6] ~= '' and now_ms - tonumber(ARGV[6]) >= tonumber(ARGV[4]) then return false end
-  state = cjson.decode(ARGV[1])
-  local staged = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if (tonumber(state['version']) or 0) < staged then return false end
-end
-for field, value in pairs(cjson.decode(ARGV[2])) do state[field] = value end
-state['version'] = (tonumber(state['version']) or 0) + 1
-local encoded = cjson.encode(state)
-redis.call('SET', KEYS[1], encoded)
-redis.call('SET', KEYS[3], state['version'], 'PX', ARGV[4])
-if not current then
-  redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'key', KEYS[1])
-end
-return encoded
-"""
-
-# TOMBSTONE: before an object is deleted from the source, refuse every later change of it (a
-# writer that read it before the delete would otherwise stage a state that brings it back) and
-# drop its pending state (its queued entry then finds nothing to apply).
-# KEYS[1] the object's pending state, KEYS[2] its tombstone
-# ARGV[1] time to live of the tombstone in ms
-# returns the pending state dropped (JSON), or false when none was pending
-TOMBSTONE = """
-local current = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
-redis.call('DEL', KEYS[1])
-return current
-"""
-
-# REVIVE: the delete failed at the source: lift the tombstone and put back the pending state it
-# dropped, queued again (the entry queued before may have been acknowledged meanwhile, finding
-# nothing to apply; if not, the object is queued twice, which its apply lease makes harmless).
-# KEYS[1] the object's pending state, KEYS[2] its tombstone, KEYS[3] the stream
-# ARGV[1] the pending state the tombstone dropped (JSON, or '' when none), ARGV[2] the object id
-# returns 1 when a pending state was put back, else 0
-REVIVE = """
-redis.call('DEL', KEYS[2])
-if ARGV[1] == '' or redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'key', KEYS[1])
-return 1
-"""
-
-# TAKE: before a flusher applies an object, take the object's apply lease and read its pending
-# state as it is now, in one step: no other flusher applies the object until the lease is given
-# back (SETTLE, RELEASE) or runs out (a flusher that died mid-apply). The lease keeps its end
-# in its value, not as a Redis expiry, so an eviction policy that evicts keys with an expiry
-# (volatile-*) never takes it from under a flusher.
-# KEYS[1] the object's pending state, KEYS[2] its apply lease ("<token> <end, ms since epoch>")
-# ARGV[1] this apply's token, ARGV[2] how long the lease lasts in ms
-# returns the pending state (JSON) with the lease taken, false when nothing is pending (applied
-# and settled already, or deleted; no lease taken), or 'busy' when another flusher holds it
-TAKE = """
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local lease = redis.call('GET', KEYS[2])
-if lease then
-  local holder, ends = string.match(lease, '^(%S+) (%d+)$')
-  if holder ~= ARGV[1] and tonumber(ends or '0') > now_ms then return 'busy' end
-end
-local current = redis.call('GET', KEYS[1])
-if not current then
-  if lease then redis.call('DEL', KEYS[2]) end
-  return false
-end
-redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. (now_ms + tonumber(ARGV[2])))
-return current
-"""
-
-# SETTLE: after the flusher applied an object's pending state to the source (or found nothing
-# to apply), acknowledge and delete the object's entries (the stream holds only objects not yet
-# applied) and forget their failed attempts; then give the lease back and drop the pending
-# state if it is still the version applied, or else queue the object again: a change that came
-# during the apply is applied on the next round. When the lease ran out and another flusher
-# took the object meanwhile, that flusher settles it.
-# KEYS[1] the stream, KEYS[2] the object's pending state, KEYS[3] the failed-attempts hash,
-# KEYS[4] the object's apply lease
-# ARGV[1] the consumer group, ARGV[2] the version applied ('' when nothing was: only
-# acknowledge), ARGV[3] the lease's token, ARGV[4] the object id, ARGV[5..] the entry ids
-# returns 1 when nothing is left pending, 0 when the object was queued again for a newer
-# change, 2 when another flusher holds the object now
-SETTLE = """
-for i = 5, #ARGV do
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-  redis.call('XDEL', KEYS[1], ARGV[i])
-  redis.call('HDEL', KEYS[3], ARGV[i])
-end
-if ARGV[2] == '' then return 1 end
-local lease = redis.call('GET', KEYS[4])
-if lease then
-  if string.match(lease, '^%S+') ~= ARGV[3] then return 2 end
-  redis.call('DEL', KEYS[4])
-end
-local current = redis.call('GET', KEYS[2])
-if not current then return 1 end
-if tonumber(cjson.decode(current)['version']) <= tonumber(ARGV[2]) then
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-redis.call('XADD', KEYS[1], '*', 'id', ARGV[4], 'key', KEYS[2])
-return 0
-"""
-
-# RELEASE: give an object's apply lease back (the apply failed and the source is done with it),
-# only if this apply still holds it (compare and delete).
-# KEYS[1] the object's apply lease
-# ARGV[1] the lease's token
-# returns 1 when released, 0 when the lease was not this apply's
-RELEASE = """
-local lease = redis.call('GET', KEYS[1])
-if lease and string.match(lease, '^%S+') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# DEAD_LETTER: a change that failed too often (or an entry that cannot even be read) moves to
-# the dead-letter stream, with why, how often it failed and the state tried (with its version);
-# its entry leaves the work stream, and the pending state is dropped if it is the state tried
-# (readers then see what the source has: the truth), or else the object is queued again: a
-# newer change gets tries of its own.
-# KEYS[1] the stream, KEYS[2] the dead-letter stream, KEYS[3] the failed-attempts hash,
-# KEYS[4] the object's pending state (the stream's own name when the entry names none)
-# ARGV[1] the consumer group, ARGV[2] the entry id, ARGV[3] the version tried ('' when
-# unknown), ARGV[4] the error, ARGV[5] the attempts, ARGV[6] the dead letters kept, ARGV[7] the
-# state tried (JSON, '' when none), ARGV[8] the object id, ARGV[9..] the entry's fields and values
-# returns the dead letter's id
-DEAD_LETTER = """
-local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
-if ARGV[3] ~= '' then
-  fields[#fields + 1] = 'version'
-  fields[#fields + 1] = ARGV[3]
-end
-if ARGV[7] ~= '' then
-  fields[#fields + 1] = 'state'
-  fields[#fields + 1] = ARGV[7]
-end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
-  'entry', ARGV[2], 'error', ARGV[4], 'attempts', ARGV[5], unpack(fields))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('HDEL', KEYS[3], ARGV[2])
-if KEYS[4] ~= KEYS[1] and ARGV[3] ~= '' then
-  local current = redis.call('GET', KEYS[4])
-  if current then
-    if tonumber(cjson.decode(current)['version']) <= tonumber(ARGV[3]) then
-      redis.call('DEL', KEYS[4])
-    else
-      redis.call('XADD', KEYS[1], '*', 'id', ARGV[8], 'key', KEYS[4])
-    end
-  end
-end
-return id
-"""
-
-# PRUNE_CONSUMERS: forget the consumers of a group that hold no pending change and have been idle
-# far longer than a live flusher ever is (a flusher that died or was scaled away). Atomic, so no
-# consumer can read entries between the check and the delete (DELCONSUMER drops what it holds).
-# KEYS[1] the stream
-# ARGV[1] the consumer group, ARGV[2] the idle time in ms past which an empty consumer is dead
-# returns the names of the consumers removed
-PRUNE_CONSUMERS = """
-local removed = {}
-for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local info = {}
-  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
-  if tonumber(info['pending']) == 0 and tonumber(info['idle']) > tonumber(ARGV[2]) then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
-    removed[#removed + 1] = info['name']
-  end
-end
-return removed
-"""
 
 #: The least idle time after which an empty consumer is taken for a flusher gone for good (a
 #: live one reads every WRITE_BEHIND_FLUSH_MS / 4, or retries within 5 s when failing).
@@ -329,14 +130,16 @@ class WriteBehind:
         self.flush_ms = flush_ms
         self.claim_idle_ms = claim_idle_ms
         self.apply_lease_ms = apply_lease_ms if apply_lease_ms is not None else claim_idle_ms
-        self._stage = client.register_script(STAGE)
-        self._tombstone = client.register_script(TOMBSTONE)
-        self._revive = client.register_script(REVIVE)
-        self._take = self.flusher_client.register_script(TAKE)
-        self._settle = self.flusher_client.register_script(SETTLE)
-        self._release = self.flusher_client.register_script(RELEASE)
-        self._dead_letter = self.flusher_client.register_script(DEAD_LETTER)
-        self._prune = self.flusher_client.register_script(PRUNE_CONSUMERS)
+        # The library's write-behind functions (library.lua, "Write-behind"): requests stage,
+        # tombstone and revive; flushers take, settle, release, bury and prune.
+        self._stage = _function(client, "wb_stage")
+        self._tombstone = _function(client, "wb_tombstone")
+        self._revive = _function(client, "wb_revive")
+        self._take = _function(self.flusher_client, "wb_take")
+        self._settle = _function(self.flusher_client, "wb_settle")
+        self._release = _function(self.flusher_client, "wb_release")
+        self._dead_letter = _function(self.flusher_client, "wb_dead_letter")
+        self._prune = _function(self.flusher_client, "wb_prune_consumers")
         #: A consumer idle this long with nothing pending is a flusher gone for good.
         self.dead_consumer_ms = max(DEAD_CONSUMER_MIN_MS, 10 * claim_idle_ms)
         #: What makes the server lose what it acknowledged ("": nothing; None: not asked yet).
@@ -720,6 +523,17 @@ class WriteBehind:
                 )
             ],
         }
+
+
+def _function(client: Any, name: str) -> Callable[..., Any]:
+    """The library's function ``name`` on ``client``, called as ``f(keys=..., args=...)`` (the
+    library is loaded first where the server does not know it)."""
+
+    def call(keys: list[str], args: list[Any]) -> Any:
+        load = partial(functions.LIBRARY.load, client)
+        return functions.call(client.execute_command, load, name, list(keys), list(args))
+
+    return call
 
 
 def _unguarded(call: Callable[[], Any]) -> Any:
