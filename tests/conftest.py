@@ -2,13 +2,20 @@
 
 ``TEST_REDIS_URL`` / ``--redis-url`` and ``TEST_MONGODB_URI`` / ``--mongodb-uri`` point the tests
 at servers you already run instead. Each test has a key prefix and a database of its own, and
-removes only those.
+removes only those, so tests can run in parallel (pytest-xdist: each worker starts its own
+session servers).
+
+A test that starts servers of its own (gunicorn, a private redis-server, a Redis Cluster, nginx,
+Chromium) is marked ``servers``, by the fixture it asks for or by hand; ``--fast`` leaves those
+out, and a test that starts one of these programs without the mark fails saying so.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pymongo
@@ -17,8 +24,33 @@ import redis
 
 from taskapp import create_app
 
+# Fixtures that start servers of the test's own: asking for one (directly or through another
+# fixture) marks a test ``servers``. A fixture that starts one and is missing here shows up as
+# a failure of ``unmarked_tests_start_no_server``.
+SERVER_FIXTURES = frozenset(
+    {
+        "serve",  # gunicorn (tests/test_gunicorn.py); nginx and Chromium come with it
+        "browser",  # Chromium (tests/test_browser.py)
+        "private_redis",
+        "durable_redis",
+        "make_redis",
+        "redis_cluster",
+        "outage",  # a redis-server (tests/test_flask_caching.py)
+        "ferretdb",  # FerretDBs of a test's own (tests/test_mongodb_faults.py, ...)
+        "private_mongodb",
+        "private_ferretdb",
+    }
+)
+# Programs a test not marked ``servers`` must not start (see ``unmarked_tests_start_no_server``).
+SERVER_PROGRAMS = frozenset({"gunicorn", "redis-server", "nginx", "chromium", "ferretdb"})
+
 
 def pytest_addoption(parser):
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="only the tests that start no server of their own (deselects those marked servers)",
+    )
     parser.addoption(
         "--redis-url",
         default=os.environ.get("TEST_REDIS_URL", ""),
@@ -29,6 +61,55 @@ def pytest_addoption(parser):
         default=os.environ.get("TEST_MONGODB_URI", ""),
         help="a MongoDB (or FerretDB) you run (tests use databases of their own); default: start FerretDB",
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``servers`` the tests that ask for a server fixture; with ``--fast``, leave them out."""
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+    if config.getoption("--fast"):
+        fast = [item for item in items if item.get_closest_marker("servers") is None]
+        deselected = [item for item in items if item.get_closest_marker("servers") is not None]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = fast
+
+
+@pytest.fixture(autouse=True)
+def unmarked_tests_start_no_server(request, monkeypatch):
+    """Fail a test that starts a server program without the ``servers`` mark, so ``--fast`` stays
+    the tier that starts none (the session's own servers start before this fixture runs)."""
+    if request.node.get_closest_marker("servers") is not None:
+        return
+
+    class Popen(subprocess.Popen):
+        def __init__(self, args, *rest, **kwargs):
+            program = args if isinstance(args, str | os.PathLike) else args[0]
+            if Path(str(program).split()[0]).name in SERVER_PROGRAMS:
+                pytest.fail(
+                    f"{request.node.nodeid} starts {program}: mark it @pytest.mark.servers",
+                    pytrace=False,
+                )
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", Popen)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_password_hashes():
+    """argon2id at its lowest cost in the test process: the app's default (64 MiB, 3 passes) costs
+    about a second per account on this suite's machines, and hundreds of tests make one. The
+    hashes stay argon2id; gunicorn and other child processes keep the app's own cost."""
+    from argon2 import PasswordHasher
+
+    from taskapp import models
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(models, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+        models._dummy_hash.cache_clear()
+        yield
+    models._dummy_hash.cache_clear()
 
 
 @pytest.fixture(scope="session")

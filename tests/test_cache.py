@@ -288,9 +288,11 @@ def test_a_fill_slower_than_the_lock_wait_and_ttl_is_still_one_fetch(
     backend, redis_url, key_prefix
 ):
     """The holder renews its lock while it fetches, so the waiter keeps waiting for its fill
-    (it looks at the lock every 0.1 s; the lock would expire after 0.3 s without renewal)."""
+    (it looks at the lock every 0.1 s; the lock would expire after 0.6 s without renewal, twice
+    over during the fetch; renewed every 0.2 s, it survives a renewal 0.4 s late, as a busy
+    machine made one with 0.3 s)."""
     url = redis_url if backend == "real" else "memory://"
-    app, ext = bare_app(url, key_prefix, CACHE_LOCK_TTL=0.3, CACHE_LOCK_WAIT=0.1)
+    app, ext = bare_app(url, key_prefix, CACHE_LOCK_TTL=0.6, CACHE_LOCK_WAIT=0.1)
     fetches: list[str] = []
     fetching = threading.Event()
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -22,6 +24,7 @@ def child(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.cache_child", *args],
         cwd=ROOT,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT prints its threads' stacks
         stdin=subprocess.PIPE,  # a line on it releases a child held in its fetch
         stdout=subprocess.PIPE,
         text=True,
@@ -34,10 +37,19 @@ def release(process: subprocess.Popen) -> None:
     process.stdin.flush()
 
 
-def next_event(process: subprocess.Popen) -> dict:
-    line = process.stdout.readline()
-    assert line, f"child exited with {process.wait(5)}"
-    return json.loads(line)
+def next_event(process: subprocess.Popen, timeout: float = 30.0) -> dict:
+    """The child's next event. A child silent for ``timeout`` seconds fails the test with the
+    stacks of its threads in the captured stderr, instead of hanging until pytest's timeout."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        process.send_signal(signal.SIGABRT)
+        process.wait(10)
+        pytest.fail(f"{process.args[3:5]} sent no event for {timeout:.0f} s (stacks: stderr)")
+    assert lines[0], f"child exited with {process.wait(5)}"
+    return json.loads(lines[0])
 
 
 def test_one_fill_for_many_threads_in_many_processes(redis_url, key_prefix):

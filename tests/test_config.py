@@ -162,6 +162,7 @@ def test_write_behind_on_a_redis_without_appendonly_is_refused_unless_allowed(
     started({"REDIS_URL": private_redis.url, "SECRET_KEY": "x" * 32})  # other strategies: no need
 
 
+@pytest.mark.servers  # a redis-server of its own, evicting
 def test_write_behind_on_a_redis_that_may_evict_its_queue_is_refused_unless_allowed():
     """allkeys-* may evict any key, the write-behind queue's too (it has no expiry): answered
     changes would be lost (tests/test_faults.py measured it); volatile-* never evicts it."""

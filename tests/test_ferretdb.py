@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.ferretdb import FerretDBServer
+
+pytestmark = pytest.mark.servers
 
 
 def test_the_test_ferretdb_writes_its_state_file_in_its_own_folder(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from schemathesis.specs.openapi.checks import allow_header_conformance
 
 from taskapp import create_app
 from taskapp.auth import tokens
+from taskapp.extensions import cache
 from taskapp.models import User
 from tests.api import problem
 from tests.conftest import database_uri, delete_prefix
@@ -45,6 +46,9 @@ schema = (
     .exclude(method="DELETE", path="/api/v1/auth/me")
     .exclude(method="POST", path="/api/v1/auth/password")  # its example is the account's password
 )
+with _document_app.app_context():
+    # Its listener thread would idle until the process ends, and log after pytest's summary.
+    cache.close()
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +74,6 @@ def fuzz_app(redis_url, mongodb_server_uri):
         user.save()
     yield app
     from taskapp import db
-    from taskapp.extensions import cache
 
     with app.app_context():
         db.current().database.client.drop_database(db.current().database.name)

@@ -230,6 +230,7 @@ def test_config_rejects_bad_counts_naming_the_setting(monkeypatch, tmp_path, nam
         load_config(monkeypatch, tmp_path, **{name: value})
 
 
+@pytest.mark.servers  # gunicorn starts (and stops at its config)
 @pytest.mark.parametrize(
     ("env", "message"),
     [

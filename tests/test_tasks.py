@@ -14,6 +14,8 @@ from tests.api import db_reads, problem
 
 TASKS = "/api/v1/tasks"
 STATS = "/api/v1/tasks/stats"
+# A well-formed id that no test creates (a constant: parallel workers collect the same test ids).
+UNKNOWN_ID = "0123456789abcdef01234567"
 ACTIVITY = "/api/v1/activity"
 TASK_FIELDS = {
     "id",
@@ -127,9 +129,9 @@ def test_create_with_a_non_json_body_is_415(client, alice):
         ("post", TASKS),
         ("get", STATS),
         ("get", ACTIVITY),
-        ("get", f"{TASKS}/{ObjectId()}"),
-        ("patch", f"{TASKS}/{ObjectId()}"),
-        ("delete", f"{TASKS}/{ObjectId()}"),
+        ("get", f"{TASKS}/{UNKNOWN_ID}"),
+        ("patch", f"{TASKS}/{UNKNOWN_ID}"),
+        ("delete", f"{TASKS}/{UNKNOWN_ID}"),
     ],
 )
 def test_every_task_route_needs_a_token(client, method, path):
@@ -152,9 +154,7 @@ def test_get_returns_the_users_task(client, alice):
     assert response.get_json() == task
 
 
-@pytest.mark.parametrize(
-    "task_id", [str(ObjectId()), "not-an-id", "123", "g" * 24, "0" * 23, "0" * 25]
-)
+@pytest.mark.parametrize("task_id", [UNKNOWN_ID, "not-an-id", "123", "g" * 24, "0" * 23, "0" * 25])
 def test_get_of_an_unknown_or_malformed_id_is_404(client, alice, task_id):
     response = client.get(f"{TASKS}/{task_id}", headers=alice)
     assert response.status_code == 404
@@ -188,7 +188,7 @@ def test_a_repeated_read_is_answered_without_a_database_read(client, alice):
 
 
 def test_a_missing_task_is_remembered_so_repeated_404s_skip_the_database(client, alice):
-    path = f"{TASKS}/{ObjectId()}"
+    path = f"{TASKS}/{UNKNOWN_ID}"
     client.get(path, headers=alice)
     before = db_reads()
     assert client.get(path, headers=alice).status_code == 404
@@ -301,7 +301,7 @@ def test_update_with_a_null_due_date_clears_it(client, alice):
         ({"title": ""}, "'title'"),
         ({"completed": "yes"}, "'completed'"),
         ({"priority": "urgent"}, "'priority'"),
-        ({"id": str(ObjectId())}, "'id'"),
+        ({"id": UNKNOWN_ID}, "'id'"),
     ],
 )
 def test_update_with_invalid_fields_is_422(client, alice, payload, fragment):
@@ -313,7 +313,7 @@ def test_update_with_invalid_fields_is_422(client, alice, payload, fragment):
     assert pointers == ([""] if payload == {} else [f"/{fragment.strip(chr(39))}"])
 
 
-@pytest.mark.parametrize("task_id", [str(ObjectId()), "not-an-id"])
+@pytest.mark.parametrize("task_id", [UNKNOWN_ID, "not-an-id"])
 def test_update_of_an_unknown_or_malformed_id_is_404(client, alice, task_id):
     response = client.patch(f"{TASKS}/{task_id}", json={"title": "x"}, headers=alice)
     assert response.status_code == 404
@@ -332,7 +332,7 @@ def test_delete_answers_204_with_an_empty_body_and_the_task_is_gone(client, alic
     assert client.delete(f"{TASKS}/{task['id']}", headers=alice).status_code == 404
 
 
-@pytest.mark.parametrize("task_id", [str(ObjectId()), "not-an-id"])
+@pytest.mark.parametrize("task_id", [UNKNOWN_ID, "not-an-id"])
 def test_delete_of_an_unknown_or_malformed_id_is_404(client, alice, task_id):
     assert client.delete(f"{TASKS}/{task_id}", headers=alice).status_code == 404
 
