@@ -20,7 +20,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from taskapp import tracing
-from taskapp.cache import context
+from taskapp.cache import RequestState
 from taskapp.config import EMBEDDED_MONGODB, FILL_READS
 from taskapp.extensions import cache
 from taskapp.http_metrics import DB_READS
@@ -36,9 +36,10 @@ READY_TIMEOUT_S = 1.0
 INDEX_TIMEOUT_S = 600.0
 
 
-class Unavailable(ConnectionFailure):
-    """MongoDB did not answer within the deadline lately and another request is probing it:
-    this one is answered 503 at once instead of taking a thread for the whole deadline."""
+class NotTried(ConnectionFailure):
+    """A MongoDB operation this request does not even try (answered 503 at once): MongoDB did
+    not answer within the deadline lately and another request is probing it (``Gate``), rather
+    than taking a thread for the whole deadline, or the request's MongoDB time is spent."""
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -52,7 +53,7 @@ def unavailable(exc: BaseException) -> bool:
     return False
 
 
-class Spent(Unavailable):
+class Spent(NotTried):
     """This request has used all its MongoDB time (MONGODB_TIMEOUT_MS): its next operation is
     not even tried (503)."""
 
@@ -75,7 +76,7 @@ class BoundedClient(pymongo.MongoClient):  # type: ignore[type-arg]
         self._bound = bound
 
     def _retry_internal(self, *args: Any, **kwargs: Any) -> Any:
-        state = context.current()
+        state = RequestState.current()
         if state is None:
             return super()._retry_internal(*args, **kwargs)
         left = self._bound - state.source_time
@@ -109,14 +110,14 @@ class Gate(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
         self._answered = 0.0  # when a command last succeeded
 
     def enter(self) -> None:
-        """Before a request's MongoDB operation: pass, probe, or raise Unavailable."""
+        """Before a request's MongoDB operation: pass, probe, or raise NotTried."""
         if not (self.down or self._stalled()) or g.get("_mongodb_probe"):
             return
         if self._probe.acquire(blocking=False):
             g._mongodb_probe = True  # released at the end of the request
             log.debug("MongoDB gate shut: this request probes it")
             return
-        raise Unavailable("the database did not answer in time; try again")
+        raise NotTried("the database did not answer in time; try again")
 
     def leave(self) -> None:
         """At the end of a request: give up the probe it held."""
@@ -262,7 +263,7 @@ def init_app(app: Flask) -> None:
 
 def request_unavailable(exc: BaseException) -> None:
     """A request found MongoDB unavailable: shut the gate (see ``Gate``)."""
-    if has_app_context() and not isinstance(exc, Unavailable):
+    if has_app_context() and not isinstance(exc, NotTried):
         current().gate.mark_down(exc)
 
 

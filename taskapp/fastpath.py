@@ -28,8 +28,7 @@ from werkzeug.wrappers import Response
 from taskapp import http_metrics, ratelimit, tracing
 from taskapp.auth import revocation
 from taskapp.auth.tokens import access_of
-from taskapp.cache.context import RequestState
-from taskapp.cache.response_cache import IF_NONE_MATCH, Readers, ResponseCache, answer
+from taskapp.cache import Readers, RequestState, ResponseCache, Verdict
 from taskapp.validation import query_problem
 
 log = logging.getLogger(__name__)
@@ -119,19 +118,17 @@ class FastPath:
                 return None  # Flask counts it and answers without the response cache
         key = self.key(user, path_info, args)
         # The revocation check, the rate limit and the lookup in one call.
-        state.admission, entry, _ = self.responses.look_up_after(
+        state.admission, entry, _ = self.responses.lookup_after(
             self.flask, state, user, key, ratelimit.admission(access, self.limit)
         )
-        if revocation.verdict_of(state.admission) != revocation.OK:
+        if revocation.verdict_of(state.admission) != Verdict.OK:
             return None  # revoked, unknown or no Redis: Flask decides (401, or MongoDB)
         counted = ratelimit.counted(state)
         if counted is not None and not counted[0]:
             return None  # Flask answers the 429 from this count
         if entry is None:
             return None  # a miss: Flask answers, with this lookup's lease
-        status, headers, body = answer(
-            entry.raw_value, entry.meta["etag"], "HIT", environ.get(IF_NONE_MATCH), self.vary
-        )
+        status, headers, body = self.responses.answer_hit(entry, environ, self.vary)
         if counted is not None:
             headers += ratelimit.header_items(self.limit, counted[1], counted[2])
         http_metrics.observe(state, environ["REQUEST_METHOD"], rule, status)

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, request
 from prometheus_client import Counter, Histogram
 
-from taskapp.cache.context import RequestState
+from taskapp.cache import RequestState
 
 DB_READS = Counter("taskapp_db_reads_total", "MongoDB read queries issued")
 REQUEST_SECONDS = Histogram(

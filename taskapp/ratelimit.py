@@ -14,8 +14,7 @@ from taskapp import keys
 from taskapp.auth import revocation
 from taskapp.auth.identity import current_user_id
 from taskapp.auth.tokens import Access, current_access
-from taskapp.cache.admission import Admission, Answer, Limited
-from taskapp.cache.context import NOT_ASKED, RequestState
+from taskapp.cache import NOT_ASKED, Admission, Answer, Limited, RequestState
 from taskapp.extensions import cache
 
 WINDOW_MS = 61_000

@@ -7,7 +7,7 @@ from flask import Flask, Response
 
 from taskapp import keys
 from taskapp.auth.identity import current_user_id
-from taskapp.cache.response_cache import ResponseCache
+from taskapp.cache import ResponseCache
 from taskapp.extensions import cache
 from taskapp.validation import CACHE_BUSTER
 

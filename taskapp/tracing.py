@@ -2,7 +2,7 @@
 
 One span per request (``opentelemetry-instrumentation-wsgi``'s middleware, around the fast
 path too, so a hit has its span), named by its route, with the cache's decisions as its
-attributes (``taskapp.cache.tracing``); a child span for each Redis call (``Store.run``, which
+attributes (``taskapp.cache.enable_tracing``); a child span for each Redis call (``Store.run``, which
 every call of the cache crosses, the fast path's own included) and each MongoDB command
 (``opentelemetry-instrumentation-pymongo``'s listener on the app's client).
 
@@ -21,7 +21,7 @@ from typing import Any
 from flask import Flask, request
 
 from taskapp import request_id
-from taskapp.cache import tracing as cache_tracing
+from taskapp.cache import disable_tracing, enable_tracing
 from taskapp.config import ConfigError
 
 #: The name spans and the service are given when OTEL_SERVICE_NAME does not say otherwise.
@@ -54,7 +54,7 @@ def start(provider: Any = None) -> Any:
             return None
         provider = from_environment()
     _provider = provider
-    cache_tracing.enable(provider.get_tracer(SERVICE))
+    enable_tracing(provider.get_tracer(SERVICE))
     return provider
 
 
@@ -62,7 +62,7 @@ def stop() -> None:
     """Stop tracing in this process (apps created before stay wrapped, and record nothing)."""
     global _provider
     _provider = None
-    cache_tracing.disable()
+    disable_tracing()
 
 
 def provider() -> Any:

@@ -25,7 +25,7 @@ from taskapp.cache import metrics, stats, tracing
 from taskapp.cache.admission import NONE, Admission, Answer
 from taskapp.cache.client import Unavailable
 from taskapp.cache.context import RequestState, mark_source_read
-from taskapp.cache.counting import Counter
+from taskapp.cache.counting import EventCounter
 from taskapp.cache.entry import Entry, dumps
 from taskapp.cache.l1 import LocalCache
 from taskapp.cache.lock import FillLock
@@ -80,7 +80,7 @@ class Region:
         store: Store,
         lock: FillLock,
         l1: LocalCache,
-        counter: Counter,
+        counter: EventCounter,
     ) -> None:
         self.settings = settings
         self.store = store

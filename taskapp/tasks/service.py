@@ -26,8 +26,7 @@ from pymongo.errors import DocumentTooLarge, PyMongoError, WriteError
 from werkzeug.exceptions import PreconditionFailed, ServiceUnavailable
 
 from taskapp import db, keys
-from taskapp.cache import Unavailable
-from taskapp.cache.writebehind import Deleted, SourceUnavailable
+from taskapp.cache import ObjectDeleted, SourceUnavailable, Unavailable
 from taskapp.extensions import cache
 from taskapp.models import PRIORITY_RANK, Activity, Task, isoformat, to_bson_datetime, utcnow
 from taskapp.tasks.schemas import ListQuery, TaskCreate, TaskOut, TaskUpdate
@@ -597,7 +596,7 @@ def _queue_change(
                 deadline_ms=int(_now_ms() + budget_ms),
                 read_at_ms=read_at_ms,
             )
-        except Deleted:
+        except ObjectDeleted:
             return None  # a DELETE came between our read and our stage: it wins
         except Unavailable:
             raise _queue_unavailable() from None
