@@ -14,7 +14,7 @@ from taskapp import keys
 from taskapp.cache import Unavailable, writebehind
 from taskapp.extensions import cache
 from taskapp.models import Task
-from taskapp.tasks import service
+from taskapp.tasks import queries, service, write_behind
 from tests.api import PausedRead, account, db_reads
 from tests.cache_helpers import wait_until
 
@@ -134,7 +134,7 @@ def test_a_page_read_while_its_change_is_flushed_still_shows_the_change(make_app
     """The page is read from MongoDB before the flush; the flush lands and drops the pending
     state before the page is overlaid with pending states: the page still shows the PATCH."""
     page_read, settled = threading.Event(), threading.Event()
-    fetch_page, apply, settle = service.FETCHERS["task_list"], service.apply_pending, None
+    fetch_page, apply, settle = queries.FETCHERS["task_list"], write_behind.apply_pending, None
 
     def slow_page(*args):
         result = fetch_page(*args)
@@ -152,8 +152,8 @@ def test_a_page_read_while_its_change_is_flushed_still_shows_the_change(make_app
         return result
 
     settle = writebehind.WriteBehindQueue._settle_object
-    monkeypatch.setitem(service.FETCHERS, "task_list", slow_page)
-    monkeypatch.setattr(service, "apply_pending", late_apply)
+    monkeypatch.setitem(queries.FETCHERS, "task_list", slow_page)
+    monkeypatch.setattr(write_behind, "apply_pending", late_apply)
     monkeypatch.setattr(writebehind.WriteBehindQueue, "_settle_object", settle_and_tell)
     app = make_app(TASK_WRITE_STRATEGY="write-behind", WRITE_BEHIND_FLUSH_MS=20)
     service.start_flushers(app)  # with the apply patched above
