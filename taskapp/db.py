@@ -13,15 +13,17 @@ from urllib.parse import urlsplit
 
 import mongomock
 import pymongo
-from flask import Flask, current_app, g, has_app_context, has_request_context
+from flask import Flask, Response, current_app, g, has_app_context, has_request_context
 from pymongo import monitoring
 from pymongo.database import Database as PyMongoDatabase
 from pymongo.errors import ConnectionFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
+from werkzeug.exceptions import ServiceUnavailable
 
 from taskapp import tracing
 from taskapp.cache import RequestState
 from taskapp.config import EMBEDDED_MONGODB, FILL_READS
+from taskapp.errors import problem_of
 from taskapp.extensions import cache
 from taskapp.http_metrics import DB_READS
 from taskapp.models import DB_EXTENSION, MODELS, AppDocument, Task
@@ -256,9 +258,21 @@ def init_app(app: Flask) -> None:
         app.config["SIMULATED_DB_LATENCY_MS"],
     )
     app.extensions[DB_EXTENSION] = database
-    app.teardown_request(lambda exc: database.gate.leave())
     with app.app_context():
         database.ensure_indexes()
+
+
+def leave_gate(exc: BaseException | None) -> None:
+    """``teardown_request``: let the gate's probe go when this request was it (see ``Gate``)."""
+    current().gate.leave()
+
+
+def handle_unavailable(exc: Exception) -> Response:
+    """MongoDB unreachable or past the request's deadline (MONGODB_TIMEOUT_MS): 503 with
+    Retry-After, so clients retry instead of reading a server bug."""
+    request_unavailable(exc)  # logs once per episode, not once per request
+    log.debug("MongoDB unavailable: %s", exc)
+    return problem_of(ServiceUnavailable("the database is unavailable; try again", retry_after=1))
 
 
 def request_unavailable(exc: BaseException) -> None:

@@ -1,4 +1,4 @@
-"""Response-cache hits answered in front of Flask's dispatch (issue 11).
+"""Response-cache hits answered in front of Flask's dispatch (HTTP_FAST_PATH, on by default).
 
 ``FastPath`` wraps ``app.wsgi_app``. For a GET or HEAD of a route marked ``cached_response`` with
 a valid token, an allowed rate limit and a cached answer, it answers with the very code the Flask
@@ -32,9 +32,6 @@ from taskapp.cache import Readers, RequestState, ResponseCache, Verdict
 from taskapp.validation import query_problem
 
 log = logging.getLogger(__name__)
-
-#: The setting that turns the fast path off (every request then goes through Flask).
-SETTING = "HTTP_FAST_PATH"
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -165,9 +162,3 @@ class FastPath:
         view: Callable[..., Any] | None = app.view_functions.get(rule.endpoint)
         readers = self.responses.readers(view)
         return (rule.rule, view, readers) if view is not None and readers is not None else None
-
-
-def install(app: Flask, responses: ResponseCache) -> None:
-    """Put the fast path in front of ``app``'s dispatch unless HTTP_FAST_PATH is off."""
-    if app.config[SETTING]:
-        app.wsgi_app = FastPath(app, responses, app.wsgi_app)  # type: ignore[method-assign]

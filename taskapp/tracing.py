@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from flask import Flask, request
+from flask import request
 
 from taskapp import request_id
 from taskapp.cache import disable_tracing, enable_tracing
@@ -117,25 +117,19 @@ def mongodb_listeners() -> list[Any]:
     return [CommandTracer(_provider.get_tracer(SERVICE))]
 
 
-def init_app(app: Flask) -> None:
-    """Name each request's span by its route (Flask's path; the fast path names its own)."""
-    if _provider is None:
-        return
-
-    @app.before_request
-    def name_span() -> None:
-        if request.url_rule is not None:
-            name_request(request.method, request.url_rule.rule)
+def name_span() -> None:
+    """``before_request``: name the request's span by its route (Flask's path; the fast path
+    names its own)."""
+    if request.url_rule is not None:
+        name_request(request.method, request.url_rule.rule)
 
 
-def wrap(app: Flask) -> None:
-    """Give every request of ``app`` its span, around everything else (the fast path too)."""
-    if _provider is None:
-        return
+def middleware(wsgi_app: Any) -> Any:
+    """``wsgi_app`` in a span of its own for every request (the fast path's too)."""
     from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 
-    app.wsgi_app = OpenTelemetryMiddleware(  # type: ignore[method-assign]
-        app.wsgi_app, request_hook=_with_request_id, tracer_provider=_provider
+    return OpenTelemetryMiddleware(
+        wsgi_app, request_hook=_with_request_id, tracer_provider=_provider
     )
 
 
