@@ -60,7 +60,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if tracing.provider() is None:
         # First: MongoDB's client and the pipeline trace requests only when tracing is on.
         tracing.start()  # from the OTEL_* variables, when they ask (gunicorn starts it post_fork)
-    db.init_app(app)
+    db.init_app(app, listeners=tracing.mongodb_listeners())
     cache.init_app(app)
     task_service.init_app(app)
     accounts.forget_with_account(app, task_service.forget_user)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from time import monotonic  # not through ``time``: tests replace db.time's sleep
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -20,7 +20,6 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 from werkzeug.exceptions import ServiceUnavailable
 
-from taskapp import tracing
 from taskapp.cache import RequestState
 from taskapp.config import EMBEDDED_MONGODB, FILL_READS
 from taskapp.errors import problem_of
@@ -171,7 +170,13 @@ class Database:
     ``mongomock://host/name`` is the embedded store: a database inside this process only.
     """
 
-    def __init__(self, uri: str, timeout_ms: int = 3000, simulated_ms: int = 0) -> None:
+    def __init__(
+        self,
+        uri: str,
+        timeout_ms: int = 3000,
+        simulated_ms: int = 0,
+        listeners: Iterable[Any] = (),
+    ) -> None:
         self.uri = uri
         self.timeout = timeout_ms / 1000
         # A request's MongoDB time in all: the bound, and the simulated delays of a fill's reads
@@ -196,7 +201,7 @@ class Database:
                 timeoutMS=timeout_ms,
                 serverSelectionTimeoutMS=timeout_ms,
                 connectTimeoutMS=timeout_ms,
-                event_listeners=[self.gate, *tracing.mongodb_listeners()],
+                event_listeners=[self.gate, *listeners],
                 uuidRepresentation="standard",
             )
         self.database: PyMongoDatabase = self.client[name]
@@ -250,12 +255,14 @@ class Database:
         self.client.close()
 
 
-def init_app(app: Flask) -> None:
-    """Give the app a MongoDB client of its own and ensure the models' indexes."""
+def init_app(app: Flask, listeners: Iterable[Any] = ()) -> None:
+    """Give the app a MongoDB client of its own (with pymongo's command ``listeners``, such as
+    the tracing's) and ensure the models' indexes."""
     database = Database(
         app.config["MONGODB_URI"],
         app.config["MONGODB_TIMEOUT_MS"],
         app.config["SIMULATED_DB_LATENCY_MS"],
+        listeners,
     )
     app.extensions[DB_EXTENSION] = database
     with app.app_context():

@@ -2,9 +2,10 @@
 
 One span per request (``opentelemetry-instrumentation-wsgi``'s middleware, around the fast
 path too, so a hit has its span), named by its route, with the cache's decisions as its
-attributes (``taskapp.cache.enable_tracing``); a child span for each Redis call (``Store.run``, which
-every call of the cache crosses, the fast path's own included) and each MongoDB command
-(``opentelemetry-instrumentation-pymongo``'s listener on the app's client).
+attributes (``taskapp.cache.enable_tracing``); a child span for each Redis call (``Store.run``,
+which every call of the cache crosses, the fast path's own included) and each MongoDB command
+(``opentelemetry-instrumentation-pymongo``'s listener, which ``create_app`` gives the app's
+client). ``taskapp.pipeline`` places the span's layer and the hook naming it.
 
 Without those variables nothing is set up and nothing is imported: the hot paths check one
 attribute. Under gunicorn each worker starts its own tracer provider after the fork

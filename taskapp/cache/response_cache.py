@@ -178,9 +178,9 @@ class ResponseCache:
         return response
 
     def release_leases(self, exc: BaseException | None) -> None:
-        """``teardown_request``: release a fill lock no answer was stored under (an error, a non-200, or a lookup of a
-        layer in front that Flask never reached), so the callers waiting for it retry at once
-        instead of after the lock's TTL."""
+        """``teardown_request``: release a fill lock no answer was stored under (an error, a
+        non-200, or a lookup of a layer in front that Flask never reached), so the callers
+        waiting for it retry at once instead of after the lock's TTL."""
         context = g.pop("_response_cache", None)
         self._release(context.get("lease") if context is not None else None)
         earlier = RequestState.of(request.environ).take_looked_up()

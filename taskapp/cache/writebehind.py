@@ -545,7 +545,7 @@ def _unguarded(call: Callable[[], Any]) -> Any:
 
 
 class Flusher:
-    """A daemon thread running ``WriteBehindQueue.run`` in an app context; stops with its process."""
+    """A daemon thread running ``WriteBehindQueue.run`` in an app context; ends with its process."""
 
     def __init__(self, app: Any, write_behind: WriteBehindQueue, apply: Apply) -> None:
         self._app = app
