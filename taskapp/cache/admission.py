@@ -25,7 +25,7 @@ class Verdict(IntEnum):
 
 
 class Limited(NamedTuple):
-    """A rate limit's count of one request."""
+    """A sliding-window limit's count of one request."""
 
     allowed: bool
     requests: int  # in the window (this one included when allowed)

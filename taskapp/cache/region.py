@@ -132,7 +132,7 @@ class Region:
 
         An entry counts only while its scope version is still Redis's (read-your-writes across
         processes): learned once per request from the first Redis call that returns it (such as
-        the rate limit's round trip), else from one call of its own.
+        the request's admission call), else from one call of its own.
         """
         if found is _LOOK:
             found = self._in_memory(full_key)
