@@ -6,7 +6,6 @@ from typing import Any
 
 from flask import Flask, Response
 from flask.sessions import SecureCookieSessionInterface
-from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
 from taskapp import config as settings
@@ -41,7 +40,9 @@ class TaskApp(Flask):
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    """Build the app: settings from the environment, overridden by ``config``."""
+    """Build the app: settings from the environment, overridden by ``config``; its parts; the
+    request pipeline around them (``pipeline.py``, where their order is stated); its
+    blueprints and commands."""
     app = TaskApp(__name__, static_folder=None)  # a JSON API: no static route
     app.config.from_mapping(settings.load(config))
     settings.check_redis(app.config)  # a Redis that refuses the app stops start-up here
@@ -49,42 +50,25 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # A bearer-token API keeps no cookie session: skip Flask's signer on every request.
     app.session_interface = NullSessionInterface()
     app.url_map.converters["objectid"] = ObjectIdConverter
-    from taskapp import cors, db, errors, http_metrics, logs, request_id, tracing
+    from taskapp import cli, db, logs, pipeline, tracing
+    from taskapp.auth import service as accounts
     from taskapp.extensions import cache
+    from taskapp.routes import admin, auth, docs, service, tasks
+    from taskapp.tasks import service as task_service
 
     logs.configure(app.config["LOG_FORMAT"])
     if tracing.provider() is None:
+        # First: MongoDB's client and the pipeline trace requests only when tracing is on.
         tracing.start()  # from the OTEL_* variables, when they ask (gunicorn starts it post_fork)
-    errors.init_app(app)
-    tracing.init_app(app)
-    cors.init_app(app)  # before every other hook: its headers go on every final response
-    db.init_app(app)
+    db.init_app(app, listeners=tracing.mongodb_listeners())
     cache.init_app(app)
-    http_metrics.init_app(app)
-
-    from taskapp import cli, docs, ratelimit, responses, validation
-    from taskapp.admin.routes import bp as admin_bp
-    from taskapp.auth.routes import bp as auth_bp
-    from taskapp.service_routes import bp as service_bp
-    from taskapp.tasks import service as task_service
-    from taskapp.tasks.routes import bp as tasks_bp
-
-    ratelimit.init_app(app)
     task_service.init_app(app)
-    validation.init_app(app)  # before the response cache looks the query string up
-    responses.init_app(app)
-    app.register_blueprint(service_bp)
+    accounts.forget_with_account(app, task_service.forget_user)
+    pipeline.install(app)
+    app.register_blueprint(service.bp)
     app.register_blueprint(docs.bp)
-    app.register_blueprint(auth_bp, url_prefix="/api/v1/auth")
-    app.register_blueprint(tasks_bp, url_prefix="/api/v1")
-    app.register_blueprint(admin_bp, url_prefix="/api/v1/admin")
+    app.register_blueprint(auth.bp, url_prefix="/api/v1/auth")
+    app.register_blueprint(tasks.bp, url_prefix="/api/v1")
+    app.register_blueprint(admin.bp, url_prefix="/api/v1/admin")
     cli.init_app(app)
-    responses.install_fast_path(app)  # in front of Flask's dispatch
-    tracing.wrap(app)  # a span around each request, fast path included
-    app.wsgi_app = request_id.RequestIds(app.wsgi_app)  # type: ignore[method-assign]
-    if app.config["TRUSTED_PROXIES"]:
-        # The client address (the per-address limits, logs) and scheme as the proxies saw them,
-        # trusting exactly that many hops of X-Forwarded-For/-Proto and no client-sent ones.
-        hops = app.config["TRUSTED_PROXIES"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     return app

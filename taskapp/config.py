@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from taskapp.cache.settings import SETTINGS as CACHE_SETTINGS
-from taskapp.cache.settings import boolean, choice, int_at_least, seconds
+from taskapp.cache import SETTINGS as CACHE_SETTINGS
+from taskapp.cache import boolean, choice, int_at_least, seconds
 
 EMBEDDED_MONGODB = "mongomock://"
 EMBEDDED_REDIS = "memory://"

@@ -2,8 +2,9 @@
 
 flask-cors adds its headers in ``after_request``, and Flask runs every ``after_request`` hook on
 every response: a view's, an error's, a 304, and a response the HTTP response cache answered
-from ``before_request``. The hooks here are registered before any other, so they run last and
-see the final headers (``after_request`` hooks run in reverse order of registration).
+from ``before_request``. ``init_app`` registers them before any other hook (``taskapp.pipeline``),
+so they run last and see the final headers; ``preflight`` is the first ``before_request`` hook
+after tracing's.
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ _SOME_ID = "0" * 24
 
 
 def init_app(app: Flask) -> None:
-    """Answer the origins of CORS_ORIGINS with CORS headers; with none, send no CORS header."""
+    """Answer the origins of CORS_ORIGINS with CORS headers (``after_request``); with none, send
+    no CORS header."""
     origins = app.config["CORS_ORIGINS"]
     if not origins:
         return
-    app.after_request(_route_methods_and_vary)  # first registered: runs after flask-cors's hook
-    app.before_request(_preflight)  # first registered: runs before any check of the request
+    app.after_request(_route_methods_and_vary)  # registered first: runs after flask-cors's hook
     CORS(
         app,
         origins=origins,
@@ -60,8 +61,9 @@ def init_app(app: Flask) -> None:
     )
 
 
-def _preflight() -> Response | None:
-    """Answer a preflight 204 before anything checks the request it announces.
+def preflight() -> Response | None:
+    """``before_request``: answer a preflight 204 before anything checks the request it
+    announces.
 
     The query string (an unknown or repeated parameter) and the path's id (``/tasks/nope``) are
     for the real request to judge: it gets its JSON 422 or 404, which a script can read only if

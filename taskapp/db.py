@@ -6,22 +6,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from time import monotonic  # not through ``time``: tests replace db.time's sleep
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import mongomock
 import pymongo
-from flask import Flask, current_app, g, has_app_context, has_request_context
+from flask import Flask, Response, current_app, g, has_app_context, has_request_context
 from pymongo import monitoring
 from pymongo.database import Database as PyMongoDatabase
 from pymongo.errors import ConnectionFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
+from werkzeug.exceptions import ServiceUnavailable
 
-from taskapp import tracing
-from taskapp.cache import context
+from taskapp.cache import RequestState
 from taskapp.config import EMBEDDED_MONGODB, FILL_READS
+from taskapp.errors import problem_of
 from taskapp.extensions import cache
 from taskapp.http_metrics import DB_READS
 from taskapp.models import DB_EXTENSION, MODELS, AppDocument, Task
@@ -36,9 +37,10 @@ READY_TIMEOUT_S = 1.0
 INDEX_TIMEOUT_S = 600.0
 
 
-class Unavailable(ConnectionFailure):
-    """MongoDB did not answer within the deadline lately and another request is probing it:
-    this one is answered 503 at once instead of taking a thread for the whole deadline."""
+class NotTried(ConnectionFailure):
+    """A MongoDB operation this request does not even try (answered 503 at once): MongoDB did
+    not answer within the deadline lately and another request is probing it (``Gate``), rather
+    than taking a thread for the whole deadline, or the request's MongoDB time is spent."""
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -52,7 +54,7 @@ def unavailable(exc: BaseException) -> bool:
     return False
 
 
-class Spent(Unavailable):
+class Spent(NotTried):
     """This request has used all its MongoDB time (MONGODB_TIMEOUT_MS): its next operation is
     not even tried (503)."""
 
@@ -75,7 +77,7 @@ class BoundedClient(pymongo.MongoClient):  # type: ignore[type-arg]
         self._bound = bound
 
     def _retry_internal(self, *args: Any, **kwargs: Any) -> Any:
-        state = context.current()
+        state = RequestState.current()
         if state is None:
             return super()._retry_internal(*args, **kwargs)
         left = self._bound - state.source_time
@@ -109,14 +111,14 @@ class Gate(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
         self._answered = 0.0  # when a command last succeeded
 
     def enter(self) -> None:
-        """Before a request's MongoDB operation: pass, probe, or raise Unavailable."""
+        """Before a request's MongoDB operation: pass, probe, or raise NotTried."""
         if not (self.down or self._stalled()) or g.get("_mongodb_probe"):
             return
         if self._probe.acquire(blocking=False):
             g._mongodb_probe = True  # released at the end of the request
             log.debug("MongoDB gate shut: this request probes it")
             return
-        raise Unavailable("the database did not answer in time; try again")
+        raise NotTried("the database did not answer in time; try again")
 
     def leave(self) -> None:
         """At the end of a request: give up the probe it held."""
@@ -168,7 +170,13 @@ class Database:
     ``mongomock://host/name`` is the embedded store: a database inside this process only.
     """
 
-    def __init__(self, uri: str, timeout_ms: int = 3000, simulated_ms: int = 0) -> None:
+    def __init__(
+        self,
+        uri: str,
+        timeout_ms: int = 3000,
+        simulated_ms: int = 0,
+        listeners: Iterable[Any] = (),
+    ) -> None:
         self.uri = uri
         self.timeout = timeout_ms / 1000
         # A request's MongoDB time in all: the bound, and the simulated delays of a fill's reads
@@ -193,7 +201,7 @@ class Database:
                 timeoutMS=timeout_ms,
                 serverSelectionTimeoutMS=timeout_ms,
                 connectTimeoutMS=timeout_ms,
-                event_listeners=[self.gate, *tracing.mongodb_listeners()],
+                event_listeners=[self.gate, *listeners],
                 uuidRepresentation="standard",
             )
         self.database: PyMongoDatabase = self.client[name]
@@ -247,22 +255,36 @@ class Database:
         self.client.close()
 
 
-def init_app(app: Flask) -> None:
-    """Give the app a MongoDB client of its own and ensure the models' indexes."""
+def init_app(app: Flask, listeners: Iterable[Any] = ()) -> None:
+    """Give the app a MongoDB client of its own (with pymongo's command ``listeners``, such as
+    the tracing's) and ensure the models' indexes."""
     database = Database(
         app.config["MONGODB_URI"],
         app.config["MONGODB_TIMEOUT_MS"],
         app.config["SIMULATED_DB_LATENCY_MS"],
+        listeners,
     )
     app.extensions[DB_EXTENSION] = database
-    app.teardown_request(lambda exc: database.gate.leave())
     with app.app_context():
         database.ensure_indexes()
 
 
+def leave_gate(exc: BaseException | None) -> None:
+    """``teardown_request``: let the gate's probe go when this request was it (see ``Gate``)."""
+    current().gate.leave()
+
+
+def handle_unavailable(exc: Exception) -> Response:
+    """MongoDB unreachable or past the request's deadline (MONGODB_TIMEOUT_MS): 503 with
+    Retry-After, so clients retry instead of reading a server bug."""
+    request_unavailable(exc)  # logs once per episode, not once per request
+    log.debug("MongoDB unavailable: %s", exc)
+    return problem_of(ServiceUnavailable("the database is unavailable; try again", retry_after=1))
+
+
 def request_unavailable(exc: BaseException) -> None:
     """A request found MongoDB unavailable: shut the gate (see ``Gate``)."""
-    if has_app_context() and not isinstance(exc, Unavailable):
+    if has_app_context() and not isinstance(exc, NotTried):
         current().gate.mark_down(exc)
 
 

@@ -1,4 +1,5 @@
-"""One place that turns every error into RFC 9457 problem details (``application/problem+json``).
+"""One place that turns every error into RFC 9457 problem details (``application/problem+json``);
+``taskapp.pipeline`` registers its handlers (and ``db.handle_unavailable``, MongoDB's 503).
 
 A problem's ``type`` is the section of the RFC that defines its status (as ASP.NET Core's
 ProblemDetails do): a page a person can read, and the same URI for every problem of a status.
@@ -13,14 +14,12 @@ import logging
 import re
 from typing import Any, Literal
 
-from flask import Flask, Response, current_app, request
+from flask import Response, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
-from pymongo.errors import ConnectionFailure
 from werkzeug.exceptions import (
     HTTPException,
     NotFound,
-    ServiceUnavailable,
     Unauthorized,
     UnprocessableEntity,
 )
@@ -133,14 +132,6 @@ class TokenRefused(Unauthorized):
     account that is gone (``WWW-Authenticate: Bearer error="invalid_token"``)."""
 
 
-def init_app(app: Flask) -> None:
-    """Register the problem-details error handlers."""
-    app.register_error_handler(HTTPException, handle_http_exception)
-    app.register_error_handler(ValidationError, handle_validation_error)
-    app.register_error_handler(ConnectionFailure, handle_database_unavailable)
-    app.register_error_handler(Exception, handle_unexpected_error)
-
-
 def problem_body(status: int, detail: str, errors: list[dict[str, str]] | None = None) -> bytes:
     """The JSON of a problem with ``status`` (and, for a 422, its invalid ``errors``)."""
     document: dict[str, Any] = {
@@ -181,10 +172,11 @@ def handle_http_exception(exc: HTTPException) -> Response | HTTPException:
         message = _malformed_id_message()
         if message is not None:
             return problem(404, message)
-    return _problem_of(exc)
+    return problem_of(exc)
 
 
-def _problem_of(exc: HTTPException) -> Response:
+def problem_of(exc: HTTPException) -> Response:
+    """``exc`` as problem details, with its headers (and a 401's WWW-Authenticate)."""
     response = problem(exc.code or 500, own_words(exc), getattr(exc, "errors", None))
     # get_response() also covers an exception raised with a ready response (abort(response)).
     for name, value in exc.get_response().headers.items():
@@ -221,29 +213,11 @@ def _malformed_id_message() -> str | None:
 
 def handle_validation_error(exc: ValidationError) -> Response:
     """A pydantic error that escaped the view's own parsing: 422 naming the fields."""
-    return _problem_of(invalid(exc))
-
-
-def handle_database_unavailable(exc: Exception) -> Response:
-    """MongoDB unreachable or past the request's deadline (MONGODB_TIMEOUT_MS): 503 with
-    Retry-After, so clients retry instead of reading a server bug."""
-    from taskapp import db
-
-    db.request_unavailable(exc)  # logs once per episode, not once per request
-    log.debug("MongoDB unavailable: %s", exc)
-    return _problem_of(ServiceUnavailable("the database is unavailable; try again", retry_after=1))
+    return problem_of(invalid(exc))
 
 
 def handle_unexpected_error(exc: Exception) -> Response:
-    """A bug: log the traceback, answer 500 without leaking any detail.
-
-    A MongoDB timeout that is no ConnectionFailure (the server's own time limit, or one that
-    mongoengine re-raised as its OperationError) is an outage, not a bug: 503.
-    """
-    from taskapp import db
-
-    if db.unavailable(exc):
-        return handle_database_unavailable(exc)
+    """A bug: log the traceback, answer 500 without leaking any detail."""
     log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
     return problem(500, _OWN_WORDS[500])
 

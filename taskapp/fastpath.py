@@ -1,4 +1,4 @@
-"""Response-cache hits answered in front of Flask's dispatch (issue 11).
+"""Response-cache hits answered in front of Flask's dispatch (HTTP_FAST_PATH, on by default).
 
 ``FastPath`` wraps ``app.wsgi_app``. For a GET or HEAD of a route marked ``cached_response`` with
 a valid token, an allowed rate limit and a cached answer, it answers with the very code the Flask
@@ -28,14 +28,10 @@ from werkzeug.wrappers import Response
 from taskapp import http_metrics, ratelimit, tracing
 from taskapp.auth import revocation
 from taskapp.auth.tokens import access_of
-from taskapp.cache.context import RequestState
-from taskapp.cache.response_cache import IF_NONE_MATCH, Readers, ResponseCache, answer
+from taskapp.cache import Readers, RequestState, ResponseCache, Verdict
 from taskapp.validation import query_problem
 
 log = logging.getLogger(__name__)
-
-#: The setting that turns the fast path off (every request then goes through Flask).
-SETTING = "HTTP_FAST_PATH"
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -119,19 +115,17 @@ class FastPath:
                 return None  # Flask counts it and answers without the response cache
         key = self.key(user, path_info, args)
         # The revocation check, the rate limit and the lookup in one call.
-        state.admission, entry, _ = self.responses.look_up_after(
+        state.admission, entry, _ = self.responses.lookup_after(
             self.flask, state, user, key, ratelimit.admission(access, self.limit)
         )
-        if revocation.verdict_of(state.admission) != revocation.OK:
+        if revocation.verdict_of(state.admission) != Verdict.OK:
             return None  # revoked, unknown or no Redis: Flask decides (401, or MongoDB)
         counted = ratelimit.counted(state)
         if counted is not None and not counted[0]:
             return None  # Flask answers the 429 from this count
         if entry is None:
             return None  # a miss: Flask answers, with this lookup's lease
-        status, headers, body = answer(
-            entry.raw_value, entry.meta["etag"], "HIT", environ.get(IF_NONE_MATCH), self.vary
-        )
+        status, headers, body = self.responses.answer_hit(entry, environ, self.vary)
         if counted is not None:
             headers += ratelimit.header_items(self.limit, counted[1], counted[2])
         http_metrics.observe(state, environ["REQUEST_METHOD"], rule, status)
@@ -168,9 +162,3 @@ class FastPath:
         view: Callable[..., Any] | None = app.view_functions.get(rule.endpoint)
         readers = self.responses.readers(view)
         return (rule.rule, view, readers) if view is not None and readers is not None else None
-
-
-def install(app: Flask, responses: ResponseCache) -> None:
-    """Put the fast path in front of ``app``'s dispatch unless HTTP_FAST_PATH is off."""
-    if app.config[SETTING]:
-        app.wsgi_app = FastPath(app, responses, app.wsgi_app)  # type: ignore[method-assign]

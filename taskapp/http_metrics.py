@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Flask, request
+from flask import Response, request
 from prometheus_client import Counter, Histogram
 
-from taskapp.cache.context import RequestState
+from taskapp.cache import RequestState
 
 DB_READS = Counter("taskapp_db_reads_total", "MongoDB read queries issued")
 REQUEST_SECONDS = Histogram(
@@ -36,15 +36,13 @@ def observe(request: RequestState, method: str, route: str, status: int) -> None
 _REQUEST_CHILDREN: dict[tuple[str, str, int], Any] = {}
 
 
-def init_app(app: Flask) -> None:
-    """Time every request by its route pattern."""
+def start_request() -> None:
+    """``before_request``: the request's clock starts, unless a layer in front started it."""
+    RequestState.of(request.environ)
 
-    @app.before_request
-    def start() -> None:
-        RequestState.of(request.environ)  # its clock starts, unless a layer in front made it
 
-    @app.after_request
-    def finish(response):
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        observe(RequestState.of(request.environ), request.method, route, response.status_code)
-        return response
+def finish_request(response: Response) -> Response:
+    """``after_request``: the request's latency by its route and final status."""
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    observe(RequestState.of(request.environ), request.method, route, response.status_code)
+    return response

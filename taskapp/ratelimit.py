@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import math
 
-from flask import Flask, current_app, g, request
+from flask import Response, current_app, g, request
 from werkzeug.exceptions import TooManyRequests
 
 from taskapp import keys
 from taskapp.auth import revocation
 from taskapp.auth.identity import current_user_id
 from taskapp.auth.tokens import Access, current_access
-from taskapp.cache.admission import Admission, Answer, Limited
-from taskapp.cache.context import NOT_ASKED, RequestState
+from taskapp.cache import NOT_ASKED, Admission, Answer, Limited, RequestState
 from taskapp.extensions import cache
 
 WINDOW_MS = 61_000
@@ -158,39 +157,39 @@ UNLIMITED = frozenset(
 )
 
 
-def init_app(app: Flask) -> None:
-    """Limit each authenticated user's requests and, per client address, requests without a
-    valid token; add the RateLimit fields of every limit that counted a request to its answer."""
+def limit_user() -> None:
+    """``before_request``: count an authenticated user's request in its admission (the token's
+    revocation check, then the user's limit, in one Redis call); 429 past the limit."""
+    limit = current_app.config["RATE_LIMIT_PER_MINUTE"]
+    if request.method == "OPTIONS" or request.endpoint in UNLIMITED:
+        return  # a CORS preflight: never limited, it runs no view and reads nothing
+    access = current_access() if limit > 0 else None
+    if access is None:
+        return
+    outcome = count_user_request(RequestState.of(request.environ), access, limit)
+    if outcome is not None and not outcome[0]:
+        raise RateLimited(limit, outcome[2])
 
-    @app.before_request
-    def limit_user() -> None:
-        limit = app.config["RATE_LIMIT_PER_MINUTE"]
-        if request.method == "OPTIONS" or request.endpoint in UNLIMITED:
-            return  # a CORS preflight: never limited, it runs no view and reads nothing
-        access = current_access() if limit > 0 else None
-        if access is None:
-            return
-        outcome = count_user_request(RequestState.of(request.environ), access, limit)
-        if outcome is not None and not outcome[0]:
-            raise RateLimited(limit, outcome[2])
 
-    @app.before_request
-    def limit_anonymous() -> None:
-        limit = app.config["ANON_RATE_LIMIT_PER_MINUTE"]
-        if limit <= 0 or request.method == "OPTIONS" or request.endpoint in UNLIMITED:
-            return
-        if current_user_id() is not None:
-            return
-        window = _hit(keys.anon_limit(request.remote_addr or ""), limit, ANONYMOUS_POLICY)
-        if not window.allowed:
-            raise RateLimited(limit, window.reset_ms)
+def limit_anonymous() -> None:
+    """``before_request``: count a request without a valid token per client address; 429 past
+    ANON_RATE_LIMIT_PER_MINUTE."""
+    limit = current_app.config["ANON_RATE_LIMIT_PER_MINUTE"]
+    if limit <= 0 or request.method == "OPTIONS" or request.endpoint in UNLIMITED:
+        return
+    if current_user_id() is not None:
+        return
+    window = _hit(keys.anon_limit(request.remote_addr or ""), limit, ANONYMOUS_POLICY)
+    if not window.allowed:
+        raise RateLimited(limit, window.reset_ms)
 
-    @app.after_request
-    def headers(response):
-        counts = list(g.get("_rate_limits", ()))
-        outcome = counted(RequestState.of(request.environ))
-        if outcome is not None:  # the user's count, allowed or refused (then 0 remain)
-            counts.insert(0, (USER_POLICY, app.config["RATE_LIMIT_PER_MINUTE"], *outcome[1:]))
-        for name, value in fields(counts):
-            response.headers[name] = value
-        return response
+
+def add_fields(response: Response) -> Response:
+    """``after_request``: the RateLimit fields of every limit that counted the request."""
+    counts = list(g.get("_rate_limits", ()))
+    outcome = counted(RequestState.of(request.environ))
+    if outcome is not None:  # the user's count, allowed or refused (then 0 remain)
+        counts.insert(0, (USER_POLICY, current_app.config["RATE_LIMIT_PER_MINUTE"], *outcome[1:]))
+    for name, value in fields(counts):
+        response.headers[name] = value
+    return response

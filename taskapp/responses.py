@@ -1,17 +1,18 @@
 """The app's HTTP response cache (the cache extension's ResponseCache with taskapp's keys and
-auth), and the empty answer of a success without content."""
+auth; its hooks and its fast path are placed by ``taskapp.pipeline``), and the empty answer of a
+success without content."""
 
 from __future__ import annotations
 
-from flask import Flask, Response
+from flask import Response
 
 from taskapp import keys
 from taskapp.auth.identity import current_user_id
-from taskapp.cache.response_cache import ResponseCache
+from taskapp.cache import ResponseCache
 from taskapp.extensions import cache
 from taskapp.validation import CACHE_BUSTER
 
-responses = ResponseCache(
+response_cache = ResponseCache(
     cache,
     identity=current_user_id,
     key=keys.response,
@@ -21,7 +22,7 @@ responses = ResponseCache(
 
 #: ``@cached_response(readers=...)``: a view whose 200 JSON responses are cached per user, and
 #: who may read them (checked before any cached answer, on both paths).
-cached_response = responses.mark
+cached_response = response_cache.mark
 
 
 def no_content() -> Response:
@@ -35,15 +36,3 @@ def signed_in(user_id: str) -> bool:
     """Any user with a valid token: the answers are keyed by that user and hold only their own
     data (a foreign id is a 404 of the view, cached for that user alone)."""
     return True
-
-
-def init_app(app: Flask) -> None:
-    """Register the response cache's hooks (after authentication and rate limiting)."""
-    responses.init_app(app)
-
-
-def install_fast_path(app: Flask) -> None:
-    """Answer response-cache hits in front of Flask's dispatch (HTTP_FAST_PATH, on by default)."""
-    from taskapp import fastpath
-
-    fastpath.install(app, responses)

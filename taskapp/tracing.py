@@ -2,9 +2,10 @@
 
 One span per request (``opentelemetry-instrumentation-wsgi``'s middleware, around the fast
 path too, so a hit has its span), named by its route, with the cache's decisions as its
-attributes (``taskapp.cache.tracing``); a child span for each Redis call (``Store.run``, which
-every call of the cache crosses, the fast path's own included) and each MongoDB command
-(``opentelemetry-instrumentation-pymongo``'s listener on the app's client).
+attributes (``taskapp.cache.enable_tracing``); a child span for each Redis call (``Store.run``,
+which every call of the cache crosses, the fast path's own included) and each MongoDB command
+(``opentelemetry-instrumentation-pymongo``'s listener, which ``create_app`` gives the app's
+client). ``taskapp.pipeline`` places the span's layer and the hook naming it.
 
 Without those variables nothing is set up and nothing is imported: the hot paths check one
 attribute. Under gunicorn each worker starts its own tracer provider after the fork
@@ -18,10 +19,10 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from flask import Flask, request
+from flask import request
 
 from taskapp import request_id
-from taskapp.cache import tracing as cache_tracing
+from taskapp.cache import disable_tracing, enable_tracing
 from taskapp.config import ConfigError
 
 #: The name spans and the service are given when OTEL_SERVICE_NAME does not say otherwise.
@@ -54,7 +55,7 @@ def start(provider: Any = None) -> Any:
             return None
         provider = from_environment()
     _provider = provider
-    cache_tracing.enable(provider.get_tracer(SERVICE))
+    enable_tracing(provider.get_tracer(SERVICE))
     return provider
 
 
@@ -62,7 +63,7 @@ def stop() -> None:
     """Stop tracing in this process (apps created before stay wrapped, and record nothing)."""
     global _provider
     _provider = None
-    cache_tracing.disable()
+    disable_tracing()
 
 
 def provider() -> Any:
@@ -117,25 +118,19 @@ def mongodb_listeners() -> list[Any]:
     return [CommandTracer(_provider.get_tracer(SERVICE))]
 
 
-def init_app(app: Flask) -> None:
-    """Name each request's span by its route (Flask's path; the fast path names its own)."""
-    if _provider is None:
-        return
-
-    @app.before_request
-    def name_span() -> None:
-        if request.url_rule is not None:
-            name_request(request.method, request.url_rule.rule)
+def name_span() -> None:
+    """``before_request``: name the request's span by its route (Flask's path; the fast path
+    names its own)."""
+    if request.url_rule is not None:
+        name_request(request.method, request.url_rule.rule)
 
 
-def wrap(app: Flask) -> None:
-    """Give every request of ``app`` its span, around everything else (the fast path too)."""
-    if _provider is None:
-        return
+def middleware(wsgi_app: Any) -> Any:
+    """``wsgi_app`` in a span of its own for every request (the fast path's too)."""
     from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 
-    app.wsgi_app = OpenTelemetryMiddleware(  # type: ignore[method-assign]
-        app.wsgi_app, request_hook=_with_request_id, tracer_provider=_provider
+    return OpenTelemetryMiddleware(
+        wsgi_app, request_hook=_with_request_id, tracer_provider=_provider
     )
 
 

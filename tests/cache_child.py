@@ -97,10 +97,10 @@ def main() -> None:
             # Apply write-behind changes to a SQLite file (a real database shared by processes).
             import sqlite3
 
-            from taskapp.cache.writebehind import WriteBehind
+            from taskapp.cache.writebehind import WriteBehindQueue
 
             path = sys.argv[5]
-            write_behind = WriteBehind(raw, prefix, flush_ms=100, claim_idle_ms=300)
+            write_behind = WriteBehindQueue(raw, prefix, flush_ms=100, claim_idle_ms=300)
 
             def apply(object_id, state):
                 time.sleep(0.02)  # a slow database: a kill lands mid-batch

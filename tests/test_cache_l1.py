@@ -10,7 +10,7 @@ def _memory_hit(ext, key: str) -> bool:
     """Whether ``get(key)`` in a new request would be answered by this process's memory."""
     state = ext._state()
     full_key = state.keys.entry(key)
-    request = context.current()
+    request = context.RequestState.current()
     request.scopes.clear()
     return state.region._from_memory(full_key, request) is not None
 

@@ -101,7 +101,7 @@ def test_a_memory_entry_is_not_served_after_a_loss(private_redis, how):
             writer.set("{u:1}:k", "new", ttl=60, tags=["{u:1}:t"])  # answered
             writer.close()
         lose_state(private_redis, how)
-        context.current().scopes.clear()  # the next request
+        context.RequestState.current().scopes.clear()  # the next request
         assert reader.get("{u:1}:k") in (NO_VALUE, "new")
 
 

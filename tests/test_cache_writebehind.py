@@ -14,7 +14,7 @@ from taskapp.cache.writebehind import (
     MAX_ATTEMPTS,
     VERSION_MARK_TTL_MS,
     SourceUnavailable,
-    WriteBehind,
+    WriteBehindQueue,
 )
 from tests.cache_helpers import wait_until
 from tests.test_cache_processes import child, next_event
@@ -29,7 +29,7 @@ def raw(redis_url):
 
 @pytest.fixture
 def write_behind(raw, key_prefix):
-    return WriteBehind(raw, key_prefix, flush_ms=100, claim_idle_ms=300)
+    return WriteBehindQueue(raw, key_prefix, flush_ms=100, claim_idle_ms=300)
 
 
 def test_a_change_is_pending_until_flushed_then_applied(write_behind):
@@ -263,7 +263,7 @@ def test_two_flushers_never_apply_one_object_at_once(write_behind, raw, key_pref
     """Flusher A is slow to apply; flusher B takes A for dead (claim idle 0) and claims its
     entry: B must leave the object alone while A holds it, and A's settling (a change came
     meanwhile) queues the newer state, which B then applies."""
-    other = WriteBehind(raw, key_prefix, flush_ms=100, claim_idle_ms=0, apply_lease_ms=10_000)
+    other = WriteBehindQueue(raw, key_prefix, flush_ms=100, claim_idle_ms=0, apply_lease_ms=10_000)
     write_behind.ensure_group()
     write_behind.stage("o", "o", {"n": 0, "version": 0}, {"n": 1})
     inside, leave = threading.Event(), threading.Event()
@@ -297,7 +297,7 @@ def test_two_flushers_never_apply_one_object_at_once(write_behind, raw, key_pref
 
 
 def test_an_object_whose_flusher_died_mid_apply_is_applied_once_its_lease_runs_out(raw, key_prefix):
-    dead = WriteBehind(raw, key_prefix, flush_ms=100, claim_idle_ms=0, apply_lease_ms=300)
+    dead = WriteBehindQueue(raw, key_prefix, flush_ms=100, claim_idle_ms=0, apply_lease_ms=300)
     dead.ensure_group()
     dead.stage("o", "o", {"n": 0, "version": 0}, {"n": 1})
     dead.client.xreadgroup(dead.group, "dead", {dead.stream: ">"}, count=1)
@@ -355,11 +355,15 @@ def test_a_newer_change_of_a_dead_lettered_object_gets_tries_of_its_own(write_be
 def test_a_redis_that_may_evict_any_key_is_volatile(durable_redis, key_prefix):
     client = redis.Redis(port=durable_redis.port)
     try:
-        assert WriteBehind(client, key_prefix, flush_ms=100, claim_idle_ms=300).volatile() is None
+        assert (
+            WriteBehindQueue(client, key_prefix, flush_ms=100, claim_idle_ms=300).volatile() is None
+        )
         client.config_set("maxmemory-policy", "allkeys-lru")
-        queue = WriteBehind(client, key_prefix, flush_ms=100, claim_idle_ms=300)
+        queue = WriteBehindQueue(client, key_prefix, flush_ms=100, claim_idle_ms=300)
         assert queue.volatile() == "maxmemory-policy allkeys-lru"
         client.config_set("maxmemory-policy", "volatile-lru")  # never evicts the queue
-        assert WriteBehind(client, key_prefix, flush_ms=100, claim_idle_ms=300).volatile() is None
+        assert (
+            WriteBehindQueue(client, key_prefix, flush_ms=100, claim_idle_ms=300).volatile() is None
+        )
     finally:
         client.close()

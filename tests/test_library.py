@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from taskapp.cache import functions
-from taskapp.cache.admission import OK, REVOKED, UNKNOWN, Answer
+from taskapp.cache.admission import Answer, Verdict
 
 VERSION_TTL = 60_000
 
@@ -63,7 +63,7 @@ def test_a_revocation_check_is_unknown_until_the_hash_is_built_by_this_server_ru
     fcall, key_prefix
 ):
     key = "{u:1}:revoked"
-    assert request(fcall, key_prefix, "R", [key], ["s:one", 3]).verdict == UNKNOWN
+    assert request(fcall, key_prefix, "R", [key], ["s:one", 3]).verdict == Verdict.UNKNOWN
     build = fcall("revocation_begin", [key], [key_prefix, VERSION_TTL, 900_000, "b1"])
     assert (
         fcall(
@@ -71,10 +71,10 @@ def test_a_revocation_check_is_unknown_until_the_hash_is_built_by_this_server_ru
         )
         == 1
     )
-    assert request(fcall, key_prefix, "R", [key], ["s:one", 3]).verdict == OK
+    assert request(fcall, key_prefix, "R", [key], ["s:one", 3]).verdict == Verdict.OK
     for session, generation in (("s:gone", 3), ("s:one", 2)):
         answer = request(fcall, key_prefix, "RS", [key, "{u:1}:sv"], [session, generation])
-        assert (answer.admitted, answer.verdict, answer.read) == (False, REVOKED, None)
+        assert (answer.admitted, answer.verdict, answer.read) == (False, Verdict.REVOKED, None)
 
 
 # Rate limits: one count per second, the last 61 whole seconds

@@ -14,7 +14,7 @@ from taskapp import keys
 from taskapp.cache import Unavailable, writebehind
 from taskapp.extensions import cache
 from taskapp.models import Task
-from taskapp.tasks import service
+from taskapp.tasks import queries, service, write_behind
 from tests.api import PausedRead, account, db_reads
 from tests.cache_helpers import wait_until
 
@@ -134,7 +134,7 @@ def test_a_page_read_while_its_change_is_flushed_still_shows_the_change(make_app
     """The page is read from MongoDB before the flush; the flush lands and drops the pending
     state before the page is overlaid with pending states: the page still shows the PATCH."""
     page_read, settled = threading.Event(), threading.Event()
-    fetch_page, apply, settle = service.FETCHERS["task_list"], service.apply_pending, None
+    fetch_page, apply, settle = queries.FETCHERS["task_list"], write_behind.apply_pending, None
 
     def slow_page(*args):
         result = fetch_page(*args)
@@ -151,10 +151,10 @@ def test_a_page_read_while_its_change_is_flushed_still_shows_the_change(make_app
         settled.set()
         return result
 
-    settle = writebehind.WriteBehind._settle_object
-    monkeypatch.setitem(service.FETCHERS, "task_list", slow_page)
-    monkeypatch.setattr(service, "apply_pending", late_apply)
-    monkeypatch.setattr(writebehind.WriteBehind, "_settle_object", settle_and_tell)
+    settle = writebehind.WriteBehindQueue._settle_object
+    monkeypatch.setitem(queries.FETCHERS, "task_list", slow_page)
+    monkeypatch.setattr(write_behind, "apply_pending", late_apply)
+    monkeypatch.setattr(writebehind.WriteBehindQueue, "_settle_object", settle_and_tell)
     app = make_app(TASK_WRITE_STRATEGY="write-behind", WRITE_BEHIND_FLUSH_MS=20)
     service.start_flushers(app)  # with the apply patched above
     client = app.test_client()
@@ -273,7 +273,7 @@ def test_a_write_behind_patch_whose_stage_a_flush_outdated_reads_the_task_as_it_
     path = f"{TASKS}/{task['id']}"
     for _ in range(2):  # cached, then held in this process's memory
         client.get(path, headers={**headers, **NO_HTTP_CACHE})
-    stage = writebehind.WriteBehind.stage
+    stage = writebehind.WriteBehindQueue.stage
     raced = threading.Event()
 
     def another_change_flushed():
@@ -293,7 +293,7 @@ def test_a_write_behind_patch_whose_stage_a_flush_outdated_reads_the_task_as_it_
             other.join(10)
         return stage(self, *args, **kwargs)
 
-    monkeypatch.setattr(writebehind.WriteBehind, "stage", stage_after_another_change)
+    monkeypatch.setattr(writebehind.WriteBehindQueue, "stage", stage_after_another_change)
     response = client.patch(path, json={"title": "both"}, headers=headers)
     assert response.status_code == 200, response.get_json()
     assert (response.get_json()["title"], response.get_json()["completed"]) == ("both", True)
@@ -371,7 +371,7 @@ def test_a_patch_racing_a_delete_is_refused_and_the_task_never_comes_back(make_a
     task = client.post(TASKS, json={"title": "doomed"}, headers=headers).get_json()
     path = f"{TASKS}/{task['id']}"
     read, go = threading.Event(), threading.Event()
-    stage = writebehind.WriteBehind.stage
+    stage = writebehind.WriteBehindQueue.stage
 
     def stage_after_the_delete(self, *args, **kwargs):
         if threading.current_thread().name == "patcher":
@@ -379,7 +379,7 @@ def test_a_patch_racing_a_delete_is_refused_and_the_task_never_comes_back(make_a
             assert go.wait(10)
         return stage(self, *args, **kwargs)
 
-    monkeypatch.setattr(writebehind.WriteBehind, "stage", stage_after_the_delete)
+    monkeypatch.setattr(writebehind.WriteBehindQueue, "stage", stage_after_the_delete)
     statuses = []
 
     def patch():
@@ -511,13 +511,13 @@ def test_a_patch_answered_503_while_redis_hangs_is_not_queued_when_redis_resumes
     path = f"{TASKS}/{task['id']}"
     # Redis knows the script (EVALSHA finds it), and the app knows Redis keeps an AOF.
     assert client.patch(path, json={"title": "kept"}, headers=headers).status_code == 200
-    stage = writebehind.WriteBehind.stage
+    stage = writebehind.WriteBehindQueue.stage
 
     def stage_into_a_paused_redis(self, *args, **kwargs):
         durable_redis.pause()
         return stage(self, *args, **kwargs)
 
-    monkeypatch.setattr(writebehind.WriteBehind, "stage", stage_into_a_paused_redis)
+    monkeypatch.setattr(writebehind.WriteBehindQueue, "stage", stage_into_a_paused_redis)
     raw = redis.Redis.from_url(durable_redis.url)
     scripts_run = raw.info("commandstats")["cmdstat_fcall"]["calls"]
     try:

@@ -12,7 +12,7 @@ from werkzeug.exceptions import Unauthorized
 
 from taskapp.auth import revocation
 from taskapp.auth.tokens import current_access
-from taskapp.cache.context import RequestState
+from taskapp.cache import RequestState
 from taskapp.errors import TokenRefused
 from taskapp.openapi import annotate
 

@@ -10,7 +10,7 @@ user has no document. Each user has one Redis hash, ``{u:<id>}:revoked``, in the
   (Redis restarted empty, flushed, evicted or expired), or one built by another server run
   (restored from an RDB or AOF file without the revocations made after it was written, or a
   replica promoted without them), therefore never reads as "nothing revoked": the check says
-  ``UNKNOWN`` and the Flask path rebuilds the hash from MongoDB, then checks again;
+  ``Verdict.UNKNOWN`` and the Flask path rebuilds the hash from MongoDB, then checks again;
 - ``gen``: the user's token generation; tokens of an older one are refused;
 - ``gone``: the account was deleted;
 - ``s:<session id>``: a revoked login.
@@ -42,12 +42,11 @@ from flask import current_app
 
 from taskapp import db, keys
 from taskapp.auth.tokens import CLOCK_MARGIN_S, Access
-from taskapp.cache.admission import OK, REVOKED, UNKNOWN, Admission, Answer
-from taskapp.cache.context import NOT_ASKED, RequestState
+from taskapp.cache import NOT_ASKED, Admission, Answer, RequestState, Verdict
 from taskapp.extensions import cache
 from taskapp.models import Session, User, utcnow
 
-__all__ = ["OK", "REVOKED", "UNKNOWN", "admitted", "check", "verdict_of"]
+__all__ = ["admitted", "check", "verdict_of"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def check(access: Access) -> Admission:
 
 def verdict_of(answer: Answer | None) -> int | None:
     """The verdict in the answer of an admission that begins with ``check`` (a request's,
-    ``ratelimit.admission``): OK, REVOKED, UNKNOWN, or None (Redis unavailable)."""
+    ``ratelimit.admission``): a ``Verdict``, or None (Redis unavailable)."""
     return None if answer is None else answer.verdict
 
 
@@ -75,13 +74,13 @@ def admitted(request: RequestState, access: Access) -> bool:
         return verdict_of(request.admission)
 
     verdict = ask() if request.admission is NOT_ASKED else verdict_of(request.admission)
-    if verdict == UNKNOWN:
+    if verdict == Verdict.UNKNOWN:
         rebuild(access.user_id)
         verdict = ask()
-    if verdict == UNKNOWN or verdict is None:
+    if verdict == Verdict.UNKNOWN or verdict is None:
         # Redis lost the hash again or cannot be asked: the source of truth decides.
         return _admitted_by_mongodb(access)
-    return verdict == OK
+    return verdict == Verdict.OK
 
 
 def _admitted_by_mongodb(access: Access) -> bool:

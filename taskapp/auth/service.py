@@ -7,11 +7,12 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, NoReturn
 
 from bson import ObjectId
-from flask import current_app
+from flask import Flask, current_app
 from mongoengine import NotUniqueError
 from werkzeug.exceptions import Conflict, Forbidden, Unauthorized
 
@@ -29,6 +30,8 @@ PURGE_BATCH = 100
 #: 1.24 (SQLite) the purge's query scans every session, indexed or not.
 PURGE_INTERVAL_S = 60.0
 PURGE_EXTENSION = "taskapp.session_purge"
+#: Where an app keeps what is deleted with an account (``forget_with_account``).
+FORGET_EXTENSION = "taskapp.forget_with_account"
 
 
 class _PurgeDue:
@@ -243,17 +246,23 @@ def change_password(access: Access, current: str, new: str) -> None:
     revocation.revoke_generation(access.user_id, changed.token_generation)
 
 
+def forget_with_account(app: Flask, forget: Callable[[str], None]) -> None:
+    """Have ``forget(user_id)`` delete what another part of ``app`` keeps of a user (the tasks,
+    their activity and cache entries) when the user's account is deleted."""
+    app.extensions.setdefault(FORGET_EXTENSION, []).append(forget)
+
+
 def delete_account(user_id: str) -> None:
     """Delete the account (its email may register again), refuse its tokens, then delete its
-    logins, tasks, activity and cache entries. The user goes first: a login racing this one
-    then finds no user when it reads it again (``start_session``)."""
-    from taskapp.tasks import service as task_service
-
+    logins and what the app's other parts keep of it (``forget_with_account``: its tasks,
+    activity and cache entries). The user goes first: a login racing this one then finds no
+    user when it reads it again (``start_session``)."""
     oid = ObjectId(user_id)
     User.objects(id=oid).delete()
     revocation.revoke_user(user_id)
     Session.objects(user=oid).delete()
-    task_service.forget_user(user_id)
+    for forget in current_app.extensions.get(FORGET_EXTENSION, ()):
+        forget(user_id)
 
 
 def _token_pair(user_id: str, session_id: str, refresh_id: str, generation: int) -> dict[str, Any]:

@@ -1,23 +1,31 @@
 """A request's admission: the checks it passes in Redis before it reads the cache, in the same call.
 
-An ``Admission`` lists the checks (a token's revocation, a rate limit) on the app's own keys; the
-cache runs them, then the request's read, as one call of the library's ``request`` function
-(``library.lua``), which stops at the first check that refuses. Its reply is decoded here, once,
-into an ``Answer``.
+An ``Admission`` lists the checks (a revocation hash's check of a session and a generation, a
+sliding-window limit) on the app's own keys; the cache runs them, then the request's read, as one
+call of the library's ``request`` function (``library.lua``), which stops at the first check
+that refuses. Its reply is decoded here, once, into an ``Answer``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import IntEnum
 from typing import Any, NamedTuple
 
-#: Verdicts of a revocation check: the token may be used; it was revoked; the subject's
-#: revocation hash is missing or was built by another server run (rebuild it, then ask again).
-OK, REVOKED, UNKNOWN = 1, -1, -2
+
+class Verdict(IntEnum):
+    """A revocation check's verdict (``Answer.verdict``)."""
+
+    #: Neither the session nor the generation is revoked.
+    OK = 1
+    #: The hash revokes the session or its generation.
+    REVOKED = -1
+    #: The hash is missing or was built by another server run: rebuild it, then ask again.
+    UNKNOWN = -2
 
 
 class Limited(NamedTuple):
-    """A rate limit's count of one request."""
+    """A sliding-window limit's count of one request."""
 
     allowed: bool
     requests: int  # in the window (this one included when allowed)
@@ -34,7 +42,7 @@ class Admission(NamedTuple):
     args: tuple[Any, ...] = ()
 
     def revocation(self, key: str, session: str, generation: int) -> Admission:
-        """Refuse a token of ``session`` and ``generation`` that the revocation hash ``key``
+        """Refuse a request of ``session`` and ``generation`` that the revocation hash ``key``
         revokes (or cannot vouch for: see ``Answer.verdict``)."""
         return Admission(
             self.steps + "R", (*self.keys, key), (*self.args, f"s:{session}", generation)

@@ -4,7 +4,7 @@ A request may begin in a WSGI layer in front of Flask (the response cache's fast
 handed on to Flask's dispatch; whatever the first layer learned (the request's admission call,
 its lookup and fill lock, the scope versions Redis returned) is in this object, so Flask neither
 asks Redis again nor counts the request twice. The layer in front passes it explicitly; code on
-Flask's path finds it with ``current()``.
+Flask's path finds it with ``RequestState.current()``.
 """
 
 from __future__ import annotations
@@ -62,21 +62,21 @@ class RequestState:
             state = environ[cls.KEY] = cls()
         return state
 
-
-def current() -> RequestState | None:
-    """The state of the request Flask is dispatching; None outside a request (then every
-    in-process read asks Redis: nothing bounds how long such code runs)."""
-    return RequestState.of(request.environ) if has_request_context() else None
+    @classmethod
+    def current(cls) -> RequestState | None:
+        """The state of the request Flask is dispatching; None outside a request (then every
+        in-process read asks Redis: nothing bounds how long such code runs)."""
+        return cls.of(request.environ) if has_request_context() else None
 
 
 def mark_source_read() -> None:
     """Note that this request read the source of truth (its response is an ``X-Cache: MISS``)."""
-    state = current()
+    state = RequestState.current()
     if state is not None:
         state.source_read = True
 
 
 def source_was_read() -> bool:
     """True when this request read the source of truth."""
-    state = current()
+    state = RequestState.current()
     return state is not None and state.source_read

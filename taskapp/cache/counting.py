@@ -25,7 +25,7 @@ _PROMETHEUS: dict[str, Any] = {
 }
 
 
-class Counter:
+class EventCounter:
     """Counts the events of one app's cache in this process."""
 
     def __init__(self, keys: Keys) -> None:

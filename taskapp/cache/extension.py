@@ -4,7 +4,8 @@ The work is done elsewhere, one idea per module: ``state`` (one app's parts in o
 ``store`` (Redis behind the breaker), ``resilience`` (the breaker, held-back invalidations),
 ``lock`` (the fill lock), ``region`` (get/set/get-or-set, leases, the in-process layer),
 ``lists`` (capped lists), ``writebehind``, ``counting`` (every event counted once),
-``context`` (a request's state) and ``response_cache`` (the HTTP response cache).
+``context`` (a request's state), ``response_cache`` (the HTTP response cache) and ``cli`` (the
+``cache`` commands).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from flask_caching import Cache as FlaskCache
 
 from taskapp.cache import context, stats
 from taskapp.cache.admission import Admission, Answer
+from taskapp.cache.cli import command_group
 from taskapp.cache.client import REDIS_ERRORS, Unavailable
-from taskapp.cache.context import RequestState, current
+from taskapp.cache.context import RequestState
 from taskapp.cache.derived_keys import Keys
 from taskapp.cache.entry import NO_VALUE, Entry
 from taskapp.cache.flask_caching import init_flask_caching
@@ -29,7 +31,7 @@ from taskapp.cache.l1 import LocalCache
 from taskapp.cache.region import Lease, Ttl, refused
 from taskapp.cache.settings import CacheSettings
 from taskapp.cache.state import EXTENSION_NAME, CacheState, state_of
-from taskapp.cache.writebehind import Flusher, WriteBehind
+from taskapp.cache.writebehind import Flusher, WriteBehindQueue
 
 log = logging.getLogger("taskapp.cache")
 
@@ -52,11 +54,15 @@ class RedisCache:
         self.memoize = self._flask_cache.memoize
         self.delete_memoized = self._flask_cache.delete_memoized
         self._loaders: dict[str, Callable[..., Any]] = {}
+        #: The ``flask ... cache`` command group (``cli.py``); an app may add its own commands.
+        self.cli = command_group()
 
     def init_app(self, app: Flask) -> None:
-        """Fill in and check the settings (``settings.SETTINGS``), connect, bind Flask-Caching."""
+        """Fill in and check the settings (``settings.SETTINGS``), connect, bind Flask-Caching,
+        register the ``cache`` commands."""
         app.extensions[EXTENSION_NAME] = CacheState(CacheSettings.from_config(app.config))
         init_flask_caching(app, self._flask_cache)
+        app.cli.add_command(self.cli)
 
     # -- per-app state ------------------------------------------------------------------
 
@@ -80,7 +86,7 @@ class RedisCache:
     def get(self, key: str) -> Any:
         """The cached value of ``key``, or ``NO_VALUE``."""
         state = self._state()
-        entry = state.region.read(state.keys.entry(key), current())
+        entry = state.region.read(state.keys.entry(key), RequestState.current())
         return entry.value if entry is not None and entry.is_fresh() else NO_VALUE
 
     def get_or_set(
@@ -107,7 +113,7 @@ class RedisCache:
         """
         state = self._state()
         return state.region.get_or_set(
-            state.keys.entry(key), fetch, ttl, list(tags), refresh_ahead, current()
+            state.keys.entry(key), fetch, ttl, list(tags), refresh_ahead, RequestState.current()
         )
 
     def lookup(
@@ -123,7 +129,9 @@ class RedisCache:
         counted as that layer's hit or miss.
         """
         state = self._state()
-        entry, lease = state.region.lookup(state.keys.entry(key), list(tags), current())
+        entry, lease = state.region.lookup(
+            state.keys.entry(key), list(tags), RequestState.current()
+        )
         if layer is not None:
             state.counter.count(stats.outcome(layer, entry is not None), family=layer)
         return entry, lease
@@ -147,7 +155,7 @@ class RedisCache:
         """
         state = state_of(app) if app is not None else self._state()
         if request is None:
-            request = current()
+            request = RequestState.current()
         answer, entry, lease = state.region.lookup_after(
             admission, state.keys.entry(key), list(tags), request
         )
@@ -159,7 +167,7 @@ class RedisCache:
         self, lease: Lease, raw_json: bytes, ttl: Ttl = None, meta: dict[str, Any] | None = None
     ) -> bool:
         """Store already-serialised JSON under a lease; False when an invalidation came first."""
-        return self._state().region.store_leased(lease, raw_json, ttl, meta, current())
+        return self._state().region.store_leased(lease, raw_json, ttl, meta, RequestState.current())
 
     def release(self, lease: Lease) -> None:
         """Give up a lease's fill lock without storing (the answer was not cacheable)."""
@@ -177,14 +185,16 @@ class RedisCache:
     ) -> bool:
         """Store ``value`` under ``key`` for ``ttl`` seconds, a member of ``tags``, atomically."""
         state = self._state()
-        return state.region.set(state.keys.entry(key), value, ttl, list(tags), meta, current())
+        return state.region.set(
+            state.keys.entry(key), value, ttl, list(tags), meta, RequestState.current()
+        )
 
     def delete(self, *keys: str) -> int:
         """Delete entries everywhere (Redis and every process's memory); fills in flight lose."""
         if not keys:
             return 0
         state = self._state()
-        return state.region.delete([state.keys.entry(k) for k in keys], current())
+        return state.region.delete([state.keys.entry(k) for k in keys], RequestState.current())
 
     def recheck_memory(self) -> None:
         """For the rest of this request, check the in-process layer's entries against Redis
@@ -196,7 +206,7 @@ class RedisCache:
         having read an older state) calls this before it reads again. Outside a request there
         is nothing to forget: every read asks Redis.
         """
-        request = current()
+        request = RequestState.current()
         if request is not None:
             request.scopes.clear()
 
@@ -211,7 +221,7 @@ class RedisCache:
         """
         if not tags:
             return 0
-        return self._state().region.invalidate_tags(list(tags), current())
+        return self._state().region.invalidate_tags(list(tags), RequestState.current())
 
     # -- read-through and write-through -------------------------------------------------
 
@@ -262,12 +272,18 @@ class RedisCache:
         """
         state = self._state()
         return state.region.write_through(
-            state.keys.entry(key), value, lease, ttl, list(tags), list(invalidate), current()
+            state.keys.entry(key),
+            value,
+            lease,
+            ttl,
+            list(tags),
+            list(invalidate),
+            RequestState.current(),
         )
 
     # -- write-behind -------------------------------------------------------------------
 
-    def write_behind(self) -> WriteBehind:
+    def write_behind(self) -> WriteBehindQueue:
         """The write-behind queue of the current app (changes answered from Redis at once)."""
         return self._state().write_behind()
 
@@ -306,7 +322,9 @@ class RedisCache:
         state = self._state()
         try:
             if scope_of is not None:
-                return state.region.admit(admission, state.keys.entry(scope_of), current())
+                return state.region.admit(
+                    admission, state.keys.entry(scope_of), RequestState.current()
+                )
             return state.region.request(admission, "", [], [], op="admission")
         except Unavailable:
             return None

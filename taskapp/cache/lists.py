@@ -8,7 +8,7 @@ from typing import Any
 
 from taskapp.cache import stats
 from taskapp.cache.client import Unavailable
-from taskapp.cache.counting import Counter
+from taskapp.cache.counting import EventCounter
 from taskapp.cache.entry import Entry, dumps
 from taskapp.cache.region import fetch_source
 from taskapp.cache.store import Store
@@ -22,7 +22,7 @@ log = logging.getLogger("taskapp.cache")
 class CappedLists:
     """LPUSH + LTRIM on each change, LRANGE to read, a versioned rebuild on a miss."""
 
-    def __init__(self, store: Store, counter: Counter) -> None:
+    def __init__(self, store: Store, counter: EventCounter) -> None:
         self.store = store
         self.keys = store.keys
         self.counter = counter

@@ -25,7 +25,7 @@ from typing import Any
 from taskapp.cache import functions, stats
 from taskapp.cache.client import Unavailable
 from taskapp.cache.context import RequestState
-from taskapp.cache.counting import Counter
+from taskapp.cache.counting import EventCounter
 from taskapp.cache.entry import Entry
 from taskapp.cache.notifier import Notifier
 from taskapp.cache.store import Store
@@ -44,7 +44,7 @@ class FillLock:
         self,
         store: Store,
         notifier: Notifier,
-        counter: Counter,
+        counter: EventCounter,
         ttl: float,
         wait: float,
         fill_timeout: float = 10.0,

@@ -25,7 +25,7 @@ from taskapp.cache import metrics, stats, tracing
 from taskapp.cache.admission import NONE, Admission, Answer
 from taskapp.cache.client import Unavailable
 from taskapp.cache.context import RequestState, mark_source_read
-from taskapp.cache.counting import Counter
+from taskapp.cache.counting import EventCounter
 from taskapp.cache.entry import Entry, dumps
 from taskapp.cache.l1 import LocalCache
 from taskapp.cache.lock import FillLock
@@ -80,7 +80,7 @@ class Region:
         store: Store,
         lock: FillLock,
         l1: LocalCache,
-        counter: Counter,
+        counter: EventCounter,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -132,7 +132,7 @@ class Region:
 
         An entry counts only while its scope version is still Redis's (read-your-writes across
         processes): learned once per request from the first Redis call that returns it (such as
-        the rate limit's round trip), else from one call of its own.
+        the request's admission call), else from one call of its own.
         """
         if found is _LOOK:
             found = self._in_memory(full_key)

@@ -25,8 +25,11 @@ View = Callable[..., Any]
 class ResponseCache:
     """Caches the JSON responses of the views marked with ``mark`` for each authenticated user.
 
-    The lookup runs in ``before_request`` (after authentication and rate limiting, which are
-    registered before it), the store in ``after_request``. A response is stored under a lease
+    The lookup runs in ``before_request`` (``serve_cached``: after authentication and rate
+    limiting, which run before it), the store in ``after_request`` (``store_answer``) and the
+    release of an unused fill lock in ``teardown_request`` (``release_leases``); ``init_app``
+    registers the three, or an app that states the order of its hooks registers them itself.
+    A response is stored under a lease
     taken before the view ran, so a write that lands while the view reads cannot leave an old
     response behind. Requests without a valid identity are never looked up nor stored: their
     view answers 401 even when the same URL is cached for someone else.
@@ -52,9 +55,9 @@ class ResponseCache:
     def init_app(self, app: Flask) -> None:
         """Register the lookup and the store around every request."""
         app.config.setdefault(self.ttl_setting, 30)
-        app.before_request(self._lookup)
-        app.after_request(self._finish)
-        app.teardown_request(self._teardown)
+        app.before_request(self.serve_cached)
+        app.after_request(self.store_answer)
+        app.teardown_request(self.release_leases)
 
     @staticmethod
     def mark(*, readers: Readers) -> Callable[[View], View]:
@@ -81,7 +84,7 @@ class ResponseCache:
         """The cache key of a GET (or HEAD) of ``path`` with query ``args`` by ``user``."""
         return self.key(user, "GET", path, self._query(args))
 
-    def look_up(
+    def lookup(
         self, request_state: RequestState, user: str, key: str
     ) -> tuple[Entry | None, Lease | None]:
         """The cached entry of ``key``, else a lease to fill it; counted as an http hit or miss.
@@ -96,7 +99,7 @@ class ResponseCache:
             self._release(earlier[2])
         return self.cache.lookup(key, self.tags(user), layer=LAYER)
 
-    def look_up_after(
+    def lookup_after(
         self, app: Flask, request_state: RequestState, user: str, key: str, admission: Admission
     ) -> tuple[Answer | None, Entry | None, Lease | None]:
         """For a layer in front of ``app``'s dispatch: the request's ``admission`` and then the
@@ -110,7 +113,10 @@ class ResponseCache:
             request_state.looked_up = (key, entry, lease)
         return answer, entry, lease
 
-    def _lookup(self) -> Response | None:
+    def serve_cached(self) -> Response | None:
+        """``before_request``: answer a marked view's GET or HEAD from the cache when its user
+        may read it and an answer is cached; else note the lease the view's answer is stored
+        under (``store_answer``)."""
         if request.method not in ("GET", "HEAD"):  # HEAD: a GET's answer without its body
             return None
         readers = self.readers(current_app.view_functions.get(request.endpoint or ""))
@@ -123,12 +129,10 @@ class ResponseCache:
         context = g._response_cache = {"user": user, "hit": False, "lease": None}
         if request.cache_control.no_cache or request.cache_control.no_store:
             return None  # the client asked for a fresh answer: neither looked up nor stored
-        entry, context["lease"] = self.look_up(RequestState.of(request.environ), user, key)
+        entry, context["lease"] = self.lookup(RequestState.of(request.environ), user, key)
         if entry is not None:
             context["hit"] = True
-            status, headers, body = answer(
-                entry.raw_value, entry.meta["etag"], "HIT", request.environ.get(IF_NONE_MATCH)
-            )
+            status, headers, body = self.answer_hit(entry, request.environ)
             return Response(body, status, headers)
         return None
 
@@ -146,27 +150,37 @@ class ResponseCache:
             ]
         )
 
-    def _finish(self, response: Response) -> Response:
+    @staticmethod
+    def answer_hit(
+        entry: Entry, environ: dict[str, Any], vary: str = "Authorization"
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """A cached entry's answer to the request of ``environ`` as (status, headers, body): the
+        very answer of both the Flask path and a WSGI layer in front of it (see ``answer``)."""
+        return answer(entry.raw_value, entry.meta["etag"], "HIT", environ.get(IF_NONE_MATCH), vary)
+
+    def store_answer(self, response: Response) -> Response:
+        """``after_request``: store the view's 200 JSON answer under the lease taken before it
+        ran, and give it the cache headers (a 304 for a matching If-None-Match)."""
         context = g.get("_response_cache")
         if context is None or context["hit"] or response.status_code != 200:
             return response
         body = response.get_data()
-        etag = _etag(context["user"], body)
+        tag = etag(context["user"], body)
         outcome = "MISS" if self.cache.source_was_read() else "HIT"
         lease = context.pop("lease")
         if lease is not None and self._storable(response):
             ttl = current_app.config[self.ttl_setting]
-            self.cache.store_leased(lease, body, ttl=ttl, meta={"etag": etag})
+            self.cache.store_leased(lease, body, ttl=ttl, meta={"etag": tag})
         elif lease is not None:
             self.cache.release(lease)
         if response.is_json:
-            return self._respond(body, etag, outcome, response)
+            return self._respond(body, tag, outcome, response)
         return response
 
-    def _teardown(self, exc: BaseException | None) -> None:
-        """Release a fill lock no answer was stored under (an error, a non-200, or a lookup of a
-        layer in front that Flask never reached), so the callers waiting for it retry at once
-        instead of after the lock's TTL."""
+    def release_leases(self, exc: BaseException | None) -> None:
+        """``teardown_request``: release a fill lock no answer was stored under (an error, a
+        non-200, or a lookup of a layer in front that Flask never reached), so the callers
+        waiting for it retry at once instead of after the lock's TTL."""
         context = g.pop("_response_cache", None)
         self._release(context.get("lease") if context is not None else None)
         earlier = RequestState.of(request.environ).take_looked_up()
@@ -232,7 +246,7 @@ def answer(
     )
 
 
-def _etag(user: str, body: bytes) -> str:
+def etag(user: str, body: bytes) -> str:
     """An ETag of the body for one user only (equal bodies of two users never share one)."""
     digest = hashlib.blake2b(body, key=user.encode()[:64], digest_size=16).hexdigest()
     return f'"{digest}"'

@@ -10,7 +10,7 @@ from flask import Flask
 
 from taskapp.cache import stats
 from taskapp.cache.client import Unavailable, connect
-from taskapp.cache.counting import Counter
+from taskapp.cache.counting import EventCounter
 from taskapp.cache.derived_keys import Keys
 from taskapp.cache.l1 import LocalCache
 from taskapp.cache.lists import CappedLists
@@ -19,7 +19,7 @@ from taskapp.cache.notifier import Notifier
 from taskapp.cache.region import Region
 from taskapp.cache.settings import CacheSettings
 from taskapp.cache.store import Store
-from taskapp.cache.writebehind import Flusher, WriteBehind
+from taskapp.cache.writebehind import Flusher, WriteBehindQueue
 
 #: Where an app keeps its cache state (``app.extensions``).
 EXTENSION_NAME = "taskapp.cache"
@@ -33,7 +33,7 @@ class CacheState:
         self.pid = os.getpid()
         self.settings = settings
         self.keys = Keys(settings.prefix)
-        self.counter = Counter(self.keys)
+        self.counter = EventCounter(self.keys)
         self.l1 = LocalCache(settings.l1_max_items, settings.l1_ttl)
         self.store = Store(settings, self.keys, self.counter, on_outage=self.l1.clear)
         self.notifier = Notifier(self.store.client, self.keys, on_tick=self.flush_stats)
@@ -48,9 +48,9 @@ class CacheState:
         self.region = Region(settings, self.store, self.lock, self.l1, self.counter)
         self.lists = CappedLists(self.store, self.counter)
         self.flushers: list[Flusher] = []
-        self._write_behind: WriteBehind | None = None
+        self._write_behind: WriteBehindQueue | None = None
 
-    def write_behind(self) -> WriteBehind:
+    def write_behind(self) -> WriteBehindQueue:
         """The write-behind queue: requests use the cache's client through the breaker; the
         flushers a connection of their own (they block on the stream longer than the cache's
         short socket timeout allows)."""
@@ -61,7 +61,7 @@ class CacheState:
                 if settings.redis_url.startswith("memory://")
                 else connect(settings.redis_url, cluster=settings.cluster, timeout=5.0)
             )
-            self._write_behind = WriteBehind(
+            self._write_behind = WriteBehindQueue(
                 self.store.client,
                 self.keys.prefix,
                 flush_ms=settings.flush_ms,

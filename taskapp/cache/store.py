@@ -15,7 +15,7 @@ from redis.crc import key_slot
 
 from taskapp.cache import functions, metrics, stats, tracing
 from taskapp.cache.client import Unavailable, connect, redacted
-from taskapp.cache.counting import Counter
+from taskapp.cache.counting import EventCounter
 from taskapp.cache.derived_keys import Keys
 from taskapp.cache.resilience import Breaker, HeldBack
 from taskapp.cache.resilience import Call as HeldCall
@@ -38,7 +38,7 @@ class Store:
         self,
         settings: CacheSettings,
         keys: Keys,
-        counter: Counter,
+        counter: EventCounter,
         on_outage: Callable[[], None],
     ) -> None:
         """``on_outage`` runs when the breaker opens and when an invalidation is held back."""

@@ -1,7 +1,7 @@
 """Traces of the cache (OpenTelemetry): a span for each Redis call, and the cache's decisions
 on the span of the request that made them.
 
-Off until the app gives it a tracer (``enable``); while off, each hook costs its caller one
+Off until the app gives it a tracer (``enable_tracing``); while off, each hook costs its caller one
 check of ``tracer``, and OpenTelemetry is not even imported.
 """
 
@@ -26,13 +26,13 @@ BREAKER_OPEN = "taskapp.cache.breaker_open"
 MAX_DECISIONS = 64
 
 
-def enable(new_tracer: Any) -> None:
+def enable_tracing(new_tracer: Any) -> None:
     """Trace the cache with ``new_tracer`` (an OpenTelemetry Tracer)."""
     global tracer
     tracer = new_tracer
 
 
-def disable() -> None:
+def disable_tracing() -> None:
     """Stop tracing the cache."""
     global tracer
     tracer = None

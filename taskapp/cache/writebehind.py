@@ -76,7 +76,7 @@ LATE = b"late"
 BUSY = b"busy"
 
 
-class Deleted(Exception):
+class ObjectDeleted(Exception):
     """The object was deleted: a change of it is refused."""
 
 
@@ -96,7 +96,7 @@ DEAD_CONSUMER_MIN_MS = 60_000
 Apply = Callable[[str, dict[str, Any]], None]
 
 
-class WriteBehind:
+class WriteBehindQueue:
     """The stream, its consumer group and the pending states of one app."""
 
     group = "flushers"
@@ -176,7 +176,7 @@ class WriteBehind:
         host's clock in ms since the epoch, longer ago than the last staged version is
         remembered): read the object again and retry.
 
-        Raises ``Deleted`` when the object was deleted since the caller read it, and
+        Raises ``ObjectDeleted`` when the object was deleted since the caller read it, and
         ``Unavailable`` when Redis cannot take it: a change that cannot be queued must be
         refused, since nothing else would keep it. ``deadline_ms`` (this host's clock, ms since
         the epoch) bounds when Redis may still queue it: pick it before the caller gives up
@@ -202,7 +202,7 @@ class WriteBehind:
             )
         )
         if encoded == DELETED:
-            raise Deleted(object_id)
+            raise ObjectDeleted(object_id)
         if encoded == LATE:
             raise Unavailable("the change reached Redis after its deadline; it was not queued")
         return json.loads(encoded) if encoded else None
@@ -545,9 +545,9 @@ def _unguarded(call: Callable[[], Any]) -> Any:
 
 
 class Flusher:
-    """A daemon thread running ``WriteBehind.run`` in an app context; stops with its process."""
+    """A daemon thread running ``WriteBehindQueue.run`` in an app context; ends with its process."""
 
-    def __init__(self, app: Any, write_behind: WriteBehind, apply: Apply) -> None:
+    def __init__(self, app: Any, write_behind: WriteBehindQueue, apply: Apply) -> None:
         self._app = app
         self._write_behind = write_behind
         self._apply = apply

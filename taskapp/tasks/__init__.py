@@ -1,1 +1,1 @@
-"""The task domain: schemas, the caching task service, and its routes."""
+"""The task domain: schemas and the caching task service (routes: ``taskapp.routes.tasks``)."""

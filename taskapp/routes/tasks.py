@@ -9,7 +9,7 @@ from werkzeug.exceptions import NotFound
 from werkzeug.http import parse_etags, unquote_etag
 
 from taskapp.auth.identity import login_required
-from taskapp.cache.response_cache import _etag as user_etag
+from taskapp.cache import etag as user_etag
 from taskapp.openapi import response
 from taskapp.responses import cached_response, no_content, signed_in
 from taskapp.tasks import service

@@ -1,1 +1,0 @@
-"""Administration of users and their tasks."""
