@@ -68,7 +68,7 @@ def response(user_id: str, method: str, path: str, query: str) -> str:
 
 
 def rate_limit(user_id: str) -> str:
-    """The sliding window of a user's requests (a sorted set)."""
+    """A user's rate-limit window (a hash of per-second counts; library.lua count_request)."""
     return f"{_ns(user_id)}:rl"
 
 
