@@ -7,6 +7,7 @@ compare what happened here with what it did.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -73,11 +74,16 @@ def main() -> None:
             # (counted in Redis) is held until the parent releases it, after every process read.
             def fetch():
                 raw.incr(prefix + "fetches")
+                raw.rpush(prefix + "fetched", json.dumps({"t": time.time(), "pid": os.getpid()}))
                 while not raw.exists(prefix + "release"):
                     time.sleep(0.005)
                 return "new"
 
-            emit(event="served", value=cache.get_or_set("hot", fetch, ttl=30, refresh_ahead=True))
+            emit(
+                event="served",
+                pid=os.getpid(),
+                value=cache.get_or_set("hot", fetch, ttl=30, refresh_ahead=True),
+            )
             sys.stdin.readline()  # every process has served it: the refresh may end
         elif mode == "watch-l1":
             # Serve "k" from memory in a loop and report when the old value stops being served.

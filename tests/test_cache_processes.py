@@ -142,5 +142,6 @@ def test_one_refresher_per_key_across_processes(redis_url, key_prefix):
         for process in children:
             process.kill()
     assert [event["value"] for event in served] == ["old"] * 3  # nobody waited for the refresh
-    assert raw.get(key_prefix + "fetches") == b"1"
+    fetched = [json.loads(f) for f in raw.lrange(key_prefix + "fetched", 0, -1)]
+    assert raw.get(key_prefix + "fetches") == b"1", (served, fetched)
     raw.close()
