@@ -155,3 +155,40 @@ def test_an_outage_logs_one_line_when_it_starts_and_one_when_it_ends(
     messages = [r.getMessage() for r in caplog.records if r.name == "taskapp.cache"]
     assert sum("Redis unavailable" in m for m in messages) == 1
     assert sum("Redis reachable again" in m for m in messages) == 1
+
+
+def test_a_refresh_that_cannot_read_its_versions_gives_up_without_reading_the_source(
+    cache_on, private_redis, monkeypatch
+):
+    """Redis hangs just after a refresher took the fill lock: the refresh cannot store, so it
+    reads nothing from the source (and its lock, released or expiring, lets the next reader
+    after Redis answers again refresh it, once)."""
+    from taskapp.cache.lock import FillLock
+
+    cache_on.get_or_set("hot", lambda: "old", ttl=0.05)
+    time.sleep(0.1)  # expired, kept as stale
+    hold = FillLock.hold
+
+    def hold_then_hang(self, full_key, token):
+        hold(self, full_key, token)
+        private_redis.pause()
+
+    monkeypatch.setattr(FillLock, "hold", hold_then_hang)
+    fetches = []
+    assert cache_on.get_or_set("hot", lambda: fetches.append(1) or "new", 30, [], True) == "old"
+    region = cache_on._state().region
+    try:
+        wait_until(lambda: not region._refreshing, timeout=5)  # the refresh thread is done
+    finally:
+        private_redis.resume()
+    assert fetches == []
+    monkeypatch.setattr(FillLock, "hold", hold)
+    back_in_use(cache_on)
+    wait_until(
+        lambda: (
+            cache_on.get_or_set("hot", lambda: fetches.append(1) or "new", 30, [], True) == "new"
+        ),
+        timeout=10,
+        interval=0.05,
+    )
+    assert fetches == [1]

@@ -594,6 +594,13 @@ class Region:
             ).read
         except Unavailable:
             self.lock.release(full_key, token)
+            if force:
+                # A refresh that cannot store gives up: readers keep the stale entry, and the
+                # next one after Redis answers again refreshes it. (Fetching anyway would read
+                # the source for nothing, and, the lock released, a refresher in another
+                # process would read it again.)
+                log.debug("refresh of %s given up: Redis unavailable", full_key)
+                return None
             return fetch_source(fetch)[0]
         if current is not None and not force:  # filled between our read and our lock
             entry = Entry.decode(current)
