@@ -277,6 +277,11 @@ class WriteBehindQueue:
 
     def flush_once(self, apply: Apply, consumer: str, block_ms: int | None = None) -> int:
         """Apply one batch: first entries abandoned by dead flushers, then new ones; how many."""
+        return self._flush(apply, consumer, block_ms)[0]
+
+    def _flush(self, apply: Apply, consumer: str, block_ms: int | None) -> tuple[int, bool]:
+        """``flush_once``: the entries of the batch, and whether any object of it was done with
+        (applied, settled, or its own failure counted), not only left to another try."""
         _, claimed, _ = self.flusher_client.xautoclaim(
             self.stream, self.group, consumer, min_idle_time=self.claim_idle_ms, count=100
         )
@@ -291,17 +296,16 @@ class WriteBehindQueue:
             )
             entries = batch[0][1] if batch else []
         if not entries:
-            return 0
-        self._apply_batch(apply, entries)
-        return len(entries)
+            return 0, False
+        return len(entries), self._apply_batch(apply, entries)
 
-    def _apply_batch(self, apply: Apply, entries: list[tuple[bytes, dict]]) -> None:
+    def _apply_batch(self, apply: Apply, entries: list[tuple[bytes, dict]]) -> bool:
         """Apply each object of the batch once, as its pending state is now, and settle it; an
         object whose apply fails keeps its entries for a later try (dead letters after
         ``MAX_ATTEMPTS``) while the others go through. ``SourceUnavailable`` stops the batch,
         and so does ``Unavailable`` (the apply could not finish its work in Redis, such as
         invalidating what the cache kept): what is left is applied again once the cause is
-        gone."""
+        gone. Whether any object was done with (see ``_apply_object``)."""
         grouped: dict[str, tuple[str, list[tuple[bytes, dict]]]] = {}
         for entry_id, fields in entries:
             try:
@@ -314,13 +318,16 @@ class WriteBehindQueue:
                 self._bury(entry_id, fields, f"unreadable entry: {exc!r}", 1)
                 continue
             grouped.setdefault(object_id, (pending_key, []))[1].append((entry_id, fields))
+        done = False
         for object_id, (pending_key, object_entries) in grouped.items():
-            self._apply_object(apply, object_id, pending_key, object_entries)
+            done = self._apply_object(apply, object_id, pending_key, object_entries) or done
+        return done
 
     def _apply_object(
         self, apply: Apply, object_id: str, pending_key: str, entries: list[tuple[bytes, dict]]
-    ) -> None:
-        """Take the object's lease, apply its pending state as it is now, settle it.
+    ) -> bool:
+        """Take the object's lease, apply its pending state as it is now, settle it; whether
+        the object was done with (False: left to another flusher or a later try).
 
         While another flusher holds the object (its lease), the entries are left alone: that
         flusher settles the object, and what is left here is claimed again later. A failed
@@ -333,10 +340,10 @@ class WriteBehindQueue:
         taken = self._take(keys=[pending_key, lease_key], args=[token, self.apply_lease_ms])
         if taken == BUSY:
             log.debug("write-behind: %s is being applied by another flusher", object_id)
-            return
+            return False
         if taken is None:  # applied and settled already, or deleted: nothing left to apply
             self._settle_object(object_id, pending_key, lease_key, token, "", entries)
-            return
+            return True
         try:
             state = json.loads(taken)
             state["version"] = int(state["version"])
@@ -351,8 +358,9 @@ class WriteBehindQueue:
         except Exception as exc:  # noqa: BLE001 - this object's failure: count it, go on
             self._release(keys=[lease_key], args=[token])
             self._failed(object_id, pending_key, entries, taken.decode(errors="replace"), exc)
-            return
+            return True
         self._settle_object(object_id, pending_key, lease_key, token, state["version"], entries)
+        return True
 
     def _release_quietly(self, lease_key: str, token: str) -> None:
         """Give an object's lease back if Redis takes it; else it runs out by itself."""
@@ -458,7 +466,9 @@ class WriteBehindQueue:
                     if time.monotonic() >= prune_at:
                         self.prune_consumers()
                         prune_at = time.monotonic() + self.dead_consumer_ms / 1000
-                    if self.flush_once(apply, consumer) and failing:  # a batch went through
+                    # Failures end once an object is done with; an object another try or
+                    # another flusher holds (its lease after the source's outage) is not that.
+                    if self._flush(apply, consumer, None)[1] and failing:
                         log.warning("write-behind flusher: flushing again")
                         failing = False
                         delay = 0.1
