@@ -43,13 +43,19 @@ def ferretdb():
 @pytest.fixture
 def deployment(serve, ferretdb, redis_url, key_prefix):  # noqa: F811
     """gunicorn with 3 workers on this test's FerretDB and the test Redis."""
+    return serve_deployment(serve, f"{ferretdb.url}taskapp_faults", redis_url, key_prefix)
+
+
+def serve_deployment(serve, mongodb_uri, redis_url, key_prefix, extra_args=""):  # noqa: F811
+    """gunicorn with WORKERS workers, MONGODB_TIMEOUT_MS=TIMEOUT_MS and no rate limit, once
+    every worker answers."""
     server = serve(
         REDIS_URL=redis_url,
-        MONGODB_URI=f"{ferretdb.url}taskapp_faults",
+        MONGODB_URI=mongodb_uri,
         CACHE_KEY_PREFIX=key_prefix,
         SECRET_KEY=SECRET_KEY,
         GUNICORN_WORKERS=str(WORKERS),
-        EXTRA_ARGS=f"--access-logformat '{ACCESS_FORMAT}'",
+        EXTRA_ARGS=f"{extra_args}--access-logformat '{ACCESS_FORMAT}'",
         MONGODB_TIMEOUT_MS=str(TIMEOUT_MS),
         RATE_LIMIT_PER_MINUTE="0",
     )
@@ -157,17 +163,9 @@ def test_a_hung_mongodb_costs_each_request_at_most_the_bound_in_all(
     Each is answered 503 within MONGODB_TIMEOUT_MS and a margin for scheduling: a request's
     MongoDB time is bounded in all, its wait for another request's fill included, not once per
     query or per wait."""
-    server = serve(
-        REDIS_URL=redis_url,
-        MONGODB_URI=f"{ferretdb.url}taskapp_bound",
-        CACHE_KEY_PREFIX=key_prefix,
-        SECRET_KEY=SECRET_KEY,
-        GUNICORN_WORKERS=str(WORKERS),
-        EXTRA_ARGS=f"--threads {THREADS} --access-logformat '{ACCESS_FORMAT}'",
-        MONGODB_TIMEOUT_MS=str(TIMEOUT_MS),
-        RATE_LIMIT_PER_MINUTE="0",
+    server = serve_deployment(
+        serve, f"{ferretdb.url}taskapp_bound", redis_url, key_prefix, f"--threads {THREADS} "
     )
-    wait_for_workers(server, WORKERS)
     _, email = register(server)
     headers = login(server, email)
     tasks = [call(server.base, "POST", TASKS, {"title": f"t{i}"}, headers)[2] for i in range(7)]
