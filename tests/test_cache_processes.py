@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from taskapp.cache import NO_VALUE
-from tests.cache_helpers import bare_app, running
+from tests.cache_helpers import bare_app, running, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,3 +145,31 @@ def test_one_refresher_per_key_across_processes(redis_url, key_prefix):
     fetched = [json.loads(f) for f in raw.lrange(key_prefix + "fetched", 0, -1)]
     assert raw.get(key_prefix + "fetches") == b"1", (served, fetched)
     raw.close()
+
+
+def test_a_refresh_asked_for_an_entry_another_refresher_replaced_reads_nothing(
+    redis_url, key_prefix
+):
+    """What the test above races on, made certain: a reader saw the stale entry and asked for a
+    refresh, which runs only after another app (another process) refreshed it. Holding the lock
+    then, it finds the entry it was asked for replaced and reads nothing (it read the source a
+    second time before)."""
+    first, cache = bare_app(redis_url, key_prefix)
+    second, other = bare_app(redis_url, key_prefix)
+    with running(first, cache), running(second, other):
+        cache.get_or_set("hot", lambda: "old", ttl=0.05)
+        time.sleep(0.1)  # expired, kept as stale
+        state = other._state()
+        full_key = state.keys.entry("hot")
+        seen = state.region.read(full_key, None)
+        assert seen is not None and seen.value == "old"
+        assert cache.get_or_set("hot", lambda: "new", ttl=30, refresh_ahead=True) == "old"
+        wait_until(lambda: cache.get("hot") == "new")
+        fetched = []
+        with second.app_context():
+            state.region._refresh_in_background(
+                full_key, lambda: fetched.append(1) or "newer", 30, [], seen
+            )
+        wait_until(lambda: not state.region._refreshing)
+        assert fetched == []
+        assert other.get("hot") == "new"

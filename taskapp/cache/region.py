@@ -513,11 +513,11 @@ class Region:
         entry = self.read(full_key, request)
         if entry is not None and entry.is_fresh():
             if refresh_ahead and xfetch_due(entry):
-                self._refresh_in_background(full_key, fetch, ttl, tags)
+                self._refresh_in_background(full_key, fetch, ttl, tags, entry)
             return entry.value
         if entry is not None and refresh_ahead:
             self.counter.count(stats.STALE_SERVED, full_key)
-            self._refresh_in_background(full_key, fetch, ttl, tags)
+            self._refresh_in_background(full_key, fetch, ttl, tags, entry)
             return entry.value
         return self._fill(full_key, fetch, ttl, tags, entry, request)
 
@@ -547,9 +547,10 @@ class Region:
         return self._fill_locked(full_key, fetch, ttl, tags, token, request)
 
     def _refresh_in_background(
-        self, full_key: str, fetch: Callable[[], Any], ttl: Ttl, tags: list[str]
+        self, full_key: str, fetch: Callable[[], Any], ttl: Ttl, tags: list[str], seen: Entry
     ) -> None:
-        """Refresh an entry in the refresher pool; one refresher per key across all processes."""
+        """Refresh ``seen``, the entry a reader found, in the refresher pool; one refresher per
+        key across all processes, and none once ``seen`` was replaced."""
         with self._refreshing_lock:
             if full_key in self._refreshing:
                 return
@@ -562,7 +563,7 @@ class Region:
                     token = self.lock.acquire(full_key)
                     if token:
                         log.debug("refreshing %s ahead of its expiry", full_key)
-                        self._fill_locked(full_key, fetch, ttl, tags, token, None, force=True)
+                        self._fill_locked(full_key, fetch, ttl, tags, token, None, refreshing=seen)
             except Unavailable:
                 log.debug("refresh of %s skipped: Redis unavailable", full_key)
             except Exception:  # a failed refresh must not kill the pool; readers still hit
@@ -585,16 +586,20 @@ class Region:
         tags: list[str],
         token: str,
         request: RequestState | None,
-        force: bool = False,
+        refreshing: Entry | None = None,
     ) -> Any:
-        """Holder of the fill lock: read versions, fetch, store if nothing was invalidated."""
+        """Holder of the fill lock: read versions, fetch, store if nothing was invalidated.
+
+        ``refreshing``: the entry a refresh-ahead refresh was asked for (it may still be fresh);
+        the refresh is skipped when the stored entry is no longer that one (another refresher,
+        in this process or another, got the lock first and stored a newer one)."""
         try:
             current, _, _, *versions = self.request(
                 NONE, "E", self._lookup_keys(full_key, tags), [len(tags), "", 0], op="lease"
             ).read
         except Unavailable:
             self.lock.release(full_key, token)
-            if force:
+            if refreshing is not None:
                 # A refresh that cannot store gives up: readers keep the stale entry, and the
                 # next one after Redis answers again refreshes it. (Fetching anyway would read
                 # the source for nothing, and, the lock released, a refresher in another
@@ -602,9 +607,9 @@ class Region:
                 log.debug("refresh of %s given up: Redis unavailable", full_key)
                 return None
             return fetch_source(fetch)[0]
-        if current is not None and not force:  # filled between our read and our lock
+        if current is not None:  # filled between our read and our lock?
             entry = Entry.decode(current)
-            if entry.is_fresh():
+            if entry.is_fresh() if refreshing is None else entry.expires_at > refreshing.expires_at:
                 self.lock.release(full_key, token)
                 return entry.value
         try:
