@@ -609,7 +609,10 @@ class Region:
             return fetch_source(fetch)[0]
         if current is not None:  # filled between our read and our lock?
             entry = Entry.decode(current)
-            if entry.is_fresh() if refreshing is None else entry.expires_at > refreshing.expires_at:
+            # A refresh compares expiries as stored, to the millisecond (the reader's copy may
+            # be the unrounded one the in-process layer kept).
+            replaced = refreshing is not None and entry.expires_at > round(refreshing.expires_at, 3)
+            if replaced or (refreshing is None and entry.is_fresh()):
                 self.lock.release(full_key, token)
                 return entry.value
         try:
