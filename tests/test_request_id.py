@@ -148,13 +148,17 @@ def test_with_log_format_json_every_line_is_one_json_object_with_the_request_id(
 
     from tests.cache_helpers import wait_until
 
+    def access_of(logged: list[dict]) -> list[dict]:
+        return [line for line in logged if line["logger"] == "gunicorn.access"]
+
+    # gunicorn writes a request's access line after the response went out: wait for it too.
     wait_until(
-        lambda: any("refresh token reused" in line["message"] for line in lines()), timeout=10
+        lambda: any(line.get("request_id") == "json-reuse-1" for line in access_of(lines())),
+        timeout=10,
     )
     logged = lines()
     assert all({"time", "level", "logger", "message"} <= set(line) for line in logged)
     warning = next(line for line in logged if "refresh token reused" in line["message"])
     assert (warning["level"], warning["request_id"]) == ("WARNING", "json-reuse-1")
-    access = [line for line in logged if line["logger"] == "gunicorn.access"]
-    assert any(line.get("request_id") == "json-reuse-1" for line in access)
+    assert any(line.get("request_id") == "json-reuse-1" for line in access_of(logged))
     assert any(line["logger"] == "gunicorn.error" for line in logged)  # "Booting worker" ...
