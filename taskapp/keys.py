@@ -67,11 +67,6 @@ def response(user_id: str, method: str, path: str, query: str) -> str:
     return f"{_ns(user_id)}:http:{_digest(method, path, query)}"
 
 
-def rate_limit(user_id: str) -> str:
-    """A user's rate-limit window (a hash of per-second counts; library.lua count_request)."""
-    return f"{_ns(user_id)}:rl"
-
-
 def revocation(user_id: str) -> str:
     """A user's revoked tokens (a hash: token generation, revoked sessions; taskapp.auth.revocation)."""
     return f"{_ns(user_id)}:revoked"

@@ -81,7 +81,7 @@ def admission(access: Access, limit: int) -> Admission:
     checked = revocation.check(access)
     if limit <= 0:
         return checked
-    return checked.limit(keys.rate_limit(access.user_id), limit)
+    return checked.scope_limit(limit)  # kept with the user's scope version: a hit reads both
 
 
 def counted(request: RequestState) -> Limited | None:

@@ -190,6 +190,32 @@ def test_the_per_user_rate_limit_holds_across_workers(deployment):
     assert len({pid for pid, _ in wait_logged(server, "GET", "/api/v1/tasks", 30)}) > 1
 
 
+def test_the_per_user_rate_limit_is_exact_under_concurrent_hits_on_every_worker(deployment):
+    """Hits are counted by one BITFIELD each (scope_state.py), refusals by the library: 96
+    concurrent requests for a cached task, of which exactly the limit's rest is answered."""
+    server = deployment(RATE_LIMIT_PER_MINUTE="40")
+    _, email = register(server)
+    headers = login(server, email)
+    status, _, task = call(server.base, "POST", "/api/v1/tasks", {"title": "hot"}, headers)
+    assert status == 201
+    path = f"/api/v1/tasks/{task['id']}"
+    statuses: list[int] = []
+    barrier = threading.Barrier(16)
+
+    def hammer() -> None:
+        barrier.wait()
+        for _ in range(6):
+            statuses.append(call(server.base, "GET", path, headers=headers)[0])
+
+    threads = [threading.Thread(target=hammer) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert Counter(statuses) == {200: 39, 429: 57}  # the POST was the first of the 40
+    assert len({pid for pid, _ in wait_logged(server, "GET", path, 96)}) > 1
+
+
 @pytest.mark.parametrize("rate_limit", ["0", "100000"], ids=["rate-limit-off", "rate-limit-on"])
 def test_no_worker_answers_an_older_value_after_a_write_was_answered(deployment, rate_limit):
     """Read-your-writes across workers: 20 writes, 9 reads over fresh connections after each.

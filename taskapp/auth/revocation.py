@@ -156,10 +156,11 @@ def _record(
         "1" if gone else "0",
         *(f"s:{session}" for session in sessions),
     )
+    recorded = [keys.revocation(user_id)]
     if build:
-        cache.call("revocation_record", [keys.revocation(user_id)], args)
+        cache.call("revocation_record", recorded, args, with_scope=True)
         return  # a build that did not record is made again by the next request
-    if cache.call("revocation_record", [keys.revocation(user_id)], args, must_reach=True) is None:
+    if cache.call("revocation_record", recorded, args, must_reach=True, with_scope=True) is None:
         # MongoDB has it, and while Redis is down every request is checked there; this process
         # sends it before it uses the cache again.
         log.warning("revocation of user %s held back until Redis takes it", user_id)

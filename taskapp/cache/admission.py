@@ -3,7 +3,9 @@
 An ``Admission`` lists the checks (a revocation hash's check of a session and a generation, a
 sliding-window limit) on the app's own keys; the cache runs them, then the request's read, as one
 call of the library's ``request`` function (``library.lua``), which stops at the first check
-that refuses. Its reply is decoded here, once, into an ``Answer``.
+that refuses. Its reply is decoded here, once, into an ``Answer``. A hit from the in-process
+layer whose checks are all in its scope may be admitted with one BITFIELD instead
+(``scope_state.py``), which answers the same ``Answer``.
 """
 
 from __future__ import annotations
@@ -51,15 +53,36 @@ class Admission(NamedTuple):
     def limit(self, key: str, limit: int) -> Admission:
         """Count the request in the rate-limit window ``key``; refuse it past ``limit`` in the
         last 61 whole seconds (so never more than ``limit`` in any 60 seconds)."""
-        return Admission(self.steps + "L", (*self.keys, key), (*self.args, limit))
+        return Admission(self.steps + "L", (*self.keys, key), (*self.args, limit, ""))
+
+    def scope_limit(self, limit: int) -> Admission:
+        """``limit``, in the window kept with the version of the scope the request reads (a
+        user's: the cache's ``admit`` with ``scope_of``), so that a hit reads both at once."""
+        return self.limit(IN_SCOPE, limit)
+
+    def counted(self, second: int, stale: int) -> Admission:
+        """This admission after the app counted the request in its scope's window at ``second``
+        and found ``stale`` (the count of a second gone) in its slot (see ``scope_state``)."""
+        args = list(self.args)
+        args[2 * self.keys.index(IN_SCOPE) + 1] = f"{second} {stale}"  # each check takes two
+        return self._replace(args=tuple(args))
 
     def call(
-        self, prefixed: Callable[[str], str], read: str, keys: list[str], args: list[Any]
+        self,
+        prefixed: Callable[[str], str],
+        read: str,
+        keys: list[str],
+        args: list[Any],
+        scope: str = "",
     ) -> tuple[str, list[str], list[Any]]:
         """The steps, keys and arguments of the ``request`` call: these checks (their keys given
-        the cache's prefix by ``prefixed``), then ``read`` ('E' an entry, 'S' a version, '' none)
-        on ``keys`` with ``args``."""
-        return self.steps + read, [prefixed(k) for k in self.keys] + keys, [*self.args, *args]
+        the cache's prefix by ``prefixed``; a limit in the scope counts in ``scope``, the scope
+        version's key), then ``read`` ('E' an entry, 'S' a version, '' none) on ``keys`` with
+        ``args``."""
+        checked = [scope if k == IN_SCOPE else prefixed(k) for k in self.keys]
+        if IN_SCOPE in self.keys and not scope:
+            raise ValueError("a limit in the scope needs the scope the request reads")
+        return self.steps + read, checked + keys, [*self.args, *args]
 
 
 class Answer(NamedTuple):
@@ -84,6 +107,9 @@ class Answer(NamedTuple):
                 read = answer
         return cls(bool(reply[0]), verdict, limited, read)
 
+
+#: The key of a limit kept in the request's scope (``Admission.scope_limit``).
+IN_SCOPE = ""
 
 #: No admission: the request's read alone.
 NONE = Admission()

@@ -337,6 +337,7 @@ class RedisCache:
         default: Any = None,
         *,
         must_reach: bool = False,
+        with_scope: bool = False,
     ) -> Any:
         """Call a function of the cache's library (``library.lua``: its comment says what each
         takes and answers) on ``keys`` given the cache's prefix; ``default`` when Redis is
@@ -345,10 +346,13 @@ class RedisCache:
 
         With ``must_reach`` (a write other processes must see, such as a revocation), a call
         Redis does not take is held back with the invalidations: this process uses the cache
-        again only once it was sent.
+        again only once it was sent. With ``with_scope``, the keys are followed by the scope
+        version of the first (a function that bumps it, such as ``revocation_record``).
         """
         state = self._state()
         prefixed = [state.keys.entry(k) for k in keys]
+        if with_scope:
+            prefixed.append(state.keys.scope_version(prefixed[0]))
         if must_reach:
             answer = state.store.call_or_hold(function, prefixed, list(args), op="held")
             return default if answer is None else answer

@@ -33,49 +33,111 @@
 -- server's clock (to the microsecond) by the first call after the library was loaded, and a
 -- restart (which loads the library again from the server's files) or a promoted replica (whose
 -- library never ran) starts without one. So the mark needs no INFO (which a least-privilege ACL
--- user may not run) and costs nothing per call.
+-- user may not run) and costs nothing per call. A version is written '<mark>.<count>'.
 
-local RUN = nil
+local MARK, RUN = nil, nil  -- the mark (a number below 2^53), and the versions' prefix
 local made = 0
 
 -- The version arguments every versioned function takes first: the key prefix and the time to
 -- live (ms) of a version key it makes or changes.
 local PREFIX, VERSION_TTL
 
-local function begin(prefix, version_ttl)
-  PREFIX, VERSION_TTL = prefix, version_ttl
-  if not RUN then
+local function start_run()
+  if not MARK then
     local now = redis.call('TIME')
-    RUN = string.format('%x.%x:', tonumber(now[1]), tonumber(now[2]))
+    MARK = tonumber(now[1]) * 1000000 + tonumber(now[2])
+    RUN = string.format('%d.', MARK)
   end
 end
 
-local function new_version()
-  made = made + 1
-  return RUN .. made
+local function begin(prefix, version_ttl)
+  PREFIX, VERSION_TTL = prefix, version_ttl
+  start_run()
 end
 
 local function ours(version)
   return version and string.sub(version, 1, #RUN) == RUN
 end
 
--- The current value of a version key, made anew when missing or made by another server run.
-local function current(key)
+-- Scope states --------------------------------------------------------------------------------
+--
+-- A scope's version (`sv:<hash tag>`: the in-process layer's check, and the stamp of the entries
+-- stored in the scope) is kept in a small string with the scope's rate-limit window, so that a
+-- request that only needs both (a hit from the in-process layer) reads and counts them with one
+-- BITFIELD and no function call (taskapp/cache/scope_state.py). Its bits, big-endian:
+--   0   i64 the mark of the server run that made the version (0: none, made anew when read)
+--   64  i64 the version's count in that run (the version is '<mark>.<count>')
+--   128 u32 a second until which the key is kept (a reader renews it when it comes near)
+--   160 u32 the window's total (see Rate limits)
+--   192 the window's 61 slots, each a u32 second and a u32 count (64 bits a slot)
+-- A plain rate-limit window (a login's) has the same layout and leaves the version bits at 0.
+local MARK_AT, COUNT_AT, UNTIL_AT, TOTAL_AT, SLOTS_AT = 0, 64, 128, 160, 192
+local WINDOW = 61
+-- A scope state is kept at least this long after its version or its window last changed, or
+-- a reader renewed it (`keep_state`): long enough that a window never loses a count it holds.
+local STATE_KEEP_MS = 300000
+
+local function is_scope(key)
+  return string.sub(key, #PREFIX + 1, #PREFIX + 3) == 'sv:'
+end
+
+-- Keep a scope state or a window at least `ms` from now (never shortened), and note until when.
+local function keep_state(key, ms)
+  local ttl = redis.call('PTTL', key)
+  if ttl < ms then
+    redis.call('PEXPIRE', key, ms)
+    ttl = ms
+  end
+  local now = redis.call('TIME')
+  local kept = math.floor((tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl) / 1000)
+  redis.call('BITFIELD', key, 'SET', 'u32', UNTIL_AT, kept)
+end
+
+local function write_version(key, count)
+  if is_scope(key) then
+    redis.call('BITFIELD', key, 'SET', 'i64', MARK_AT, string.format('%d', MARK),
+      'SET', 'i64', COUNT_AT, count)
+    keep_state(key, math.max(VERSION_TTL, STATE_KEEP_MS))
+  else
+    redis.call('SET', key, RUN .. count, 'PX', VERSION_TTL)
+  end
+end
+
+-- The value of a version key, nil when missing or made by another server run.
+local function read_version(key)
+  if is_scope(key) then
+    local version = redis.call('BITFIELD', key, 'GET', 'i64', MARK_AT, 'GET', 'i64', COUNT_AT)
+    if version[1] ~= MARK then return nil end
+    return string.format('%s%d', RUN, version[2])
+  end
   local version = redis.call('GET', key)
   if ours(version) then return version end
-  version = new_version()
-  redis.call('SET', key, version, 'PX', VERSION_TTL)
-  return version
+  return nil
+end
+
+local function new_version(key)
+  made = made + 1
+  write_version(key, made)
+  return RUN .. made
+end
+
+-- The current value of a version key, made anew when missing or made by another server run.
+local function current(key)
+  return read_version(key) or new_version(key)
 end
 
 local function bump(key)
-  redis.call('SET', key, new_version(), 'PX', VERSION_TTL)
+  new_version(key)
 end
 
 -- Keep version keys at least `ttl` ms (an entry stored under them must not outlive them).
 local function keep(keys, from, to, ttl)
   for i = from, to do
-    if redis.call('PTTL', keys[i]) < ttl then redis.call('PEXPIRE', keys[i], ttl) end
+    if is_scope(keys[i]) then
+      keep_state(keys[i], ttl)
+    elseif redis.call('PTTL', keys[i]) < ttl then
+      redis.call('PEXPIRE', keys[i], ttl)
+    end
   end
 end
 
@@ -122,9 +184,7 @@ end
 -- The payload of an entry (keys: entry, lock, scope version, own version) still valid, else
 -- nil; and the scope version when current (nil when missing or made by another run).
 local function valid_entry(keys)
-  local found = redis.call('MGET', keys[1], keys[3])
-  local stored, scope = found[1], found[2]
-  if not ours(scope) then scope = nil end
+  local stored, scope = redis.call('GET', keys[1]), read_version(keys[3])
   if not stored then return nil, scope end
   local stamp_end = string.find(stored, '\n', 1, true)
   if not stamp_end then return nil, scope end
@@ -170,57 +230,97 @@ end
 
 -- Rate limits --------------------------------------------------------------------------------
 --
--- A window of the last 61 whole seconds, kept as one hash: a count per second that holds any
--- ('<second>'), the total of those counts ('n') and the oldest second that holds any ('f'). At
+-- A window of the last 61 whole seconds, in the bits of a scope state after its version (see
+-- Scope states): one slot per second (its second modulo 61: a slot is reused 61 seconds after
+-- it was last used), each the second it counts and its count, and the total of the counts. At
 -- most N requests are allowed in any 61 consecutive seconds, hence in any 60-second interval,
 -- whatever it straddles: a request may be held back up to one second longer than an exact
--- sliding window would. The hash holds at most 63 small fields (a listpack of about 1 KB)
--- however many requests it counts, and expires 62 s after its newest second began.
-local WINDOW = 61
+-- sliding window would. The window is 512 bytes however many requests it counts.
+--
+-- A request counts itself in one BITFIELD (here, or in the app on a hit): it sets its slot's
+-- second, which answers the second the slot held, and adds one to the slot and to the total.
+-- When the slot held another second, that second left the window: the count it held (the count
+-- answered, less this request) is stale, and the request takes it out of the slot and the total
+-- (the requests of the same second that came meanwhile found their own second there and leave
+-- it alone). The total can therefore only hold too much (slots of seconds long gone, not reused
+-- since), never too little: a total at or under the limit allows the request; over it, the
+-- window is counted again from its slots (those of seconds gone are cleared), and the request
+-- is refused, and its count taken back, when that count is still over the limit.
 
--- Count one request at server time `now` ({seconds, microseconds}) if `limit` allows it.
--- answers {1 allowed or 0 refused, requests in the window (this one included when allowed),
--- ms until the oldest counted request leaves the window}
-local function count_request(key, limit, now)
-  local second = tonumber(now[1])
-  local now_ms = second * 1000 + math.floor(tonumber(now[2]) / 1000)
-  local state = redis.call('HMGET', key, 'n', 'f', second)
-  local total, first, here = tonumber(state[1]) or 0, tonumber(state[2]) or second, tonumber(state[3]) or 0
-  local start = second - WINDOW + 1
-  if total > 0 and first < start and second - first >= 2 * WINDOW then
-    redis.call('DEL', key)  -- nothing counted is left (a clock that jumped)
-    total, here = 0, 0
-  elseif total > 0 and first < start then
-    -- Seconds left the window: subtract them and find the oldest second still holding any.
-    local seconds = {}
-    for s = first, second do seconds[#seconds + 1] = s end
-    local counts = redis.call('HMGET', key, unpack(seconds))
-    local gone, oldest = {}, nil
-    for i, s in ipairs(seconds) do
-      local count = tonumber(counts[i])
-      if count and s < start then
-        gone[#gone + 1] = s
-        total = total - count
-      elseif count and not oldest then
-        oldest = s
+local function slot_bits(second)
+  local at = SLOTS_AT + 64 * (second % WINDOW)
+  return at, at + 32
+end
+
+-- Take `stale` (a second gone's count) out of the slot at `count_at` and out of the total;
+-- answers the total.
+local function take_out(key, count_at, stale)
+  local total = redis.call('BITFIELD', key, 'OVERFLOW', 'SAT',
+    'INCRBY', 'u32', count_at, -stale, 'INCRBY', 'u32', TOTAL_AT, -stale)
+  return total[2]
+end
+
+-- Count the window again from its slots at `second`: clear the slots of seconds that left it and
+-- set the total; answers the total and the oldest second still counted (nil when none).
+local function recount(key, second)
+  local raw = redis.call('GET', key) or ''
+  local cleared, total, oldest = {}, 0, nil
+  for i = 0, WINDOW - 1 do
+    local at = 25 + 8 * i  -- the slot's first byte (Lua strings count from 1)
+    if #raw < at + 7 then break end
+    local stamp, count = struct.unpack('>I4I4', raw, at)
+    if count > 0 then
+      if stamp > second - WINDOW then
+        total = total + count
+        if not oldest or stamp < oldest then oldest = stamp end
+      else
+        local n = #cleared
+        cleared[n + 1], cleared[n + 2], cleared[n + 3], cleared[n + 4] =
+          'SET', 'u32', SLOTS_AT + 64 * i + 32, 0
       end
     end
-    if total <= 0 then
-      redis.call('DEL', key)
-      total, oldest, here = 0, nil, 0
-    elseif #gone > 0 then
-      redis.call('HDEL', key, unpack(gone))
-    end
-    first = oldest or second
-    if total >= limit then redis.call('HSET', key, 'n', total, 'f', first) end  -- refused below
   end
-  if total == 0 then first = second end
-  if total >= limit then return {0, total, (first + WINDOW) * 1000 - now_ms} end
-  total = total + 1
-  if redis.call('HSET', key, 'n', total, 'f', first, second, here + 1) > 0 then
-    redis.call('EXPIRE', key, WINDOW + 1)
+  redis.call('BITFIELD', key, 'SET', 'u32', TOTAL_AT, total, unpack(cleared))
+  return total, oldest
+end
+
+-- Count one request at server time `now` ({seconds, microseconds}) if `limit` allows it.
+-- `counted` is '' or, when the app counted the request already (see above), '<second> <stale
+-- count it found>'.
+-- answers {1 allowed or 0 refused, requests in the window (this one included when allowed),
+-- ms until the oldest counted request leaves the window (when allowed without a recount: until
+-- this one does, which bounds it)}
+local function count_request(key, limit, now, counted)
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local second, stale, total
+  if counted == '' then
+    second = tonumber(now[1])
+    local stamp_at, count_at = slot_bits(second)
+    local found = redis.call('BITFIELD', key, 'OVERFLOW', 'SAT', 'SET', 'u32', stamp_at, second,
+      'INCRBY', 'u32', count_at, 1, 'INCRBY', 'u32', TOTAL_AT, 1)
+    stale, total = found[1] ~= second and found[2] - 1 or 0, found[3]
+  else
+    local at = string.find(counted, ' ', 1, true)
+    second, stale = tonumber(string.sub(counted, 1, at - 1)), tonumber(string.sub(counted, at + 1))
+    total = redis.call('BITFIELD', key, 'GET', 'u32', TOTAL_AT)[1]
   end
-  return {1, total, (first + WINDOW) * 1000 - now_ms}
+  local _, count_at = slot_bits(second)
+  if stale > 0 then total = take_out(key, count_at, stale) end
+  keep_state(key, (WINDOW + 1) * 1000)
+  if total <= limit then return {1, total, (second + WINDOW) * 1000 - now_ms} end
+  local oldest
+  total, oldest = recount(key, math.max(second, tonumber(now[1])))
+  if total <= limit then return {1, total, ((oldest or second) + WINDOW) * 1000 - now_ms} end
+  total = take_out(key, count_at, 1)
+  return {0, total, (oldest + WINDOW) * 1000 - now_ms}
+end
+
+-- Take back the count of a request the app counted (`counted` as in count_request) that a check
+-- before its window refused.
+local function uncount(key, counted)
+  local at = string.find(counted, ' ', 1, true)
+  local _, count_at = slot_bits(tonumber(string.sub(counted, 1, at - 1)))
+  take_out(key, count_at, tonumber(string.sub(counted, at + 1)) + 1)
 end
 
 -- Revocation ---------------------------------------------------------------------------------
@@ -261,21 +361,24 @@ local R, L, E, S = 82, 76, 69, 83  -- the steps' letters, as string.byte gives t
 -- version ttl), then each step's arguments; each step takes the next of the keys:
 --   R  a token's revocation check: key the subject's revocation hash; args its session's field
 --      (`s:<session>`), its generation; refuses unless the verdict is OK (answers the verdict)
---   L  a rate limit (count_request): key its window; args the limit; refuses when over it
---      (answers {allowed, count, ms to reset})
+--   L  a rate limit (count_request): key its window (a plain one, or a scope state's); args the
+--      limit, and '' or what the app counted already; refuses when over the limit (answers
+--      {allowed, count, ms to reset})
 --   E  a cache entry's read (read_entry): keys entry, lock, scope version, own version and the
 --      n tags' versions; args n, lock token ('' for none), lock ttl in ms (answers read_entry's
 --      answer)
 --   S  a version's current value (the scope version that checks the in-process layer): key the
 --      version key (answers the version)
 -- answers {1, each step's answer} when every step ran, or {0, the answers up to and including
--- the step that refused}
+-- the step that refused}; a request the app counted already is taken out of its window again
+-- when a check before the window refuses it (a refused request counts nowhere)
 register('request', ANYTIME, function(keys, args)
   begin(args[2], tonumber(args[3]))
   local steps = args[1]
   local answers, k, a = {1}, 1, 4
   local now = nil
-  for i = 1, #steps do
+  local i = 1
+  while i <= #steps do
     local step, answer, refused = string.byte(steps, i), nil, false
     if step == R then
       answer = verdict(keys[k], args[a], args[a + 1])
@@ -283,9 +386,9 @@ register('request', ANYTIME, function(keys, args)
       k, a = k + 1, a + 2
     elseif step == L then
       now = now or redis.call('TIME')
-      answer = count_request(keys[k], tonumber(args[a]), now)
+      answer = count_request(keys[k], tonumber(args[a]), now, args[a + 1])
       refused = answer[1] == 0
-      k, a = k + 1, a + 1
+      k, a = k + 1, a + 2
     elseif step == E then
       local n = tonumber(args[a])
       answer = read_entry({unpack(keys, k, k + 3 + n)}, args[a + 1], args[a + 2])
@@ -299,10 +402,40 @@ register('request', ANYTIME, function(keys, args)
     answers[#answers + 1] = answer
     if refused then
       answers[1] = 0
+      for j = i + 1, #steps do  -- the checks after it: only windows have keys to give back
+        local later = string.byte(steps, j)
+        if later == R then
+          k, a = k + 1, a + 2
+        elseif later == L then
+          if args[a + 1] ~= '' then uncount(keys[k], args[a + 1]) end
+          k, a = k + 1, a + 2
+        else
+          break
+        end
+      end
       return answers
     end
+    i = i + 1
   end
   return answers
+end)
+
+-- mark: this server run's mark (see Versions) and the server's clock, for a connection to learn
+-- once (a restart or a failover breaks it): a scope state whose version carries another mark
+-- was not made by this run.
+-- answers {the mark, seconds, microseconds}
+register('mark', {'allow-oom', 'no-writes'}, function(keys, args)
+  start_run()
+  local now = redis.call('TIME')
+  return {string.format('%d', MARK), now[1], now[2]}
+end)
+
+-- keep_state: keep a scope state (its window) STATE_KEEP_MS more; a reader of the state calls
+-- it when the second until which the state is kept comes within a window's length.
+-- keys: the scope state
+register('keep_state', ANYTIME, function(keys, args)
+  keep_state(keys[1], STATE_KEEP_MS)
+  return 1
 end)
 
 -- fill: store an entry under its current versions, unless versions read before its fetch
@@ -492,8 +625,10 @@ register('revocation_begin', ANYTIME, function(keys, args)
 end)
 
 -- revocation_record: add revocations to a subject's hash; the hash expires `ttl` after its
--- first write (the tokens' lifetime: a revoked session only matters while its tokens live).
--- keys: the revocation hash
+-- first write (the tokens' lifetime: a revoked session only matters while its tokens live). The
+-- subject's scope version is bumped too: an app that remembers a verdict under the version it
+-- read with it (taskapp/cache/scope_state.py) asks again.
+-- keys: the revocation hash, the subject's scope version
 -- args: version arguments, time to live in ms, a build id from revocation_begin when this is a
 -- build from the source of truth ('' otherwise), a token generation ('' for none; only
 -- raises), '1' when the subject is gone, the revoked sessions' fields (`s:<session>`)
@@ -515,6 +650,7 @@ register('revocation_record', ANYTIME, function(keys, args)
   for i = 7, #args do redis.call('HSET', key, args[i], '1') end
   if args[4] ~= '' then redis.call('HSET', key, 'built', RUN) end
   if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, args[3]) end
+  bump(keys[2])
   return 1
 end)
 

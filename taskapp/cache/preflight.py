@@ -10,11 +10,12 @@ start: it serves from the source until Redis answers, as during any outage.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis
 
-from taskapp.cache import functions
+from taskapp.cache import functions, scope_state
 from taskapp.cache.client import EVICTS_ANY_KEY, connect, redacted
 from taskapp.cache.settings import CacheSettings
 
@@ -81,9 +82,10 @@ def _run_functions(client: Any, settings: CacheSettings) -> None:
     client.ping()
     prefix = settings.prefix
     probe = f"{prefix}{{preflight}}"
-    keys = [f"{probe}:revoked", f"{probe}:rl", f"{probe}:sv"]
+    scope = f"{prefix}sv:{{preflight}}"
+    keys = [f"{probe}:revoked", scope, scope]
     call = ("FCALL", functions.LIBRARY.function("request"), len(keys), *keys)
-    args = ("RLS", prefix, 1000, "s:preflight", 0, 1)
+    args = ("RLS", prefix, 1000, "s:preflight", 0, 1, "")
     try:
         try:
             client.execute_command(*call, *args)
@@ -92,8 +94,10 @@ def _run_functions(client: Any, settings: CacheSettings) -> None:
                 raise
             functions.LIBRARY.load(client)  # a new server, or a new version of the app
             client.execute_command(*call, *args)
+        client.execute_command("FCALL", functions.LIBRARY.function("mark"), 0)
+        client.execute_command(*scope_state.hit_command(scope, int(time.time())))  # a hit's
     finally:
-        client.delete(*keys)
+        client.delete(keys[0], scope)
 
 
 def _check_durable(client: Any, url: str) -> None:

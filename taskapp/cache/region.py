@@ -29,6 +29,7 @@ from taskapp.cache.counting import EventCounter
 from taskapp.cache.entry import Entry, dumps
 from taskapp.cache.l1 import LocalCache
 from taskapp.cache.lock import FillLock
+from taskapp.cache.scope_state import Admitter
 from taskapp.cache.settings import CacheSettings
 from taskapp.cache.store import Store
 
@@ -88,6 +89,8 @@ class Region:
         self.lock = lock
         self.l1 = l1
         self.counter = counter
+        # Hits admitted with one BITFIELD (off Cluster and the embedded server: see Store.direct).
+        self.admitter = Admitter(store.keys, store.direct) if store.direct is not None else None
         # Refresh-ahead work: a small bounded pool, shut down with the cache (never a thread per key).
         self.refresher = ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="taskapp-cache-refresh"
@@ -114,11 +117,18 @@ class Region:
         )
 
     def request(
-        self, admission: Admission, read: str, keys: list[str], args: list[Any], op: str = "get"
+        self,
+        admission: Admission,
+        read: str,
+        keys: list[str],
+        args: list[Any],
+        op: str = "get",
+        scope: str = "",
     ) -> Answer:
-        """One call of the library's ``request``: ``admission``'s checks, then ``read`` ('E' an
-        entry's read, 'S' a version, '' nothing) on ``keys`` with ``args``. Raises Unavailable."""
-        steps, all_keys, step_args = admission.call(self.keys.entry, read, keys, args)
+        """One call of the library's ``request``: ``admission``'s checks (a limit in the scope
+        counts in the state of ``scope``, a scope version's key), then ``read`` ('E' an entry's
+        read, 'S' a version, '' nothing) on ``keys`` with ``args``. Raises Unavailable."""
+        steps, all_keys, step_args = admission.call(self.keys.entry, read, keys, args, scope)
         reply = self.store.call(
             "request", all_keys, [steps, *self.store.versioned(), *step_args], op=op
         )
@@ -245,11 +255,24 @@ class Region:
 
     def admit(self, admission: Admission, full_key: str, request: RequestState | None) -> Answer:
         """Run ``admission``'s checks and read the scope version of ``full_key`` in the same
-        call; the version is kept for ``request``'s memory reads. Raises Unavailable."""
+        call; the version is kept for ``request``'s memory reads. Raises Unavailable.
+
+        With one BITFIELD when it can (``scope_state``), else with the library."""
         scope_key = self.keys.scope_version(full_key)
-        answer = self.request(admission, "S", [scope_key], [], op="admission")
+        admitter = self.admitter
+        plan = admitter.plan(admission, scope_key) if admitter is not None else None
+        if admitter is not None and plan is not None:
+            answer, admission = self.store.run(
+                lambda: admitter.admit(admission, plan, scope_key), op="admission"
+            )
+            if answer is not None:
+                self._note_scope(scope_key, answer.read, request)
+                return answer
+        answer = self.request(admission, "S", [scope_key], [], op="admission", scope=scope_key)
         if answer.admitted:
             self._note_scope(scope_key, answer.read, request)
+            if admitter is not None and plan is not None:
+                admitter.learn(plan, answer)
         return answer
 
     def _in_memory(self, full_key: str) -> tuple[Entry, bytes] | None:
@@ -285,7 +308,9 @@ class Region:
         keys = self._lookup_keys(full_key, tags)
 
         def read(checks: Admission, token: str) -> Answer:
-            return self.request(checks, "E", keys, [len(tags), token, self.lock.ttl_ms])
+            return self.request(
+                checks, "E", keys, [len(tags), token, self.lock.ttl_ms], scope=keys[2]
+            )
 
         def attempt(waited: bool) -> tuple[Entry | None, str, list[bytes]]:
             token = self.lock.token()

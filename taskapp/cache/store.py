@@ -19,6 +19,7 @@ from taskapp.cache.counting import EventCounter
 from taskapp.cache.derived_keys import Keys
 from taskapp.cache.resilience import Breaker, HeldBack
 from taskapp.cache.resilience import Call as HeldCall
+from taskapp.cache.scope_state import MARK_TTL_S
 from taskapp.cache.settings import CacheSettings
 
 log = logging.getLogger("taskapp.cache")
@@ -235,22 +236,59 @@ class Direct:
         self._load = load
         self._idle: list[Any] = []
         self._made: list[Any] = []
+        #: The server's clock less this host's, as last learned (``marked``).
+        self.offset = 0.0
 
     def execute(self, *args: Any) -> Any:
         """One command's reply (no response callbacks: bytes, integers and lists as sent)."""
+        connection = self._take()
+        try:
+            return self._send(connection, args)
+        finally:
+            self._idle.append(connection)
+
+    def marked(self, command: Callable[[float], tuple[Any, ...]]) -> tuple[Any, int | None, float]:
+        """Send ``command(now)``, ``now`` the server's time as this process knows it, on a
+        connection that knows the mark of the server run it is connected to (``mark`` in
+        library.lua, asked when it connected and once a minute after, which also sets the
+        clock): (the reply, that mark, or None when the connection was made anew under the
+        command, ``now``)."""
+        connection = self._take()
+        try:
+            known = connection.__dict__.get("_taskapp_mark")
+            if (
+                known is None
+                or known[0] is not connection._sock
+                or time.monotonic() - known[2] > MARK_TTL_S
+            ):
+                sent = time.time()
+                mark, seconds, micros = functions.call(
+                    lambda *args: self._send(connection, args), self._load, "mark", [], []
+                )
+                received = time.time()
+                self.offset = int(seconds) + int(micros) / 1e6 - (sent + received) / 2
+                known = connection._taskapp_mark = (connection._sock, int(mark), time.monotonic())
+            now = time.time() + self.offset
+            reply = self._send(connection, command(now))
+            return reply, known[1] if connection._sock is known[0] else None, now
+        finally:
+            self._idle.append(connection)
+
+    def _take(self) -> Any:
         try:
             connection = self._idle.pop()
         except IndexError:
             connection = self._make()
             self._made.append(connection)
-        try:
-            sock = connection._sock
-            if sock is not None and select.select((sock,), (), (), 0)[0]:
-                connection.disconnect()  # closed by the server while idle: connect anew
-            connection.send_packed_command([pack_command(args)])  # hiredis: no per-argument checks
-            return connection.read_response()
-        finally:
-            self._idle.append(connection)
+        sock = connection._sock
+        if sock is not None and select.select((sock,), (), (), 0)[0]:
+            connection.disconnect()  # closed by the server while idle: connect anew
+        return connection
+
+    @staticmethod
+    def _send(connection: Any, args: tuple[Any, ...]) -> Any:
+        connection.send_packed_command([pack_command(args)])  # hiredis: no per-argument checks
+        return connection.read_response()
 
     def fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
         """A function's reply; the library is loaded first when the server does not know it."""
