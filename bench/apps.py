@@ -42,15 +42,26 @@ def unrouted() -> Flask:
 
 
 def same_client() -> Flask:
-    """taskapp with the defaults whose request-path call of the library's ``request`` is one
-    plain GET on the same connection, answered with what a real call with the same arguments
-    answered (a real call again once that answer is a second old, so the entry, the rate
-    limit and the in-process layer's expiry stay as in the defaults): the same Python work
-    and pacing per request, only what Redis runs differs."""
+    """taskapp with the defaults whose request-path Redis call (a hit's admission, one
+    BITFIELD in ``Direct.marked``, or a call of the library's ``request``) is one plain GET on
+    the same connection, answered with what a real call with the same arguments answered (a
+    real call again once that answer is a second old, so the entry, the rate limit and the
+    in-process layer's expiry stay as in the defaults): the same Python work and pacing per
+    request, only what Redis runs differs."""
     from taskapp import create_app
-    from taskapp.cache.store import Store
+    from taskapp.cache.store import Direct, Store
 
     real, answers = Store.fcall, {}
+    real_marked, hits = Direct.marked, {}
+
+    def marked(self: Direct, command: Any) -> Any:
+        key, now = command(0)[:2], time.monotonic()  # the command and its key
+        known = hits.get(key)
+        if known is None or now - known[0] > 1:
+            hits[key] = known = (now, real_marked(self, command))
+        else:
+            self.execute("GET", GET_KEY)
+        return known[1]  # the reply, the mark and the clock of the real call
 
     def fcall(self: Store, function: str, keys: list[str], args: list[Any]) -> Any:
         if function != "request" or self.direct is None:
@@ -64,4 +75,5 @@ def same_client() -> Flask:
         return known[1]
 
     Store.fcall = fcall  # type: ignore[method-assign]
+    Direct.marked = marked  # type: ignore[method-assign]
     return create_app()

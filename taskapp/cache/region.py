@@ -271,9 +271,15 @@ class Region:
         answer = self.request(admission, "S", [scope_key], [], op="admission", scope=scope_key)
         if answer.admitted:
             self._note_scope(scope_key, answer.read, request)
-            if admitter is not None and plan is not None:
-                admitter.learn(plan, answer)
+            self._learn(admission, scope_key, answer, answer.read)
         return answer
+
+    def _learn(self, admission: Admission, scope_key: str, answer: Answer, version: bytes) -> None:
+        """Remember the verdicts of an admission the library answered, under the scope version
+        it read in the same call, for the next hit's BITFIELD."""
+        plan = self.admitter.plan(admission, scope_key) if self.admitter is not None else None
+        if plan is not None:
+            self.admitter.learn(plan, answer, version)  # type: ignore[union-attr]
 
     def _in_memory(self, full_key: str) -> tuple[Entry, bytes] | None:
         """The fresh entry of ``full_key`` in the in-process layer and the scope version it was
@@ -322,6 +328,7 @@ class Region:
             answer = read(admission, token)
             if refused(answer):
                 return None, None, answer  # nothing was read: no lock was taken
+            self._learn(admission, keys[2], answer, answer.read[2])
             first = self._looked_up(full_key, answer.read, token, False, request)
             entry, token, versions = self.lock.fill_or_wait(
                 full_key,

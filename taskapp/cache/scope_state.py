@@ -184,9 +184,10 @@ class Admitter:
         with self._lock:
             return all(self.verdicts.get(check) == version for check in checks)
 
-    def learn(self, plan: Plan, answer: Answer) -> None:
-        """Remember the verdicts of an answer of the library (its read: the scope version)."""
+    def learn(self, plan: Plan, answer: Answer, version: bytes) -> None:
+        """Remember the verdicts of an answer of the library, which read ``version`` (the scope
+        version) in the same call."""
         if plan.checks and answer.admitted and answer.verdict == Verdict.OK:
             with self._lock:
                 for check in plan.checks:
-                    self.verdicts[check] = answer.read
+                    self.verdicts[check] = version
