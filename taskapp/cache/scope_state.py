@@ -24,12 +24,10 @@ A request the library then admits is never counted twice: the library is told wh
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
-from cachetools import TTLCache
 
 from taskapp.cache.admission import IN_SCOPE, Admission, Answer, Limited, Verdict
 
@@ -116,19 +114,36 @@ class Admitter:
     """Admits the requests it can with one BITFIELD on their scope's string (see the module).
 
     ``verdicts`` remembers, per token (revocation key, session field, generation), the scope
-    version under which the library last found it not revoked; it holds while the version does.
+    version under which the library last found it not revoked, for at most ``verdict_ttl``
+    seconds; it holds while the version does. Both it and the plans of admissions are plain
+    dicts, emptied when they grow past ``MEMO_SIZE`` (single dict operations are atomic between
+    threads).
     """
+
+    MEMO_SIZE = 100_000
 
     def __init__(self, keys: Keys, direct: Direct, verdict_ttl: float = 60.0) -> None:
         self.keys = keys
         self.direct = direct
-        self.verdicts: TTLCache = TTLCache(maxsize=100_000, ttl=verdict_ttl)
-        self._lock = threading.Lock()
+        self.verdict_ttl = verdict_ttl
+        self.verdicts: dict[tuple[str, str, str], tuple[bytes, float]] = {}
+        self._plans: dict[tuple[Admission, str], Plan | None] = {}
         self._full_until = 0.0
 
     def plan(self, admission: Admission, scope_key: str) -> Plan | None:
         """What ``admission`` checks, when it can be admitted here; None when it cannot (a
         check on keys outside the scope, a limit in another window)."""
+        known = (admission, scope_key)
+        try:
+            return self._plans[known]
+        except KeyError:
+            pass
+        if len(self._plans) >= self.MEMO_SIZE:
+            self._plans.clear()
+        plan = self._plans[known] = self._plan(admission, scope_key)
+        return plan
+
+    def _plan(self, admission: Admission, scope_key: str) -> Plan | None:
         checks: list[tuple[str, str, str]] = []
         limit = 0
         for at, (step, key) in enumerate(zip(admission.steps, admission.keys, strict=True)):
@@ -181,13 +196,19 @@ class Admitter:
         return Answer(True, verdict, limited, version), admission
 
     def _passed(self, checks: tuple[tuple[str, str, str], ...], version: bytes) -> bool:
-        with self._lock:
-            return all(self.verdicts.get(check) == version for check in checks)
+        now = time.monotonic()
+        for check in checks:
+            known = self.verdicts.get(check)
+            if known is None or known[0] != version or known[1] < now:
+                return False
+        return True
 
     def learn(self, plan: Plan, answer: Answer, version: bytes) -> None:
         """Remember the verdicts of an answer of the library, which read ``version`` (the scope
         version) in the same call."""
         if plan.checks and answer.admitted and answer.verdict == Verdict.OK:
-            with self._lock:
-                for check in plan.checks:
-                    self.verdicts[check] = version
+            if len(self.verdicts) >= self.MEMO_SIZE:
+                self.verdicts.clear()
+            until = time.monotonic() + self.verdict_ttl
+            for check in plan.checks:
+                self.verdicts[check] = (version, until)
