@@ -80,10 +80,11 @@ HEADERS: dict[str, dict[str, Any]] = {
     },
     "RateLimit": {
         "description": "What is left of each limit in RateLimit-Policy: "
-        '`"user";r=599;t=60` says r requests remain and t seconds (whole, rounded up) pass '
-        "before more are allowed.",
+        '`"user";r=599;t=61` says r requests remain and, within t seconds (whole, rounded up), '
+        "every request counted so far has left the window (on a 429: a request is allowed again "
+        "after t seconds).",
         "schema": {"type": "string"},
-        "example": '"user";r=599;t=60',
+        "example": '"user";r=599;t=61',
     },
     "X-Request-ID": {
         "description": "The id of this request: the X-Request-ID sent, when well-formed, else "
