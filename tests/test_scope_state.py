@@ -124,12 +124,15 @@ def test_a_full_redis_still_admits_hits_through_the_library(hits):
     for _ in range(3):
         get(client, path, auth)
     raw.config_set("maxmemory-policy", "noeviction")
-    raw.config_set("maxmemory", raw.info("memory")["used_memory"] + 64 * 1024)
+    raw.config_set("maxmemory", raw.info("memory")["used_memory"] // 2)  # full: writes refused
     with pytest.raises(redis.exceptions.OutOfMemoryError):
-        for n in range(10_000):
-            raw.set(f"ballast:{n}", "x" * 1024)
+        raw.bitfield(state).incrby("u32", TOTAL_AT, 0).execute()
     before = Window.decode(raw.get(state)).total
+    raw.config_resetstat()
     for _ in range(3):
-        time.sleep(0.4)  # past the pause a refusal for memory starts
+        time.sleep(0.4)  # within and past the pause a refusal for memory starts
         assert get(client, path, auth).headers["X-Cache"] == "HIT"
+    stats = raw.info("commandstats")
+    assert stats["cmdstat_bitfield"]["rejected_calls"] >= 1  # the hit's, refused for memory
+    assert stats["cmdstat_fcall"]["calls"] == 3  # each admitted by the library instead
     assert Window.decode(raw.get(state)).total == before + 3  # each counted once

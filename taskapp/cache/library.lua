@@ -84,6 +84,7 @@ end
 -- Keep a scope state or a window at least `ms` from now (never shortened), and note until when.
 local function keep_state(key, ms)
   local ttl = redis.call('PTTL', key)
+  if ttl == -2 then return end  -- gone (expired meanwhile): its next reader makes it anew
   if ttl < ms then
     redis.call('PEXPIRE', key, ms)
     ttl = ms

@@ -170,9 +170,7 @@ class Admitter:
             (mark, count, until, *counted), known, now = self.direct.marked(
                 lambda now: hit_command(scope_key, int(now) if plan.limit else None)
             )
-        except redis.exceptions.ResponseError as exc:
-            if not str(exc).startswith("OOM"):
-                raise
+        except redis.exceptions.OutOfMemoryError:
             self._full_until = time.monotonic() + FULL_PAUSE_S  # the library runs when full
             return None, admission
         second = int(now)
