@@ -181,7 +181,11 @@ class Admitter:
             if total > plan.limit or mark != known:
                 return None, admission.counted(second, stale)
             if stale:
-                total = self.direct.execute(*take_out_command(scope_key, second, stale))[1]
+                try:
+                    total = self.direct.execute(*take_out_command(scope_key, second, stale))[1]
+                except redis.exceptions.OutOfMemoryError:  # full since: the library takes it out
+                    self._full_until = time.monotonic() + FULL_PAUSE_S
+                    return None, admission.counted(second, stale)
             # Until this request leaves the window, which bounds when the oldest one does.
             reset_ms = int(((second + WINDOW) - now) * 1000)
             limited = Limited(True, total, reset_ms)
