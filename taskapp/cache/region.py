@@ -271,7 +271,8 @@ class Region:
         answer = self.request(admission, "S", [scope_key], [], op="admission", scope=scope_key)
         if answer.admitted:
             self._note_scope(scope_key, answer.read, request)
-            self._learn(admission, scope_key, answer, answer.read)
+            if admitter is not None and plan is not None:  # the plan of the admission as asked
+                admitter.learn(plan, answer, answer.read)
         return answer
 
     def _learn(self, admission: Admission, scope_key: str, answer: Answer, version: bytes) -> None:

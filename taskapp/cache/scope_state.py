@@ -115,12 +115,12 @@ class Admitter:
 
     ``verdicts`` remembers, per token (revocation key, session field, generation), the scope
     version under which the library last found it not revoked, for at most ``verdict_ttl``
-    seconds; it holds while the version does. Both it and the plans of admissions are plain
-    dicts, emptied when they grow past ``MEMO_SIZE`` (single dict operations are atomic between
-    threads).
+    seconds; it holds while the version does. Both it and the plans of admissions (one per
+    token and limit) are plain dicts, emptied when they grow past ``MEMO_SIZE`` (a few MB at
+    most; single dict operations are atomic between threads).
     """
 
-    MEMO_SIZE = 100_000
+    MEMO_SIZE = 10_000
 
     def __init__(self, keys: Keys, direct: Direct, verdict_ttl: float = 60.0) -> None:
         self.keys = keys
