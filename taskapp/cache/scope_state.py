@@ -83,7 +83,8 @@ def version_of(mark: int, count: int) -> bytes:
 
 
 class Window(NamedTuple):
-    """A window as stored: the total and each slot's (second, count), for tests and the CLI."""
+    """A scope state or window as stored: the version, the keep-until second, the total and
+    each slot's (second, count), decoded for tests and tools."""
 
     version: tuple[int, int]
     until: int
