@@ -285,6 +285,12 @@ local function recount(key, second)
   return total, oldest
 end
 
+-- The second and the stale count of what the app counted ('<second> <stale>').
+local function app_count(counted)
+  local at = string.find(counted, ' ', 1, true)
+  return tonumber(string.sub(counted, 1, at - 1)), tonumber(string.sub(counted, at + 1))
+end
+
 -- Count one request at server time `now` ({seconds, microseconds}) if `limit` allows it.
 -- `counted` is '' or, when the app counted the request already (see above), '<second> <stale
 -- count it found>'.
@@ -301,8 +307,7 @@ local function count_request(key, limit, now, counted)
       'INCRBY', 'u32', count_at, 1, 'INCRBY', 'u32', TOTAL_AT, 1)
     stale, total = found[1] ~= second and found[2] - 1 or 0, found[3]
   else
-    local at = string.find(counted, ' ', 1, true)
-    second, stale = tonumber(string.sub(counted, 1, at - 1)), tonumber(string.sub(counted, at + 1))
+    second, stale = app_count(counted)
     total = redis.call('BITFIELD', key, 'GET', 'u32', TOTAL_AT)[1]
   end
   local _, count_at = slot_bits(second)
@@ -319,9 +324,9 @@ end
 -- Take back the count of a request the app counted (`counted` as in count_request) that a check
 -- before its window refused.
 local function uncount(key, counted)
-  local at = string.find(counted, ' ', 1, true)
-  local _, count_at = slot_bits(tonumber(string.sub(counted, 1, at - 1)))
-  take_out(key, count_at, tonumber(string.sub(counted, at + 1)) + 1)
+  local second, stale = app_count(counted)
+  local _, count_at = slot_bits(second)
+  take_out(key, count_at, stale + 1)
 end
 
 -- Revocation ---------------------------------------------------------------------------------
@@ -378,8 +383,7 @@ register('request', ANYTIME, function(keys, args)
   local steps = args[1]
   local answers, k, a = {1}, 1, 4
   local now = nil
-  local i = 1
-  while i <= #steps do
+  for i = 1, #steps do
     local step, answer, refused = string.byte(steps, i), nil, false
     if step == R then
       answer = verdict(keys[k], args[a], args[a + 1])
@@ -416,7 +420,6 @@ register('request', ANYTIME, function(keys, args)
       end
       return answers
     end
-    i = i + 1
   end
   return answers
 end)
