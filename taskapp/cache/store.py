@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import select
+import socket
+import struct
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -227,7 +230,13 @@ class Direct:
     A call is never sent twice: a function such as a rate limit's count is not idempotent, and
     a connection that drops under a call cannot tell whether the server ran it. A connection
     the server closed while it was idle (a restart, a timeout, CLIENT KILL) is seen before the
-    call is written (its socket reads as ready: end of file) and replaced then.
+    call is written (``closed_while_idle``) and replaced then.
+
+    On Linux a connection's socket is blocking, with the client's socket timeout set in the
+    kernel (``SO_RCVTIMEO``, ``SO_SNDTIMEO``; ``kernel_timeouts``), and its state is read
+    with ``TCP_INFO``: a call is then two system calls, a send and a receive. A socket with a
+    timeout in Python polls before each of them, and each of those four calls lets another
+    thread take the interpreter; the check of an idle connection is one more.
     """
 
     def __init__(self, client: redis.Redis, load: Callable[[], None]) -> None:
@@ -236,6 +245,10 @@ class Direct:
         self._load = load
         self._idle: list[Any] = []
         self._made: list[Any] = []
+        #: Whether a connection's TCP state tells it was closed (not a Unix socket's).
+        self._tcp = KERNEL_TIMEOUTS and not issubclass(
+            pool.connection_class, redis.UnixDomainSocketConnection
+        )
         #: The server's clock less this host's, as last learned (``marked``).
         self.offset = 0.0
 
@@ -281,14 +294,22 @@ class Direct:
             connection = self._make()
             self._made.append(connection)
         sock = connection._sock
-        if sock is not None and select.select((sock,), (), (), 0)[0]:
-            connection.disconnect()  # closed by the server while idle: connect anew
+        if sock is not None:
+            if closed_while_idle(sock, self._tcp):
+                connection.disconnect()  # connect anew, under the call
+            elif KERNEL_TIMEOUTS and sock.gettimeout() is not None:
+                kernel_timeouts(sock)  # connected under the last call
         return connection
 
     @staticmethod
     def _send(connection: Any, args: tuple[Any, ...]) -> Any:
-        connection.send_packed_command([pack_command(args)])  # hiredis: no per-argument checks
-        return connection.read_response()
+        try:
+            connection.send_packed_command([pack_command(args)])  # hiredis: no argument checks
+            return connection.read_response()
+        except redis.ConnectionError as exc:
+            if isinstance(exc.__context__, BlockingIOError):  # the kernel's timeout ran out
+                raise redis.TimeoutError(f"Timeout on the socket: {exc}") from exc
+            raise
 
     def fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
         """A function's reply; the library is loaded first when the server does not know it."""
@@ -297,3 +318,30 @@ class Direct:
     def close(self) -> None:
         for connection in self._made:
             connection.disconnect()
+
+
+#: Linux: a socket's timeout kept by the kernel, its TCP state read without a wait.
+KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+_TCP_ESTABLISHED = 1  # tcp_info's first byte, tcpi_state (linux/tcp.h)
+
+
+def closed_while_idle(sock: socket.socket, tcp: bool) -> bool:
+    """Whether the server closed (or reset) this idle connection: with ``tcp`` (Linux), the
+    socket's state from ``TCP_INFO``, which, unlike a poll, does not let go of the interpreter;
+    otherwise whether the socket reads as ready (end of file: nothing else is sent to an idle
+    connection)."""
+    if tcp:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED
+    return bool(select.select((sock,), (), (), 0)[0])
+
+
+def kernel_timeouts(sock: socket.socket) -> None:
+    """Make ``sock`` blocking, its timeout (redis-py's ``socket_timeout``) kept by the kernel:
+    a send or a receive that waits longer fails with ``BlockingIOError``, which redis-py
+    raises as a ``ConnectionError`` and ``Direct._send`` as the ``TimeoutError`` a Python
+    timeout would have given."""
+    seconds, fraction = divmod(sock.gettimeout() or 0.0, 1)
+    timeval = struct.pack("ll", int(seconds), int(fraction * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    sock.settimeout(None)
