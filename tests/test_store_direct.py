@@ -44,29 +44,60 @@ def test_a_connection_killed_while_idle_is_replaced_before_the_call_is_sent(stor
     assert store.breaker._failures == errors
 
 
-def test_a_call_whose_connection_drops_under_it_is_not_sent_again(store, monkeypatch):
+def test_a_call_whose_connection_drops_under_it_is_not_sent_again(store):
     """A function such as a rate limit's count must not run twice: a connection that drops
     after the call was written fails the call (the server may have run it)."""
     claim(store, "warm")
+    claim(store, "warm")  # on a connection of its own reader (the first one connected)
     connection = store.direct._idle[-1]
     sent = []
-    send = connection.send_packed_command
 
-    def send_counted(packed, *args, **kwargs):
-        sent.append(packed)
-        return send(packed, *args, **kwargs)
+    class Dropping:
+        """The connection's socket, dropped once a command was written: the reply is lost."""
 
-    def drop(*args, **kwargs):
-        connection.disconnect()  # the reply is never read: the connection is gone
-        raise redis.ConnectionError("Connection closed by server.")
+        def __init__(self, sock):
+            self.sock = sock
 
-    monkeypatch.setattr(connection, "send_packed_command", send_counted)
-    monkeypatch.setattr(connection, "read_response", drop)
+        def sendall(self, data):
+            sent.append(data)
+            return self.sock.sendall(data)
+
+        def recv_into(self, buffer, *args):
+            self.sock.recv_into(buffer, *args)  # the reply comes, and is lost with the line
+            return 0
+
+        def __getattr__(self, name):
+            return getattr(self.sock, name)
+
+    connection._sock = Dropping(connection._sock)
     with pytest.raises(Unavailable):
         claim(store, "once")
     assert len(sent) == 1
-    monkeypatch.undo()
+    assert connection._sock is None  # dropped: never read from again
     assert claim(store, "once") == 0  # the one send was run by Redis
+
+
+def test_a_connection_idle_past_the_health_check_interval_is_pinged_first(store):
+    """The calls of a connection in use skip redis-py's layers; one whose health check is due
+    goes through them, which ping it (and connect anew if it does not answer)."""
+    claim(store, "warm")
+    claim(store, "warm")
+
+    def pings() -> int:
+        stats = store.client.info("commandstats").get("cmdstat_ping", {})
+        return stats.get("calls", 0)
+
+    before = pings()
+    claim(store, "a")
+    assert pings() == before
+    (connection,) = store.direct._made
+    assert connection.health_check_interval > 0
+    connection.next_health_check = time.monotonic() - 1  # idle past the interval
+    assert claim(store, "b") == 1
+    assert pings() == before + 1
+    assert connection.next_health_check > time.monotonic()  # renewed by the call
+    claim(store, "c")
+    assert pings() == before + 1
 
 
 def test_a_function_error_is_a_command_error_and_the_connection_stays_usable(store):
