@@ -139,10 +139,11 @@ _VERIFIED_LOCK = threading.Lock()
 def _signed_claims(token: str, secret: str) -> Access | None:
     """The claims of an access token signed with ``secret``, else None (not memoised: a token
     refused now, say one issued a moment in the future, may pass later)."""
-    with _VERIFIED_LOCK:
-        found = _VERIFIED.get((secret, token))
-    if found is not None:
-        return found
+    try:
+        with _VERIFIED_LOCK:
+            return _VERIFIED[secret, token]  # one lookup: ``get`` asks ``in`` first
+    except KeyError:
+        pass
     try:
         claims = jwt.decode(
             token,

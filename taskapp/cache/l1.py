@@ -27,8 +27,11 @@ class LocalCache:
         """The entry under ``key`` and the scope version it was read under; None when none."""
         if not self.active:
             return None
-        with self._lock:
-            return self._items.get(key)  # type: ignore[no-any-return]
+        try:
+            with self._lock:
+                return self._items[key]  # type: ignore[no-any-return]
+        except KeyError:  # missing or expired (one lookup: ``get`` asks ``in`` first)
+            return None
 
     def put(self, key: str, entry: Any, scope_version: bytes) -> None:
         """Keep ``entry``, read from Redis together with ``scope_version``."""
