@@ -141,6 +141,8 @@ class ResponseCache:
         the values of a repeated one in the order sent (a view reading the first value and a view
         reading them all are both told apart), escaped (a value holding ``&`` or ``=`` cannot
         pose as other parameters), and without the ignored ones (a cache-buster)."""
+        if not args:
+            return ""
         return urlencode(
             [
                 (name, value)
