@@ -233,11 +233,12 @@ class Direct:
     the server closed while it was idle (a restart, a timeout, CLIENT KILL) is seen before the
     call is written (``closed_while_idle``) and replaced then.
 
-    On Linux a connection's socket is blocking, with the client's socket timeout set in the
+    On Linux a connection's socket is blocking, with the client's socket timeout kept by the
     kernel (``SO_RCVTIMEO``, ``SO_SNDTIMEO``; ``kernel_timeouts``), and its state is read
-    with ``TCP_INFO``: a call is then two system calls, a send and a receive. A socket with a
-    timeout in Python polls before each of them, and each of those four calls lets another
-    thread take the interpreter; the check of an idle connection is one more.
+    with ``TCP_INFO``, which does not let go of the interpreter: a call lets another thread
+    take it twice, for its send and its receive. A socket with a timeout in Python polls
+    before each of them, and a poll of the idle connection would make that five times, each a
+    thread switch when other requests are waiting to run.
     """
 
     def __init__(self, client: redis.Redis, load: Callable[[], None]) -> None:
@@ -354,11 +355,11 @@ _MORE = object()
 
 def round_trip(connection: Any, sock: socket.socket, packed: bytes) -> Any:
     """Send ``packed`` on ``connection``'s socket ``sock`` and read the reply, as redis-py's
-    ``send_packed_command`` and ``read_response`` would, without their layers (a sixth of a
-    hit's time in this process): a sendall, then receives fed to a hiredis reader kept with the
-    socket, whose errors are redis-py's (its parser's ``parse_error``). A reply error is
-    raised; any failure drops the connection and is raised as redis-py's ``TimeoutError`` or
-    ``ConnectionError``."""
+    ``send_packed_command`` and ``read_response`` would, without their layers (the host named
+    in every call's error text, push messages, the health check's clock): a sendall, then
+    receives fed to a hiredis reader kept with the socket, whose errors are redis-py's (its
+    parser's ``parse_error``). A reply error is raised; any failure drops the connection and
+    is raised as redis-py's ``TimeoutError`` or ``ConnectionError``."""
     known = connection.__dict__.get("_taskapp_reader")
     if known is None or known[0] is not sock:
         reader = hiredis.Reader(
@@ -391,9 +392,8 @@ def round_trip(connection: Any, sock: socket.socket, packed: bytes) -> Any:
 
 def kernel_timeouts(sock: socket.socket) -> None:
     """Make ``sock`` blocking, its timeout (redis-py's ``socket_timeout``) kept by the kernel:
-    a send or a receive that waits longer fails with ``BlockingIOError``, which redis-py
-    raises as a ``ConnectionError`` and ``Direct._send`` as the ``TimeoutError`` a Python
-    timeout would have given."""
+    a send or a receive that waits longer fails with ``BlockingIOError``, which ``Direct``
+    raises as the ``TimeoutError`` a Python timeout would have given."""
     seconds, fraction = divmod(sock.gettimeout() or 0.0, 1)
     timeval = struct.pack("ll", int(seconds), int(fraction * 1e6))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
