@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import struct
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -231,14 +229,7 @@ class Direct:
     A call is never sent twice: a function such as a rate limit's count is not idempotent, and
     a connection that drops under a call cannot tell whether the server ran it. A connection
     the server closed while it was idle (a restart, a timeout, CLIENT KILL) is seen before the
-    call is written (``closed_while_idle``) and replaced then.
-
-    On Linux a connection's socket is blocking, with the client's socket timeout kept by the
-    kernel (``SO_RCVTIMEO``, ``SO_SNDTIMEO``; ``kernel_timeouts``), and its state is read
-    with ``TCP_INFO``, which does not let go of the interpreter: a call lets another thread
-    take it twice, for its send and its receive. A socket with a timeout in Python polls
-    before each of them, and a poll of the idle connection would make that five times, each a
-    thread switch when other requests are waiting to run.
+    call is written (its socket reads as ready: end of file) and replaced then.
     """
 
     def __init__(self, client: redis.Redis, load: Callable[[], None]) -> None:
@@ -247,10 +238,6 @@ class Direct:
         self._load = load
         self._idle: list[Any] = []
         self._made: list[Any] = []
-        #: Whether a connection's TCP state tells it was closed (not a Unix socket's).
-        self._tcp = KERNEL_TIMEOUTS and not issubclass(
-            pool.connection_class, redis.UnixDomainSocketConnection
-        )
         #: The server's clock less this host's, as last learned (``marked``).
         self.offset = 0.0
 
@@ -296,11 +283,8 @@ class Direct:
             connection = self._make()
             self._made.append(connection)
         sock = connection._sock
-        if sock is not None:
-            if closed_while_idle(sock, self._tcp):
-                connection.disconnect()  # connect anew, under the call
-            elif KERNEL_TIMEOUTS and sock.gettimeout() is not None:
-                kernel_timeouts(sock)  # connected under the last call
+        if sock is not None and select.select((sock,), (), (), 0)[0]:
+            connection.disconnect()  # closed by the server while idle: connect anew
         return connection
 
     @staticmethod
@@ -317,13 +301,8 @@ class Direct:
             if due:
                 connection.next_health_check = time.monotonic() + due
             return reply
-        try:
-            connection.send_packed_command([packed])
-            return connection.read_response()
-        except redis.ConnectionError as exc:
-            if isinstance(exc.__context__, BlockingIOError):  # the kernel's timeout ran out
-                raise redis.TimeoutError(f"Timeout on the socket: {exc}") from exc
-            raise
+        connection.send_packed_command([packed])
+        return connection.read_response()
 
     def fcall(self, function: str, keys: list[str], args: list[Any]) -> Any:
         """A function's reply; the library is loaded first when the server does not know it."""
@@ -332,21 +311,6 @@ class Direct:
     def close(self) -> None:
         for connection in self._made:
             connection.disconnect()
-
-
-#: Linux: a socket's timeout kept by the kernel, its TCP state read without a wait.
-KERNEL_TIMEOUTS = sys.platform.startswith("linux")
-_TCP_ESTABLISHED = 1  # tcp_info's first byte, tcpi_state (linux/tcp.h)
-
-
-def closed_while_idle(sock: socket.socket, tcp: bool) -> bool:
-    """Whether the server closed (or reset) this idle connection: with ``tcp`` (Linux), the
-    socket's state from ``TCP_INFO``, which, unlike a poll, does not let go of the interpreter;
-    otherwise whether the socket reads as ready (end of file: nothing else is sent to an idle
-    connection)."""
-    if tcp:
-        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED
-    return bool(select.select((sock,), (), (), 0)[0])
 
 
 #: What a hiredis reader answers while a reply is not complete.
@@ -380,7 +344,7 @@ def round_trip(connection: Any, sock: socket.socket, packed: bytes) -> Any:
             reply = reader.gets()
     except BaseException as exc:
         connection.disconnect()  # the reply, if any, is never read: the connection is gone
-        if isinstance(exc, (TimeoutError, BlockingIOError)):  # a Python or a kernel timeout
+        if isinstance(exc, TimeoutError):  # the socket's timeout (socket.timeout)
             raise redis.TimeoutError(f"Timeout on the socket: {exc!r}") from exc
         if isinstance(exc, OSError):
             raise redis.ConnectionError(f"Error on the socket: {exc!r}") from exc
@@ -389,13 +353,3 @@ def round_trip(connection: Any, sock: socket.socket, packed: bytes) -> Any:
         raise reply
     return reply
 
-
-def kernel_timeouts(sock: socket.socket) -> None:
-    """Make ``sock`` blocking, its timeout (redis-py's ``socket_timeout``) kept by the kernel:
-    a send or a receive that waits longer fails with ``BlockingIOError``, which ``Direct``
-    raises as the ``TimeoutError`` a Python timeout would have given."""
-    seconds, fraction = divmod(sock.gettimeout() or 0.0, 1)
-    timeval = struct.pack("ll", int(seconds), int(fraction * 1e6))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-    sock.settimeout(None)
