@@ -127,9 +127,7 @@ def test_threads_take_connections_of_their_own_and_give_them_back(store):
 
 
 def test_a_hung_server_times_out_and_counts_towards_the_breaker(make_app, private_redis):
-    app = make_app(
-        REDIS_URL=private_redis.url, CACHE_BREAKER_THRESHOLD=2, REDIS_SOCKET_TIMEOUT=0.3
-    )
+    app = make_app(REDIS_URL=private_redis.url, CACHE_BREAKER_THRESHOLD=2, REDIS_SOCKET_TIMEOUT=0.3)
     store = state_of(app).store
     claim(store, "a")
     claim(store, "a")  # the second call runs on the socket the first one connected

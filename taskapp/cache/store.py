@@ -352,4 +352,3 @@ def round_trip(connection: Any, sock: socket.socket, packed: bytes) -> Any:
     if isinstance(reply, redis.ResponseError):
         raise reply
     return reply
-
