@@ -29,7 +29,7 @@ from taskapp.cache.counting import EventCounter
 from taskapp.cache.entry import Entry, dumps
 from taskapp.cache.l1 import LocalCache
 from taskapp.cache.lock import FillLock
-from taskapp.cache.scope_state import Admitter
+from taskapp.cache.scope_state import Admitter, Plan
 from taskapp.cache.settings import CacheSettings
 from taskapp.cache.store import Store
 
@@ -259,11 +259,12 @@ class Region:
 
         With one BITFIELD when it can (``scope_state``), else with the library."""
         scope_key = self.keys.scope_version(full_key)
-        admitter = self.admitter
-        plan = admitter.plan(admission, scope_key) if admitter is not None else None
-        if admitter is not None and plan is not None:
+        plan = self._plan(admission, scope_key)
+        if plan is not None:
+            admitter = self.admitter
             answer, admission = self.store.run(
-                lambda: admitter.admit(admission, plan, scope_key), op="admission"
+                lambda: admitter.admit(admission, plan, scope_key),  # type: ignore[union-attr]
+                op="admission",
             )
             if answer is not None:
                 self._note_scope(scope_key, answer.read, request)
@@ -271,14 +272,17 @@ class Region:
         answer = self.request(admission, "S", [scope_key], [], op="admission", scope=scope_key)
         if answer.admitted:
             self._note_scope(scope_key, answer.read, request)
-            if admitter is not None and plan is not None:  # the plan of the admission as asked
-                admitter.learn(plan, answer, answer.read)
+            self._learn(plan, answer, answer.read)  # the plan of the admission as asked
         return answer
 
-    def _learn(self, admission: Admission, scope_key: str, answer: Answer, version: bytes) -> None:
-        """Remember the verdicts of an admission the library answered, under the scope version
-        it read in the same call, for the next hit's BITFIELD."""
-        plan = self.admitter.plan(admission, scope_key) if self.admitter is not None else None
+    def _plan(self, admission: Admission, scope_key: str) -> Plan | None:
+        """What the BITFIELD of ``admission`` in ``scope_key`` checks; None when the library
+        admits it (no ``Direct``, or a check outside the scope)."""
+        return self.admitter.plan(admission, scope_key) if self.admitter is not None else None
+
+    def _learn(self, plan: Plan | None, answer: Answer, version: bytes) -> None:
+        """Remember the verdicts of an admission (of ``plan``) the library answered, under the
+        scope version it read in the same call, for the next hit's BITFIELD."""
         if plan is not None:
             self.admitter.learn(plan, answer, version)  # type: ignore[union-attr]
 
@@ -329,7 +333,7 @@ class Region:
             answer = read(admission, token)
             if refused(answer):
                 return None, None, answer  # nothing was read: no lock was taken
-            self._learn(admission, keys[2], answer, answer.read[2])
+            self._learn(self._plan(admission, keys[2]), answer, answer.read[2])
             first = self._looked_up(full_key, answer.read, token, False, request)
             entry, token, versions = self.lock.fill_or_wait(
                 full_key,
