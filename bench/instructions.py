@@ -6,7 +6,8 @@ noise does not move (``bench/run``'s req/s move by a third between repeats here)
 
 Each app runs in a child process under callgrind, with a real redis-server of its own (the
 tests' ``tests/redis_server.py``), Prometheus in multiprocess mode as under gunicorn and the
-embedded MongoDB (a hit does not read it). After a warm-up the counters are zeroed, the app
+embedded MongoDB (a hit does not read it). After a warm-up and a ``gc.freeze()`` (as
+``gunicorn.conf.py`` does in each worker) the counters are zeroed, the app
 answers ``--calls`` requests (``app(environ, start_response)``, as gunicorn calls it) and the
 counters are dumped. User-space instructions only: the kernel's share of the hit's Redis round
 trip, Redis's own work and any waiting are not in them (``bench/run`` measures those).
@@ -16,6 +17,7 @@ Needs ``valgrind`` (``apt-get install valgrind``).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import subprocess
@@ -46,12 +48,11 @@ def child(what: str, redis_url: str, calls: int) -> None:
     if what == "bare":
         app, environ = bare(), EnvironBuilder(path="/api/v1/tasks/x").get_environ()
     else:
+        from tests.api import account
+
         app = create_app()
         client = app.test_client()
-        account = {"email": "i@example.com", "password": "correct horse battery"}
-        client.post("/api/v1/auth/register", json=account)
-        token = client.post("/api/v1/auth/login", json=account).get_json()["access_token"]
-        headers = {"Authorization": f"Bearer {token}"}
+        _, headers = account(client)  # the tests' register and log-in
         task = client.post("/api/v1/tasks", json={"title": "i"}, headers=headers).get_json()
         environ = EnvironBuilder(path=f"/api/v1/tasks/{task['id']}", headers=headers).get_environ()
 
@@ -62,6 +63,7 @@ def child(what: str, redis_url: str, calls: int) -> None:
 
     for _ in range(300):
         answer()
+    gc.freeze()  # as gunicorn.conf.py does in each worker: collections walk only new objects
     print("ready", flush=True)
     sys.stdin.readline()
     for _ in range(calls):
@@ -73,6 +75,7 @@ def child(what: str, redis_url: str, calls: int) -> None:
 def count(what: str, redis_url: str, calls: int, out: Path) -> float:
     """Instructions per request of ``what`` ('bare' or 'hit')."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(dir=out)}
+    env["PYTHONHASHSEED"] = "0"  # string hashes, hence dict layouts, the same every run
     argv = [
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/{what}.%p",
         sys.executable, "-m", "bench.instructions", "--child", what, redis_url, str(calls),
